@@ -1,0 +1,39 @@
+"""One exception root; subclasses carry the data a caller needs."""
+
+from __future__ import annotations
+
+
+class AsyncAcceptError(Exception):
+    """Root of every exception async_accept raises on purpose."""
+
+
+class ConfigurationError(AsyncAcceptError, ValueError):
+    """A bad option, raised at construction time. The message names the fix."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """An optional feature was used without its package installed."""
+
+    def __init__(self, feature: str, extra: str, package: str) -> None:
+        self.feature = feature
+        self.extra = extra
+        self.package = package
+        super().__init__(
+            f"{feature} needs the {package!r} package: pip install 'async-accept[{extra}]'"
+        )
+
+
+class StoreError(AsyncAcceptError):
+    """The job store could not perform an operation (down, locked, full, ...)."""
+
+
+class ExecutorError(AsyncAcceptError):
+    """The executor could not take a job."""
+
+
+class JobCanceled(AsyncAcceptError):  # noqa: N818 - reads as an event, like asyncio.CancelledError
+    """Raised inside a job by :func:`report_progress` once its cancel was requested."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job {job_id} was canceled")

@@ -1,0 +1,169 @@
+"""Job stores: a Protocol, a resolver from URL/instance, and async adapters."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
+
+from ..errors import ConfigurationError
+from .base import AsyncStore, Store
+
+__all__ = ["AsyncStore", "Store", "as_async", "resolve_store"]
+
+_ASYNC_METHODS = (
+    "create",
+    "get",
+    "get_request",
+    "get_result",
+    "claim",
+    "heartbeat",
+    "set_progress",
+    "finish",
+    "fail",
+    "cancel",
+    "requeue",
+    "list_jobs",
+    "count_by_status",
+    "purge_expired",
+    "delete",
+)
+
+
+def resolve_store(spec: str | Store | None) -> Store:
+    """Turn ``"memory://"``, ``"sqlite:///jobs.db"``, ``"redis://..."``, a
+    ``"package.module:Factory"`` path or a store instance into a store."""
+    if spec is None or spec == "":
+        spec = "sqlite:///async_accept_jobs.db"
+    if not isinstance(spec, str):
+        missing = [m for m in _ASYNC_METHODS if not callable(getattr(spec, m, None))]
+        if missing:
+            raise ConfigurationError(
+                f"store={spec!r} is not a store: it lacks {', '.join(missing)}. "
+                "Pass a URL such as 'sqlite:///jobs.db' or an object implementing "
+                "async_accept.stores.Store."
+            )
+        return spec
+    url = urlsplit(spec)
+    scheme = url.scheme.lower()
+    if scheme == "memory":
+        from .memory import MemoryStore
+
+        return MemoryStore()
+    if scheme == "sqlite":
+        # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory: is refused
+        path = spec[len("sqlite://") :]
+        path = path.split("?", 1)[0]
+        if path.startswith("/"):
+            path = path[1:]
+        if not path:
+            raise ConfigurationError(
+                f"store={spec!r} has no file path: use 'sqlite:///jobs.db' (relative) "
+                "or 'sqlite:////var/lib/app/jobs.db' (absolute)."
+            )
+        if path == ":memory:":
+            raise ConfigurationError(
+                "store='sqlite:///:memory:' would give every connection its own empty "
+                "database; use 'memory://' for an in-process store or a file path."
+            )
+        from .sqlite import SQLiteStore
+
+        opts = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        return SQLiteStore(path, **_sqlite_options(spec, opts))
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            mod = importlib.import_module("async_accept.stores.redis")
+        except ModuleNotFoundError as exc:  # the store module itself is part of the package
+            raise ConfigurationError(f"store={spec!r}: the Redis store is unavailable") from exc
+        return cast(Store, mod.RedisStore.from_url(spec))
+    if ":" in spec and "://" not in spec:
+        mod_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"store={spec!r}: cannot import {attr!r} from {mod_name!r} ({exc})"
+            ) from exc
+        return resolve_store(factory() if callable(factory) else factory)
+    raise ConfigurationError(
+        f"store={spec!r} is not understood: use 'memory://', 'sqlite:///path/jobs.db', "
+        "'redis://host:6379/0' or a store instance."
+    )
+
+
+def _sqlite_options(spec: str, opts: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in opts.items():
+        if key == "timeout":
+            try:
+                out["timeout"] = float(value)
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"store={spec!r}: timeout must be a number of seconds"
+                ) from exc
+        elif key == "synchronous":
+            if value.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+                raise ConfigurationError(
+                    f"store={spec!r}: synchronous must be OFF, NORMAL, FULL or EXTRA"
+                )
+            out["synchronous"] = value.upper()
+        else:
+            raise ConfigurationError(
+                f"store={spec!r}: unknown option {key!r} (known: timeout, synchronous)"
+            )
+    return out
+
+
+class _InlineAsyncStore:
+    """Async face of a non-blocking (in-memory) store: calls it directly."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        fn = getattr(self._store, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+        setattr(self, name, call)
+        return call
+
+
+class _ThreadedAsyncStore:
+    """Async face of a blocking store: every call runs in a small thread pool,
+    so the event loop never waits on disk or network I/O."""
+
+    def __init__(self, store: Store, pool: ThreadPoolExecutor) -> None:
+        self._store = store
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        fn = getattr(self._store, name)
+        pool = self._pool
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            loop = asyncio.get_running_loop()
+            if kwargs:
+                return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(pool, fn, *args)
+
+        setattr(self, name, call)
+        return call
+
+
+def as_async(store: Store, pool: ThreadPoolExecutor | None = None) -> AsyncStore:
+    """The awaitable face of ``store``: its own native one when it has one
+    (``store.aio``), else a direct call for non-blocking stores, else a thread hop."""
+    native = getattr(store, "aio", None)
+    if native is not None:
+        return cast(AsyncStore, native)
+    if not store.blocking:
+        return cast(AsyncStore, _InlineAsyncStore(store))
+    if pool is None:
+        pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="async-accept-io")
+    return cast(AsyncStore, _ThreadedAsyncStore(store, pool))

@@ -1,0 +1,194 @@
+"""The store contract: every store (memory, SQLite, Redis, ...) implements it.
+
+State-changing methods are compare-and-set: each names the state it expects
+and returns ``None`` (or ``changed=False``) when the job is not in it, so a
+job can't be claimed twice and a late worker can't overwrite a cancel or a
+deadman verdict. Callers pass ``now`` so tests control time.
+
+A job whose ``expires_at`` has passed is gone: every read returns ``None``
+for it even before :meth:`Store.purge_expired` deletes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any, Protocol, runtime_checkable
+
+from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Synchronous store interface (WSGI front door, thread executors, workers)."""
+
+    #: True when several processes may share it (SQLite file, Redis); False for memory.
+    shared: bool
+    #: True when calls do blocking I/O (the ASGI path then runs them in a thread).
+    blocking: bool
+
+    def create(self, job: Job, request: CapturedRequest) -> tuple[Job, bool]:
+        """Record a new job with its request.
+
+        When ``job.idempotency_key`` is set and a live job already holds that
+        key, nothing is written and ``(existing_job, False)`` is returned;
+        otherwise ``(job, True)``. Two racing creates with the same key yield
+        exactly one ``True``.
+        """
+        ...
+
+    def get(self, job_id: str, now: float) -> Job | None:
+        """The job's metadata, or None when unknown or expired."""
+        ...
+
+    def get_request(self, job_id: str) -> CapturedRequest | None:
+        """The captured request of a job, or None."""
+        ...
+
+    def get_result(self, job_id: str) -> CapturedResponse | None:
+        """The stored handler response of a finished job, or None."""
+        ...
+
+    def claim(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        """CAS queued (and not cancel_requested) -> processing, owned by ``worker_id``.
+
+        Sets ``started_at`` and ``heartbeat_at`` to ``now`` and increments
+        ``attempts``. Returns the updated job, or None when it was not queued.
+        """
+        ...
+
+    def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        """Refresh the lease of a processing job owned by ``worker_id``.
+
+        Returns the job (so the caller sees ``cancel_requested``), or None when
+        the job is no longer processing under this worker.
+        """
+        ...
+
+    def set_progress(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        percent: float | None,
+        message: str | None,
+        eta: float | None,
+    ) -> Job | None:
+        """Record progress (and refresh the lease) of a processing job owned by ``worker_id``.
+
+        ``progress_at`` and ``updated_at`` become ``now``. Same return as heartbeat.
+        """
+        ...
+
+    def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        status: JobStatus,
+        response: CapturedResponse | None = None,
+        error: dict[str, Any] | None = None,
+        result_location: str | None = None,
+    ) -> Job | None:
+        """CAS processing (owned by ``worker_id``) -> a terminal ``status``.
+
+        Stores the response (if any) and sets ``result_status`` from it,
+        ``finished_at``/``updated_at`` to ``now``, ``percent`` to 100 when
+        completed. Returns None when the job was no longer ours to finish.
+        """
+        ...
+
+    def fail(
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+    ) -> Job | None:
+        """CAS any of ``expected`` -> failed with ``error`` (deadman switch, dispatch failure)."""
+        ...
+
+    def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
+        """Cancel: queued -> canceled; processing -> ``cancel_requested=True``.
+
+        Returns ``(job_after, changed)``; ``(None, False)`` when unknown,
+        ``(job, False)`` when the job was already terminal (or its cancel was
+        already requested).
+        """
+        ...
+
+    def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        """CAS processing (owned by ``worker_id``) -> queued, for a graceful handover."""
+        ...
+
+    def list_jobs(
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        created_before: float | None = None,
+    ) -> list[Job]:
+        """Live jobs, oldest first, optionally filtered by state and creation time."""
+        ...
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """How many live jobs are in each state (every state present, zeros included)."""
+        ...
+
+    def purge_expired(self, now: float) -> int:
+        """Delete jobs (and their request/result) whose ``expires_at`` <= now."""
+        ...
+
+    def delete(self, job_id: str) -> bool:
+        """Delete one job; True when it existed."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. The store is unusable afterwards."""
+        ...
+
+
+class AsyncStore(Protocol):
+    """The same contract, awaitable: what the ASGI front door calls."""
+
+    async def create(self, job: Job, request: CapturedRequest) -> tuple[Job, bool]: ...
+    async def get(self, job_id: str, now: float) -> Job | None: ...
+    async def get_request(self, job_id: str) -> CapturedRequest | None: ...
+    async def get_result(self, job_id: str) -> CapturedResponse | None: ...
+    async def claim(self, job_id: str, worker_id: str, now: float) -> Job | None: ...
+    async def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None: ...
+    async def set_progress(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        percent: float | None,
+        message: str | None,
+        eta: float | None,
+    ) -> Job | None: ...
+    async def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        status: JobStatus,
+        response: CapturedResponse | None = None,
+        error: dict[str, Any] | None = None,
+        result_location: str | None = None,
+    ) -> Job | None: ...
+    async def fail(
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+    ) -> Job | None: ...
+    async def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]: ...
+    async def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None: ...
+    async def list_jobs(
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        created_before: float | None = None,
+    ) -> list[Job]: ...
+    async def count_by_status(self) -> dict[JobStatus, int]: ...
+    async def purge_expired(self, now: float) -> int: ...
+    async def delete(self, job_id: str) -> bool: ...
