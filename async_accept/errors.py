@@ -31,7 +31,7 @@ class ExecutorError(AsyncAcceptError):
     """The executor could not take a job."""
 
 
-class JobCanceled(AsyncAcceptError):  # noqa: N818 - reads as an event, like asyncio.CancelledError
+class JobCanceled(AsyncAcceptError):
     """Raised inside a job by :func:`report_progress` once its cancel was requested."""
 
     def __init__(self, job_id: str) -> None:

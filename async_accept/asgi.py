@@ -1,0 +1,195 @@
+"""The ASGI front door."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from ._frontdoor import FrontDoor
+from .core import Response
+from .job import CapturedRequest
+from .replay import REPLAY_KEY
+from .routes import RouteOptions
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+__all__ = ["AsyncAcceptMiddleware"]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Disconnected(Exception):
+    pass
+
+
+class AsyncAcceptMiddleware:
+    """ASGI middleware: long-running routes answer ``202 Accepted`` with a
+    signed status URL, served under ``prefix`` by this middleware.
+
+    ``app.add_middleware(AsyncAcceptMiddleware, secret_key=...)`` on Starlette
+    and FastAPI finds ``@long_running`` endpoints by itself; any other ASGI app
+    is wrapped directly and names its slow routes with ``routes=[...]``.
+    Options are documented in the README; bad ones raise ConfigurationError.
+    """
+
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
+        self._door = FrontDoor(app, "asgi", options)
+        self.app = app
+        self.runtime = self._door.runtime
+        self.options = self._door.options
+        self.store = self._door.store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await self._lifespan(scope, receive, send)
+                return
+            await self.app(scope, receive, send)  # websocket and anything else: untouched
+            return
+        door = self._door
+        ext = scope.get("extensions")
+        if ext and REPLAY_KEY in ext:
+            await self.app(scope, receive, send)  # a job replaying: let it through
+            return
+        if not door._discovered:
+            self._first_request(scope)
+        path: str = scope["path"]
+        root_path: str = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]
+        if door.is_ours(path):
+            await self._serve(scope, receive, send, path[door.prefix_len :], path)
+            return
+        prefer = None
+        if door.prefer_async:
+            for k, v in scope["headers"]:
+                if k == b"prefer":
+                    prefer = v
+                    break
+        route = door.route_for(scope["method"], path, prefer)
+        if route is None:
+            if door.prefer_async:
+                await self.app(scope, receive, _vary_prefer(send))
+            else:
+                await self.app(scope, receive, send)
+            return
+        await self._accept(scope, receive, send, route, path)
+
+    def _first_request(self, scope: Scope) -> None:
+        app = scope.get("app")
+        if app is not None and getattr(app, "middleware_stack", None) is not None:
+            # Starlette/FastAPI: replay through the whole app (outer middleware
+            # such as sessions or authentication runs again); the replay marker
+            # lets the request pass this middleware.
+            self.runtime.app = app
+        self._door.discover(app if app is not None else self.app)
+
+    async def _ensure_started(self) -> None:
+        if not self.runtime.started:
+            await self.runtime.astart()
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope.get("state")
+        if isinstance(state, dict):
+            self.runtime.lifespan_state = state
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                await self._ensure_started()
+            elif message["type"] == "lifespan.shutdown.complete":
+                await self.runtime.ashutdown()
+            await send(message)
+
+        await self.app(scope, receive, lifespan_send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self._door.max_body
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                try:
+                    if int(v) > limit:
+                        raise _TooLarge
+                except ValueError:
+                    pass
+                break
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            body = message.get("body", b"")
+            if body:
+                size += len(body)
+                if size > limit:
+                    raise _TooLarge
+                chunks.append(body)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _capture(self, scope: Scope, path: str, body: bytes) -> CapturedRequest:
+        server = scope.get("server")
+        client = scope.get("client")
+        return CapturedRequest(
+            method=scope["method"],
+            path=path,
+            query_string=scope.get("query_string", b""),
+            headers=[(bytes(k).lower(), bytes(v)) for k, v in scope["headers"]],
+            body=body,
+            root_path=scope.get("root_path", ""),
+            raw_path=scope.get("raw_path"),
+            scheme=scope.get("scheme", "http"),
+            http_version=scope.get("http_version", "1.1"),
+            server=(str(server[0]), int(server[1])) if server and server[1] is not None else None,
+            client=(str(client[0]), int(client[1])) if client else None,
+        )
+
+    async def _accept(
+        self, scope: Scope, receive: Receive, send: Send, route: RouteOptions, path: str
+    ) -> None:
+        await self._ensure_started()
+        try:
+            body = await self._read_body(scope, receive)
+        except _TooLarge:
+            await _send(send, self._door.too_large(), scope["method"])
+            return
+        except _Disconnected:
+            return
+        request = self._capture(scope, path, body)
+        response = await self.runtime.adrive(self._door.engine.accept(request, route))
+        await _send(send, response, scope["method"])
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, subpath: str, path: str
+    ) -> None:
+        await self._ensure_started()
+        request = self._capture(scope, path, b"")
+        response = await self.runtime.adrive(self._door.engine.serve(request, subpath))
+        await _send(send, response, scope["method"])
+
+
+async def _send(send: Send, response: Response, method: str) -> None:
+    headers = response.headers
+    if not any(k == b"content-length" for k, _ in headers):
+        headers = [*headers, (b"content-length", str(len(response.body)).encode())]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    body = b"" if method == "HEAD" else response.body
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _vary_prefer(send: Send) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            headers.append((b"vary", b"Prefer"))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return wrapped

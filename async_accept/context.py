@@ -1,0 +1,161 @@
+"""What a handler sees inside a job: progress reporting and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import math
+import threading
+from collections.abc import Callable
+
+from .errors import JobCanceled
+
+_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar(
+    "async_accept_job", default=None
+)
+
+
+class JobContext:
+    """The running job, as the handler sees it.
+
+    ``percent``/``message``/``eta`` hold the latest reported progress; the
+    runner's heartbeat writes them to the store (at once when they change,
+    coalescing bursts). ``cancel_requested`` turns true when a client asked to
+    cancel; handlers in threads and workers check it and stop cooperatively.
+    """
+
+    __slots__ = (
+        "_lock",
+        "_wake",
+        "cancel_raised",
+        "cancel_requested",
+        "dirty",
+        "eta",
+        "id",
+        "lost",
+        "message",
+        "on_cancel",
+        "percent",
+    )
+
+    def __init__(self, job_id: str) -> None:
+        self.id = job_id
+        self.cancel_requested = False
+        #: report_progress raised JobCanceled (the app may have turned it into a 500)
+        self.cancel_raised = False
+        self.lost = False
+        self.percent: float | None = None
+        self.message: str | None = None
+        self.eta: float | None = None
+        self.dirty = False
+        self._lock = threading.Lock()
+        self._wake: Callable[[], None] | None = None
+        #: called once when cancel is requested (asyncio: cancels the task)
+        self.on_cancel: Callable[[], None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<JobContext {self.id} cancel_requested={self.cancel_requested}>"
+
+    def set_waker(self, wake: Callable[[], None] | None) -> None:
+        self._wake = wake
+
+    def report(self, percent: float | None, message: str | None, eta: float | None) -> None:
+        with self._lock:
+            if percent is not None:
+                self.percent = percent
+            if message is not None:
+                self.message = message
+            if eta is not None:
+                self.eta = eta
+            self.dirty = True
+        wake = self._wake
+        if wake is not None:
+            wake()
+
+    def take_progress(self) -> tuple[float | None, str | None, float | None] | None:
+        """The progress to write, once (None when nothing changed)."""
+        with self._lock:
+            if not self.dirty:
+                return None
+            self.dirty = False
+            return self.percent, self.message, self.eta
+
+    def request_cancel(self) -> None:
+        if self.cancel_requested:
+            return
+        self.cancel_requested = True
+        cb = self.on_cancel
+        if cb is not None:
+            cb()
+
+
+def current_job() -> JobContext | None:
+    """The job the calling handler runs in, or None outside a job."""
+    return _current.get()
+
+
+def set_current(ctx: JobContext | None) -> contextvars.Token[JobContext | None]:
+    return _current.set(ctx)
+
+
+def reset_current(token: contextvars.Token[JobContext | None]) -> None:
+    _current.reset(token)
+
+
+def report_progress(
+    percent: float | None = None, *, message: str | None = None, eta: float | None = None
+) -> None:
+    """Report progress from inside a job: ``percent`` 0-100, a ``message``,
+    ``eta`` seconds remaining. A no-op outside a job.
+
+    It is also a cancellation point: in a job whose cancel was requested it
+    raises :class:`~async_accept.JobCanceled` and the job ends ``canceled``.
+    """
+    if percent is not None:
+        if (
+            isinstance(percent, bool)
+            or not isinstance(percent, (int, float))
+            or not (0 <= percent <= 100)
+        ):
+            raise ValueError(f"percent={percent!r} must be a number from 0 to 100")
+        percent = float(percent)
+    if eta is not None:
+        if (
+            isinstance(eta, bool)
+            or not isinstance(eta, (int, float))
+            or eta < 0
+            or (not math.isfinite(eta))
+        ):
+            raise ValueError(f"eta={eta!r} must be a number of seconds >= 0")
+        eta = float(eta)
+    if message is not None and not isinstance(message, str):
+        raise ValueError("message must be a string")
+    ctx = _current.get()
+    if ctx is None:
+        return
+    if ctx.cancel_requested or ctx.lost:
+        ctx.cancel_raised = True
+        raise JobCanceled(ctx.id)
+    ctx.report(percent, message, eta)
+
+
+def thread_waker(event: threading.Event) -> Callable[[], None]:
+    return event.set
+
+
+def loop_waker(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> Callable[[], None]:
+    """A waker callable from any thread that sets an asyncio.Event on ``loop``."""
+
+    def wake() -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        else:
+            with contextlib.suppress(RuntimeError):  # loop closed: the job is over
+                loop.call_soon_threadsafe(event.set)
+
+    return wake

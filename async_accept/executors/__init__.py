@@ -1,0 +1,66 @@
+"""Executors: a Protocol and a resolver from a short name or an instance."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..errors import ConfigurationError
+from .base import Executor
+
+__all__ = ["Executor", "resolve_executor"]
+
+_BUILTIN = {
+    "thread": ("async_accept.executors.thread", "ThreadExecutor"),
+    "threads": ("async_accept.executors.thread", "ThreadExecutor"),
+    "asyncio": ("async_accept.executors.asyncio", "AsyncioExecutor"),
+    "celery": ("async_accept.executors.celery", "CeleryExecutor"),
+    "rq": ("async_accept.executors.rq", "RQExecutor"),
+}
+
+
+def resolve_executor(spec: Any, kind: str) -> Executor:
+    """``None`` (asyncio for ASGI, thread for WSGI), a short name, a
+    ``"package.module:factory"`` path, or an instance."""
+    if spec is None:
+        spec = "asyncio" if kind == "asgi" else "thread"
+    if isinstance(spec, str):
+        name = spec.strip().lower()
+        if name in _BUILTIN:
+            mod_name, attr = _BUILTIN[name]
+            try:
+                factory = getattr(importlib.import_module(mod_name), attr)
+            except ModuleNotFoundError as exc:
+                raise ConfigurationError(f"executor={spec!r} is not available: {exc}") from exc
+            executor = factory()
+        elif ":" in spec:
+            mod_name, _, attr = spec.partition(":")
+            try:
+                factory = getattr(importlib.import_module(mod_name), attr)
+            except (ImportError, AttributeError) as exc:
+                raise ConfigurationError(
+                    f"executor={spec!r}: cannot import {attr!r} from {mod_name!r} ({exc})"
+                ) from exc
+            executor = factory() if isinstance(factory, type) or callable(factory) else factory
+        else:
+            raise ConfigurationError(
+                f"executor={spec!r} is not understood: use 'thread', 'asyncio', 'celery', "
+                "'rq', 'package.module:factory' or an executor instance"
+            )
+    else:
+        executor = spec
+    missing = [
+        m for m in ("start", "submit", "shutdown") if not callable(getattr(executor, m, None))
+    ]
+    if missing:
+        raise ConfigurationError(
+            f"executor={spec!r} is not an executor: it lacks {', '.join(missing)}"
+        )
+    supports = getattr(executor, "supports", frozenset({"asgi", "wsgi"}))
+    if kind not in supports:
+        hint = "'thread'" if kind == "wsgi" else "'asyncio' or 'thread'"
+        raise ConfigurationError(
+            f"executor={getattr(executor, 'name', spec)!r} can't run {kind.upper()} apps; "
+            f"use {hint}"
+        )
+    return executor  # type: ignore[no-any-return]

@@ -1,0 +1,44 @@
+"""The executor contract: how accepted jobs get run."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs jobs by id. ``submit`` must never block on I/O: an executor that
+    talks to a broker queues internally and hands over off the request path.
+    A job may be submitted more than once (recovery); the store's claim
+    guarantees it runs once."""
+
+    #: short name for messages ("thread", "asyncio", "celery", ...)
+    name: str
+    #: True when jobs run in other processes (needs a shared store)
+    out_of_process: bool
+    #: which front doors it can serve: {"asgi", "wsgi"}
+    supports: frozenset[str]
+
+    def start(self, runtime: Runtime, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Begin taking jobs; ``loop`` is the server's loop on the ASGI path."""
+        ...
+
+    def submit(self, job_id: str) -> None:
+        """Schedule ``job_id``; raise ExecutorError when it can't be taken."""
+        ...
+
+    def is_pending(self, job_id: str) -> bool:
+        """True while ``job_id`` waits or runs here (the sweeper won't resubmit it)."""
+        ...
+
+    def cancel(self, job_id: str) -> None:
+        """Best effort: the job's cancel was requested."""
+        ...
+
+    def shutdown(self, timeout: float) -> None:
+        """Stop taking jobs; give running ones up to ``timeout`` seconds."""
+        ...

@@ -1,0 +1,97 @@
+"""Run jobs in a pool of daemon threads in the web process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigurationError, ExecutorError
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+log = logging.getLogger("async_accept")
+
+_STOP = ""
+
+
+class ThreadExecutor:
+    """Jobs run in ``max_workers`` daemon threads of this process.
+
+    Daemon threads, not ``concurrent.futures``: at interpreter exit a pool
+    would wait for every queued job, hanging a server's shutdown. Jobs still
+    queued when the process stops stay ``queued`` in the store and are picked
+    up again when a process starts (or failed by the deadman switch).
+    """
+
+    name = "thread"
+    out_of_process = False
+    supports = frozenset({"asgi", "wsgi"})
+
+    def __init__(self, max_workers: int = 8) -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ConfigurationError(f"max_workers={max_workers!r} must be a whole number >= 1")
+        self.max_workers = max_workers
+        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._runtime: Runtime | None = None
+        self._closed = False
+
+    def start(self, runtime: Runtime, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._runtime = runtime
+        self._closed = False
+        self._threads = [t for t in self._threads if t.is_alive()]
+        while len(self._threads) < self.max_workers:
+            t = threading.Thread(
+                target=self._work, name=f"async-accept-worker-{len(self._threads)}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+
+    def after_fork(self) -> None:
+        self._queue = queue.SimpleQueue()
+        self._pending = set()
+        self._lock = threading.Lock()
+        self._threads = []
+
+    def submit(self, job_id: str) -> None:
+        if self._closed or self._runtime is None:
+            raise ExecutorError("the thread executor is not running")
+        with self._lock:
+            if job_id in self._pending:
+                return
+            self._pending.add(job_id)
+        self._queue.put(job_id)
+
+    def is_pending(self, job_id: str) -> bool:
+        return job_id in self._pending
+
+    def cancel(self, job_id: str) -> None:
+        """Threads can't be interrupted: the handler sees ``cancel_requested``."""
+
+    def _work(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            if job_id == _STOP:
+                return
+            runtime = self._runtime
+            try:
+                if runtime is not None:
+                    runtime.run_job(job_id)
+            except Exception:
+                log.exception("async_accept: job %s crashed its worker thread", job_id)
+            finally:
+                with self._lock:
+                    self._pending.discard(job_id)
+
+    def shutdown(self, timeout: float) -> None:
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for t in self._threads:
+            t.join(timeout)

@@ -1,0 +1,169 @@
+"""Replaying a captured request against an ASGI or WSGI app, capturing the response.
+
+The replayed request carries a marker (the ASGI scope extension or WSGI
+environ key ``async_accept.replay``) so that an async_accept middleware in
+the replayed stack lets it through instead of accepting it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .job import CapturedRequest, CapturedResponse, Headers
+
+REPLAY_KEY = "async_accept.replay"
+
+ASGIApp = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class NoResponse(RuntimeError):
+    """The app returned without sending a response."""
+
+
+def asgi_scope(
+    request: CapturedRequest, job_id: str, state: dict[str, Any] | None
+) -> dict[str, Any]:
+    path = request.root_path + request.path
+    raw_path = request.raw_path
+    if raw_path is None:
+        raw_path = path.encode("utf-8")
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": request.http_version,
+        "method": request.method,
+        "scheme": request.scheme,
+        "path": path,
+        "raw_path": raw_path,
+        "root_path": request.root_path,
+        "query_string": request.query_string,
+        "headers": list(request.headers),
+        "server": request.server,
+        "client": request.client,
+        "extensions": {REPLAY_KEY: {"job_id": job_id}},
+    }
+    if state is not None:
+        scope["state"] = dict(state)
+    return scope
+
+
+async def replay_asgi(
+    app: ASGIApp,
+    request: CapturedRequest,
+    job_id: str,
+    state: dict[str, Any] | None = None,
+) -> CapturedResponse:
+    """Run ``request`` through the ASGI ``app`` and return what it answered."""
+    scope = asgi_scope(request, job_id, state)
+    body_sent = False
+    done = asyncio.Event()
+    status: int | None = None
+    headers: Headers = []
+    chunks: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": request.body, "more_body": False}
+        # Like a real server: the client stays connected until the response is done.
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status, headers
+        kind = message["type"]
+        if kind == "http.response.start":
+            status = int(message["status"])
+            headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
+        elif kind == "http.response.body":
+            body = message.get("body", b"")
+            if body:
+                chunks.append(bytes(body))
+            if not message.get("more_body", False):
+                done.set()
+
+    try:
+        await app(scope, receive, send)
+    finally:
+        done.set()
+    if status is None:
+        raise NoResponse("the application returned without sending a response")
+    return CapturedResponse(status=status, headers=headers, body=b"".join(chunks))
+
+
+def wsgi_environ(request: CapturedRequest, job_id: str) -> dict[str, Any]:
+    server_name, server_port = request.server or ("localhost", 80)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": request.method,
+        "SCRIPT_NAME": request.root_path.encode("utf-8").decode("latin-1"),
+        "PATH_INFO": request.path.encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": request.query_string.decode("latin-1"),
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": str(server_port),
+        "SERVER_PROTOCOL": f"HTTP/{request.http_version}",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": request.scheme,
+        "wsgi.input": io.BytesIO(request.body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "CONTENT_LENGTH": str(len(request.body)),
+        REPLAY_KEY: job_id,
+    }
+    if request.client:
+        environ["REMOTE_ADDR"] = request.client[0]
+        environ["REMOTE_PORT"] = str(request.client[1])
+    for name, value in request.headers:
+        key = name.decode("latin-1").upper().replace("-", "_")
+        val = value.decode("latin-1")
+        if key == "CONTENT_TYPE":
+            environ["CONTENT_TYPE"] = val
+            continue
+        if key == "CONTENT_LENGTH":
+            continue  # the body we replay is complete: its length is authoritative
+        wkey = "HTTP_" + key
+        if wkey in environ:
+            sep = "; " if key == "COOKIE" else ","
+            environ[wkey] = environ[wkey] + sep + val
+        else:
+            environ[wkey] = val
+    return environ
+
+
+def replay_wsgi(app: WSGIApp, request: CapturedRequest, job_id: str) -> CapturedResponse:
+    """Run ``request`` through the WSGI ``app`` and return what it answered."""
+    environ = wsgi_environ(request, job_id)
+    captured: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    def start_response(
+        status: str, response_headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], object]:
+        if exc_info is not None and captured.get("sent"):
+            raise exc_info[1].with_traceback(exc_info[2])
+        captured["status"] = status
+        captured["headers"] = response_headers
+        return chunks.append
+
+    result = app(environ, start_response)
+    try:
+        for chunk in result:
+            if chunk:
+                captured["sent"] = True
+                chunks.append(bytes(chunk))
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    if "status" not in captured:
+        raise NoResponse("the application returned without calling start_response")
+    code = int(str(captured["status"]).split(" ", 1)[0])
+    headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in captured["headers"]]
+    return CapturedResponse(status=code, headers=headers, body=b"".join(chunks))

@@ -1,0 +1,473 @@
+"""The runtime: drives the core's generators (blocking or awaited), runs jobs
+with heartbeats and progress, waits for hybrid answers and sweeps zombies.
+
+One Runtime per middleware instance (per process). Remote workers build one
+too, around the imported application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from .context import JobContext, loop_waker, reset_current, set_current
+from .core import (
+    Call,
+    CancelLocal,
+    Engine,
+    Gen,
+    Op,
+    Replay,
+    Submit,
+    WaitFor,
+    WorkerShutdown,
+)
+from .errors import JobCanceled, StoreError
+from .job import CapturedResponse, Job
+from .replay import replay_asgi, replay_wsgi
+from .stores import AsyncStore, Store, as_async
+
+log = logging.getLogger("async_accept")
+
+T = TypeVar("T")
+AppKind = Literal["asgi", "wsgi"]
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Runtime:
+    """Everything a process needs to accept, answer and run jobs."""
+
+    def __init__(self, engine: Engine, store: Store, executor: Any, kind: AppKind) -> None:
+        self.engine = engine
+        self.options = engine.options
+        self.store = store
+        self.executor = executor
+        self.kind = kind
+        self.app: Any = None  # the replay target, set by the front door
+        self.lifespan_state: dict[str, Any] | None = None
+        self.worker_id = make_worker_id()
+        self._astore: AsyncStore | None = None
+        self._local: dict[str, JobContext] = {}
+        self._waiters: dict[str, list[Callable[[], None]]] = {}
+        self._waiters_lock = threading.Lock()
+        self._started = False
+        self._start_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._stop = threading.Event()
+        self._sweeper_thread: threading.Thread | None = None
+        self._sweeper_task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- store faces ---------------------------------------------------------------
+
+    @property
+    def astore(self) -> AsyncStore:
+        if self._astore is None:
+            self._astore = as_async(self.store)
+        return self._astore
+
+    # -- drivers ---------------------------------------------------------------------
+
+    def drive(self, gen: Gen[T]) -> T:
+        """Run a core generator with blocking calls."""
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = gen.throw(error) if error is not None else gen.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            error = None
+            try:
+                value = self._do_sync(op)
+            except Exception as exc:
+                value, error = None, exc
+
+    async def adrive(self, gen: Gen[T]) -> T:
+        """Run a core generator with awaited calls (never blocks the loop)."""
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                op = gen.throw(error) if error is not None else gen.send(value)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            error = None
+            try:
+                value = await self._do_async(op)
+            except Exception as exc:
+                value, error = None, exc
+
+    def _do_sync(self, op: Op) -> Any:
+        if isinstance(op, Call):
+            return getattr(self.store, op.name)(*op.args)
+        if isinstance(op, Submit):
+            return self.executor.submit(op.job_id)
+        if isinstance(op, WaitFor):
+            return self._wait_sync(op.job_id, op.timeout)
+        if isinstance(op, CancelLocal):
+            return self.cancel_local(op.job_id)
+        if isinstance(op, Replay):
+            return self._replay_sync(op)
+        raise TypeError(f"unknown op {op!r}")  # pragma: no cover
+
+    async def _do_async(self, op: Op) -> Any:
+        if isinstance(op, Call):
+            return await getattr(self.astore, op.name)(*op.args)
+        if isinstance(op, Submit):
+            return self.executor.submit(op.job_id)
+        if isinstance(op, WaitFor):
+            return await self._wait_async(op.job_id, op.timeout)
+        if isinstance(op, CancelLocal):
+            return self.cancel_local(op.job_id)
+        if isinstance(op, Replay):
+            return await self._replay_async(op)
+        raise TypeError(f"unknown op {op!r}")  # pragma: no cover
+
+    # -- running jobs ------------------------------------------------------------------
+
+    def run_job(self, job_id: str) -> Job | None:
+        """Run one job in this thread (thread executors, remote workers)."""
+        try:
+            return self.drive(self.engine.run(job_id, self.worker_id))
+        except StoreError:
+            log.exception("async_accept: store error while running job %s", job_id)
+            return None
+        finally:
+            self.notify_finished(job_id)
+
+    async def arun_job(self, job_id: str) -> Job | None:
+        """Run one job as a task on the running loop (asyncio executor)."""
+        try:
+            return await self.adrive(self.engine.run(job_id, self.worker_id))
+        except StoreError:
+            log.exception("async_accept: store error while running job %s", job_id)
+            return None
+        finally:
+            self.notify_finished(job_id)
+
+    def cancel_local(self, job_id: str) -> None:
+        ctx = self._local.get(job_id)
+        if ctx is not None:
+            ctx.request_cancel()
+        cancel = getattr(self.executor, "cancel", None)
+        if cancel is not None:
+            cancel(job_id)
+
+    def _outcome(self, ctx: JobContext, response: CapturedResponse) -> CapturedResponse:
+        if ctx.cancel_raised:
+            raise JobCanceled(ctx.id)
+        return response
+
+    def _replay_sync(self, op: Replay) -> CapturedResponse:
+        ctx = JobContext(op.job.id)
+        stop = threading.Event()
+        wake = threading.Event()
+        ctx.set_waker(wake.set)
+        self._local[ctx.id] = ctx
+        hb = threading.Thread(
+            target=self._heartbeat_sync,
+            args=(ctx, stop, wake),
+            name=f"async-accept-heartbeat-{ctx.id[:8]}",
+            daemon=True,
+        )
+        hb.start()
+        token = set_current(ctx)
+        try:
+            if self.kind == "wsgi":
+                response = replay_wsgi(self.app, op.request, ctx.id)
+            else:
+                response = asyncio.run(
+                    replay_asgi(self.app, op.request, ctx.id, self.lifespan_state)
+                )
+        except Exception:
+            if ctx.cancel_raised:
+                raise JobCanceled(ctx.id) from None
+            raise
+        finally:
+            reset_current(token)
+            stop.set()
+            wake.set()
+            hb.join()
+            self._local.pop(ctx.id, None)
+        return self._outcome(ctx, response)
+
+    def _heartbeat_sync(
+        self, ctx: JobContext, stop: threading.Event, wake: threading.Event
+    ) -> None:
+        interval = self.options.heartbeat_interval
+        while True:
+            wake.wait(interval)
+            wake.clear()
+            if stop.is_set():
+                return
+            try:
+                progress = ctx.take_progress()
+                now = self.engine.clock()
+                if progress is not None:
+                    job = self.store.set_progress(ctx.id, self.worker_id, now, *progress)
+                else:
+                    job = self.store.heartbeat(ctx.id, self.worker_id, now)
+            except StoreError:
+                log.warning("async_accept: heartbeat of job %s failed", ctx.id, exc_info=True)
+                continue
+            self._after_beat(ctx, job)
+
+    def _after_beat(self, ctx: JobContext, job: Job | None) -> None:
+        if job is None:
+            # Failed by the deadman switch (or otherwise taken away): stop the work.
+            ctx.lost = True
+            ctx.request_cancel()
+        elif job.cancel_requested:
+            ctx.request_cancel()
+
+    async def _replay_async(self, op: Replay) -> CapturedResponse:
+        loop = asyncio.get_running_loop()
+        ctx = JobContext(op.job.id)
+        event = asyncio.Event()
+        ctx.set_waker(loop_waker(loop, event))
+        self._local[ctx.id] = ctx
+        token = set_current(ctx)
+        try:
+            if self.kind == "wsgi":  # pragma: no cover - refused at construction
+                inner: asyncio.Future[CapturedResponse] = asyncio.ensure_future(
+                    asyncio.to_thread(replay_wsgi, self.app, op.request, ctx.id)
+                )
+            else:
+                inner = asyncio.ensure_future(
+                    replay_asgi(self.app, op.request, ctx.id, self.lifespan_state)
+                )
+        finally:
+            reset_current(token)
+
+        def cancel_inner() -> None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(inner.cancel)
+
+        ctx.on_cancel = cancel_inner
+        stop: list[bool] = []
+        hb = asyncio.ensure_future(self._heartbeat_async(ctx, event, stop))
+        try:
+            response = await inner
+        except asyncio.CancelledError:
+            if ctx.cancel_requested:
+                raise JobCanceled(ctx.id) from None
+            # Our own task is being cancelled: the server is shutting down.
+            inner.cancel()
+            raise WorkerShutdown("The server shut down while the job was running.") from None
+        except Exception:
+            if ctx.cancel_raised:
+                raise JobCanceled(ctx.id) from None
+            raise
+        finally:
+            # A flag, not hb.cancel(): on Python < 3.12 wait_for() can swallow a
+            # cancellation that races with the event firing.
+            stop.append(True)
+            event.set()
+            try:
+                await hb
+            except asyncio.CancelledError:
+                hb.cancel()
+                raise
+            finally:
+                self._local.pop(ctx.id, None)
+        return self._outcome(ctx, response)
+
+    async def _heartbeat_async(
+        self, ctx: JobContext, event: asyncio.Event, stop: list[bool]
+    ) -> None:
+        interval = self.options.heartbeat_interval
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), interval)
+            event.clear()
+            if stop:
+                return
+            try:
+                progress = ctx.take_progress()
+                now = self.engine.clock()
+                if progress is not None:
+                    job = await self.astore.set_progress(ctx.id, self.worker_id, now, *progress)
+                else:
+                    job = await self.astore.heartbeat(ctx.id, self.worker_id, now)
+            except StoreError:
+                log.warning("async_accept: heartbeat of job %s failed", ctx.id, exc_info=True)
+                continue
+            self._after_beat(ctx, job)
+
+    # -- waiting for a hybrid answer ----------------------------------------------------
+
+    def notify_finished(self, job_id: str) -> None:
+        with self._waiters_lock:
+            callbacks = self._waiters.pop(job_id, [])
+        for cb in callbacks:
+            cb()
+
+    def _add_waiter(self, job_id: str, cb: Callable[[], None]) -> None:
+        with self._waiters_lock:
+            self._waiters.setdefault(job_id, []).append(cb)
+
+    def _remove_waiter(self, job_id: str, cb: Callable[[], None]) -> None:
+        with self._waiters_lock:
+            cbs = self._waiters.get(job_id)
+            if cbs and cb in cbs:
+                cbs.remove(cb)
+                if not cbs:
+                    del self._waiters[job_id]
+
+    def _poll_step(self) -> float:
+        # A remote worker can't notify this process: poll the store, gently.
+        return 0.05 if getattr(self.executor, "out_of_process", False) else 3600.0
+
+    def _wait_sync(self, job_id: str, timeout: float) -> Job | None:
+        event = threading.Event()
+        self._add_waiter(job_id, event.set)
+        try:
+            deadline = time.monotonic() + timeout
+            step = self._poll_step()
+            while True:
+                job = self.store.get(job_id, self.engine.clock())
+                if job is None or job.terminal:
+                    return job
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return job
+                event.wait(min(left, step))
+                step = min(step * 1.5, 0.5) if step < 3600 else step
+        finally:
+            self._remove_waiter(job_id, event.set)
+
+    async def _wait_async(self, job_id: str, timeout: float) -> Job | None:
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        waker = loop_waker(loop, event)
+        self._add_waiter(job_id, waker)
+        try:
+            deadline = time.monotonic() + timeout
+            step = self._poll_step()
+            while True:
+                job = await self.astore.get(job_id, self.engine.clock())
+                if job is None or job.terminal:
+                    return job
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return job
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(left, step))
+                event.clear()
+                step = min(step * 1.5, 0.5) if step < 3600 else step
+        finally:
+            self._remove_waiter(job_id, waker)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._started and self._pid == os.getpid()
+
+    def _reset_if_forked(self) -> None:
+        if self._pid != os.getpid():
+            # A forked child (gunicorn --preload): nothing of the parent's threads survived.
+            self._pid = os.getpid()
+            self._started = False
+            self.worker_id = make_worker_id()
+            self._stop = threading.Event()
+            self._local.clear()
+            reset = getattr(self.executor, "after_fork", None)
+            if reset is not None:
+                reset()
+
+    def start(self) -> None:
+        """Start executor and sweeper threads (WSGI); idempotent and fork-aware."""
+        with self._start_lock:
+            self._reset_if_forked()
+            if self._started:
+                return
+            self.executor.start(self, None)
+            self._started = True
+            self._sweeper_thread = threading.Thread(
+                target=self._sweep_forever, name="async-accept-sweeper", daemon=True
+            )
+            self._sweeper_thread.start()
+
+    async def astart(self) -> None:
+        """Start executor and sweeper on the running loop (ASGI)."""
+        with self._start_lock:
+            self._reset_if_forked()
+            if self._started:
+                return
+            self.loop = asyncio.get_running_loop()
+            self.executor.start(self, self.loop)
+            self._started = True
+        self._sweeper_task = asyncio.ensure_future(self._asweep_forever())
+
+    def is_pending(self, job_id: str) -> bool:
+        if job_id in self._local:
+            return True
+        pending = getattr(self.executor, "is_pending", None)
+        return bool(pending(job_id)) if pending is not None else False
+
+    def _sweep_forever(self) -> None:
+        first = True
+        started = self.engine.clock()
+        while not self._stop.is_set():
+            try:
+                self.drive(
+                    self.engine.sweep(self.is_pending, requeue_before=started if first else None)
+                )
+                first = False
+            except Exception:
+                log.warning("async_accept: sweep failed", exc_info=True)
+            interval = self.options.sweep_interval
+            if interval is None:
+                return
+            self._stop.wait(interval)
+
+    async def _asweep_forever(self) -> None:
+        first = True
+        started = self.engine.clock()
+        while True:
+            try:
+                await self.adrive(
+                    self.engine.sweep(self.is_pending, requeue_before=started if first else None)
+                )
+                first = False
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("async_accept: sweep failed", exc_info=True)
+            interval = self.options.sweep_interval
+            if interval is None:
+                return
+            await asyncio.sleep(interval)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._started:
+            self.executor.shutdown(self.options.shutdown_timeout)
+        self._started = False
+
+    async def ashutdown(self) -> None:
+        if self._sweeper_task is not None:
+            self._sweeper_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper_task
+            self._sweeper_task = None
+        if self._started:
+            ashutdown = getattr(self.executor, "ashutdown", None)
+            if ashutdown is not None:
+                await ashutdown(self.options.shutdown_timeout)
+            else:
+                await asyncio.to_thread(self.executor.shutdown, self.options.shutdown_timeout)
+        self._started = False

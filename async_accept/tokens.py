@@ -1,0 +1,129 @@
+"""Signed, expiring, rotatable status-URL tokens and the owner hash.
+
+A token is the job id signed with itsdangerous' ``TimestampSigner`` (HMAC,
+issue time inside). Secrets are given newest first; every one verifies, the
+newest signs. The owner of a job is kept only as an HMAC of the caller's
+credentials, never the credentials themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from collections.abc import Callable, Sequence
+
+from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner
+from itsdangerous.encoding import base64_encode, int_to_bytes
+
+from .errors import AsyncAcceptError, ConfigurationError
+
+_TOKEN_SALT = b"async_accept.job-token"
+_OWNER_SALT = b"async_accept.owner"
+
+
+class TokenError(AsyncAcceptError):
+    """A token that does not validate (malformed, tampered, unknown key)."""
+
+
+class TokenExpired(TokenError):
+    """A token with a valid signature, older than the TTL."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__("token expired")
+
+
+def normalize_secrets(secret_key: str | bytes | Sequence[str | bytes] | None) -> list[bytes]:
+    """Secrets newest first, as bytes; ConfigurationError when none is usable."""
+    if secret_key is None:
+        raise ConfigurationError(
+            "secret_key is missing: pass secret_key='...' (or a list, newest first) "
+            "or set the ASYNC_ACCEPT_SECRET_KEY environment variable."
+        )
+    keys: list[str | bytes] = (
+        [secret_key] if isinstance(secret_key, (str, bytes)) else list(secret_key)
+    )
+    out: list[bytes] = []
+    for k in keys:
+        if isinstance(k, str):
+            k = k.encode("utf-8")
+        if not isinstance(k, bytes) or not k:
+            raise ConfigurationError(
+                "secret_key entries must be non-empty strings or bytes; "
+                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        out.append(k)
+    if not out:
+        raise ConfigurationError("secret_key is an empty list: give at least one key")
+    return out
+
+
+class _ClockedSigner(TimestampSigner):
+    """itsdangerous' signer, reading time from the engine's clock (testable)."""
+
+    clock: Callable[[], float] = time.time
+
+    def get_timestamp(self) -> int:
+        return int(self.clock())
+
+
+class TokenSigner:
+    """Signs job ids into status-URL tokens and checks them."""
+
+    def __init__(
+        self,
+        secrets_newest_first: Sequence[bytes],
+        ttl: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.secrets = list(secrets_newest_first)
+        self.ttl = ttl
+        # itsdangerous wants oldest to newest; the last one signs.
+        self._signer = _ClockedSigner(
+            list(reversed(self.secrets)), salt=_TOKEN_SALT, digest_method=hashlib.sha256
+        )
+        self._signer.clock = clock
+        self._owner_keys = [hmac.new(k, _OWNER_SALT, hashlib.sha256).digest() for k in self.secrets]
+
+    def sign(self, job_id: str, issued_at: float | None = None) -> str:
+        """The token for ``job_id``. With ``issued_at`` (the job's creation time)
+        the token is a pure function of job and key, so a repeat of an
+        idempotent request gets the very same status URL back."""
+        if issued_at is None:
+            return self._signer.sign(job_id.encode("ascii")).decode("ascii")
+        ts = base64_encode(int_to_bytes(int(issued_at)))
+        value = job_id.encode("ascii") + self._signer.sep + ts
+        return Signer.sign(self._signer, value).decode("ascii")
+
+    def unsign(self, token: str) -> str:
+        """The job id in ``token``. Raises TokenExpired past the TTL, TokenError otherwise."""
+        try:
+            raw = token.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise TokenError("token is not ASCII") from exc
+        try:
+            value = self._signer.unsign(raw, max_age=math.ceil(self.ttl))
+        except SignatureExpired as exc:
+            payload = exc.payload
+            job_id = payload.decode("ascii", "replace") if isinstance(payload, bytes) else ""
+            raise TokenExpired(job_id) from exc
+        except BadSignature as exc:
+            raise TokenError("bad signature") from exc
+        try:
+            return str(value.decode("ascii"))
+        except UnicodeDecodeError as exc:  # pragma: no cover - we only sign ASCII ids
+            raise TokenError("bad payload") from exc
+
+    def owner_hash(self, material: bytes) -> str:
+        """Keyed hash of the caller's credentials, with the newest key."""
+        return hmac.new(self._owner_keys[0], material, hashlib.sha256).hexdigest()
+
+    def owner_matches(self, stored: str, material: bytes) -> bool:
+        """Constant-time check of ``material`` against a stored owner hash (any key)."""
+        ok = False
+        for key in self._owner_keys:
+            candidate = hmac.new(key, material, hashlib.sha256).hexdigest()
+            ok |= hmac.compare_digest(candidate, stored)
+        return ok

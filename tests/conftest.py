@@ -1,0 +1,184 @@
+"""Fixtures: the contract suite's deployments (front door x store x executor)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import apps
+
+SECRET = "test-secret-key-0123456789abcdef"
+ALICE = {"Authorization": "Bearer alice"}
+BOB = {"Authorization": "Bearer bob"}
+
+COMBOS = [
+    ("asgi", "memory", "asyncio"),
+    ("asgi", "memory", "thread"),
+    ("asgi", "sqlite", "asyncio"),
+    ("asgi", "sqlite", "thread"),
+    ("wsgi", "memory", "thread"),
+    ("wsgi", "sqlite", "thread"),
+]
+
+
+class Clock:
+    """Real time plus an offset tests can advance (deadman, TTL)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@dataclass
+class Deployment:
+    """One app behind the middleware, with a client and handles for tests."""
+
+    door: str
+    store_name: str
+    executor_name: str
+    client: httpx.Client
+    middleware: Any
+    clock: Clock
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def store(self) -> Any:
+        return self.middleware.store
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        kw.setdefault("headers", ALICE)
+        return self.client.post(path, **kw)
+
+    def get(self, url: str, **kw: Any) -> httpx.Response:
+        kw.setdefault("headers", ALICE)
+        return self.client.get(url, **kw)
+
+    def wait_status(
+        self,
+        url: str,
+        until: Callable[[httpx.Response], bool],
+        timeout: float = 15.0,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Poll ``url`` (without honouring Retry-After) until ``until`` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.client.get(url, headers=headers or ALICE)
+            if until(r):
+                return r
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"status never reached the condition: {r.status_code} {r.text}"
+                )
+            time.sleep(0.01)
+
+    def finished(self, url: str, **kw: Any) -> httpx.Response:
+        return self.wait_status(
+            url,
+            lambda r: (
+                r.status_code == 303
+                or r.json().get("status") in ("failed", "canceled", "completed")
+            ),
+            **kw,
+        )
+
+
+def find_middleware(app: Any) -> Any:
+    """The AsyncAcceptMiddleware instance inside a Starlette app's stack."""
+    from async_accept.asgi import AsyncAcceptMiddleware
+
+    node = getattr(app, "middleware_stack", None) or app
+    for _ in range(20):
+        if isinstance(node, AsyncAcceptMiddleware):
+            return node
+        node = getattr(node, "app", None)
+        if node is None:
+            break
+    raise LookupError("no AsyncAcceptMiddleware in the app")
+
+
+@contextlib.contextmanager
+def deploy(
+    door: str, store: str, executor: str, tmp_path: Path, **options: Any
+) -> Iterator[Deployment]:
+    clock = Clock()
+    store_url = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'jobs.db'}"
+    opts: dict[str, Any] = {
+        "secret_key": SECRET,
+        "store": store_url,
+        "executor": executor,
+        "heartbeat_interval": 0.2,
+        "worker_lost_after": 3.0,
+        "poll_interval": 1,
+    }
+    opts.update(options)
+    if store == "redis":
+        from tests.services import require_redis
+
+        url = require_redis()
+        from async_accept.stores.redis import RedisStore
+
+        opts["store"] = RedisStore.from_url(url, namespace=f"contract-{time.time_ns()}")
+    if door == "asgi":
+        from starlette.testclient import TestClient
+
+        app = apps.build_starlette(**opts)
+        with TestClient(app, follow_redirects=False, raise_server_exceptions=False) as client:
+            client.get("/hello")  # builds the middleware stack
+            mw = find_middleware(app)
+            mw.runtime.engine.clock = clock
+            try:
+                yield Deployment(door, store, executor, client, mw, clock)
+            finally:
+                apps.GATES.open_all()
+        mw.store.close()
+    else:
+        mw = apps.build_wsgi(**opts)
+        mw.runtime.engine.clock = clock
+        transport = httpx.WSGITransport(app=mw)
+        with httpx.Client(
+            transport=transport, base_url="http://testserver", follow_redirects=False
+        ) as client:
+            try:
+                yield Deployment(door, store, executor, client, mw, clock)
+            finally:
+                apps.GATES.open_all()
+                mw.runtime.shutdown()
+        mw.store.close()
+
+
+@pytest.fixture(params=COMBOS, ids=["-".join(c) for c in COMBOS])
+def dep(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    """Every combination of front door, store and executor the contract covers."""
+    apps.GATES = apps.Gates()
+    door, store, executor = request.param
+    with deploy(door, store, executor, tmp_path) as d:
+        yield d
+
+
+@pytest.fixture
+def make_dep(tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
+    """Build a deployment with custom options: make_dep(door, store, executor, **options)."""
+    stack = contextlib.ExitStack()
+    apps.GATES = apps.Gates()
+
+    def make(
+        door: str, store: str = "memory", executor: str | None = None, **options: Any
+    ) -> Deployment:
+        ex = executor or ("asyncio" if door == "asgi" else "thread")
+        return stack.enter_context(deploy(door, store, ex, tmp_path, **options))
+
+    with stack:
+        yield make
