@@ -14,8 +14,8 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner
-from itsdangerous.encoding import base64_encode, int_to_bytes
+from itsdangerous import BadData, BadSignature, SignatureExpired, Signer, TimestampSigner
+from itsdangerous.encoding import base64_decode, base64_encode, int_to_bytes
 
 from .errors import AsyncAcceptError, ConfigurationError
 
@@ -103,6 +103,16 @@ class TokenSigner:
             raw = token.encode("ascii")
         except UnicodeEncodeError as exc:
             raise TokenError("token is not ASCII") from exc
+        # Base64 leaves spare bits in the last character of the signature, so
+        # two spellings can decode to the same bytes: accept only the canonical
+        # one, so that a changed character never validates.
+        _, dot, sig = raw.rpartition(b".")
+        try:
+            canonical = dot and base64_encode(base64_decode(sig)) == sig
+        except BadData:
+            canonical = False
+        if not canonical:
+            raise TokenError("bad signature")
         try:
             value = self._signer.unsign(raw, max_age=math.ceil(self.ttl))
         except SignatureExpired as exc:

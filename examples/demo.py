@@ -112,9 +112,8 @@ def main() -> int:
                 result_url = r.headers["location"]
                 print(f"[{time.monotonic() - t0:5.2f}s] 303 See Other -> {result_url}")
                 result = client.get(result_url)
-                print(
-                    f"[{time.monotonic() - t0:5.2f}s] GET result -> {result.status_code} {result.text}"
-                )
+                elapsed = time.monotonic() - t0
+                print(f"[{elapsed:5.2f}s] GET result -> {result.status_code} {result.text}")
                 other = client.get(status_url, headers={"Authorization": "Bearer someone-else"})
                 print(
                     f"another caller on the status URL -> {other.status_code} (no job enumeration)"

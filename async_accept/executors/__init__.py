@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any
+from urllib.parse import parse_qs
 
 from ..errors import ConfigurationError
 from .base import Executor
@@ -19,20 +21,42 @@ _BUILTIN = {
 }
 
 
+def _query_kwargs(spec: str, query: str) -> dict[str, Any]:
+    """``"thread?max_workers=4"`` -> ``{"max_workers": 4}`` (numbers become ints/floats)."""
+    out: dict[str, Any] = {}
+    for key, values in parse_qs(query, keep_blank_values=True).items():
+        value: Any = values[-1]
+        try:
+            value = int(value)
+        except ValueError:
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if not key.isidentifier():
+            raise ConfigurationError(f"executor={spec!r}: bad option name {key!r}")
+        out[key] = value
+    return out
+
+
 def resolve_executor(spec: Any, kind: str) -> Executor:
-    """``None`` (asyncio for ASGI, thread for WSGI), a short name, a
+    """``None`` (asyncio for ASGI, thread for WSGI), a short name with options
+    (``"thread?max_workers=4"``), a
     ``"package.module:factory"`` path, or an instance."""
     if spec is None:
         spec = "asyncio" if kind == "asgi" else "thread"
     if isinstance(spec, str):
-        name = spec.strip().lower()
+        name, _, query = spec.strip().partition("?")
+        name = name.lower()
         if name in _BUILTIN:
             mod_name, attr = _BUILTIN[name]
             try:
                 factory = getattr(importlib.import_module(mod_name), attr)
             except ModuleNotFoundError as exc:
                 raise ConfigurationError(f"executor={spec!r} is not available: {exc}") from exc
-            executor = factory()
+            kwargs = _query_kwargs(spec, query)
+            try:
+                executor = factory(**kwargs)
+            except TypeError as exc:
+                raise ConfigurationError(f"executor={spec!r}: {exc}") from exc
         elif ":" in spec:
             mod_name, _, attr = spec.partition(":")
             try:

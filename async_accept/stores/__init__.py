@@ -70,10 +70,10 @@ def resolve_store(spec: str | Store | None) -> Store:
                 "store='sqlite:///:memory:' would give every connection its own empty "
                 "database; use 'memory://' for an in-process store or a file path."
             )
+        opts = _sqlite_options(spec, {k: v[-1] for k, v in parse_qs(url.query).items()})
         from .sqlite import SQLiteStore
 
-        opts = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        return SQLiteStore(path, **_sqlite_options(spec, opts))
+        return SQLiteStore(path, **opts)
     if scheme in ("redis", "rediss", "unix"):
         try:
             mod = importlib.import_module("async_accept.stores.redis")
