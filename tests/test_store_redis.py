@@ -498,6 +498,25 @@ def test_close_closes_the_twin_of_a_loop_still_running(url: str) -> None:
         assert not any(c.is_connected for c in pool._available_connections)
 
 
+def test_close_from_a_coroutine_closes_that_loops_twin(url: str) -> None:
+    """close() called inside a coroutine closes that loop's asyncio connections without
+    blocking it."""
+    s = RedisStore.from_url(url, namespace="test-" + uuid.uuid4().hex)
+
+    async def main() -> None:
+        await s.aio.count_by_status()
+        pool = s.aio._loops[asyncio.get_running_loop()].client.connection_pool
+        s.close()
+        for _ in range(100):
+            if not s.aio._loops:
+                break
+            await asyncio.sleep(0.01)
+        assert s.aio._loops == {}
+        assert not any(c.is_connected for c in pool._available_connections)
+
+    asyncio.run(main())
+
+
 def test_async_calls_run_concurrently_on_one_loop(store: RedisStore) -> None:
     """Many awaited calls at once on one loop all succeed (a pool, not one connection)."""
     jobs = [make_job() for _ in range(50)]

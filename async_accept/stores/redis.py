@@ -93,6 +93,8 @@ def _kind(name: str, annotation: object) -> str:
 _FIELDS: tuple[tuple[str, str], ...] = tuple((f.name, _kind(f.name, f.type)) for f in fields(Job))
 _NAMES: tuple[str, ...] = tuple(name for name, _ in _FIELDS)
 _NAMES_M = (*_NAMES, "_m")  # what the scripts return for a job
+_STATUS_AT = _NAMES.index("status")
+_CREATED_AT = _NAMES.index("created_at")
 
 
 def _enc(kind: str, value: Any) -> str:
@@ -125,7 +127,7 @@ def _dec(kind: str, raw: bytes) -> Any:
 
 def _job(row: Any) -> Job | None:
     """A Job from an HMGET-shaped row (values aligned with ``_NAMES``), or None."""
-    if not row or row[1] is None:  # no status: the hash is gone
+    if not row or row[_STATUS_AT] is None:  # no status: the hash is gone
         return None
     kwargs = {
         name: _dec(kind, raw)
@@ -549,7 +551,7 @@ class _Layout:
         def parse(raw: Any) -> list[Job]:
             if limit <= 0:
                 return []
-            rows = sorted(raw, key=lambda r: (float(r[3]), r[-1]))  # created_at, sequence
+            rows = sorted(raw, key=lambda r: (float(r[_CREATED_AT]), r[-1]))  # created_at, sequence
             return [job for job in map(_job, rows[:limit]) if job is not None]
 
         return _Call("list", [], args, parse)
@@ -788,6 +790,7 @@ class AsyncRedisStore:
         self._lock = threading.Lock()
         self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
         self._closed = False
+        self._closing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<AsyncRedisStore namespace={self._layout.ns!r}>"
@@ -818,7 +821,8 @@ class AsyncRedisStore:
             with self._lock:
                 if self._loops.get(lc.loop) is lc:
                     del self._loops[lc.loop]
-            await lc.client.aclose(close_connection_pool=True)
+            with contextlib.suppress(RedisError, OSError):
+                await lc.client.aclose(close_connection_pool=True)
 
     async def _run(self, call: _Call[T]) -> T:
         try:
@@ -851,7 +855,10 @@ class AsyncRedisStore:
             except RuntimeError:
                 running = None
             if running is loop:
-                loop.create_task(coro)  # close() called from a coroutine on that very loop
+                # close() called from a coroutine on that very loop: finish it soon after
+                task = loop.create_task(coro)
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
             elif loop.is_running():
                 fut = asyncio.run_coroutine_threadsafe(coro, loop)
                 with contextlib.suppress(Exception):
