@@ -25,6 +25,8 @@ COMBOS = [
     ("asgi", "sqlite", "thread"),
     ("wsgi", "memory", "thread"),
     ("wsgi", "sqlite", "thread"),
+    ("asgi", "redis", "asyncio"),
+    ("wsgi", "redis", "thread"),
 ]
 
 

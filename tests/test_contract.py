@@ -520,11 +520,19 @@ def test_store_failure_on_accept_is_503_not_202(dep: Deployment, monkeypatch) ->
     def broken(*a: object, **k: object) -> None:
         raise StoreError("disk full")
 
+    async def abroken(*a: object, **k: object) -> None:
+        raise StoreError("disk full")
+
     monkeypatch.setattr(dep.store, "create", broken)
+    native = getattr(dep.store, "aio", None)
+    if native is not None:
+        monkeypatch.setattr(native, "create", abroken)
     r = dep.post("/slow")
     assert r.status_code == 503
     assert int(r.headers["retry-after"]) >= 1
     assert r.headers["content-type"] == "application/problem+json"
+    monkeypatch.undo()
+    assert sum(dep.store.count_by_status().values()) == 0
 
 
 # --- 11. inside the handler ----------------------------------------------------------

@@ -125,10 +125,11 @@ class _InlineAsyncStore:
         self._store = store
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        fn = getattr(self._store, name)
+        store = self._store
+        getattr(store, name)  # AttributeError now, not at call time
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            return fn(*args, **kwargs)
+            return getattr(store, name)(*args, **kwargs)
 
         setattr(self, name, call)
         return call
@@ -143,10 +144,13 @@ class _ThreadedAsyncStore:
         self._pool = pool
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
-        fn = getattr(self._store, name)
+        store = self._store
+        getattr(store, name)  # AttributeError now, not at call time
         pool = self._pool
 
         async def call(*args: Any, **kwargs: Any) -> Any:
+            # Looked up per call, so a store method replaced at run time is honoured.
+            fn = getattr(store, name)
             loop = asyncio.get_running_loop()
             if kwargs:
                 return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
