@@ -13,7 +13,7 @@ from typing import Any
 from .asgi import AsyncAcceptMiddleware
 from .routes import RouteOptions, RoutePattern, marker_of, parse_route
 
-__all__ = ["AsyncAcceptMiddleware", "discover_routes"]
+__all__ = ["AsyncAcceptMiddleware", "discover_routes", "flat_routes"]
 
 _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
@@ -51,10 +51,24 @@ def _endpoint_marks(route: Any) -> list[tuple[frozenset[str] | None, RouteOption
     return [(method_set, opts)] if opts is not None else []
 
 
+def flat_routes(routes: list[Any]) -> list[Any]:
+    """``routes`` with FastAPI's lazily included routers expanded (FastAPI keeps
+    ``include_router`` results as one entry whose ``effective_route_contexts()``
+    yields the routes with their prefixes; older versions copied them in)."""
+    out: list[Any] = []
+    for route in routes:
+        contexts = getattr(route, "effective_route_contexts", None)
+        if callable(contexts):
+            out.extend(getattr(ctx, "starlette_route", None) or ctx for ctx in contexts())
+        else:
+            out.append(route)
+    return out
+
+
 def discover_routes(app: Any, prefix: str = "") -> list[RoutePattern]:
     """Patterns for every marked endpoint under ``app`` (mounts included)."""
     found: list[RoutePattern] = []
-    for route in _routes_of(app):
+    for route in flat_routes(_routes_of(app)):
         path = getattr(route, "path", None)
         if not isinstance(path, str):
             continue
