@@ -1,0 +1,235 @@
+"""An in-process store, for tests and single-process use only.
+
+Jobs live in this process's memory: they vanish on restart and are not
+shared between server worker processes (``uvicorn --workers 2`` would answer
+404 for half the polls). Use the SQLite default or Redis for anything else.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Collection
+from dataclasses import replace
+from typing import Any
+
+from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
+
+
+class MemoryStore:
+    """Thread-safe dict store; every read returns a copy."""
+
+    shared = False
+    blocking = False
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._requests: dict[str, CapturedRequest] = {}
+        self._results: dict[str, CapturedResponse] = {}
+        self._idem: dict[str, str] = {}
+
+    @staticmethod
+    def _copy(job: Job) -> Job:
+        return replace(job, error=copy.deepcopy(job.error), meta=copy.deepcopy(job.meta))
+
+    def _live(self, job_id: str, now: float | None = None) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None or (now is not None and job.expires_at <= now):
+            return None
+        return job
+
+    def create(self, job: Job, request: CapturedRequest) -> tuple[Job, bool]:
+        with self._lock:
+            key = job.idempotency_key
+            if key is not None:
+                holder = self._idem.get(key)
+                existing = self._jobs.get(holder) if holder else None
+                if existing is not None and existing.expires_at > job.created_at:
+                    return self._copy(existing), False
+            self._jobs[job.id] = self._copy(job)
+            self._requests[job.id] = copy.deepcopy(request)
+            if key is not None:
+                self._idem[key] = job.id
+            return self._copy(job), True
+
+    def get(self, job_id: str, now: float) -> Job | None:
+        with self._lock:
+            job = self._live(job_id, now)
+            return None if job is None else self._copy(job)
+
+    def get_request(self, job_id: str) -> CapturedRequest | None:
+        with self._lock:
+            req = self._requests.get(job_id)
+            return None if req is None else copy.deepcopy(req)
+
+    def get_result(self, job_id: str) -> CapturedResponse | None:
+        with self._lock:
+            res = self._results.get(job_id)
+            return None if res is None else copy.deepcopy(res)
+
+    def claim(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        with self._lock:
+            job = self._live(job_id, now)
+            if job is None or job.status is not JobStatus.QUEUED or job.cancel_requested:
+                return None
+            job.status = JobStatus.PROCESSING
+            job.worker_id = worker_id
+            job.started_at = now
+            job.heartbeat_at = now
+            job.updated_at = now
+            job.attempts += 1
+            return self._copy(job)
+
+    def _owned(self, job_id: str, worker_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.status is not JobStatus.PROCESSING or job.worker_id != worker_id:
+            return None
+        return job
+
+    def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        with self._lock:
+            job = self._owned(job_id, worker_id)
+            if job is None:
+                return None
+            job.heartbeat_at = now
+            return self._copy(job)
+
+    def set_progress(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        percent: float | None,
+        message: str | None,
+        eta: float | None,
+    ) -> Job | None:
+        with self._lock:
+            job = self._owned(job_id, worker_id)
+            if job is None:
+                return None
+            job.percent = percent
+            job.message = message
+            job.eta = eta
+            job.progress_at = now
+            job.updated_at = now
+            job.heartbeat_at = now
+            return self._copy(job)
+
+    def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        status: JobStatus,
+        response: CapturedResponse | None = None,
+        error: dict[str, Any] | None = None,
+        result_location: str | None = None,
+    ) -> Job | None:
+        with self._lock:
+            job = self._owned(job_id, worker_id)
+            if job is None:
+                return None
+            job.status = status
+            job.finished_at = now
+            job.updated_at = now
+            job.error = copy.deepcopy(error)
+            job.result_location = result_location
+            if response is not None:
+                self._results[job_id] = copy.deepcopy(response)
+                job.result_status = response.status
+            if status is JobStatus.COMPLETED:
+                job.percent = 100.0
+                job.eta = None
+            return self._copy(job)
+
+    def fail(
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+    ) -> Job | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status not in expected:
+                return None
+            job.status = JobStatus.FAILED
+            job.error = copy.deepcopy(error)
+            job.finished_at = now
+            job.updated_at = now
+            return self._copy(job)
+
+    def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
+        with self._lock:
+            job = self._live(job_id, now)
+            if job is None:
+                return None, False
+            if job.status is JobStatus.QUEUED:
+                job.status = JobStatus.CANCELED
+                job.cancel_requested = True
+                job.finished_at = now
+                job.updated_at = now
+                return self._copy(job), True
+            if job.status is JobStatus.PROCESSING and not job.cancel_requested:
+                job.cancel_requested = True
+                job.updated_at = now
+                return self._copy(job), True
+            return self._copy(job), False
+
+    def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        with self._lock:
+            job = self._owned(job_id, worker_id)
+            if job is None:
+                return None
+            job.status = JobStatus.QUEUED
+            job.worker_id = None
+            job.heartbeat_at = None
+            job.updated_at = now
+            return self._copy(job)
+
+    def list_jobs(
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        created_before: float | None = None,
+    ) -> list[Job]:
+        with self._lock:
+            jobs = [
+                j
+                for j in self._jobs.values()
+                if (status is None or j.status is status)
+                and (created_before is None or j.created_at < created_before)
+            ]
+            jobs.sort(key=lambda j: (j.created_at, j.id))
+            return [self._copy(j) for j in jobs[: max(0, limit)]]
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        with self._lock:
+            counts = dict.fromkeys(JobStatus, 0)
+            for job in self._jobs.values():
+                counts[job.status] += 1
+            return counts
+
+    def purge_expired(self, now: float) -> int:
+        with self._lock:
+            gone = [jid for jid, j in self._jobs.items() if j.expires_at <= now]
+            for jid in gone:
+                self._drop(jid)
+            return len(gone)
+
+    def _drop(self, job_id: str) -> bool:
+        job = self._jobs.pop(job_id, None)
+        self._requests.pop(job_id, None)
+        self._results.pop(job_id, None)
+        key = job.idempotency_key if job is not None else None
+        if key is not None and self._idem.get(key) == job_id:
+            del self._idem[key]
+        return job is not None
+
+    def delete(self, job_id: str) -> bool:
+        with self._lock:
+            return self._drop(job_id)
+
+    def close(self) -> None:
+        """Nothing to release."""
