@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
+from ._observer import Observer
 from .context import JobContext, loop_waker, reset_current, set_current
 from .core import (
     Call,
@@ -57,6 +58,10 @@ class Runtime:
         self.app: Any = None  # the replay target, set by the front door
         self.lifespan_state: dict[str, Any] | None = None
         self.worker_id = make_worker_id()
+        #: "web" for a server process, "worker" for a remote worker (health shows it)
+        self.role = "web"
+        #: metrics events and completion webhooks (builds the dispatcher: fails early)
+        self.observer = Observer(engine, store)
         self._astore: AsyncStore | None = None
         self._local: dict[str, JobContext] = {}
         self._waiters: dict[str, list[Callable[[], None]]] = {}
@@ -111,7 +116,11 @@ class Runtime:
 
     def _do_sync(self, op: Op) -> Any:
         if isinstance(op, Call):
-            return getattr(self.store, op.name)(*op.args)
+            result = getattr(self.store, op.name)(*op.args)
+            ended = self.observer.after_call(op.name, result)
+            if ended is not None:
+                self.observer.deliver(ended)
+            return result
         if isinstance(op, Submit):
             return self.executor.submit(op.job_id)
         if isinstance(op, WaitFor):
@@ -124,7 +133,11 @@ class Runtime:
 
     async def _do_async(self, op: Op) -> Any:
         if isinstance(op, Call):
-            return await getattr(self.astore, op.name)(*op.args)
+            result = await getattr(self.astore, op.name)(*op.args)
+            ended = self.observer.after_call(op.name, result)
+            if ended is not None:
+                await asyncio.to_thread(self.observer.deliver, ended)  # outbox I/O
+            return result
         if isinstance(op, Submit):
             return self.executor.submit(op.job_id)
         if isinstance(op, WaitFor):
@@ -210,18 +223,24 @@ class Runtime:
         while True:
             wake.wait(interval)
             wake.clear()
-            if stop.is_set():
+            stopping = stop.is_set()
+            progress = ctx.take_progress()
+            if stopping and progress is None:
                 return
             try:
-                progress = ctx.take_progress()
                 now = self.engine.clock()
                 if progress is not None:
+                    # Also on the way out: the last report lands before the finish.
                     job = self.store.set_progress(ctx.id, self.worker_id, now, *progress)
                 else:
                     job = self.store.heartbeat(ctx.id, self.worker_id, now)
             except StoreError:
                 log.warning("async_accept: heartbeat of job %s failed", ctx.id, exc_info=True)
+                if stopping:
+                    return
                 continue
+            if stopping:
+                return
             self._after_beat(ctx, job)
 
     def _after_beat(self, ctx: JobContext, job: Job | None) -> None:
@@ -292,18 +311,24 @@ class Runtime:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(event.wait(), interval)
             event.clear()
-            if stop:
+            stopping = bool(stop)
+            progress = ctx.take_progress()
+            if stopping and progress is None:
                 return
             try:
-                progress = ctx.take_progress()
                 now = self.engine.clock()
                 if progress is not None:
+                    # Also on the way out: the last report lands before the finish.
                     job = await self.astore.set_progress(ctx.id, self.worker_id, now, *progress)
                 else:
                     job = await self.astore.heartbeat(ctx.id, self.worker_id, now)
             except StoreError:
                 log.warning("async_accept: heartbeat of job %s failed", ctx.id, exc_info=True)
+                if stopping:
+                    return
                 continue
+            if stopping:
+                return
             self._after_beat(ctx, job)
 
     # -- waiting for a hybrid answer ----------------------------------------------------
@@ -384,6 +409,7 @@ class Runtime:
             self.worker_id = make_worker_id()
             self._stop = threading.Event()
             self._local.clear()
+            self.observer.after_fork()
             reset = getattr(self.executor, "after_fork", None)
             if reset is not None:
                 reset()
@@ -395,6 +421,7 @@ class Runtime:
             if self._started:
                 return
             self.executor.start(self, None)
+            self.observer.start()
             self._started = True
             self._sweeper_thread = threading.Thread(
                 target=self._sweep_forever, name="async-accept-sweeper", daemon=True
@@ -409,6 +436,7 @@ class Runtime:
                 return
             self.loop = asyncio.get_running_loop()
             self.executor.start(self, self.loop)
+            self.observer.start()
             self._started = True
         self._sweeper_task = asyncio.ensure_future(self._asweep_forever())
 
@@ -418,44 +446,95 @@ class Runtime:
         pending = getattr(self.executor, "is_pending", None)
         return bool(pending(job_id)) if pending is not None else False
 
+    # -- the worker registry (health) ----------------------------------------------------
+
+    def worker_info(self, state: str = "running") -> dict[str, Any]:
+        """What this process says about itself in the store's worker registry."""
+        return {
+            "role": self.role,
+            "state": state,
+            "consumes": not getattr(self.executor, "out_of_process", False),
+            "executor": str(getattr(self.executor, "name", type(self.executor).__name__)),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "running": len(self._local),
+        }
+
+    def beat(self, state: str = "running") -> None:
+        """Record this process's heartbeat (the sweeper calls it every heartbeat_interval;
+        a remote worker without the sweeper calls it itself)."""
+        beat = getattr(self.store, "worker_heartbeat", None)
+        if beat is None:
+            return
+        try:
+            beat(self.worker_id, self.engine.clock(), self.worker_info(state))
+        except StoreError:
+            log.warning("async_accept: worker heartbeat failed", exc_info=True)
+
+    async def abeat(self, state: str = "running") -> None:
+        if getattr(self.store, "worker_heartbeat", None) is None:
+            return
+        try:
+            await self.astore.worker_heartbeat(
+                self.worker_id, self.engine.clock(), self.worker_info(state)
+            )
+        except StoreError:
+            log.warning("async_accept: worker heartbeat failed", exc_info=True)
+
+    def _next_wake(self, next_sweep: float | None) -> float:
+        step = self.options.heartbeat_interval
+        if next_sweep is not None:
+            step = min(step, max(0.0, next_sweep - time.monotonic()))
+        return step
+
     def _sweep_forever(self) -> None:
         first = True
         started = self.engine.clock()
+        next_sweep: float | None = time.monotonic()
         while not self._stop.is_set():
-            try:
-                self.drive(
-                    self.engine.sweep(self.is_pending, requeue_before=started if first else None)
-                )
-                first = False
-            except Exception:
-                log.warning("async_accept: sweep failed", exc_info=True)
-            interval = self.options.sweep_interval
-            if interval is None:
-                return
-            self._stop.wait(interval)
+            self.beat()
+            if next_sweep is not None and time.monotonic() >= next_sweep:
+                try:
+                    self.drive(
+                        self.engine.sweep(
+                            self.is_pending, requeue_before=started if first else None
+                        )
+                    )
+                    first = False
+                except Exception:
+                    log.warning("async_accept: sweep failed", exc_info=True)
+                interval = self.options.sweep_interval
+                next_sweep = None if interval is None else time.monotonic() + interval
+            self._stop.wait(self._next_wake(next_sweep))
 
     async def _asweep_forever(self) -> None:
         first = True
         started = self.engine.clock()
+        next_sweep: float | None = time.monotonic()
         while True:
-            try:
-                await self.adrive(
-                    self.engine.sweep(self.is_pending, requeue_before=started if first else None)
-                )
-                first = False
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("async_accept: sweep failed", exc_info=True)
-            interval = self.options.sweep_interval
-            if interval is None:
-                return
-            await asyncio.sleep(interval)
+            await self.abeat()
+            if next_sweep is not None and time.monotonic() >= next_sweep:
+                try:
+                    await self.adrive(
+                        self.engine.sweep(
+                            self.is_pending, requeue_before=started if first else None
+                        )
+                    )
+                    first = False
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("async_accept: sweep failed", exc_info=True)
+                interval = self.options.sweep_interval
+                next_sweep = None if interval is None else time.monotonic() + interval
+            await asyncio.sleep(self._next_wake(next_sweep))
 
     def shutdown(self) -> None:
         self._stop.set()
         if self._started:
             self.executor.shutdown(self.options.shutdown_timeout)
+            self.observer.stop(self.options.shutdown_timeout)
+            self.beat("stopped")
         self._started = False
 
     async def ashutdown(self) -> None:
@@ -470,4 +549,6 @@ class Runtime:
                 await ashutdown(self.options.shutdown_timeout)
             else:
                 await asyncio.to_thread(self.executor.shutdown, self.options.shutdown_timeout)
+            await asyncio.to_thread(self.observer.stop, self.options.shutdown_timeout)
+            await self.abeat("stopped")
         self._started = False
