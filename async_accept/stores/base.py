@@ -16,6 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
 
+#: Seconds a silent process stays in the worker registry before it is forgotten.
+WORKER_RETENTION = 3600.0
+
 
 @runtime_checkable
 class Store(Protocol):
@@ -141,6 +144,18 @@ class Store(Protocol):
         """Delete one job; True when it existed."""
         ...
 
+    def worker_heartbeat(self, worker_id: str, now: float, info: dict[str, Any]) -> None:
+        """Record that process ``worker_id`` is alive at ``now`` (the worker registry
+        that ``GET {prefix}/health`` reads). ``info`` is JSON-able and replaces the
+        previous one."""
+        ...
+
+    def list_workers(self, now: float) -> list[dict[str, Any]]:
+        """Processes that beat within :data:`WORKER_RETENTION` seconds of ``now``,
+        most recent first: each ``info`` plus ``"id"`` and ``"last_heartbeat"``.
+        Older entries are forgotten."""
+        ...
+
     def close(self) -> None:
         """Release connections. The store is unusable afterwards."""
         ...
@@ -192,3 +207,5 @@ class AsyncStore(Protocol):
     async def count_by_status(self) -> dict[JobStatus, int]: ...
     async def purge_expired(self, now: float) -> int: ...
     async def delete(self, job_id: str) -> bool: ...
+    async def worker_heartbeat(self, worker_id: str, now: float, info: dict[str, Any]) -> None: ...
+    async def list_workers(self, now: float) -> list[dict[str, Any]]: ...

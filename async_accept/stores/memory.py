@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
+from .base import WORKER_RETENTION
 
 
 class MemoryStore:
@@ -28,6 +29,7 @@ class MemoryStore:
         self._requests: dict[str, CapturedRequest] = {}
         self._results: dict[str, CapturedResponse] = {}
         self._idem: dict[str, str] = {}
+        self._workers: dict[str, dict[str, Any]] = {}
 
     @staticmethod
     def _copy(job: Job) -> Job:
@@ -230,6 +232,22 @@ class MemoryStore:
     def delete(self, job_id: str) -> bool:
         with self._lock:
             return self._drop(job_id)
+
+    def worker_heartbeat(self, worker_id: str, now: float, info: dict[str, Any]) -> None:
+        entry = copy.deepcopy(info)
+        entry.update(id=worker_id, last_heartbeat=now)
+        with self._lock:
+            self._workers[worker_id] = entry
+
+    def list_workers(self, now: float) -> list[dict[str, Any]]:
+        with self._lock:
+            for wid in [
+                w for w, e in self._workers.items() if e["last_heartbeat"] < now - WORKER_RETENTION
+            ]:
+                del self._workers[wid]
+            out = [copy.deepcopy(e) for e in self._workers.values()]
+        out.sort(key=lambda e: -e["last_heartbeat"])
+        return out
 
     def close(self) -> None:
         """Nothing to release."""

@@ -44,6 +44,7 @@ from typing import Any, Generic, TypeVar
 
 from ..errors import ConfigurationError, MissingDependencyError, StoreError
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
+from .base import WORKER_RETENTION
 
 try:
     import redis
@@ -388,6 +389,32 @@ return 1
 """,
 }
 
+# The worker registry (health): {ns}:workers, a hash id -> info JSON, and
+# {ns}:workers:seen, a sorted set id -> last heartbeat.
+# ARGV: ns, id, now, info.
+_SCRIPTS["worker_beat"] = """
+redis.call('HSET', P .. ':workers', ARGV[2], ARGV[4])
+redis.call('ZADD', P .. ':workers:seen', ARGV[3], ARGV[2])
+return 1
+"""
+# ARGV: ns, cutoff. Forgets workers silent since before cutoff; returns
+# {id, last heartbeat, info} triples, most recent first.
+_SCRIPTS["workers"] = """
+local seen = P .. ':workers:seen'
+local stale = redis.call('ZRANGEBYSCORE', seen, '-inf', '(' .. ARGV[2])
+for _, id in ipairs(stale) do
+  redis.call('HDEL', P .. ':workers', id)
+  redis.call('ZREM', seen, id)
+end
+local out = {}
+local ids = redis.call('ZREVRANGE', seen, 0, -1, 'WITHSCORES')
+for i = 1, #ids, 2 do
+  local info = redis.call('HGET', P .. ':workers', ids[i])
+  if info then table.insert(out, {ids[i], ids[i + 1], info}) end
+end
+return out
+"""
+
 _SOURCES = {name: _PRELUDE + body for name, body in _SCRIPTS.items()}
 
 
@@ -571,6 +598,21 @@ class _Layout:
     def delete(self, job_id: str) -> _Call[bool]:
         return _Call("delete", [self.job_key(job_id)], [self.ns], bool)
 
+    def worker_heartbeat(self, worker_id: str, now: float, info: dict[str, Any]) -> _Call[None]:
+        data = json.dumps(info, separators=(",", ":"))
+        return _Call("worker_beat", [], [self.ns, worker_id, _f(now), data], lambda raw: None)
+
+    def list_workers(self, now: float) -> _Call[list[dict[str, Any]]]:
+        def parse(raw: Any) -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            for wid, score, info in raw:
+                entry: dict[str, Any] = json.loads(info)
+                entry.update(id=wid.decode("utf-8"), last_heartbeat=float(score))
+                out.append(entry)
+            return out
+
+        return _Call("workers", [], [self.ns, _f(now - WORKER_RETENTION)], parse)
+
 
 def _store_error(exc: BaseException) -> StoreError:
     return StoreError(f"Redis store: {type(exc).__name__}: {exc}")
@@ -651,6 +693,11 @@ class RedisStore:
     @property
     def namespace(self) -> str:
         return self._layout.ns
+
+    @property
+    def client(self) -> redis.Redis:
+        """The synchronous redis-py client (shared by the webhook outbox)."""
+        return self._client
 
     def __repr__(self) -> str:
         return f"<RedisStore namespace={self._layout.ns!r} client={self._client!r}>"
@@ -745,6 +792,12 @@ class RedisStore:
 
     def delete(self, job_id: str) -> bool:
         return self._run(self._layout.delete(job_id))
+
+    def worker_heartbeat(self, worker_id: str, now: float, info: dict[str, Any]) -> None:
+        self._run(self._layout.worker_heartbeat(worker_id, now, info))
+
+    def list_workers(self, now: float) -> list[dict[str, Any]]:
+        return self._run(self._layout.list_workers(now))
 
     def close(self) -> None:
         """Disconnect both clients. The store is unusable afterwards.
@@ -947,6 +1000,12 @@ class AsyncRedisStore:
 
     async def delete(self, job_id: str) -> bool:
         return await self._run(self._layout.delete(job_id))
+
+    async def worker_heartbeat(self, worker_id: str, now: float, info: dict[str, Any]) -> None:
+        await self._run(self._layout.worker_heartbeat(worker_id, now, info))
+
+    async def list_workers(self, now: float) -> list[dict[str, Any]]:
+        return await self._run(self._layout.list_workers(now))
 
 
 # -- helpers ------------------------------------------------------------------------------

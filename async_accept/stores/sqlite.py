@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, StoreError
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
+from .base import WORKER_RETENTION
 
 T = TypeVar("T")
 
@@ -88,6 +89,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at);
 CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (expires_at);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    last_heartbeat REAL NOT NULL,
+    info TEXT NOT NULL DEFAULT '{}'
+) WITHOUT ROWID;
 """
 
 
@@ -412,6 +418,34 @@ class SQLiteStore:
     def delete(self, job_id: str) -> bool:
         def q(c: sqlite3.Connection) -> bool:
             return bool(c.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount)
+
+        return self._run(q)
+
+    def worker_heartbeat(self, worker_id: str, now: float, info: dict[str, Any]) -> None:
+        data = json.dumps(info, separators=(",", ":"))
+
+        def q(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO workers (id, last_heartbeat, info) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET last_heartbeat = excluded.last_heartbeat, "
+                "info = excluded.info",
+                (worker_id, now, data),
+            )
+
+        self._run(q)
+
+    def list_workers(self, now: float) -> list[dict[str, Any]]:
+        def q(c: sqlite3.Connection) -> list[dict[str, Any]]:
+            c.execute("DELETE FROM workers WHERE last_heartbeat < ?", (now - WORKER_RETENTION,))
+            rows = c.execute(
+                "SELECT id, last_heartbeat, info FROM workers ORDER BY last_heartbeat DESC"
+            ).fetchall()
+            out = []
+            for wid, last, info in rows:
+                entry: dict[str, Any] = json.loads(info)
+                entry.update(id=wid, last_heartbeat=float(last))
+                out.append(entry)
+            return out
 
         return self._run(q)
 
