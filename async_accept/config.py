@@ -15,6 +15,10 @@ from .tokens import normalize_secrets
 #: identity(headers) -> credentials material (None or "" = anonymous)
 IdentityFunc = Callable[[Mapping[str, str]], "str | bytes | None"]
 DiscoverFunc = Callable[[], Iterable[RoutePattern]]
+#: on_event(event, **fields): "accepted", "completed", "failed", "canceled" (see metrics.py)
+EventListener = Callable[..., None]
+#: "off", "on", "auth" (Bearer health_token) or check(headers) -> bool
+HealthMode = Literal["off", "on", "auth"] | Callable[[Mapping[str, str]], bool]
 
 ENV_SECRET = "ASYNC_ACCEPT_SECRET_KEY"
 
@@ -47,6 +51,26 @@ class Options:
     discover: DiscoverFunc | None = None
     shutdown_timeout: float = 10.0
     default_route: RouteOptions = field(default_factory=RouteOptions)
+    # Webhooks (PROTOCOL.md 8): see webhook_options() for what they build.
+    webhook_secret: Any = None
+    webhook_url: str | None = None
+    webhook_outbox: Any = None
+    webhook_allow: tuple[str, ...] = ()
+    webhook_allow_private: bool = False
+    webhook_policy: Any = None
+    webhook_dispatcher_options: dict[str, Any] = field(default_factory=dict)
+    callback_header: str | None = "callback-url"
+    # Health (PROTOCOL.md 10)
+    health: HealthMode = "auth"
+    health_token: str | None = None
+    health_stall_after: float | None = None
+    # Observability
+    tracer_provider: Any = None
+    on_event: EventListener | None = None
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        return self.webhook_secret is not None
 
 
 def _seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -83,6 +107,19 @@ def build_options(
     debug: bool = False,
     discover: DiscoverFunc | None = None,
     shutdown_timeout: float = 10.0,
+    webhook_secret: Any = None,
+    webhook_url: str | None = None,
+    webhook_outbox: Any = None,
+    webhook_allow: Iterable[str] = (),
+    webhook_allow_private: bool = False,
+    webhook_policy: Any = None,
+    webhook_dispatcher_options: Mapping[str, Any] | None = None,
+    callback_header: str | None = "Callback-URL",
+    health: HealthMode = "auth",
+    health_token: str | None = None,
+    health_stall_after: float | None = None,
+    tracer_provider: Any = None,
+    on_event: EventListener | None = None,
 ) -> Options:
     """Validate every option; raise ConfigurationError naming the fix."""
     if secret_key is None:
@@ -135,6 +172,27 @@ def build_options(
     shutdown = _seconds("shutdown_timeout", shutdown_timeout, allow_zero=True)
     patterns = parse_routes(routes)
     default_route = RouteOptions(sla=sla_f, wait=wait_f, max_wait=max_wait_f)
+    hooks = _webhook_settings(
+        webhook_secret,
+        webhook_url,
+        webhook_outbox,
+        webhook_allow,
+        webhook_allow_private,
+        webhook_policy,
+        webhook_dispatcher_options,
+        callback_header,
+    )
+    for pattern in patterns:
+        check_route_webhook(hooks["webhook_secret"], pattern.options, pattern.spec)
+    health_settings = _health_settings(health, health_token, health_stall_after)
+    if on_event is not None and not callable(on_event):
+        raise ConfigurationError(
+            "on_event must be a callable taking (event: str, **fields), e.g. a metrics listener"
+        )
+    if tracer_provider is not None and not callable(getattr(tracer_provider, "get_tracer", None)):
+        raise ConfigurationError(
+            "tracer_provider must be an OpenTelemetry TracerProvider (or None for the global one)"
+        )
     return Options(
         secrets=secrets,
         store=store,
@@ -160,4 +218,165 @@ def build_options(
         discover=discover,
         shutdown_timeout=shutdown,
         default_route=default_route,
+        tracer_provider=tracer_provider,
+        on_event=on_event,
+        **hooks,
+        **health_settings,
     )
+
+
+_DISPATCHER_KEYS = frozenset(
+    {
+        "max_attempts",
+        "schedule",
+        "backoff_base",
+        "backoff_cap",
+        "max_retry_after",
+        "timeout",
+        "batch_size",
+        "lease",
+        "interval",
+        "verify_tls",
+        "user_agent",
+    }
+)
+_HEADER_NAME = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+_NO_SECRET = (
+    "pass webhook_secret='whsec_...' (make one with "
+    "python -c 'from async_accept.webhooks import generate_secret; print(generate_secret())')"
+)
+
+
+def _webhook_settings(
+    secret: Any,
+    url: str | None,
+    outbox: Any,
+    allow: Iterable[str],
+    allow_private: bool,
+    policy: Any,
+    dispatcher_options: Mapping[str, Any] | None,
+    callback_header: str | None,
+) -> dict[str, Any]:
+    """Validate the webhook options; build the target policy they describe."""
+    allow_list = (allow,) if isinstance(allow, str) else tuple(allow)
+    if secret is None:
+        for name, value in (
+            ("webhook_url", url),
+            ("webhook_outbox", outbox),
+            ("webhook_allow", allow_list),
+            ("webhook_policy", policy),
+            ("webhook_dispatcher_options", dispatcher_options),
+        ):
+            if value:
+                raise ConfigurationError(f"{name} needs a webhook signing secret: {_NO_SECRET}")
+        if allow_private:
+            raise ConfigurationError(f"webhook_allow_private needs webhook_secret: {_NO_SECRET}")
+    from .webhooks import WebhookPolicy, WebhookTargetError, decode_secret
+
+    if secret is not None:
+        if isinstance(secret, (str, bytes)):
+            decode_secret(secret)
+        elif isinstance(secret, Sequence) and secret:
+            for s in secret:
+                decode_secret(s)
+        else:
+            raise ConfigurationError(
+                f"webhook_secret must be 'whsec_<base64>' text, bytes or a list of them "
+                f"(newest first), not {type(secret).__name__}"
+            )
+    if policy is not None:
+        if allow_list or allow_private:
+            raise ConfigurationError(
+                "give either webhook_policy=WebhookPolicy(...) or webhook_allow / "
+                "webhook_allow_private, not both"
+            )
+        if not isinstance(policy, WebhookPolicy):
+            raise ConfigurationError(
+                "webhook_policy must be an async_accept.webhooks.WebhookPolicy"
+            )
+    elif secret is not None:
+        policy = WebhookPolicy(allow_list, allow_private=bool(allow_private))
+    if url is not None:
+        if not isinstance(url, str):
+            raise ConfigurationError(f"webhook_url={url!r} must be an http(s) URL")
+        try:
+            WebhookPolicy().check_url(url)
+        except WebhookTargetError as exc:
+            raise ConfigurationError(f"webhook_url={url!r}: {exc.reason}") from exc
+    if (
+        outbox is not None
+        and not isinstance(outbox, str)
+        and not callable(getattr(outbox, "enqueue", None))
+    ):
+        raise ConfigurationError(
+            f"webhook_outbox={outbox!r} is not an outbox: pass 'sqlite:///webhooks.db', "
+            "'memory://' or an async_accept.outbox.Outbox"
+        )
+    extra = dict(dispatcher_options or {})
+    unknown = sorted(set(extra) - _DISPATCHER_KEYS)
+    if unknown:
+        raise ConfigurationError(
+            f"webhook_dispatcher_options: unknown option(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(_DISPATCHER_KEYS))})"
+        )
+    header: str | None = None
+    if callback_header is not None:
+        if (
+            not isinstance(callback_header, str)
+            or not callback_header
+            or any(c not in _HEADER_NAME for c in callback_header.lower())
+        ):
+            raise ConfigurationError(
+                f"callback_header={callback_header!r} must be an HTTP header name "
+                "such as 'Callback-URL', or None to read no client callback"
+            )
+        header = callback_header.lower()
+    return {
+        "webhook_secret": secret,
+        "webhook_url": url,
+        "webhook_outbox": outbox,
+        "webhook_allow": allow_list,
+        "webhook_allow_private": bool(allow_private),
+        "webhook_policy": policy,
+        "webhook_dispatcher_options": extra,
+        "callback_header": header,
+    }
+
+
+def check_route_webhook(webhook_secret: Any, route: RouteOptions, spec: str) -> None:
+    """A route's ``webhook=`` needs the signing secret and an http(s) URL."""
+    if not route.webhook:
+        return
+    if webhook_secret is None:
+        raise ConfigurationError(
+            f"route {spec!r} notifies webhook={route.webhook!r} but no webhook secret is "
+            f"configured: {_NO_SECRET}"
+        )
+    from .webhooks import WebhookPolicy, WebhookTargetError
+
+    try:
+        WebhookPolicy().check_url(route.webhook)
+    except WebhookTargetError as exc:
+        raise ConfigurationError(
+            f"route {spec!r}: webhook={route.webhook!r}: {exc.reason}"
+        ) from exc
+
+
+def _health_settings(health: Any, token: str | None, stall_after: float | None) -> dict[str, Any]:
+    if health not in ("off", "on", "auth") and not callable(health):
+        raise ConfigurationError(
+            f"health={health!r} must be 'off', 'on', 'auth' (Authorization: Bearer "
+            "<health_token>) or a callable(headers) -> bool"
+        )
+    if token is not None:
+        if not isinstance(token, str) or len(token) < 16:
+            raise ConfigurationError(
+                "health_token must be a string of at least 16 characters (a random one: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(24))')"
+            )
+        if health != "auth":
+            raise ConfigurationError(
+                f"health_token is only used with health='auth' (health={health!r})"
+            )
+    stall = None if stall_after is None else _seconds("health_stall_after", stall_after)
+    return {"health": health, "health_token": token, "health_stall_after": stall}

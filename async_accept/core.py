@@ -38,6 +38,7 @@ from .prefer import parse_prefer, parse_wait
 from .problems import PROBLEM_CONTENT_TYPE, problem_body, problem_dict
 from .routes import RouteOptions
 from .tokens import TokenError, TokenExpired, TokenSigner
+from .tracing import TRACE_META, AcceptSpan, ExecuteSpan, Tracing
 
 T = TypeVar("T")
 
@@ -208,6 +209,7 @@ class Engine:
         self.options = options
         self.signer = TokenSigner(options.secrets, options.ttl, lambda: self.clock())
         self.clock = clock
+        self.tracing = Tracing(options.tracer_provider)
 
     # -- identity ---------------------------------------------------------------
 
@@ -363,6 +365,18 @@ class Engine:
 
     def accept(self, request: CapturedRequest, route: RouteOptions) -> Gen[Response]:
         """Record the request as a job, hand it over, answer 202 (or directly)."""
+        span = self.tracing.start_accept(request)
+        try:
+            response = yield from self._accept(request, route, span)
+        except BaseException as exc:
+            span.end(None, exc)
+            raise
+        span.end(response.status)
+        return response
+
+    def _accept(
+        self, request: CapturedRequest, route: RouteOptions, span: AcceptSpan
+    ) -> Gen[Response]:
         opts = self.options
         now = self.clock()
         prefs = parse_prefer(v.decode("latin-1") for k, v in request.headers if k == b"prefer")
@@ -380,7 +394,9 @@ class Engine:
         idem_key: str | None = None
         fingerprint: str | None = None
         if route.idempotency != "ignore":
-            raw_key = request.header(b"idempotency-key")
+            # Repeated headers are joined, which no valid key survives: 400, not a guess.
+            raw_keys = [v for k, v in request.headers if k == b"idempotency-key"]
+            raw_key = b", ".join(raw_keys) if raw_keys else None
             if raw_key is None:
                 if route.idempotency == "required":
                     return problem_response(
@@ -419,20 +435,35 @@ class Engine:
             fingerprint=fingerprint,
             meta={"accepting_until": now + wait} if wait > 0 else {},
         )
-        if route.webhook:
-            job.meta["webhook"] = route.webhook
-        try:
-            stored, created = yield from _call("create", job, request)
-        except StoreError:
-            return problem_response(
-                503,
-                "store-unavailable",
-                "Service Unavailable",
-                "The job store cannot take the request right now; retry later.",
-                retry_after=max(1, math.ceil(opts.poll_interval * 5)),
-                headers=extra,
-            )
-        if not created:
+        carrier = span.carrier()
+        if carrier is not None:
+            job.meta[TRACE_META] = carrier
+        if opts.webhooks_enabled:
+            refused = self._webhook_targets(job, request, route)
+            if refused is not None:
+                refused.headers.extend(extra)
+                return refused
+        span.job(job)
+        for attempt in (1, 2):
+            try:
+                stored, created = yield from _call("create", job, request)
+            except StoreError:
+                return problem_response(
+                    503,
+                    "store-unavailable",
+                    "Service Unavailable",
+                    "The job store cannot take the request right now; retry later.",
+                    retry_after=max(1, math.ceil(opts.poll_interval * 5)),
+                    headers=extra,
+                )
+            if created:
+                break
+            if attempt == 1 and _never_dispatched(stored) and stored.fingerprint == fingerprint:
+                # The first try got a 503 and no job was promised: this retry may
+                # take the key over (the store's create still lets one racer win).
+                with contextlib.suppress(StoreError):
+                    yield from _call("delete", stored.id)
+                continue
             return (yield from self._idempotent_repeat(stored, fingerprint, request, extra, now))
 
         try:
@@ -486,6 +517,31 @@ class Engine:
         headers.extend(extra)
         return Response(202, headers, _json(body))
 
+    def _webhook_targets(
+        self, job: Job, request: CapturedRequest, route: RouteOptions
+    ) -> Response | None:
+        """Note where the job's end is notified; refuse a client callback the policy bars."""
+        opts = self.options
+        target = route.webhook or opts.webhook_url
+        if target:
+            job.meta["webhook"] = target
+        header = opts.callback_header
+        raw = request.header(header.encode("latin-1")) if header else None
+        if raw is not None:
+            url = raw.decode("latin-1").strip()
+            reason = _callback_refusal(opts.webhook_policy, url)
+            if reason is not None:
+                return problem_response(
+                    400,
+                    "callback-refused",
+                    "Callback URL refused",
+                    f"The {header} header names a URL this server does not call: {reason}.",
+                )
+            job.meta["callback"] = url
+        if "webhook" in job.meta or "callback" in job.meta:
+            job.meta["root_path"] = request.root_path
+        return None
+
     def _direct_answer(self, job: Job) -> Gen[Response | None]:
         """The handler's own response for a job that ended within the wait."""
         if job.result_status is not None:
@@ -534,6 +590,10 @@ class Engine:
         """Answer a request below the prefix (``subpath`` starts with '/' or is '')."""
         parts = subpath.split("/")[1:] if subpath else []
         method = request.method
+        if parts == ["health"]:  # no token is "health": tokens hold dots
+            from .health import serve_health
+
+            return (yield from serve_health(self, request))
         if len(parts) == 1 and parts[0]:
             if method in ("GET", "HEAD"):
                 return (yield from self._status(request, parts[0]))
@@ -671,6 +731,17 @@ class Engine:
                     ),
                 )
             )
+        self.tracing.record_queue_wait(job, request)
+        span = self.tracing.start_execute(job, request)
+        try:
+            return (yield from self._execute(job, worker_id, span))
+        finally:
+            span.end()
+
+    def _execute(self, job: Job, worker_id: str, span: ExecuteSpan) -> Gen[Job | None]:
+        """Replay the claimed job's request and store the outcome."""
+        job_id = job.id
+        request = span.request
         status = JobStatus.COMPLETED
         response: CapturedResponse | None = None
         error: dict[str, Any] | None = None
@@ -703,6 +774,7 @@ class Engine:
                 if loc:
                     base = request.root_path + request.path
                     location = urljoin(base, loc.decode("latin-1"))
+        span.outcome(status, error)
         finished = yield from _call(
             "finish", job_id, worker_id, self.clock(), status, response, error, location
         )
@@ -798,11 +870,49 @@ def _scoped_key(owner: str, method: str, path: str, key: str) -> str:
     return h.hexdigest()
 
 
+def _never_dispatched(job: Job) -> bool:
+    """A job whose accept answered 503 because the executor refused it."""
+    return (
+        job.status is JobStatus.FAILED
+        and job.started_at is None
+        and str((job.error or {}).get("type", "")).endswith("executor-unavailable")
+    )
+
+
+def _callback_refusal(policy: Any, url: str) -> str | None:
+    """Why a client-supplied callback URL is refused at accept, or None.
+
+    No DNS lookup here (this runs on the request path): the URL's form and the
+    allow-list are checked now, an IP literal's address too; a host name's
+    addresses are checked before every delivery attempt.
+    """
+    import ipaddress
+
+    from .webhooks import WebhookError, WebhookTargetError, _parse_target
+
+    try:
+        target = _parse_target(url)
+        policy.check_url(url, client_supplied=True)
+        try:
+            ipaddress.ip_address(target.host)
+        except ValueError:
+            return None
+        policy.resolve(url, client_supplied=True)  # a literal: no lookup
+    except WebhookTargetError as exc:
+        return exc.reason
+    except WebhookError as exc:  # pragma: no cover - literals do not resolve
+        return str(exc)
+    return None
+
+
 def _fingerprint(request: CapturedRequest) -> str:
     h = hashlib.sha256()
     h.update(request.method.encode())
     h.update(b"\x00")
     h.update(request.path.encode("utf-8", "surrogatepass"))
+    h.update(b"\x00")
+    # The query is part of the payload: /export?year=2024 and ?year=2025 differ.
+    h.update(request.query_string)
     h.update(b"\x00")
     h.update(request.header(b"content-type") or b"")
     h.update(b"\x00")

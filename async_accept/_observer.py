@@ -1,0 +1,172 @@
+"""What a runtime does when a job is recorded or ends: metrics events and
+completion webhooks.
+
+Every change of a job's state goes through a store call the core yields
+(``create``, ``finish``, ``fail``, ``cancel``), and those calls are
+compare-and-set: exactly one process sees each job become terminal. So the
+runtime hands each such call's result to :meth:`Observer.after_call`, which
+reports the event and says whether the job has webhook deliveries to record.
+That covers every way to an end: a worker's outcome, the deadman switch in a
+sweep or a status read, the cancel of a queued job.
+
+Deliveries go to the outbox (a disk write for SQLite, so the ASGI runtime
+calls :meth:`Observer.deliver` in a thread); the dispatcher thread of any
+process that shares the outbox sends them, signed, with retries.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from . import metrics
+from .errors import AsyncAcceptError, ConfigurationError
+from .job import Job
+
+if TYPE_CHECKING:
+    from .core import Engine
+    from .outbox import Outbox
+    from .stores import Store
+    from .webhooks import WebhookDispatcher
+
+log = logging.getLogger("async_accept")
+
+_ENDS = frozenset({"finish", "fail", "cancel"})
+
+
+def delivery_id(job_id: str, url: str) -> str:
+    """The ``webhook-id`` of a job's notification to ``url``: the same every time,
+    so recording it twice (two processes, a retry) records it once."""
+    digest = hashlib.sha256(f"{job_id}\x00{url}".encode()).digest()[:18]
+    return "msg_" + base64.urlsafe_b64encode(digest).decode("ascii")
+
+
+def derive_outbox(spec: Any, store: Store) -> Outbox:
+    """The webhook outbox: ``spec`` when given, else one that lives where the jobs do."""
+    from .outbox import MemoryOutbox, SQLiteOutbox, resolve_outbox
+
+    if spec is not None:
+        return resolve_outbox(spec)
+    kind = type(store).__name__
+    path = getattr(store, "path", None)
+    if kind == "SQLiteStore" and isinstance(path, str):
+        return SQLiteOutbox(path)
+    if kind == "RedisStore":
+        from .outbox import RedisOutbox
+
+        return RedisOutbox.for_store(store)
+    if not getattr(store, "shared", False):
+        return MemoryOutbox()
+    raise ConfigurationError(
+        f"webhooks need a durable outbox that every process shares, and none is known for "
+        f"store={store!r}: pass webhook_outbox='sqlite:////var/lib/app/webhooks.db' "
+        "(or an async_accept.outbox.Outbox instance)"
+    )
+
+
+class Observer:
+    """Metrics events and webhook deliveries for one runtime."""
+
+    def __init__(self, engine: Engine, store: Store) -> None:
+        self.engine = engine
+        self.options = engine.options
+        self._store = store
+        self._listeners = () if self.options.on_event is None else (self.options.on_event,)
+        self.dispatcher: WebhookDispatcher | None = None
+        if self.options.webhooks_enabled:
+            self.dispatcher = self._make_dispatcher()
+
+    def _make_dispatcher(self) -> WebhookDispatcher:
+        from .webhooks import WebhookDispatcher
+
+        opts = self.options
+        outbox = derive_outbox(opts.webhook_outbox, self._store)
+        try:
+            return WebhookDispatcher(
+                opts.webhook_secret,
+                outbox=outbox,
+                policy=opts.webhook_policy,
+                **opts.webhook_dispatcher_options,
+            )
+        except BaseException:
+            outbox.close()
+            raise
+
+    # -- events ---------------------------------------------------------------------
+
+    def after_call(self, name: str, result: Any) -> Job | None:
+        """Report what a store call did; the job when it has deliveries to record."""
+        if name == "create":
+            job, created = result
+            if created:
+                metrics.emit(self._listeners, "accepted", job_id=job.id, route=job.route)
+            return None
+        if name not in _ENDS:
+            return None
+        if name == "cancel":
+            job, changed = result
+            if not changed:
+                return None
+        else:
+            job = result
+        if not isinstance(job, Job) or not job.terminal:
+            return None
+        event, fields = metrics.job_fields(job)
+        metrics.emit(self._listeners, event, **fields)
+        if self.dispatcher is not None and ("webhook" in job.meta or "callback" in job.meta):
+            return job
+        return None
+
+    # -- webhooks ---------------------------------------------------------------------
+
+    def deliver(self, job: Job) -> None:
+        """Record the job's notifications in the outbox (blocking; never raises)."""
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            return
+        engine = self.engine
+        root_path = str(job.meta.get("root_path") or "")
+        token = engine.token_for(job)
+        payload = engine.status_json(job, root_path, token, engine.clock())
+        targets = [(job.meta.get("webhook"), False), (job.meta.get("callback"), True)]
+        for url, client_supplied in targets:
+            if not isinstance(url, str) or not url:
+                continue
+            try:
+                dispatcher.enqueue(
+                    url,
+                    payload,
+                    job_id=job.id,
+                    msg_id=delivery_id(job.id, url),
+                    client_supplied=client_supplied,
+                )
+            except AsyncAcceptError as exc:
+                log.warning(
+                    "async_accept: webhook for job %s to %s not recorded: %s", job.id, url, exc
+                )
+            except Exception:
+                log.exception("async_accept: webhook for job %s to %s not recorded", job.id, url)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop(timeout)
+
+    def after_fork(self) -> None:
+        """A forked child: the parent's dispatcher thread and connections are not ours."""
+        if self.dispatcher is not None:
+            self.dispatcher = self._make_dispatcher()
+
+    def close(self) -> None:
+        """Stop the dispatcher and release its outbox and HTTP client."""
+        dispatcher, self.dispatcher = self.dispatcher, None
+        if dispatcher is not None:
+            dispatcher.close()
+            dispatcher.outbox.close()

@@ -1,0 +1,159 @@
+"""``GET {prefix}/health`` (PROTOCOL.md section 10).
+
+The answer, ``application/json``, never cached::
+
+    {"status": "ok",                       # or "stalled" (then HTTP 503)
+     "queue_depth": 3,                     # jobs queued now
+     "jobs": {"queued": 3, "processing": 1, "completed": 40, "failed": 2, "canceled": 0},
+     "oldest_queued_age": 4.2,             # seconds, null when the queue is empty
+     "stall_after": 30.0,
+     "workers": [{"id": "host:pid:ab12", "role": "web", "consumes": true, "alive": true,
+                  "last_heartbeat": "2026-...Z", "age": 0.8, "pid": 4242, "host": "host",
+                  "executor": "thread", "running": 1}],
+     "checked_at": "2026-...Z"}
+
+Every process that accepts or runs jobs records a heartbeat in the store's
+worker registry (``Store.worker_heartbeat``) every ``heartbeat_interval``. The
+answer is ``503`` when queued work is not being consumed: the oldest queued
+job waits longer than ``stall_after`` (option ``health_stall_after``, default
+``max(3 x requeue_after, 30 s)``) and no process that consumes the queue has
+beaten within ``worker_lost_after``. A queue that is long while its consumers
+are alive is busy, not broken: that stays ``200`` (alert on
+``oldest_queued_age`` for capacity).
+
+Exposure (option ``health``): ``"off"`` answers the same ``404`` as an unknown
+job; ``"on"`` answers anyone; ``"auth"`` (the default) wants
+``Authorization: Bearer <health_token>`` and stays off until a
+``health_token`` is configured; a callable ``check(headers) -> bool`` decides
+itself (for example with the app's own identity function), ``403`` when it
+says no.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from .errors import StoreError
+from .job import JobStatus
+
+if TYPE_CHECKING:
+    from .core import Engine, Gen, Response
+    from .job import CapturedRequest
+
+__all__ = ["health_report", "serve_health", "stall_after"]
+
+
+def stall_after(engine: Engine) -> float:
+    """Seconds the oldest queued job may wait before the queue counts as stalled."""
+    opts = engine.options
+    if opts.health_stall_after is not None:
+        return opts.health_stall_after
+    return max(opts.requeue_after * 3.0, 30.0)
+
+
+def _authorized(engine: Engine, request: CapturedRequest) -> Response | None:
+    """None when the caller may read the health answer, else the answer to give."""
+    from .core import headers_dict, not_found, problem_response
+
+    mode = engine.options.health
+    if mode == "on":
+        return None
+    if mode == "off":
+        return not_found()
+    if mode == "auth":
+        token = engine.options.health_token
+        if not token:
+            return not_found()  # "auth" without a token: off until one is configured
+        raw = request.header(b"authorization") or b""
+        scheme, _, given = raw.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(
+            given.strip(), token.encode("utf-8")
+        ):
+            return None
+        return problem_response(
+            401,
+            "unauthorized",
+            "Unauthorized",
+            "The health endpoint wants Authorization: Bearer <health_token>.",
+            headers=[(b"www-authenticate", b'Bearer realm="async_accept health"')],
+        )
+    try:
+        allowed = bool(mode(headers_dict(request)))
+    except Exception:
+        allowed = False
+    if allowed:
+        return None
+    return problem_response(403, "forbidden", "Forbidden", "You may not read the health status.")
+
+
+def health_report(
+    engine: Engine,
+    counts: dict[JobStatus, int],
+    oldest_created_at: float | None,
+    workers: list[dict[str, Any]] | None,
+    now: float,
+) -> dict[str, Any]:
+    """The health JSON from what the store said."""
+    from .core import rfc3339
+
+    opts = engine.options
+    limit = stall_after(engine)
+    listed: list[dict[str, Any]] = []
+    consuming = False
+    for w in workers or []:
+        last = float(w.get("last_heartbeat", 0.0))
+        age = max(0.0, now - last)
+        alive = age <= opts.worker_lost_after and w.get("state") != "stopped"
+        entry = {k: v for k, v in w.items() if k != "last_heartbeat"}
+        entry.update(last_heartbeat=rfc3339(last), age=round(age, 3), alive=alive)
+        listed.append(entry)
+        if alive and w.get("consumes", True):
+            consuming = True
+    oldest_age = None if oldest_created_at is None else max(0.0, now - oldest_created_at)
+    stalled = oldest_age is not None and oldest_age > limit and not consuming
+    return {
+        "status": "stalled" if stalled else "ok",
+        "queue_depth": counts.get(JobStatus.QUEUED, 0),
+        "jobs": {s.value: int(counts.get(s, 0)) for s in JobStatus},
+        "oldest_queued_age": None if oldest_age is None else round(oldest_age, 3),
+        "stall_after": limit,
+        "workers": listed if workers is not None else None,
+        "checked_at": rfc3339(now),
+    }
+
+
+def serve_health(engine: Engine, request: CapturedRequest) -> Gen[Response]:
+    """Answer ``GET {prefix}/health``."""
+    from .core import Response, _call, _json, _method_not_allowed, problem_response
+
+    refused = _authorized(engine, request)
+    if refused is not None:
+        return refused
+    if request.method not in ("GET", "HEAD"):
+        return _method_not_allowed(b"GET, HEAD")
+    now = engine.clock()
+    try:
+        counts = yield from _call("count_by_status")
+        oldest = yield from _call("list_jobs", JobStatus.QUEUED, 1, None)
+    except StoreError:
+        return problem_response(
+            503,
+            "store-unavailable",
+            "Service Unavailable",
+            "The job store is unavailable.",
+            retry_after=max(1, round(engine.options.poll_interval * 5)),
+        )
+    workers: list[dict[str, Any]] | None
+    try:
+        workers = yield from _call("list_workers", now)
+    except (StoreError, AttributeError):  # a store without a worker registry
+        workers = None
+    report = health_report(engine, counts, oldest[0].created_at if oldest else None, workers, now)
+    code = 503 if report["status"] == "stalled" else 200
+    headers = [(b"content-type", b"application/json"), (b"cache-control", b"no-store")]
+    if code == 503:
+        headers.append(
+            (b"retry-after", str(max(1, round(engine.options.poll_interval * 5))).encode())
+        )
+    return Response(code, headers, _json(report))
