@@ -531,6 +531,10 @@ class Runtime:
 
     def shutdown(self) -> None:
         self._stop.set()
+        sweeper, self._sweeper_thread = self._sweeper_thread, None
+        if sweeper is not None and sweeper is not threading.current_thread():
+            # Its store calls must be over before anyone closes the store.
+            sweeper.join(self.options.shutdown_timeout)
         if self._started:
             self.executor.shutdown(self.options.shutdown_timeout)
             self.observer.stop(self.options.shutdown_timeout)
@@ -540,8 +544,8 @@ class Runtime:
     async def ashutdown(self) -> None:
         if self._sweeper_task is not None:
             self._sweeper_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper_task
+            # Bounded: a cancellation swallowed by a client library must not hang shutdown.
+            await asyncio.wait({self._sweeper_task}, timeout=5)
             self._sweeper_task = None
         if self._started:
             ashutdown = getattr(self.executor, "ashutdown", None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, ExecutorError
@@ -105,6 +104,6 @@ class AsyncioExecutor:
         _done, pending = await asyncio.wait(tasks, timeout=timeout)
         for t in pending:
             t.cancel()
-        for t in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if pending:
+            # Cancelled jobs record their end (worker-lost); bounded so shutdown can't hang.
+            await asyncio.wait(pending, timeout=max(1.0, timeout))
