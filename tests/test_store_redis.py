@@ -424,6 +424,7 @@ def test_async_twin_implements_every_method(store: RedisStore) -> None:
         done = await a.finish(job.id, "w3", NOW + 7, JobStatus.COMPLETED, RESPONSE)
         assert done is not None
         assert (done.status, done.percent, done.result_status) == (JobStatus.COMPLETED, 100.0, 201)
+        assert done.eta is None and done.error is None
         assert await a.finish(job.id, "w3", NOW + 7, JobStatus.FAILED) is None
         assert await a.get_result(job.id) == RESPONSE
         _, changed = await a.cancel(job.id, NOW + 8)
@@ -458,6 +459,14 @@ def test_async_twin_implements_every_method(store: RedisStore) -> None:
         assert await a.delete(queued.id) is True
         assert await a.delete(queued.id) is False
         assert [j.id for j in await a.list_jobs()] == [job.id]
+
+        await a.worker_heartbeat("proc-1", NOW, {"pid": 1})
+        await a.worker_heartbeat("proc-2", NOW + 1, {"pid": 2})
+        await a.worker_heartbeat("proc-1", NOW + 2, {"pid": 11})
+        assert await a.list_workers(NOW + 2) == [
+            {"pid": 11, "id": "proc-1", "last_heartbeat": NOW + 2},
+            {"pid": 2, "id": "proc-2", "last_heartbeat": NOW + 1},
+        ]
         await a.aclose()
 
     asyncio.run(main())
@@ -705,6 +714,8 @@ def every_call(job: Job) -> list[tuple[str, Callable[[Any], Any]]]:
         ("count_by_status", lambda s: s.count_by_status()),
         ("purge_expired", lambda s: s.purge_expired(NOW)),
         ("delete", lambda s: s.delete(job.id)),
+        ("worker_heartbeat", lambda s: s.worker_heartbeat("w", NOW, {})),
+        ("list_workers", lambda s: s.list_workers(NOW)),
     ]
 
 

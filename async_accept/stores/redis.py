@@ -269,17 +269,24 @@ put(k, 'eta', ARGV[6])
 redis.call('HSET', k, 'progress_at', ARGV[3], 'updated_at', ARGV[3], 'heartbeat_at', ARGV[3])
 return meta(k)
 """,
-    # KEYS: job. ARGV: ns, worker, now, status, then optional (set only when
-    # given): res_meta, res_body, result_status, error, result_location, percent.
+    # KEYS: job. ARGV: ns, worker, now, status, res_meta?, res_body?,
+    # result_status? (the response, kept only when given), error?,
+    # result_location? (written as given, None clears).
     "finish": """
 local k = KEYS[1]
 if not owned(k, ARGV[2], tonumber(ARGV[3])) then return false end
 setstatus(k, ARGV[4])
 redis.call('HSET', k, 'finished_at', ARGV[3], 'updated_at', ARGV[3])
-local opt = {'res_meta', 'res_body', 'result_status', 'error', 'result_location', 'percent'}
-for i, f in ipairs(opt) do
+local response = {'res_meta', 'res_body', 'result_status'}
+for i, f in ipairs(response) do
   local v = ARGV[4 + i]
   if string.sub(v, 1, 1) == '=' then redis.call('HSET', k, f, string.sub(v, 2)) end
+end
+put(k, 'error', ARGV[8])
+put(k, 'result_location', ARGV[9])
+if ARGV[4] == 'completed' then
+  redis.call('HSET', k, 'percent', '100.0')
+  redis.call('HDEL', k, 'eta')
 end
 return meta(k)
 """,
@@ -550,7 +557,6 @@ class _Layout:
             _opt(None if response is None else str(int(response.status))),
             _opt(None if error is None else _enc("j", error)),
             _opt(result_location),
-            _opt(_f(100) if status is JobStatus.COMPLETED else None),
         ]
         return _Call("finish", [self.job_key(job_id)], args, _job)
 
