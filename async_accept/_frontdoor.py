@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from .config import Options, build_options
+from .config import Options, build_options, check_route_webhook
 from .core import Engine, Response, problem_response
 from .errors import ConfigurationError
 from .executors import resolve_executor
@@ -57,6 +57,8 @@ class FrontDoor:
 
     def add_routes(self, patterns: Iterable[RoutePattern]) -> None:
         for p in patterns:
+            # A decorated route's webhook= is only seen now, at discovery.
+            check_route_webhook(self.options.webhook_secret, p.options, p.spec)
             self.routes.add(p)
 
     def discover(self, app_hint: Any = None) -> None:

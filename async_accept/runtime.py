@@ -72,6 +72,7 @@ class Runtime:
         self._stop = threading.Event()
         self._sweeper_thread: threading.Thread | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
+        self._sweeper_wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- store faces ---------------------------------------------------------------
@@ -423,6 +424,7 @@ class Runtime:
             self.executor.start(self, None)
             self.observer.start()
             self._started = True
+            self._stop.clear()  # a restart after shutdown()
             self._sweeper_thread = threading.Thread(
                 target=self._sweep_forever, name="async-accept-sweeper", daemon=True
             )
@@ -438,6 +440,8 @@ class Runtime:
             self.executor.start(self, self.loop)
             self.observer.start()
             self._started = True
+            self._stop.clear()  # a restart after ashutdown()
+        self._sweeper_wake = asyncio.Event()
         self._sweeper_task = asyncio.ensure_future(self._asweep_forever())
 
     def is_pending(self, job_id: str) -> bool:
@@ -511,7 +515,7 @@ class Runtime:
         first = True
         started = self.engine.clock()
         next_sweep: float | None = time.monotonic()
-        while True:
+        while not self._stop.is_set():
             await self.abeat()
             if next_sweep is not None and time.monotonic() >= next_sweep:
                 try:
@@ -527,7 +531,10 @@ class Runtime:
                     log.warning("async_accept: sweep failed", exc_info=True)
                 interval = self.options.sweep_interval
                 next_sweep = None if interval is None else time.monotonic() + interval
-            await asyncio.sleep(self._next_wake(next_sweep))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._sweeper_wake.wait(), self._next_wake(next_sweep))
+            if self._stop.is_set():
+                return
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -543,6 +550,11 @@ class Runtime:
 
     async def ashutdown(self) -> None:
         if self._sweeper_task is not None:
+            # Ask first: a store call in a thread can't be cancelled, and must be over
+            # before anyone closes the store.
+            self._stop.set()
+            self._sweeper_wake.set()
+            await asyncio.wait({self._sweeper_task}, timeout=5)
             self._sweeper_task.cancel()
             # Bounded: a cancellation swallowed by a client library must not hang shutdown.
             await asyncio.wait({self._sweeper_task}, timeout=5)
