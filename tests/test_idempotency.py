@@ -253,7 +253,7 @@ def test_retry_after_executor_refusal_makes_a_new_job(make_dep: Any) -> None:
         real = executor.submit
         calls = {"n": 0}
 
-        def refuse_once(job_id: str, real: Any = real) -> None:
+        def refuse_once(job_id: str, real: Any = real, calls: dict[str, int] = calls) -> None:
             calls["n"] += 1
             if calls["n"] == 1:
                 raise ExecutorError("queue full")
