@@ -45,6 +45,7 @@ __all__ = [
     "PrometheusListener",
     "add_listener",
     "emit",
+    "failure_reason",
     "job_fields",
     "remove_listener",
 ]
@@ -111,9 +112,14 @@ def job_fields(job: Job) -> tuple[str, dict[str, Any]]:
         "run_time": _duration(job.started_at, job.finished_at or job.updated_at),
     }
     if job.status is JobStatus.FAILED:
-        kind = str((job.error or {}).get("type", "")).rsplit("/", 1)[-1]
-        fields["reason"] = kind or "failed"
+        fields["reason"] = failure_reason(job.error)
     return job.status.value, fields
+
+
+def failure_reason(error: dict[str, Any] | None) -> str:
+    """The last segment of a problem ``type`` (``urn:...:worker-lost`` -> ``worker-lost``)."""
+    kind = str((error or {}).get("type", ""))
+    return kind.replace(":", "/").rsplit("/", 1)[-1] or "failed"
 
 
 class PrometheusListener:

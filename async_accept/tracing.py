@@ -119,7 +119,9 @@ class ExecuteSpan:
 
         span.set_attribute("async_accept.job.status", status.value)
         if status is JobStatus.FAILED:
-            kind = str((error or {}).get("type", "")).rsplit("/", 1)[-1] or "failed"
+            from .metrics import failure_reason
+
+            kind = failure_reason(error)
             span.set_attribute("async_accept.job.failure", kind)
             span.set_status(Status(StatusCode.ERROR, kind))
 
