@@ -115,9 +115,11 @@ class Observer:
             return None
         event, fields = metrics.job_fields(job)
         metrics.emit(self._listeners, event, **fields)
-        if self.dispatcher is not None and ("webhook" in job.meta or "callback" in job.meta):
-            return job
-        return None
+        if self.dispatcher is None or not ("webhook" in job.meta or "callback" in job.meta):
+            return None
+        if fields.get("reason") == "executor-unavailable" and job.started_at is None:
+            return None  # its client got a 503, not a job: nothing to notify
+        return job
 
     # -- webhooks ---------------------------------------------------------------------
 

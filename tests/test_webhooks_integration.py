@@ -184,6 +184,29 @@ def test_no_webhook_configured_sends_nothing(make_dep: Any, receiver: Receiver) 
     assert dispatcher_of(d).outbox.list_deliveries() == []
 
 
+def test_no_notification_for_a_job_refused_by_the_executor(
+    make_dep: Any, receiver: Receiver
+) -> None:
+    """A 503 because the executor refused the job promised nothing: nobody is notified."""
+    from async_accept.errors import ExecutorError
+
+    d = make_dep("wsgi", "memory", **hook_options(receiver))
+    executor = d.middleware.runtime.executor
+    real = executor.submit
+
+    def refuse(job_id: str) -> None:
+        raise ExecutorError("queue full")
+
+    executor.submit = refuse
+    assert d.post("/slow").status_code == 503
+    executor.submit = real
+    d.finished(d.post("/slow").headers["location"])
+    (req,) = wait_requests(receiver, 1)
+    time.sleep(0.2)
+    assert len(receiver.requests) == 1
+    assert json.loads(req.body)["status"] == "completed"
+
+
 # -- client-supplied callbacks ----------------------------------------------------------------
 
 
