@@ -198,8 +198,7 @@ class ParkingExecutor:
 
 @pytest.mark.parametrize("door", ["wsgi", "asgi"])
 def test_unconsumed_queue_is_503_until_a_consumer_beats(door: str, tmp_path: Path) -> None:
-    """Queued work older than stall_after with no live consumer: 503 "stalled"; a worker's
-    heartbeat makes it 200 again (a busy queue is not a broken one)."""
+    """Old queued work and no live consumer: 503 "stalled"; a consumer's heartbeat makes it 200."""
     with deploy(door, "sqlite", ParkingExecutor(), tmp_path, health="on") as d:
         loc = d.post("/slow").headers["location"]
         young = health(d).json()
@@ -244,8 +243,7 @@ def _counts(queued: int = 0) -> dict[JobStatus, int]:
     ],
 )
 def test_stall_rule(oldest_age: float | None, workers: list[dict[str, Any]], stalled: bool) -> None:
-    """Stalled = oldest queued older than stall_after and no consumer beat within
-    worker_lost_after (10 s by default)."""
+    """Stalled = oldest queued job older than stall_after and no live consuming worker."""
     engine = _engine()
     entries = [
         {"id": f"w{i}", "last_heartbeat": NOW - w.pop("age"), **w} for i, w in enumerate(workers)
@@ -294,8 +292,7 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 
 
 def test_worker_registry_records_and_forgets(any_store: Any) -> None:
-    """worker_heartbeat() replaces a worker's entry; list_workers() is most recent first
-    and forgets workers silent for WORKER_RETENTION."""
+    """Beats replace a worker's entry; listed most recent first; silent ones are forgotten."""
     any_store.worker_heartbeat("a", NOW, {"pid": 1, "role": "web"})
     any_store.worker_heartbeat("b", NOW + 5.25, {"pid": 2, "role": "worker"})
     any_store.worker_heartbeat("a", NOW + 7.5, {"pid": 3, "role": "web"})

@@ -325,8 +325,7 @@ def servers() -> Iterator[list[Server]]:
 def test_racing_requests_across_two_processes_make_one_job(
     door: str, tmp_path: Path, servers: list[Server]
 ) -> None:
-    """16 racing requests over fresh connections to 2 server processes on one SQLite file:
-    one job, and every answer names it."""
+    """16 racing requests to 2 server processes sharing one SQLite file make exactly one job."""
     db = tmp_path / "jobs.db"
     env = base_env(ASYNC_ACCEPT_STORE=f"sqlite:///{db}")
     start = uvicorn if door == "uvicorn" else gunicorn

@@ -86,8 +86,7 @@ def hex_span(span_id: int) -> str:
 def test_accept_queue_wait_and_execute_spans_form_one_trace(
     traced: Deployment, exporter: InMemorySpanExporter
 ) -> None:
-    """accept is a SERVER child of the incoming traceparent; queue_wait and execute are its
-    children, linked to it; the replayed request's traceparent names the execute span."""
+    """accept (SERVER, under traceparent) -> queue_wait, execute (children + links) -> handler."""
     r = traced.post("/slow", headers={**ALICE, "traceparent": TRACEPARENT})
     job_id = r.json()["id"]
     done = traced.finished(r.headers["location"])

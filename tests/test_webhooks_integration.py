@@ -305,8 +305,7 @@ def test_callback_to_a_private_ip_literal_is_refused_at_accept(
 def test_callback_name_resolving_to_a_private_address_is_never_connected(
     make_dep: Any, network_guard: list[str]
 ) -> None:
-    """SSRF: an allow-listed name that resolves to an internal address becomes a dead
-    letter ("refused") without any connection; the resolver is the test's."""
+    """SSRF: an allowed name resolving to an internal address is a dead letter, never connected."""
     resolver = table_resolver(
         {"hooks.test": ["10.0.0.7"], "mixed.test": ["93.184.216.34", "169.254.169.254"]}
     )
@@ -341,8 +340,7 @@ def test_callback_name_resolving_to_a_private_address_is_never_connected(
 
 
 def test_deliveries_survive_a_restart(make_dep: Any, receiver: Receiver, tmp_path: Path) -> None:
-    """A delivery the receiver refused before a restart is sent by the next process,
-    from the outbox in the SQLite store's own file, with the same webhook-id."""
+    """A delivery pending at a restart is sent by the next process from the SQLite store's file."""
     receiver.answer((503, {"Retry-After": "2"}))
     first = make_dep("wsgi", "sqlite", **hook_options(receiver))
     loc = first.post("/slow").headers["location"]
