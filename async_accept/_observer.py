@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("async_accept")
 
 _ENDS = frozenset({"finish", "fail", "cancel"})
+#: Dispatchers inherited from a parent process, kept alive on purpose (see after_fork).
+_FORK_ORPHANS: list[Any] = []
 
 
 def delivery_id(job_id: str, url: str) -> str:
@@ -164,6 +166,9 @@ class Observer:
     def after_fork(self) -> None:
         """A forked child: the parent's dispatcher thread and connections are not ours."""
         if self.dispatcher is not None:
+            # Never closed here, not even by the garbage collector: closing a SQLite
+            # connection inherited through fork() can drop this process's file locks.
+            _FORK_ORPHANS.append(self.dispatcher)
             self.dispatcher = self._make_dispatcher()
 
     def close(self) -> None:

@@ -577,3 +577,89 @@ def test_redis_outbox_keeps_json_text_and_fields() -> None:
         assert box.get("msg_none") is None
     finally:
         box.close()
+
+
+# -- real server processes ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for s in started:
+        s.kill()
+
+
+def _server(door: str, tmp_path: Path, rec: Receiver, log: str, port: int | None = None) -> Any:
+    from tests.servers import base_env, gunicorn, uvicorn
+
+    rec.now = None
+    env = base_env(
+        ASYNC_ACCEPT_STORE=f"sqlite:///{tmp_path / 'jobs.db'}",
+        ASYNC_ACCEPT_WEBHOOK_SECRET=SECRET,
+        ASYNC_ACCEPT_WEBHOOK_URL=rec.url("/hook"),
+    )
+    if door == "uvicorn":
+        return uvicorn("tests.e2e_webhook_app:asgi_app", env, tmp_path / log, 2, port)
+    return gunicorn("tests.e2e_webhook_app:wsgi_app", env, tmp_path / log, 2, port)
+
+
+def _poll_done(base: str, loc: str) -> Any:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while (r := httpx.get(base + loc, headers=ALICE, timeout=5)).status_code != 303:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.05)
+    return r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("door", ["uvicorn", "gunicorn"])
+def test_two_server_processes_notify_each_job_once(
+    door: str, tmp_path: Path, receiver: Receiver, servers: list[Any]
+) -> None:
+    """Two web processes, each with its dispatcher, on one SQLite outbox: one delivery per job."""
+    import httpx
+
+    server = _server(door, tmp_path, receiver, "server.log")
+    servers.append(server.start())
+    locs = []
+    for i in range(10):
+        r = httpx.post(server.base + "/slow", content=f"n{i}".encode(), headers=ALICE, timeout=5)
+        assert r.status_code == 202, r.text
+        locs.append(r.headers["location"])
+    for loc in locs:
+        _poll_done(server.base, loc)
+    got = wait_requests(receiver, 10, timeout=30)
+    time.sleep(0.5)
+    assert len(receiver.requests) == 10
+    assert all(q.verified == "ok" for q in got)
+    assert sorted(json.loads(q.body)["links"]["self"] for q in got) == sorted(locs)
+    assert len({q.headers["webhook-id"] for q in got}) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("door", ["uvicorn", "gunicorn"])
+def test_pending_delivery_survives_kill_9(
+    door: str, tmp_path: Path, receiver: Receiver, servers: list[Any]
+) -> None:
+    """kill -9 with a delivery waiting for its retry: the restarted server sends it."""
+    import httpx
+
+    receiver.answer((503, {"Retry-After": "3"}))
+    first = _server(door, tmp_path, receiver, "first.log")
+    servers.append(first.start())
+    loc = httpx.post(first.base + "/slow", headers=ALICE, timeout=5).headers["location"]
+    _poll_done(first.base, loc)
+    (refused,) = wait_requests(receiver, 1)
+    first.kill()
+    second = _server(door, tmp_path, receiver, "second.log", port=first.port)
+    servers.append(second.start())
+    # A WSGI runtime starts with its first request below the prefix (or from a
+    # server hook calling middleware.start()): a client polling its job, here.
+    assert httpx.get(second.base + loc, headers=ALICE, timeout=5).status_code == 303
+    got = wait_requests(receiver, 2, timeout=30)
+    assert got[1].verified == "ok"
+    assert got[1].headers["webhook-id"] == refused.headers["webhook-id"]
+    assert json.loads(got[1].body)["links"]["self"] == loc
