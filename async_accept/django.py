@@ -1,0 +1,530 @@
+"""Django: a middleware class for ``MIDDLEWARE``, configured from settings;
+``@long_running`` views are found through Django's URL resolver.
+
+What a Django project adds (two lines, plus the decorator on slow views)::
+
+    # settings.py
+    MIDDLEWARE = [
+        "django.middleware.security.SecurityMiddleware",
+        "async_accept.django.AsyncAcceptMiddleware",   # near the top
+        ...
+    ]
+    ASYNC_ACCEPT = {"store": "sqlite:///async_accept_jobs.db"}  # optional
+
+    # views.py
+    from async_accept import long_running, report_progress
+
+    class ReportView(View):
+        @long_running(sla=30)
+        def post(self, request): ...
+
+It works unchanged under ``get_wsgi_application()`` (gunicorn, mod_wsgi, ...)
+and ``get_asgi_application()`` (uvicorn, daphne, ...): the middleware is sync
+and async capable and, under ASGI, never blocks the event loop on store I/O.
+
+``ASYNC_ACCEPT`` holds the middleware options (``secret_key``, ``store``,
+``executor``, ``routes``, ``prefix``, ``ttl``, ``sla``, ``wait``, ...; lower-
+or upper-case keys). Without ``secret_key`` (and without the
+``ASYNC_ACCEPT_SECRET_KEY`` environment variable) Django's ``SECRET_KEY`` is
+used, with ``SECRET_KEY_FALLBACKS`` as older keys still accepted. Options are
+checked when Django loads its middleware (``get_wsgi_application()``,
+``get_asgi_application()``), so a bad one stops the start-up with a
+ConfigurationError.
+
+Jobs run in threads of the web process (``executor="thread"``, the default)
+and replay the captured request through a Django WSGI handler: the whole
+middleware stack runs again (sessions, authentication, CSRF) and the replay
+marker lets the request through this middleware. That holds for both
+deployments.
+
+Marks are found on the first request: function views (under any decorator
+that uses ``functools.wraps``: marking one marks every method but OPTIONS),
+class-based views (the class: all its methods; or ``get``/``post``/...),
+Django REST framework ``APIView`` classes or their methods, viewsets (the
+class, or the actions a router maps: ``create``, ``list``, ``@action``
+methods) and ``@api_view`` functions. ``path()`` converters and ``re_path()``
+regexes match exactly as Django matches them; ``include()`` and
+``i18n_patterns()`` prefixes are followed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+from ._frontdoor import FrontDoor
+from .config import ENV_SECRET, build_options
+from .core import Gen, Response
+from .errors import ConfigurationError, MissingDependencyError
+from .job import CapturedRequest
+from .replay import REPLAY_KEY
+from .routes import RouteOptions, RoutePattern, marker_of
+
+try:
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.signals import setting_changed
+except ImportError as exc:  # pragma: no cover - exercised in an environment without Django
+    raise MissingDependencyError("The Django integration", "django", "django") from exc
+
+__all__ = [
+    "AsyncAcceptMiddleware",
+    "discover_urlconf",
+    "get_front_door",
+    "options_from_settings",
+    "reset",
+]
+
+log = logging.getLogger("async_accept")
+
+SETTING = "ASYNC_ACCEPT"
+_OPTION_NAMES = frozenset(inspect.signature(build_options).parameters)
+#: what a function view answers when it is marked (it answers any method)
+_FUNCTION_VIEW_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+# --- settings -> options -----------------------------------------------------------
+
+
+def options_from_settings() -> dict[str, Any]:
+    """Middleware options from ``settings.ASYNC_ACCEPT`` (and Django's secret)."""
+    raw = getattr(settings, SETTING, None)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError(
+            f"settings.{SETTING} must be a dict of options, e.g. "
+            f"{SETTING} = {{'store': 'sqlite:///async_accept_jobs.db'}}"
+        )
+    opts: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).lower()
+        if name not in _OPTION_NAMES:
+            raise ConfigurationError(
+                f"settings.{SETTING}: unknown option {key!r} "
+                f"(known: {', '.join(sorted(_OPTION_NAMES))})"
+            )
+        opts[name] = value
+    if opts.get("secret_key") is None and not os.environ.get(ENV_SECRET):
+        opts.pop("secret_key", None)
+        try:
+            secret = settings.SECRET_KEY
+        except ImproperlyConfigured:  # Django refuses an empty SECRET_KEY
+            secret = None
+        if secret:
+            fallbacks = [k for k in getattr(settings, "SECRET_KEY_FALLBACKS", ()) or () if k]
+            opts["secret_key"] = [secret, *fallbacks] if fallbacks else secret
+    executor = opts.get("executor")
+    if isinstance(executor, str) and executor.strip().lower().startswith("asyncio"):
+        raise ConfigurationError(
+            f"settings.{SETTING}['executor']={executor!r}: Django jobs replay through "
+            "Django's WSGI handler, in threads; use executor='thread' (the default, "
+            "'thread?max_workers=N' to size it) or an out-of-process executor"
+        )
+    return opts
+
+
+# --- the front door, built once per process from settings --------------------------
+
+
+class _DjangoWSGIApp:
+    """The replay target: a Django WSGI handler, made on first use.
+
+    Made lazily because building it loads the middleware, and loading this
+    middleware is what builds the front door: made eagerly, it would recurse.
+    """
+
+    def __init__(self) -> None:
+        self._handler: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        handler = self._handler
+        if handler is None:
+            with self._lock:
+                if self._handler is None:
+                    from django.core.handlers.wsgi import WSGIHandler
+
+                    self._handler = WSGIHandler()
+                handler = self._handler
+        return handler(environ, start_response)
+
+
+_door: FrontDoor | None = None
+_door_lock = threading.Lock()
+
+
+def get_front_door() -> FrontDoor:
+    """The process's front door, built from settings on first use (thread-safe).
+
+    Raises ConfigurationError for bad settings, so the middleware's
+    construction (Django's start-up) fails with the reason.
+    """
+    global _door
+    door = _door
+    if door is not None:
+        return door
+    with _door_lock:
+        if _door is None:
+            opts = options_from_settings()
+            extra = opts.pop("discover", None)
+
+            def discover() -> list[RoutePattern]:
+                # Runs on the first request: the URLconf is importable by then.
+                return [*discover_urlconf(), *(extra() if extra is not None else ())]
+
+            _door = FrontDoor(_DjangoWSGIApp(), "wsgi", {**opts, "discover": discover})
+        return _door
+
+
+def reset() -> None:
+    """Forget the front door built from settings, stopping its threads and
+    closing its store; the next request builds a new one. Called when a test
+    changes ``ASYNC_ACCEPT``, ``SECRET_KEY`` or ``ROOT_URLCONF`` with
+    ``override_settings``."""
+    global _door
+    with _door_lock:
+        door, _door = _door, None
+    if door is not None:
+        door.runtime.shutdown()
+        door.store.close()
+
+
+_WATCHED = frozenset({SETTING, "SECRET_KEY", "SECRET_KEY_FALLBACKS", "ROOT_URLCONF"})
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in _WATCHED:
+        reset()
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="async_accept.django.reset")
+
+# --- discovery -----------------------------------------------------------------------
+
+_INLINE_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")
+_GROUP_NAME = re.compile(r"\(\?P([<=])([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _unanchored_end(src: str) -> tuple[str, bool]:
+    if src.endswith(r"\Z") and not src.endswith(r"\\Z"):
+        return src[:-2], True
+    if src.endswith("$") and not src.endswith(r"\$"):
+        return src[:-1], True
+    return src, False
+
+
+def _piece(src: str, endpoint: bool, index: int) -> str:
+    """One level's regex as a piece of the whole path's regex, with Django's semantics:
+    ``^`` anchors at the start of what is left (else: found anywhere in it), an
+    endpoint must end where its regex ends only when it ends with ``$``/``\\Z``."""
+    flags = ""
+    m = _INLINE_FLAGS.match(src)
+    if m is not None:
+        flags, src = m.group(1), src[m.end() :]
+    anchored = src.startswith("^")
+    if anchored:
+        src = src[1:]
+    closed = False
+    if endpoint:
+        src, closed = _unanchored_end(src)
+    # Group names may repeat across levels (Django matches each level alone).
+    src = _GROUP_NAME.sub(lambda g: f"(?P{g.group(1)}_l{index}_{g.group(2)}", src)
+    body = f"(?{flags}:{src})" if flags else f"(?:{src})"
+    if not anchored:
+        body = ".*?" + body
+    if endpoint and not closed:
+        body += ".*"
+    return body
+
+
+def _level(pattern: Any, endpoint: bool, index: int) -> tuple[str, str, str | None]:
+    """(regex piece, readable text, literal text or None) of one URL pattern level."""
+    if hasattr(pattern, "prefix_default_language"):  # LocalePrefixPattern (i18n_patterns)
+        codes = [code for code, _name in getattr(settings, "LANGUAGES", ())]
+        default = settings.LANGUAGE_CODE
+        options = [
+            re.escape(f"{code}/")
+            for code in codes
+            if pattern.prefix_default_language or code != default
+        ]
+        if not pattern.prefix_default_language:
+            options.append("")
+        return f"(?:{'|'.join(options)})", "{lang}/", None
+    text = str(pattern)
+    if hasattr(pattern, "_route"):  # path()
+        if not getattr(pattern, "converters", None):
+            return re.escape(text), text, text  # without converters: a literal
+        return _piece(pattern.regex.pattern, endpoint, index), text, None
+    # re_path(): shown without its anchors
+    shown = _INLINE_FLAGS.sub("", text).removeprefix("^")
+    return _piece(pattern.regex.pattern, endpoint, index), _unanchored_end(shown)[0], None
+
+
+def _closure_mark(handler: Any) -> RouteOptions | None:
+    """DRF's ``@api_view`` makes a class whose handlers call the function in a closure."""
+    if "api_view.<locals>" not in getattr(handler, "__qualname__", ""):
+        return None
+    for cell in getattr(handler, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # pragma: no cover - an empty cell
+            continue
+        if callable(value):
+            opts = marker_of(value)
+            if opts is not None:
+                return opts
+    return None
+
+
+def _handlers(cls: Any, actions: Mapping[str, str] | None) -> Iterator[tuple[str, Any]]:
+    """(HTTP method, handler) pairs a class-based view answers, OPTIONS excepted."""
+    if actions is not None:  # a DRF viewset route: method -> action name
+        mapping = dict(actions)
+        if "get" in mapping and "head" not in mapping:
+            mapping["head"] = mapping["get"]
+        for method, action in mapping.items():
+            if method != "options":
+                yield method.upper(), getattr(cls, action, None)
+        return
+    for method in getattr(cls, "http_method_names", ()):
+        if method == "options":
+            continue
+        handler = getattr(cls, method, None)
+        if handler is None and method == "head":
+            handler = getattr(cls, "get", None)  # View.setup() answers HEAD with get
+        if handler is not None:
+            yield method.upper(), handler
+
+
+def view_marks(callback: Any) -> dict[RouteOptions, list[str]]:
+    """Which HTTP methods of a URL pattern's view are long-running, by options."""
+    out: dict[RouteOptions, list[str]] = {}
+    cls = getattr(callback, "view_class", None) or getattr(callback, "cls", None)
+    whole = marker_of(callback)
+    if cls is None:
+        if whole is not None:
+            out[whole] = list(_FUNCTION_VIEW_METHODS)
+        return out
+    whole = whole or marker_of(cls)
+    for method, handler in _handlers(cls, getattr(callback, "actions", None)):
+        opts = None
+        if handler is not None:
+            opts = marker_of(handler) or _closure_mark(handler)
+        opts = opts or whole
+        if opts is not None:
+            out.setdefault(opts, []).append(method)
+    return out
+
+
+def _walk(
+    patterns: Iterable[Any], levels: list[tuple[str, str, str | None]]
+) -> Iterator[RoutePattern]:
+    for entry in patterns:
+        if hasattr(entry, "url_patterns"):  # URLResolver (include())
+            level = _level(entry.pattern, False, len(levels))
+            yield from _walk(entry.url_patterns, [*levels, level])
+            continue
+        callback = getattr(entry, "callback", None)
+        if callback is None:
+            continue
+        marks = view_marks(callback)
+        if not marks:
+            continue
+        full = [*levels, _level(entry.pattern, True, len(levels))]
+        text = "/" + "".join(t for _, t, _ in full)
+        literal = all(lit is not None for _, _, lit in full)
+        regex = None
+        if not literal:
+            try:
+                regex = re.compile("/" + "".join(p for p, _, _ in full))
+            except re.error as exc:
+                log.warning(
+                    "async_accept: can't match the URL pattern %r of %r (%s); name it in "
+                    "%s['routes'] instead",
+                    text,
+                    callback,
+                    exc,
+                    SETTING,
+                )
+                continue
+        for opts, methods in marks.items():
+            names = sorted(methods)
+            yield RoutePattern(f"{','.join(names)} {text}", frozenset(names), text, regex, opts)
+
+
+def discover_urlconf(urlconf: str | None = None) -> list[RoutePattern]:
+    """Patterns for every marked view under the URLconf (default: ROOT_URLCONF)."""
+    from django.urls import get_resolver
+
+    return list(_walk(get_resolver(urlconf).url_patterns, []))
+
+
+# --- HttpRequest <-> the core ----------------------------------------------------------
+
+
+def _latin1(value: Any) -> bytes:
+    text = str(value)
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
+def capture(request: Any, path: str, body: bytes) -> CapturedRequest:
+    """The core's view of a Django request (WSGIRequest or ASGIRequest)."""
+    meta: Mapping[str, Any] = request.META
+    headers: list[tuple[bytes, bytes]] = []
+    for key, value in meta.items():
+        if key.startswith("HTTP_"):
+            headers.append((key[5:].replace("_", "-").lower().encode("latin-1"), _latin1(value)))
+    if meta.get("CONTENT_TYPE"):
+        headers.append((b"content-type", _latin1(meta["CONTENT_TYPE"])))
+    if meta.get("CONTENT_LENGTH"):
+        headers.append((b"content-length", _latin1(meta["CONTENT_LENGTH"])))
+    full_path: str = request.path
+    root = full_path[: len(full_path) - len(path)] if full_path.endswith(path) else ""
+    scope = getattr(request, "scope", None)
+    if isinstance(scope, Mapping):
+        http_version = str(scope.get("http_version", "1.1"))
+    else:
+        protocol = str(meta.get("SERVER_PROTOCOL", "HTTP/1.1"))
+        http_version = protocol.split("/", 1)[-1] if "/" in protocol else "1.1"
+    port = str(meta.get("SERVER_PORT") or "80")
+    remote, remote_port = meta.get("REMOTE_ADDR"), str(meta.get("REMOTE_PORT", ""))
+    return CapturedRequest(
+        method=request.method,
+        path=path,
+        query_string=_latin1(meta.get("QUERY_STRING", "") or ""),
+        headers=headers,
+        body=body,
+        root_path=root.rstrip("/"),
+        scheme=request.scheme,
+        http_version=http_version,
+        server=(str(meta.get("SERVER_NAME", "localhost")), int(port) if port.isdigit() else 80),
+        client=(str(remote), int(remote_port)) if remote and remote_port.isdigit() else None,
+    )
+
+
+def to_django(response: Response, method: str) -> Any:
+    """The core's response as an HttpResponse (no body for HEAD, its length kept).
+
+    Repeated headers are joined with commas, except Set-Cookie, which goes
+    through the response's cookies (Django sends one header per cookie).
+    """
+    from django.http import HttpResponse
+
+    out = HttpResponse(b"" if method == "HEAD" else response.body, status=response.status)
+    del out["Content-Type"]  # only what the core (or the handler) said
+    for k, v in response.headers:
+        name, value = k.decode("latin-1"), v.decode("latin-1")
+        if name.lower() == "set-cookie":
+            out.cookies.load(value)
+        elif name in out.headers:
+            out.headers[name] = f"{out.headers[name]}, {value}"
+        else:
+            out.headers[name] = value
+    if "Content-Length" not in out.headers:
+        out.headers["Content-Length"] = str(len(response.body))
+    return out
+
+
+def _is_replay(request: Any) -> bool:
+    if REPLAY_KEY in request.META:
+        return True
+    scope = getattr(request, "scope", None)
+    ext = scope.get("extensions") if isinstance(scope, Mapping) else None
+    return isinstance(ext, Mapping) and REPLAY_KEY in ext
+
+
+def _plan(door: FrontDoor, request: Any) -> Gen[Response] | Response | None:
+    """What to do with a request: None (pass it on), an answer now, or a core
+    generator to drive (the status URLs, or accepting a job)."""
+    if not door._discovered:
+        door.discover()
+    path: str = request.path_info
+    if door.is_ours(path):
+        return door.engine.serve(capture(request, path, b""), path[door.prefix_len :])
+    prefer = request.META.get("HTTP_PREFER") if door.prefer_async else None
+    route = door.route_for(request.method, path, None if prefer is None else _latin1(prefer))
+    if route is None:
+        return None
+    raw_len = str(request.META.get("CONTENT_LENGTH") or "").strip()
+    if raw_len:
+        try:
+            length = int(raw_len)
+        except ValueError:
+            return door.bad_request("Invalid Content-Length.")
+        if length < 0:
+            return door.bad_request("Invalid Content-Length.")
+        if length > door.max_body:
+            return door.too_large()
+    body: bytes = request.body  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django answers 400
+    if len(body) > door.max_body:
+        return door.too_large()
+    return door.engine.accept(capture(request, path, body), route)
+
+
+class AsyncAcceptMiddleware:
+    """Django middleware: long-running views answer ``202 Accepted`` with a
+    signed status URL served under the prefix (``/_jobs``) by this middleware.
+
+    Put it near the top of ``MIDDLEWARE`` (after SecurityMiddleware): what sits
+    above it also processes the 202 and status answers; everything runs again
+    when the job replays.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+        get_front_door()  # bad settings stop the start-up here
+
+    def __call__(self, request: Any) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        if _is_replay(request):
+            return self.get_response(request)  # a job replaying: let it through
+        door = get_front_door()
+        plan = _plan(door, request)
+        if plan is None:
+            return self._pass(door, self.get_response(request))
+        if isinstance(plan, Response):
+            return to_django(plan, request.method)
+        if not door.runtime.started:
+            door.runtime.start()
+        return to_django(door.runtime.drive(plan), request.method)
+
+    async def __acall__(self, request: Any) -> Any:
+        if _is_replay(request):
+            return await self.get_response(request)
+        door = get_front_door()
+        plan = _plan(door, request)
+        if plan is None:
+            return self._pass(door, await self.get_response(request))
+        if isinstance(plan, Response):
+            return to_django(plan, request.method)
+        if not door.runtime.started:
+            # Threads (executor, sweeper): jobs replay through the WSGI handler.
+            import asyncio
+
+            await asyncio.to_thread(door.runtime.start)
+        return to_django(await door.runtime.adrive(plan), request.method)
+
+    @staticmethod
+    def _pass(door: FrontDoor, response: Any) -> Any:
+        if door.prefer_async:
+            from django.utils.cache import patch_vary_headers
+
+            patch_vary_headers(response, ("Prefer",))
+        return response

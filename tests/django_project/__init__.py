@@ -1,0 +1,1 @@
+"""A tiny Django project for the Django integration tests (tests/test_django.py)."""
