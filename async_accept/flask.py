@@ -1,0 +1,230 @@
+"""Flask: an extension in the usual Flask shape; ``@long_running`` views are
+found through the app's URL map.
+
+::
+
+    from flask import Flask
+    from async_accept import long_running, report_progress
+    from async_accept.flask import AsyncAccept
+
+    app = Flask(__name__)
+    app.config["ASYNC_ACCEPT_STORE"] = "sqlite:///jobs.db"   # optional
+
+    @app.post("/reports")
+    @long_running(sla=30)
+    def create_report(): ...
+
+    AsyncAccept(app)   # or: async_accept = AsyncAccept(); async_accept.init_app(app)
+
+Options come from keyword arguments, then from ``app.config`` keys
+``ASYNC_ACCEPT_<OPTION>`` (``ASYNC_ACCEPT_SECRET_KEY``, ``ASYNC_ACCEPT_STORE``,
+``ASYNC_ACCEPT_EXECUTOR``, ``ASYNC_ACCEPT_ROUTES``, ``ASYNC_ACCEPT_PREFIX``,
+``ASYNC_ACCEPT_TTL``, ... one per middleware option), then from the
+``ASYNC_ACCEPT_SECRET_KEY`` environment variable; the secret finally falls
+back to Flask's own ``SECRET_KEY``. Bad options raise ConfigurationError in
+``init_app``, not on the first request.
+
+``init_app`` wraps ``app.wsgi_app`` with the WSGI middleware (the way Flask
+apps take WSGI middleware), so the status URLs answer before Flask routes
+anything, and jobs replay through Flask itself (request hooks, error
+handlers and all). Marks are found on the first request, so blueprints
+registered after ``init_app`` count: view functions (``@long_running`` above
+or below ``@app.route``), blueprints' views, ``MethodView`` / ``View``
+classes or their ``get``/``post``/... methods.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .config import ENV_SECRET, build_options
+from .errors import ConfigurationError, MissingDependencyError
+from .routes import RouteOptions, RoutePattern, marker_of, parse_route
+from .wsgi import AsyncAcceptMiddleware
+
+__all__ = [
+    "AsyncAccept",
+    "AsyncAcceptMiddleware",
+    "discover_url_map",
+    "options_from_config",
+    "rule_pattern",
+]
+
+CONFIG_PREFIX = "ASYNC_ACCEPT_"
+_OPTION_NAMES = tuple(inspect.signature(build_options).parameters)
+#: werkzeug converters our route syntax knows by the same name
+_KNOWN = {"int": "int", "float": "float", "path": "path", "uuid": "uuid"}
+# werkzeug's own rule syntax: <name>, <conv:name>, <conv(args):name>
+_RULE_PARAM = re.compile(
+    r"<(?:(?P<conv>[A-Za-z_][A-Za-z0-9_]*)(?:\((?P<args>.*?)\))?:)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>"
+)
+
+
+def _require_flask() -> None:
+    try:
+        import flask  # noqa: F401
+    except ImportError as exc:
+        raise MissingDependencyError("The Flask integration", "flask", "flask") from exc
+
+
+def _template(rule: str) -> str:
+    """``/items/<int:id>/<path:rest>`` as a route pattern: ``/items/{id:int}/{rest:path}``."""
+
+    def sub(m: re.Match[str]) -> str:
+        conv = _KNOWN.get(m.group("conv") or "")
+        if conv in ("int", "float") and "signed" in (m.group("args") or ""):
+            conv = None  # a signed number: our int/float don't take the sign
+        return f"{{{m.group('name')}:{conv}}}" if conv else f"{{{m.group('name')}}}"
+
+    return _RULE_PARAM.sub(sub, rule)
+
+
+def rule_pattern(rule: Any, methods: Iterable[str], options: RouteOptions) -> RoutePattern:
+    """The route pattern of a werkzeug ``Rule`` for ``methods``.
+
+    The spec reads in our syntax (``POST /items/{id:int}``); matching uses the
+    regex of each converter the rule was bound with (``<string(length=2):c>``,
+    ``<any(a,b):x>``, custom converters), so a job is made exactly where Flask
+    would route.
+    """
+    text: str = rule.rule
+    names = sorted(methods)
+    spec = f"{','.join(names)} {_template(text)}"
+    converters: Mapping[str, Any] = getattr(rule, "_converters", None) or {}
+    params = list(_RULE_PARAM.finditer(text))
+    if not params or not all(
+        isinstance(getattr(converters.get(m.group("name")), "regex", None), str) for m in params
+    ):
+        return parse_route(spec, options)
+    parts: list[str] = []
+    pos = 0
+    for m in params:
+        parts.append(re.escape(text[pos : m.start()]))
+        parts.append(f"(?:{converters[m.group('name')].regex})")
+        pos = m.end()
+    parts.append(re.escape(text[pos:]))
+    try:
+        regex = re.compile("".join(parts))
+    except re.error:
+        return parse_route(spec, options)
+    return RoutePattern(spec, frozenset(names), _template(text), regex, options)
+
+
+def _view_marks(view: Any, methods: Iterable[str]) -> dict[RouteOptions, list[str]]:
+    """Which of ``methods`` the view marks long-running, grouped by options."""
+    out: dict[RouteOptions, list[str]] = {}
+    view_class = getattr(view, "view_class", None)
+    whole = marker_of(view)
+    if whole is None and view_class is not None:
+        # The class itself, or View.dispatch_request (a plain View has no get/post).
+        whole = marker_of(view_class) or marker_of(getattr(view_class, "dispatch_request", None))
+    for method in methods:
+        opts = None
+        if view_class is not None:
+            handler = getattr(view_class, method.lower(), None)
+            if handler is None and method == "HEAD":
+                handler = getattr(view_class, "get", None)  # MethodView answers HEAD with get
+            opts = marker_of(handler) if handler is not None else None
+        opts = opts or whole
+        if opts is not None:
+            out.setdefault(opts, []).append(method)
+    return out
+
+
+def discover_url_map(app: Any) -> list[RoutePattern]:
+    """Patterns for the marked views of a Flask app (blueprints included).
+
+    OPTIONS is never a job (CORS preflights and Flask's automatic answer).
+    """
+    found: list[RoutePattern] = []
+    views: Mapping[str, Any] = getattr(app, "view_functions", None) or {}
+    url_map = getattr(app, "url_map", None)
+    if url_map is None:
+        return found
+    for rule in url_map.iter_rules():
+        view = views.get(rule.endpoint)
+        if view is None:
+            continue
+        methods = sorted(m for m in (rule.methods or ()) if m != "OPTIONS")
+        for opts, marked in _view_marks(view, methods).items():
+            found.append(rule_pattern(rule, marked, opts))
+    return found
+
+
+def options_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Middleware options from the ``ASYNC_ACCEPT_<OPTION>`` keys of an app's config.
+
+    With no secret among them (and no ``ASYNC_ACCEPT_SECRET_KEY`` in the
+    environment) the app's ``SECRET_KEY`` is used.
+    """
+    opts: dict[str, Any] = {}
+    for name in _OPTION_NAMES:
+        key = CONFIG_PREFIX + name.upper()
+        if key in config:
+            opts[name] = config[key]
+    if opts.get("secret_key") is None and not os.environ.get(ENV_SECRET):
+        opts.pop("secret_key", None)
+        if config.get("SECRET_KEY"):
+            opts["secret_key"] = config["SECRET_KEY"]
+    return opts
+
+
+class AsyncAccept:
+    """The Flask extension: ``AsyncAccept(app, **options)``, or
+    ``AsyncAccept(**options)`` then ``init_app(app)`` (application factories).
+
+    Keyword options win over ``app.config``. After ``init_app`` the extension
+    is ``app.extensions["async_accept"]`` and ``app.wsgi_app`` is the
+    :class:`async_accept.wsgi.AsyncAcceptMiddleware`.
+    """
+
+    def __init__(self, app: Any = None, **options: Any) -> None:
+        _require_flask()
+        self.options = options
+        self._middlewares: weakref.WeakKeyDictionary[Any, AsyncAcceptMiddleware] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._last: AsyncAcceptMiddleware | None = None
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Any) -> AsyncAcceptMiddleware:
+        """Wrap ``app.wsgi_app``; raise ConfigurationError now for a bad option."""
+        if app in self._middlewares:
+            raise ConfigurationError(f"AsyncAccept.init_app({app!r}) was already called")
+        opts = {**options_from_config(app.config), **self.options}
+        extra = opts.pop("discover", None)
+
+        def discover() -> list[RoutePattern]:
+            # Runs on the first request: every view and blueprint is registered by then.
+            return [*discover_url_map(app), *(extra() if extra is not None else ())]
+
+        middleware = AsyncAcceptMiddleware(app.wsgi_app, discover=discover, **opts)
+        app.wsgi_app = middleware
+        app.extensions["async_accept"] = self
+        self._middlewares[app] = middleware
+        self._last = middleware
+        return middleware
+
+    def middleware_for(self, app: Any = None) -> AsyncAcceptMiddleware:
+        """The middleware of ``app`` (default: Flask's ``current_app``)."""
+        if app is None:
+            from flask import current_app
+
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        try:
+            return self._middlewares[app]
+        except KeyError:
+            raise LookupError(f"AsyncAccept.init_app() was not called for {app!r}") from None
+
+    @property
+    def middleware(self) -> AsyncAcceptMiddleware:
+        """The middleware of the (last) app this extension was initialized with."""
+        if self._last is None:
+            raise LookupError("AsyncAccept.init_app(app) has not been called yet")
+        return self._last
