@@ -34,7 +34,7 @@ STORE_METHODS = (
 
 
 def test_sqlite_store_calls_never_run_on_the_loop_thread(tmp_path: Path) -> None:
-    """Accept, run (asyncio executor), progress, status and result: every SQLite call is off-loop."""
+    """Accept, run (asyncio executor), progress, status, result: no SQLite call is on the loop."""
     loop_threads: set[int] = set()
 
     @long_running
