@@ -1,0 +1,98 @@
+"""The Flask and Django examples under their real servers (gunicorn; uvicorn for
+Django's ASGI side), two worker processes sharing a SQLite store, driven over
+HTTP: 202 -> polling with progress -> 303 -> result, other credentials -> 404."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.servers import Server, base_env, gunicorn, uvicorn
+
+pytestmark = pytest.mark.slow
+
+ALICE = {"Authorization": "Bearer alice"}
+BOB = {"Authorization": "Bearer bob"}
+
+EXAMPLES: dict[str, tuple[Callable[..., Server], str, str, str, str]] = {
+    # name: (server, app, report path, an unmarked URL, what it answers)
+    "flask-gunicorn": (gunicorn, "examples.flask_app:app", "/reports", "/hello", "hello"),
+    "django-gunicorn": (
+        gunicorn,
+        "examples.django_app.wsgi:application",
+        "/reports/",
+        "/reports/",
+        "a JSON body with a title makes a report",
+    ),
+    "django-uvicorn": (
+        uvicorn,
+        "examples.django_app.asgi:application",
+        "/reports/",
+        "/reports/",
+        "a JSON body with a title makes a report",
+    ),
+}
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    """Every server started here is stopped (its whole process group) at the end."""
+    started: list[Server] = []
+    yield started
+    for server in started:
+        server.stop()
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_example_runs_the_whole_flow(name: str, tmp_path: Path, servers: list[Server]) -> None:
+    """POST /reports -> 202; polls on any worker show progress; 303 -> the report; Bob gets 404."""
+    start, app, path, plain, plain_says = EXAMPLES[name]
+    env = base_env(
+        ASYNC_ACCEPT_STORE=f"sqlite:///{tmp_path / 'jobs.db'}",
+        ASYNC_ACCEPT_SECRET_KEY="example-secret-0123456789abcdef",
+    )
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # the example's own wsgi/asgi module sets it
+    server = start(app, env, tmp_path / "server.log", workers=2)
+    servers.append(server)
+    server.start(ready_path=plain)
+    base = server.base
+
+    assert plain_says in httpx.get(base + plain, headers=ALICE, timeout=5).text  # passes through
+
+    r = httpx.post(base + path, json={"title": "Q3"}, headers=ALICE, timeout=5)
+    assert r.status_code == 202, r.text
+    loc = r.headers["location"]
+    assert loc.startswith("/_jobs/") and int(r.headers["retry-after"]) >= 1
+
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while True:
+        # A new connection each time: the kernel spreads them over both workers.
+        status = httpx.get(base + loc, headers=ALICE, timeout=5)
+        assert status.status_code in (200, 303), status.text
+        if status.status_code == 303:
+            break
+        seen.append(status.json())
+        assert int(status.headers["retry-after"]) >= 1
+        assert time.monotonic() < deadline, seen[-1]
+        time.sleep(0.1)
+    progress = [s for s in seen if s["percent_complete"] not in (None, 0, 100)]
+    assert progress, seen
+    assert all(s["status"] == "processing" for s in progress)
+    assert progress[-1]["message"].startswith("rendered page")
+    assert status.json()["status"] == "completed"
+    assert status.headers["location"] == loc + "/result"
+
+    result = httpx.get(base + status.headers["location"], headers=ALICE, timeout=5)
+    assert result.status_code == 200
+    assert result.json() == {"title": "Q3", "pages": 5, "framework": name.split("-")[0]}
+    for url in (loc, loc + "/result"):
+        for who in (BOB, {}):
+            denied = httpx.get(base + url, headers=who, timeout=5)
+            assert denied.status_code == 404
+            assert denied.headers["content-type"] == "application/problem+json"
