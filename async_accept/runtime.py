@@ -15,7 +15,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from ._observer import Observer
@@ -560,11 +560,24 @@ class Runtime:
             await asyncio.wait({self._sweeper_task}, timeout=5)
             self._sweeper_task = None
         if self._started:
+            timeout = self.options.shutdown_timeout
             ashutdown = getattr(self.executor, "ashutdown", None)
             if ashutdown is not None:
-                await ashutdown(self.options.shutdown_timeout)
+                await _bounded(ashutdown(timeout), 2 * timeout + 5, "the executor")
             else:
-                await asyncio.to_thread(self.executor.shutdown, self.options.shutdown_timeout)
-            await asyncio.to_thread(self.observer.stop, self.options.shutdown_timeout)
-            await self.abeat("stopped")
+                await _bounded(
+                    asyncio.to_thread(self.executor.shutdown, timeout), timeout + 5, "the executor"
+                )
+            await _bounded(
+                asyncio.to_thread(self.observer.stop, timeout), timeout + 5, "webhook delivery"
+            )
+            await _bounded(self.abeat("stopped"), 5, "the last worker heartbeat")
         self._started = False
+
+
+async def _bounded(awaitable: Awaitable[Any], timeout: float, what: str) -> None:
+    """Await a shutdown step, but never longer than ``timeout``: a server must stop."""
+    try:
+        await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        log.warning("async_accept: shutdown gave up waiting for %s after %.0f s", what, timeout)
