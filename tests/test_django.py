@@ -228,6 +228,48 @@ def test_discovery_patterns() -> None:
     assert not localized.matches("POST", "/en/localized/")  # the default language has no prefix
 
 
+def test_discovery_matches_like_django_on_odd_patterns() -> None:
+    """Inline flags, unanchored re_path(), repeated group names and slug/uuid converters."""
+    from django.urls import Resolver404, resolve
+
+    urlconf = "tests.django_project.odd_urls"
+    patterns = aa_django.discover_urlconf(urlconf)
+    assert len(patterns) == 4
+    uuid = "12345678-1234-5678-1234-567812345678"
+    for path, routed in [
+        ("/caps/", True),
+        ("/CAPS/", True),
+        ("/caps/x", False),
+        ("/open/12", True),
+        ("/x/open/12/more", True),
+        ("/open/", False),
+        ("/nested/abc/42/", True),
+        ("/nested/abc/4x/", False),
+        (f"/p/my-slug/{uuid}/", True),
+        (f"/p/my slug/{uuid}/", False),
+        ("/p/s/not-a-uuid/", False),
+    ]:
+        try:
+            resolve(path, urlconf)
+            django_routes = True
+        except Resolver404:
+            django_routes = False
+        assert django_routes is routed, path
+        assert any(p.matches("POST", path) for p in patterns) is routed, path
+
+
+def test_prefer_respond_async_on_unmarked_views() -> None:
+    """With prefer_async, Prefer: respond-async makes a job; other answers gain Vary: Prefer."""
+    with override_settings(ASYNC_ACCEPT={**settings.ASYNC_ACCEPT, "prefer_async": True}):
+        client = Client()
+        direct = client.get("/hello/")
+        assert direct.content == b"hello" and "Prefer" in direct.headers["Vary"]
+        r = client.get("/hello/", headers={**ALICE, "Prefer": "respond-async"})
+        assert r.status_code == 202 and r.headers["Preference-Applied"] == "respond-async"
+        done_r = finish(client, r.headers["Location"])
+        assert client.get(done_r.headers["Location"], headers=ALICE).content == b"hello"
+
+
 def test_201_location_is_the_final_resource() -> None:
     """A view answering 201 + Location sends the 303 there."""
     client = Client()
@@ -316,8 +358,14 @@ async def apoll(get: Callable[[str], Any], url: str, until: Callable[[Any], bool
 def test_asgi_async_client_202_progress_303_result() -> None:
     """AsyncClient (async middleware): 202 -> progress -> 303 -> exact result; Bob gets 404."""
 
+    aa_django.reset()  # this test starts the runtime from the event loop
+
     async def main() -> None:
         client = AsyncClient()
+        too_big = {**settings.ASYNC_ACCEPT, "max_body_size": 4}
+        with override_settings(ASYNC_ACCEPT=too_big):
+            r = await client.post("/slow/", data=b"12345", content_type="text/plain")
+            assert r.status_code == 413
 
         def get(u: str) -> Any:
             return client.get(u, headers=ALICE)
