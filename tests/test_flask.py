@@ -17,7 +17,7 @@ pytest.importorskip("flask")
 
 from flask import Blueprint, Flask, Response, jsonify, request
 from flask.views import MethodView, View
-from werkzeug.routing import BaseConverter
+from werkzeug.routing import BaseConverter, Map, Rule
 
 from async_accept import current_job, long_running, report_progress
 from async_accept.errors import ConfigurationError
@@ -312,6 +312,10 @@ def test_rule_patterns_read_in_our_syntax_and_match_like_werkzeug(make: Callable
     assert code.matches("POST", "/codes/de/beef")
     assert not code.matches("POST", "/codes/deu/beef")
     assert not code.matches("POST", "/codes/de/xyz1")
+    signed = next(Map([Rule("/t/<int(signed=True):n>")]).iter_rules())
+    pattern = rule_pattern(signed, ["PUT"], RouteOptions())
+    assert pattern.spec == "PUT /t/{n}"  # our int takes no sign: shown as text
+    assert pattern.matches("PUT", "/t/-5") and not pattern.matches("PUT", "/t/x")
 
 
 def test_201_location_is_the_final_resource(make: Callable[..., Any]) -> None:
