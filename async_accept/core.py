@@ -250,7 +250,8 @@ class Engine:
         if job.status is not JobStatus.PROCESSING:
             return None
         if job.eta is not None:
-            since = now - (job.progress_at or now)
+            # A read can start just before the progress it returns was written.
+            since = max(0.0, now - (job.progress_at or now))
             return max(0.0, job.eta - since)
         if job.percent and job.percent > 0 and job.started_at is not None:
             elapsed = max(0.0, (job.progress_at or now) - job.started_at)
