@@ -4,6 +4,7 @@ deciding which requests are ours."""
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +15,9 @@ from .executors import resolve_executor
 from .routes import RouteOptions, RoutePattern, RouteTable
 from .runtime import AppKind, Runtime
 from .stores import resolve_store
+
+#: Every front door built in this process: a remote worker finds the imported app's here.
+FRONT_DOORS: weakref.WeakSet[FrontDoor] = weakref.WeakSet()
 
 
 class FrontDoor:
@@ -52,6 +56,7 @@ class FrontDoor:
         self.default_route: RouteOptions = self.options.default_route
         self._discovered = False
         self._discover_lock = threading.Lock()
+        FRONT_DOORS.add(self)
 
     # -- marked routes --------------------------------------------------------------
 

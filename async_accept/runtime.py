@@ -457,7 +457,9 @@ class Runtime:
         return {
             "role": self.role,
             "state": state,
-            "consumes": not getattr(self.executor, "out_of_process", False),
+            # A remote worker consumes its broker's queue; a web process handing jobs there doesn't.
+            "consumes": self.role == "worker"
+            or not getattr(self.executor, "out_of_process", False),
             "executor": str(getattr(self.executor, "name", type(self.executor).__name__)),
             "host": socket.gethostname(),
             "pid": os.getpid(),

@@ -1,0 +1,456 @@
+"""The ``async-accept`` command: run workers, inspect jobs and webhook dead letters.
+
+::
+
+    async-accept worker --app mysite.asgi:application [--executor rq|celery]
+    async-accept jobs list [--status failed] --store redis://localhost:6379/0
+    async-accept jobs show ID --store ...
+    async-accept jobs retry ID --app mysite.asgi:application
+    async-accept jobs purge --status failed | --expired --store ...
+    async-accept webhooks dead --outbox redis://localhost:6379/0
+    async-accept webhooks replay ID --outbox ...
+
+``--app`` takes the store (and, for ``jobs retry``, the executor) from the
+application's own middleware; ``--store`` names a store URL instead (default:
+the ``ASYNC_ACCEPT_STORE`` environment variable), with ``--namespace`` for a
+Redis store under another namespace than ``async_accept``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import AsyncAcceptError, ConfigurationError, StoreError
+from .job import TERMINAL, Job, JobStatus
+
+__all__ = ["main"]
+
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+
+
+class _Fail(Exception):
+    """A command that could not do what was asked: message, exit status 1."""
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _time(ts: float | None) -> str:
+    from .core import rfc3339
+
+    return rfc3339(ts) or "-"
+
+
+def _runtime_of(app_path: str) -> Any:
+    from .worker import load_runtime
+
+    return load_runtime(app_path)
+
+
+def _store(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(store, runtime or None) from --app, --store or ASYNC_ACCEPT_STORE."""
+    if args.app:
+        runtime = _runtime_of(args.app)
+        return runtime.store, runtime
+    url = args.store or os.environ.get("ASYNC_ACCEPT_STORE")
+    if not url:
+        raise ConfigurationError(
+            "which store? give --store URL (e.g. redis://localhost:6379/0 or "
+            "sqlite:///jobs.db), set ASYNC_ACCEPT_STORE, or --app mysite.asgi:application"
+        )
+    if args.namespace:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError("--namespace applies to Redis stores only")
+        from .stores.redis import RedisStore
+
+        return RedisStore.from_url(url, namespace=args.namespace), None
+    from .stores import resolve_store
+
+    return resolve_store(url), None
+
+
+def _job_row(job: Job) -> dict[str, Any]:
+    error = (job.error or {}).get("type")
+    return {
+        "id": job.id,
+        "status": job.status.value,
+        "created_at": _time(job.created_at),
+        "attempts": job.attempts,
+        "route": job.route or "",
+        "error": str(error).rsplit("/", 1)[-1] if error else "",
+    }
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip())
+
+
+def _redacted(headers: list[tuple[bytes, bytes]]) -> list[list[str]]:
+    out = []
+    for k, v in headers:
+        name = k.decode("latin-1")
+        out.append([name, "<redacted>" if name in _SECRET_HEADERS else v.decode("latin-1")])
+    return out
+
+
+# -- worker -----------------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from . import worker
+
+    logging.basicConfig(
+        level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    runtime = worker.load_runtime(args.app)
+    executor = runtime.executor
+    name = str(getattr(executor, "name", type(executor).__name__))
+    if not getattr(executor, "out_of_process", False):
+        raise ConfigurationError(
+            f"{args.app} runs its jobs inside the web process (executor={name!r}); "
+            "to use workers configure executor='celery' or executor='rq' in its middleware"
+        )
+    if args.executor and args.executor != name:
+        raise ConfigurationError(
+            f"--executor {args.executor}, but {args.app} is configured with executor={name!r}"
+        )
+    if name not in ("celery", "rq"):
+        raise ConfigurationError(
+            f"executor={name!r} has no worker here: run the worker its own package provides"
+        )
+    queue = args.queue or executor.queue
+    # Fail fast on a broken app; ASGI lifespan startup, sweeper and worker heartbeat.
+    worker.start_worker(args.app)
+    try:
+        if name == "rq":
+            return _rq_worker(executor, queue, args)
+        return _celery_worker(executor, queue, args)
+    finally:
+        worker.shutdown(runtime.options.shutdown_timeout)
+
+
+def _rq_worker(executor: Any, queue: str, args: argparse.Namespace) -> int:
+    from rq import Queue, SimpleWorker
+
+    # SimpleWorker: jobs run in this process, so the application, its event loop
+    # and its lifespan resources are loaded once, not once per job in a fork.
+    q = Queue(queue, connection=executor.connection, serializer=executor.serializer)
+    rq_worker = SimpleWorker([q], connection=executor.connection, serializer=executor.serializer)
+    rq_worker.work(burst=args.burst, logging_level=args.loglevel.upper(), with_scheduler=False)
+    return 0
+
+
+def _celery_worker(executor: Any, queue: str, args: argparse.Namespace) -> int:
+    from .executors.celery import register_task
+
+    app = executor.celery
+    register_task(app)
+    argv = [
+        "worker",
+        "--queues",
+        queue,
+        "--pool",
+        args.pool,
+        "--concurrency",
+        str(args.concurrency),
+        "--loglevel",
+        args.loglevel.upper(),
+        "--hostname",
+        f"async-accept-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    app.worker_main(argv)
+    return 0
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    status = JobStatus(args.status) if args.status else None
+    jobs = store.list_jobs(status, args.limit, None)
+    if args.json:
+        for job in jobs:
+            print(job.to_json())
+        return 0
+    if not jobs:
+        print("no jobs" + (f" {args.status}" if args.status else ""))
+        return 0
+    _print_table(
+        [_job_row(j) for j in jobs], ("id", "status", "created_at", "attempts", "route", "error")
+    )
+    return 0
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    job = store.get(args.id, time.time())
+    if job is None:
+        raise _Fail(f"no job {args.id}")
+    out: dict[str, Any] = {"job": job.to_dict()}
+    request = store.get_request(job.id)
+    if request is not None:
+        out["request"] = {
+            "method": request.method,
+            "path": request.root_path + request.path,
+            "query": request.query_string.decode("latin-1"),
+            "headers": _redacted(request.headers),
+            "body_bytes": len(request.body),
+        }
+    result = store.get_result(job.id) if job.result_status is not None else None
+    if result is not None:
+        out["result"] = {
+            "status": result.status,
+            "headers": _redacted(result.headers),
+            "body_bytes": len(result.body),
+        }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_jobs_retry(args: argparse.Namespace) -> int:
+    store, runtime = _store(args)
+    now = time.time()
+    job = store.get(args.id, now)
+    if job is None:
+        raise _Fail(f"no job {args.id}")
+    if job.status is not JobStatus.FAILED:
+        raise _Fail(f"job {job.id} is {job.status.value}: only failed jobs are retried")
+    if job.cancel_requested:
+        raise _Fail(f"job {job.id} was canceled by its client: not retried")
+    retry = getattr(store, "retry", None)
+    if retry is None:
+        raise _Fail(f"{type(store).__name__} can't put a failed job back in the queue")
+    again = retry(job.id, now)
+    if again is None:
+        raise _Fail(f"job {job.id} changed meanwhile: not retried")
+    executor: Any = getattr(runtime, "executor", None)
+    if executor is not None and getattr(executor, "out_of_process", False):
+        executor.start(runtime, None)
+        try:
+            executor.submit(job.id)
+            handed = executor.flush(10.0)
+        finally:
+            executor.shutdown(5.0)
+        if handed:
+            print(f"job {job.id} queued again (attempt {again.attempts + 1}) and handed over")
+            return 0
+    print(
+        f"job {job.id} queued again (attempt {again.attempts + 1}); a web process hands it "
+        "over within its requeue_after"
+    )
+    return 0
+
+
+def cmd_jobs_purge(args: argparse.Namespace) -> int:
+    store, _ = _store(args)
+    if args.expired:
+        n = store.purge_expired(time.time())
+        print(f"purged {n} expired job(s)")
+        return 0
+    status = JobStatus(args.status)
+    n = 0
+    while True:
+        batch = store.list_jobs(status, 500, None)
+        deleted = sum(1 for job in batch if store.delete(job.id))
+        n += deleted
+        if len(batch) < 500 or not deleted:
+            break
+    print(f"purged {n} {status.value} job(s)")
+    return 0
+
+
+# -- webhooks ---------------------------------------------------------------------------------
+
+
+def _dispatcher(args: argparse.Namespace) -> tuple[Any, bool]:
+    """(WebhookDispatcher, owned: close it when done)."""
+    if args.app:
+        dispatcher = _runtime_of(args.app).observer.dispatcher
+        if dispatcher is None:
+            raise ConfigurationError(f"{args.app} has no webhooks configured (webhook_secret)")
+        return dispatcher, False
+    url = args.outbox or os.environ.get("ASYNC_ACCEPT_WEBHOOK_OUTBOX")
+    if not url:
+        raise ConfigurationError(
+            "which outbox? give --outbox URL (sqlite:///webhooks.db, redis://host:6379/0) "
+            "or --app mysite.asgi:application"
+        )
+    from .outbox import Outbox, RedisOutbox, resolve_outbox
+    from .webhooks import WebhookDispatcher, generate_secret
+
+    outbox: Outbox
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        outbox = RedisOutbox.from_url(url, namespace=args.namespace or "async_accept")
+    else:
+        if args.namespace:
+            raise ConfigurationError("--namespace applies to Redis outboxes only")
+        outbox = resolve_outbox(url)
+    # Listing and replaying sign nothing: the live dispatchers sign when they send.
+    secret = os.environ.get("ASYNC_ACCEPT_WEBHOOK_SECRET") or generate_secret()
+    return WebhookDispatcher(secret, outbox=outbox), True
+
+
+def cmd_webhooks_dead(args: argparse.Namespace) -> int:
+    dispatcher, owned = _dispatcher(args)
+    try:
+        dead = dispatcher.list_dead(args.limit)
+        if args.json:
+            for d in dead:
+                print(
+                    json.dumps(
+                        {
+                            "id": d.id,
+                            "url": d.url,
+                            "job_id": d.job_id,
+                            "attempts": d.attempts,
+                            "last_status": d.last_status,
+                            "last_error": d.last_error,
+                            "created_at": d.created_at,
+                        }
+                    )
+                )
+            return 0
+        if not dead:
+            print("no dead letters")
+            return 0
+        rows = [
+            {
+                "id": d.id,
+                "url": d.url,
+                "job": d.job_id or "",
+                "attempts": d.attempts,
+                "last": d.last_status if d.last_status is not None else (d.last_error or ""),
+            }
+            for d in dead
+        ]
+        _print_table(rows, ("id", "url", "job", "attempts", "last"))
+        return 0
+    finally:
+        if owned:
+            dispatcher.close()
+
+
+def cmd_webhooks_replay(args: argparse.Namespace) -> int:
+    dispatcher, owned = _dispatcher(args)
+    try:
+        delivery = dispatcher.replay(args.id)
+        if delivery is None:
+            raise _Fail(f"{args.id} is not a dead letter")
+        print(f"delivery {delivery.id} to {delivery.url} queued again")
+        return 0
+    finally:
+        if owned:
+            dispatcher.close()
+
+
+# -- the parser -------------------------------------------------------------------------------
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the jobs are")
+    g.add_argument("--store", help="store URL (default: $ASYNC_ACCEPT_STORE)")
+    g.add_argument("--namespace", help="Redis store namespace (default: async_accept)")
+    g.add_argument("--app", help="take the store from this application, e.g. mysite.asgi:app")
+
+
+def _outbox_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the deliveries are")
+    g.add_argument("--outbox", help="outbox URL (default: $ASYNC_ACCEPT_WEBHOOK_OUTBOX)")
+    g.add_argument("--namespace", help="Redis outbox namespace (default: async_accept)")
+    g.add_argument("--app", help="take the outbox from this application")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="async-accept", description="Workers and job inspection for async_accept."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser(
+        "worker",
+        help="run a worker for the application's executor (Celery or RQ)",
+        description="Import the application, and consume its executor's queue.",
+    )
+    w.add_argument("--app", required=True, help="dotted path, e.g. mysite.asgi:application")
+    w.add_argument("--executor", choices=("celery", "rq"), help="check the app uses this one")
+    w.add_argument("--queue", help="consume this queue instead of the configured one")
+    w.add_argument("--loglevel", default="info", help="debug, info (default), warning, error")
+    w.add_argument(
+        "--pool", default="threads", choices=("threads", "prefork", "solo"), help="Celery pool"
+    )
+    w.add_argument("--concurrency", type=int, default=4, help="Celery: jobs at once (4)")
+    w.add_argument("--burst", action="store_true", help="RQ: quit once the queue is empty")
+    w.set_defaults(func=cmd_worker)
+
+    jobs = sub.add_parser("jobs", help="inspect, retry and purge jobs")
+    jsub = jobs.add_subparsers(dest="action", required=True)
+    p = jsub.add_parser("list", help="list jobs, oldest first")
+    p.add_argument("--status", choices=[s.value for s in JobStatus])
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _store_args(p)
+    p.set_defaults(func=cmd_jobs_list)
+    p = jsub.add_parser("show", help="one job, its request and result (secrets redacted)")
+    p.add_argument("id")
+    _store_args(p)
+    p.set_defaults(func=cmd_jobs_show)
+    p = jsub.add_parser("retry", help="run a failed job again (a new attempt)")
+    p.add_argument("id")
+    _store_args(p)
+    p.set_defaults(func=cmd_jobs_retry)
+    p = jsub.add_parser("purge", help="delete finished jobs")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--status", choices=sorted(s.value for s in TERMINAL))
+    what.add_argument("--expired", action="store_true", help="jobs past their TTL")
+    _store_args(p)
+    p.set_defaults(func=cmd_jobs_purge)
+
+    hooks = sub.add_parser("webhooks", help="webhook dead letters")
+    hsub = hooks.add_subparsers(dest="action", required=True)
+    p = hsub.add_parser("dead", help="list deliveries that kept failing")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    _outbox_args(p)
+    p.set_defaults(func=cmd_webhooks_dead)
+    p = hsub.add_parser("replay", help="send a dead letter again")
+    p.add_argument("id")
+    _outbox_args(p)
+    p.set_defaults(func=cmd_webhooks_replay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``async-accept``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Like uvicorn and gunicorn: the application is importable from where you run.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return int(args.func(args))
+    except _Fail as exc:
+        print(f"async-accept: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"async-accept: the store failed: {exc}", file=sys.stderr)
+        return 1
+    except (AsyncAcceptError, ImportError) as exc:
+        print(f"async-accept: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m async_accept.cli
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Run jobs on Celery workers.
+
+The web process publishes one message per job, ``async_accept.run_job(app_path,
+job_id)``, from a background thread (see :class:`~async_accept.worker.RemoteExecutor`):
+the accept path never waits on the broker. A worker started with
+``async-accept worker --app mysite.asgi:application`` (or any Celery worker of
+an app that called :func:`register_task`) imports the application by that
+path and replays the stored request against it.
+
+Celery is optional: ``pip install 'async-accept[celery]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from typing import Any
+
+from ..errors import ConfigurationError, MissingDependencyError
+from ..worker import RemoteExecutor
+
+__all__ = ["TASK_NAME", "CeleryExecutor", "register_task"]
+
+#: The name of the task every async_accept message calls.
+TASK_NAME = "async_accept.run_job"
+
+#: kombu's reconnect policy for one publish round; the sender thread retries after it.
+_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def _celery() -> Any:
+    try:
+        import celery
+    except ImportError as exc:
+        raise MissingDependencyError("The Celery executor", "celery", "celery") from exc
+    return celery
+
+
+def run_async_accept_job(app_path: str, job_id: str) -> str | None:
+    """The task body: replay job ``job_id`` of the application at ``app_path``."""
+    from ..worker import run_job
+
+    return run_job(app_path, job_id)
+
+
+def register_task(celery_app: Any) -> Any:
+    """Register the ``async_accept.run_job`` task on ``celery_app`` (idempotent).
+
+    ``async-accept worker`` does it; call it in your Celery module when you
+    start workers with ``celery -A proj worker -Q async_accept`` instead.
+    """
+    return celery_app.task(name=TASK_NAME, ignore_result=True, shared=False)(run_async_accept_job)
+
+
+def default_celery_app(broker_url: str, queue: str) -> Any:
+    """A Celery app for async_accept's own messages: JSON only, no result backend."""
+    celery = _celery()
+    app = celery.Celery("async_accept", broker=broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_default_queue=queue,
+        # Handlers run for a while: don't let one worker hoard messages others could run.
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
+        worker_hijack_root_logger=False,
+    )
+    register_task(app)
+    return app
+
+
+class CeleryExecutor(RemoteExecutor):
+    """Jobs run on Celery workers; the web process only publishes references.
+
+    ``app``
+        Dotted path of the web application (``"mysite.asgi:application"``),
+        which workers import. Required.
+    ``celery_app``
+        Your Celery app (instance or ``"proj.celery:app"``); or give
+        ``broker_url`` and async_accept makes a JSON-only app of its own.
+    ``queue``
+        The queue messages go to (workers consume it).
+    ``revoke``
+        Also revoke the task when a running job's cancel is requested, so that
+        workers drop any other copy of its message unseen (the running handler
+        stops cooperatively: it sees ``current_job().cancel_requested``).
+
+    ``batch_size``, ``flush_interval``, ``redispatch_after`` and ``max_buffer``
+    tune the hand-over (see :class:`~async_accept.worker.RemoteExecutor`).
+    Messages go out over one pooled connection and producer; with RabbitMQ,
+    publishes don't wait for the broker, so a batch takes about one round trip.
+    """
+
+    name = "celery"
+
+    def __init__(
+        self,
+        app: str | None = None,
+        celery_app: Any = None,
+        broker_url: str | None = None,
+        queue: str = "async_accept",
+        *,
+        revoke: bool = True,
+        batch_size: int = 100,
+        flush_interval: float = 0.005,
+        redispatch_after: float = 60.0,
+        max_buffer: int = 10000,
+    ) -> None:
+        celery = _celery()
+        super().__init__(
+            app,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            redispatch_after=redispatch_after,
+            max_buffer=max_buffer,
+        )
+        if not isinstance(queue, str) or not queue:
+            raise ConfigurationError(f"queue={queue!r} must be a queue name")
+        self.queue = queue
+        self.revoke = bool(revoke)
+        if celery_app is None:
+            if not broker_url or not isinstance(broker_url, str):
+                raise ConfigurationError(
+                    "the Celery executor needs a broker: broker_url='redis://localhost:6379/0' "
+                    "(or 'amqp://guest@localhost//'), or your app: celery_app='proj.celery:app'"
+                )
+            self.celery = default_celery_app(broker_url, queue)
+        else:
+            if broker_url is not None:
+                raise ConfigurationError(
+                    "give either celery_app (it has its broker) or broker_url, not both"
+                )
+            if isinstance(celery_app, str):
+                celery_app = _import_celery_app(celery_app)
+            if not isinstance(celery_app, celery.Celery):
+                raise ConfigurationError(
+                    f"celery_app={celery_app!r} is not a Celery app: pass one, or its "
+                    "dotted path such as 'proj.celery:app'"
+                )
+            self.celery = celery_app
+            register_task(celery_app)
+
+    def __repr__(self) -> str:
+        return f"<CeleryExecutor app={self.app_path!r} queue={self.queue!r}>"
+
+    def _publish(self, job_ids: list[str]) -> None:
+        app = self.celery
+        with app.producer_or_acquire() as producer:
+            for job_id in job_ids:
+                # The task id is the job id: a revoke can name it without a lookup.
+                app.send_task(
+                    TASK_NAME,
+                    args=(self.app_path, job_id),
+                    task_id=job_id,
+                    queue=self.queue,
+                    producer=producer,
+                    retry=True,
+                    retry_policy=_RETRY_POLICY,
+                )
+
+    def _wants_cancels(self) -> bool:
+        return self.revoke
+
+    def _send_cancels(self, job_ids: list[str]) -> None:
+        # No terminate: the handler stops cooperatively and records `canceled` itself.
+        self.celery.control.revoke(job_ids)
+
+    def _reset_connections(self) -> None:
+        pool = getattr(self.celery, "_pool", None)
+        if pool is not None:
+            with contextlib.suppress(Exception):  # best effort after a fork
+                pool.force_close_all()
+            self.celery._pool = None
+
+
+def _import_celery_app(path: str) -> Any:
+    module, sep, attr = path.partition(":")
+    if not sep:
+        raise ConfigurationError(f"celery_app={path!r}: use 'package.module:app'")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"celery_app={path!r} can't be imported: {exc}") from exc
+    return obj
