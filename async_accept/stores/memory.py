@@ -18,7 +18,12 @@ from .base import WORKER_RETENTION
 
 
 class MemoryStore:
-    """Thread-safe dict store; every read returns a copy."""
+    """Jobs in a dict, for tests and single-process use.
+
+    Nothing survives a restart and nothing is shared with other processes.
+    Thread-safe (one lock around every call); jobs, requests and results are
+    copied in and out, so no caller ever holds the store's own objects.
+    """
 
     shared = False
     blocking = False
@@ -35,9 +40,9 @@ class MemoryStore:
     def _copy(job: Job) -> Job:
         return replace(job, error=copy.deepcopy(job.error), meta=copy.deepcopy(job.meta))
 
-    def _live(self, job_id: str, now: float | None = None) -> Job | None:
+    def _live(self, job_id: str, now: float) -> Job | None:
         job = self._jobs.get(job_id)
-        if job is None or (now is not None and job.expires_at <= now):
+        if job is None or job.expires_at <= now:
             return None
         return job
 
@@ -47,8 +52,15 @@ class MemoryStore:
             if key is not None:
                 holder = self._idem.get(key)
                 existing = self._jobs.get(holder) if holder else None
-                if existing is not None and existing.expires_at > job.created_at:
+                if (
+                    existing is not None
+                    and existing.id != job.id
+                    and existing.expires_at > job.created_at
+                ):
                     return self._copy(existing), False
+            if job.id in self._jobs:
+                # The id is 128 random bits: this is a repeat of our own create.
+                return self._copy(job), True
             self._jobs[job.id] = self._copy(job)
             self._requests[job.id] = copy.deepcopy(request)
             if key is not None:
@@ -83,15 +95,15 @@ class MemoryStore:
             job.attempts += 1
             return self._copy(job)
 
-    def _owned(self, job_id: str, worker_id: str) -> Job | None:
-        job = self._jobs.get(job_id)
+    def _owned(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        job = self._live(job_id, now)
         if job is None or job.status is not JobStatus.PROCESSING or job.worker_id != worker_id:
             return None
         return job
 
     def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         with self._lock:
-            job = self._owned(job_id, worker_id)
+            job = self._owned(job_id, worker_id, now)
             if job is None:
                 return None
             job.heartbeat_at = now
@@ -107,7 +119,7 @@ class MemoryStore:
         eta: float | None,
     ) -> Job | None:
         with self._lock:
-            job = self._owned(job_id, worker_id)
+            job = self._owned(job_id, worker_id, now)
             if job is None:
                 return None
             job.percent = percent
@@ -128,8 +140,11 @@ class MemoryStore:
         error: dict[str, Any] | None = None,
         result_location: str | None = None,
     ) -> Job | None:
+        status = JobStatus(status)
+        if not status.terminal:
+            raise ValueError(f"finish() needs a terminal status, not {status.value!r}")
         with self._lock:
-            job = self._owned(job_id, worker_id)
+            job = self._owned(job_id, worker_id, now)
             if job is None:
                 return None
             job.status = status
@@ -153,7 +168,7 @@ class MemoryStore:
         error: dict[str, Any],
     ) -> Job | None:
         with self._lock:
-            job = self._jobs.get(job_id)
+            job = self._live(job_id, now)
             if job is None or job.status not in expected:
                 return None
             job.status = JobStatus.FAILED
@@ -181,7 +196,7 @@ class MemoryStore:
 
     def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
         with self._lock:
-            job = self._owned(job_id, worker_id)
+            job = self._owned(job_id, worker_id, now)
             if job is None:
                 return None
             job.status = JobStatus.QUEUED
@@ -200,10 +215,10 @@ class MemoryStore:
             jobs = [
                 j
                 for j in self._jobs.values()
-                if (status is None or j.status is status)
+                if (status is None or j.status == status)
                 and (created_before is None or j.created_at < created_before)
             ]
-            jobs.sort(key=lambda j: (j.created_at, j.id))
+            jobs.sort(key=lambda j: j.created_at)  # stable: creation order for equal times
             return [self._copy(j) for j in jobs[: max(0, limit)]]
 
     def count_by_status(self) -> dict[JobStatus, int]:
