@@ -1,0 +1,4 @@
+"""Benchmarks for async_accept: ``python -m benchmarks`` (see README.md here).
+
+Benchmarks are not tests: nothing here asserts a timing.
+"""

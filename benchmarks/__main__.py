@@ -1,0 +1,119 @@
+"""``python -m benchmarks [--quick] [--full] [--only NAME ...]``
+
+Starts real servers on 127.0.0.1 (uvicorn / gunicorn, one worker, pinned to
+core 0), drives them from core 1 (wrk, else a bounded Python load generator),
+prints ratios measured side by side (median of A-B-B-A rounds) with p50/p99,
+and writes the tables to ``benchmarks/results.md``. Every process it starts is
+stopped when it ends. Benchmarks are not tests: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from . import scenarios
+from ._load import Settings
+from ._proc import LOAD_CPU, stop_all
+from ._report import Report
+
+SCENARIOS: dict[str, Callable[[scenarios.Ctx], None]] = {
+    "sanity": scenarios.sanity,
+    "passthrough": scenarios.passthrough,
+    "inprocess": scenarios.inprocess_paths,
+    "accept": scenarios.accept,
+    "poll": scenarios.poll,
+    "e2e": scenarios.end_to_end,
+    "peers": scenarios.peers,
+    "loop": scenarios.loop_health,
+    "scale": scenarios.scale,
+    "memory": scenarios.memory,
+}
+
+RESULTS = Path(__file__).resolve().parent / "results.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="short rounds and small sizes (smoke run)")
+    p.add_argument("--full", action="store_true", help="also the 1M-job scale case")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(SCENARIOS),
+        metavar="NAME",
+        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}",
+    )
+    p.add_argument("--rounds", type=int, help="A-B rounds per ratio (default 10; quick 6)")
+    p.add_argument("--duration", type=float, help="seconds per load run (default 3; quick 1)")
+    p.add_argument("--loadgen", choices=["wrk", "python"], help="default: wrk when installed")
+    p.add_argument("--output", type=Path, default=RESULTS, help="Markdown results file")
+    args = p.parse_args(argv)
+
+    settings = Settings()
+    if args.quick:
+        settings.rounds, settings.duration, settings.warmup = 6, 1.0, 1.0
+    if args.rounds:
+        settings.rounds = max(2, args.rounds)
+    if args.duration:
+        settings.duration = args.duration
+    if args.loadgen:
+        settings.loadgen = args.loadgen
+    if settings.loadgen == "wrk" and not shutil.which("wrk"):
+        print("wrk not found: using the Python load generator (apt-get install wrk for wrk)")
+        settings.loadgen = "python"
+
+    # This process probes latencies and loads jobs: keep it off the server core.
+    if (os.cpu_count() or 1) > LOAD_CPU:
+        os.sched_setaffinity(0, {LOAD_CPU})
+
+    command = "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:])
+    report = Report(
+        command=command.strip(),
+        settings=(
+            f"{settings.rounds} rounds x {settings.duration:g} s per side, "
+            f"{settings.connections} connections, load generator {settings.loadgen}, "
+            "server on core 0 and load on core 1 (taskset), one server process"
+        ),
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="aa-bench-"))
+    ctx = scenarios.Ctx(quick=args.quick, full=args.full, settings=settings, report=report, tmp=tmp)
+    names = args.only or list(SCENARIOS)
+    failed = False
+    t_start = time.monotonic()
+    try:
+        for name in names:
+            print(f"== {name}: {(SCENARIOS[name].__doc__ or '').splitlines()[0]}", flush=True)
+            t0 = time.monotonic()
+            try:
+                SCENARIOS[name](ctx)
+            except Exception as exc:
+                failed = True
+                traceback.print_exc()
+                report.skip(name, f"failed: {exc!r} (logs in {tmp})")
+            finally:
+                stop_all()
+            print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
+    finally:
+        stop_all()
+    report.notes.append(f"Total run time {time.monotonic() - t_start:.0f} s.")
+    text = report.markdown()
+    print()
+    print(text)
+    args.output.write_text(text)
+    print(f"written to {args.output}")
+    if not failed:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmark apps, one module serving every variant (chosen by environment)."""
