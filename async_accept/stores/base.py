@@ -11,7 +11,7 @@ for it even before :meth:`Store.purge_expired` deletes it.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
@@ -121,6 +121,29 @@ class Store(Protocol):
 
     def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
         """CAS processing (owned by ``worker_id``) -> queued, for a graceful handover."""
+        ...
+
+    def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
+        """Note that ``job_ids`` are being handed to a broker at ``now``.
+
+        Compare-and-set per job: marks (and returns, in the given order) the ids
+        of jobs still queued, not cancel_requested, whose previous mark is absent
+        or older than ``stale_before``; of two processes marking one job at once,
+        one gets it. Remote executors (Celery, RQ) publish only what this returns,
+        so that sweepers don't re-send a job a broker still holds. Memory and
+        SQLite keep the mark as ``meta["dispatched_at"]``, Redis beside the job.
+        """
+        ...
+
+    def retry(self, job_id: str, now: float) -> Job | None:
+        """CAS failed (and not cancel_requested) -> queued: a new attempt of the
+        same job, same id and status URL (``async-accept jobs retry``).
+
+        Clears what the failed run left: worker, heartbeat, start and finish
+        times, progress, error, stored result and the dispatch mark; sets
+        ``deadline_at`` to ``now + 2 x sla``. Returns None when the job was not
+        failed (or was canceled by its client, or is gone).
+        """
         ...
 
     def list_jobs(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -203,6 +203,35 @@ class MemoryStore:
             job.worker_id = None
             job.heartbeat_at = None
             job.updated_at = now
+            return self._copy(job)
+
+    def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
+        marked: list[str] = []
+        with self._lock:
+            for job_id in job_ids:
+                job = self._live(job_id, now)
+                if job is None or job.status is not JobStatus.QUEUED or job.cancel_requested:
+                    continue
+                last = job.meta.get("dispatched_at")
+                if isinstance(last, (int, float)) and last >= stale_before:
+                    continue
+                job.meta["dispatched_at"] = now
+                marked.append(job_id)
+        return marked
+
+    def retry(self, job_id: str, now: float) -> Job | None:
+        with self._lock:
+            job = self._live(job_id, now)
+            if job is None or job.status is not JobStatus.FAILED or job.cancel_requested:
+                return None
+            job.status = JobStatus.QUEUED
+            job.worker_id = job.heartbeat_at = job.started_at = job.finished_at = None
+            job.percent = job.eta = job.progress_at = None
+            job.message = job.error = job.result_status = job.result_location = None
+            job.updated_at = now
+            job.deadline_at = now + 2 * job.sla
+            job.meta.pop("dispatched_at", None)
+            self._results.pop(job_id, None)
             return self._copy(job)
 
     def list_jobs(

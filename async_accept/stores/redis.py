@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
@@ -394,6 +394,36 @@ if not m then return 0 end
 drop(KEYS[1], m)
 return 1
 """,
+    # KEYS: jobs. ARGV: ns, now, stale_before. Marks queued jobs (not cancel-requested)
+    # whose 'dispatched_at' is absent or older than stale_before; returns their positions.
+    "dispatch": """
+local now = tonumber(ARGV[2])
+local out = {}
+for i, k in ipairs(KEYS) do
+  if live(k, now) then
+    local r = redis.call('HMGET', k, 'status', 'cancel_requested', 'dispatched_at')
+    if r[1] == 'queued' and r[2] ~= '1' and (not r[3] or tonumber(r[3]) < tonumber(ARGV[3])) then
+      redis.call('HSET', k, 'dispatched_at', ARGV[2])
+      out[#out + 1] = i
+    end
+  end
+end
+return out
+""",
+    # KEYS: job. ARGV: ns, now. failed (not cancel-requested) -> queued, a new attempt.
+    "retry": """
+local k = KEYS[1]
+if not live(k, tonumber(ARGV[2])) then return false end
+local r = redis.call('HMGET', k, 'status', 'cancel_requested', 'sla')
+if r[1] ~= 'failed' or r[2] == '1' then return false end
+setstatus(k, 'queued')
+redis.call('HDEL', k, 'worker_id', 'heartbeat_at', 'started_at', 'finished_at', 'percent',
+  'message', 'eta', 'progress_at', 'error', 'result_status', 'result_location', 'res_meta',
+  'res_body', 'dispatched_at')
+local deadline = string.format('%.17g', tonumber(ARGV[2]) + 2 * tonumber(r[3]))
+redis.call('HSET', k, 'updated_at', ARGV[2], 'deadline_at', deadline)
+return meta(k)
+""",
 }
 
 # The worker registry (health): {ns}:workers, a hash id -> info JSON, and
@@ -572,6 +602,20 @@ class _Layout:
 
     def requeue(self, job_id: str, worker_id: str, now: float) -> _Call[Job | None]:
         return _Call("requeue", [self.job_key(job_id)], [self.ns, worker_id, _f(now)], _job)
+
+    def mark_dispatched(
+        self, job_ids: Sequence[str], now: float, stale_before: float
+    ) -> _Call[list[str]]:
+        ids = list(job_ids)
+
+        def parse(raw: Any) -> list[str]:
+            return [ids[int(i) - 1] for i in raw]
+
+        keys = [self.job_key(j) for j in ids]
+        return _Call("dispatch", keys, [self.ns, _f(now), _f(stale_before)], parse)
+
+    def retry(self, job_id: str, now: float) -> _Call[Job | None]:
+        return _Call("retry", [self.job_key(job_id)], [self.ns, _f(now)], _job)
 
     def list_jobs(
         self, status: JobStatus | None, limit: int, created_before: float | None
@@ -777,6 +821,14 @@ class RedisStore:
 
     def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return self._run(self._layout.requeue(job_id, worker_id, now))
+
+    def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
+        if not job_ids:
+            return []
+        return self._run(self._layout.mark_dispatched(job_ids, now, stale_before))
+
+    def retry(self, job_id: str, now: float) -> Job | None:
+        return self._run(self._layout.retry(job_id, now))
 
     def list_jobs(
         self,
@@ -985,6 +1037,16 @@ class AsyncRedisStore:
 
     async def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return await self._run(self._layout.requeue(job_id, worker_id, now))
+
+    async def mark_dispatched(
+        self, job_ids: Sequence[str], now: float, stale_before: float
+    ) -> list[str]:
+        if not job_ids:
+            return []
+        return await self._run(self._layout.mark_dispatched(job_ids, now, stale_before))
+
+    async def retry(self, job_id: str, now: float) -> Job | None:
+        return await self._run(self._layout.retry(job_id, now))
 
     async def list_jobs(
         self,

@@ -33,7 +33,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ..errors import ConfigurationError, StoreError
@@ -545,6 +545,44 @@ class SQLiteStore:
             "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?",
             (now, job_id, worker_id, now),
         )
+
+    def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
+        sql = (
+            "UPDATE jobs SET meta = json_set(meta, '$.dispatched_at', ?) "
+            "WHERE id = ? AND status = 'queued' AND cancel_requested = 0 AND expires_at > ? "
+            "AND COALESCE(json_extract(meta, '$.dispatched_at'), -1e308) < ?"
+        )
+
+        def q(conn: sqlite3.Connection) -> list[str]:
+            with _immediate(conn):
+                return [
+                    job_id
+                    for job_id in job_ids
+                    if conn.execute(sql, (now, job_id, now, stale_before)).rowcount == 1
+                ]
+
+        return self._run(q) if job_ids else []
+
+    def retry(self, job_id: str, now: float) -> Job | None:
+        sql = (
+            "UPDATE jobs SET status = 'queued', worker_id = NULL, heartbeat_at = NULL, "
+            "started_at = NULL, finished_at = NULL, percent = NULL, message = NULL, "
+            "eta = NULL, progress_at = NULL, error = NULL, result_status = NULL, "
+            "result_location = NULL, updated_at = ?, deadline_at = ? + 2 * sla, "
+            "meta = json_remove(meta, '$.dispatched_at') "
+            "WHERE id = ? AND status = 'failed' AND cancel_requested = 0 AND expires_at > ?"
+        )
+
+        def q(conn: sqlite3.Connection) -> Job | None:
+            with _immediate(conn):
+                job = self._cas(conn, job_id, sql, (now, now, job_id, now))
+                if job is not None:
+                    conn.execute(
+                        "DELETE FROM job_bodies WHERE job_id = ? AND kind = 'result'", (job_id,)
+                    )
+            return job
+
+        return self._run(q)
 
     def list_jobs(
         self,
