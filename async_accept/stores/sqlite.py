@@ -547,18 +547,22 @@ class SQLiteStore:
         )
 
     def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
+        # The mark goes in as JSON text: SQLite renders a bound REAL with only 15
+        # significant digits, so a mark made at ``now`` would read back earlier than
+        # ``now`` and count as stale against ``stale_before=now``.
         sql = (
-            "UPDATE jobs SET meta = json_set(meta, '$.dispatched_at', ?) "
+            "UPDATE jobs SET meta = json_set(meta, '$.dispatched_at', json(?)) "
             "WHERE id = ? AND status = 'queued' AND cancel_requested = 0 AND expires_at > ? "
             "AND COALESCE(json_extract(meta, '$.dispatched_at'), -1e308) < ?"
         )
+        mark = repr(float(now))
 
         def q(conn: sqlite3.Connection) -> list[str]:
             with _immediate(conn):
                 return [
                     job_id
                     for job_id in job_ids
-                    if conn.execute(sql, (now, job_id, now, stale_before)).rowcount == 1
+                    if conn.execute(sql, (mark, job_id, now, stale_before)).rowcount == 1
                 ]
 
         return self._run(q) if job_ids else []
