@@ -591,6 +591,136 @@ def test_requeue_only_by_the_owner_of_a_processing_job(store: Store, now: float)
     assert store.requeue("no-such-job", "w1", now) is None
 
 
+# -- mark_dispatched / retry ---------------------------------------------------------------
+
+
+def test_mark_dispatched_marks_only_queued_jobs_in_the_given_order(
+    store: Store, now: float
+) -> None:
+    """mark_dispatched() returns, in the order given, the queued jobs it marked."""
+    a, b = created(store, now), created(store, now)
+    running = claimed(store, now)
+    canceled = created(store, now)
+    store.cancel(canceled.id, now)
+    cancel_requested = created(store, now, cancel_requested=True)
+    expired = created(store, now - 20, ttl=10.0)
+    failed = store.fail(created(store, now).id, [JobStatus.QUEUED], now, ERROR)
+    assert failed is not None
+    ids = [b.id, running.id, canceled.id, "no-such-job", cancel_requested.id, expired.id]
+    ids += [failed.id, a.id]
+    assert store.mark_dispatched(ids, now, now - 60) == [b.id, a.id]
+    assert store.mark_dispatched([], now, now) == []
+    got = store.get(a.id, now)
+    assert got is not None and got.status is JobStatus.QUEUED
+    assert store.claim(a.id, "w1", now) is not None
+
+
+def test_mark_dispatched_skips_a_recent_mark(store: Store, now: float) -> None:
+    """A job marked at or after stale_before is not marked again; an older mark is renewed."""
+    job = created(store, now)
+    assert store.mark_dispatched([job.id], now, now - 60) == [job.id]
+    assert store.mark_dispatched([job.id], now + 1, now) == []
+    assert store.mark_dispatched([job.id], now + 30, now + 0.5) == [job.id]
+    assert store.mark_dispatched([job.id], now + 31, now + 0.5) == []
+
+
+def test_threads_marking_the_same_jobs_mark_each_once(store: Store, now: float) -> None:
+    """8 threads marking the same 20 jobs at once: each job is marked by exactly one."""
+    ids = [created(store, now).id for _ in range(20)]
+    barrier = threading.Barrier(8)
+    marked: list[str] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def racer() -> None:
+        try:
+            barrier.wait(timeout=30)
+            got = store.mark_dispatched(ids, now, now - 60)
+        except BaseException as exc:  # reported by the asserts below
+            errors.append(exc)
+            return
+        with lock:
+            marked.extend(got)
+
+    threads = [threading.Thread(target=racer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert sorted(marked) == sorted(ids)
+
+
+def test_retry_puts_a_failed_job_back_in_the_queue(store: Store, now: float) -> None:
+    """retry() makes a failed job queued again with the failed run's traces cleared."""
+    job = claimed(store, now)
+    store.set_progress(job.id, "w1", now, 40.0, "half", 5.0)
+    store.finish(
+        job.id, "w1", now + 1, JobStatus.FAILED, RESPONSE, error=ERROR, result_location="/x"
+    )
+    again = store.retry(job.id, now + 5)
+    assert again is not None
+    assert again.status is JobStatus.QUEUED
+    assert again.updated_at == now + 5
+    assert again.deadline_at == now + 5 + 2 * job.sla
+    cleared = (
+        again.worker_id,
+        again.heartbeat_at,
+        again.started_at,
+        again.finished_at,
+        again.percent,
+        again.message,
+        again.eta,
+        again.progress_at,
+        again.error,
+        again.result_status,
+        again.result_location,
+    )
+    assert cleared == (None,) * len(cleared)
+    assert (again.id, again.owner, again.created_at, again.expires_at) == (
+        job.id,
+        job.owner,
+        job.created_at,
+        job.expires_at,
+    )
+    assert store.get(job.id, now + 5) == again
+    assert store.get_result(job.id) is None
+    assert store.get_request(job.id) == REQUEST
+    second = store.claim(job.id, "w2", now + 6)
+    assert second is not None and second.attempts == 2
+
+
+def test_retry_clears_the_dispatch_mark(store: Store, now: float) -> None:
+    """A retried job can be dispatched at once, however recent its earlier mark."""
+    job = created(store, now)
+    assert store.mark_dispatched([job.id], now, now - 60) == [job.id]
+    store.fail(job.id, [JobStatus.QUEUED], now, ERROR)
+    assert store.retry(job.id, now + 1) is not None
+    assert store.mark_dispatched([job.id], now + 1, now) == [job.id]
+
+
+def test_retry_only_of_a_failed_job_not_canceled(store: Store, now: float) -> None:
+    """retry() refuses any job but a failed one that its client did not cancel."""
+    queued = created(store, now)
+    running = claimed(store, now)
+    done = claimed(store, now)
+    store.finish(done.id, "w1", now, JobStatus.COMPLETED, RESPONSE)
+    canceled = created(store, now)
+    store.cancel(canceled.id, now)
+    for job in (queued, running, done, canceled):
+        before = store.get(job.id, now)
+        assert store.retry(job.id, now + 1) is None
+        assert store.get(job.id, now + 1) == before
+    asked = claimed(store, now)
+    store.cancel(asked.id, now)
+    store.fail(asked.id, [JobStatus.PROCESSING], now, ERROR)
+    assert store.retry(asked.id, now + 1) is None
+    short = created(store, now, ttl=10.0)
+    store.fail(short.id, [JobStatus.QUEUED], now, ERROR)
+    assert store.retry(short.id, now + 10.0) is None
+    assert store.retry("no-such-job", now) is None
+
+
 # -- list / count ------------------------------------------------------------------------
 
 
