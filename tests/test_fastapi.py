@@ -64,12 +64,17 @@ def build_contract_fastapi(**options: Any) -> FastAPI:
     for i, route in enumerate(starlette_app.routes):
         if isinstance(route, Mount):
             for inner in route.routes:
-                assert isinstance(inner, Route)
-                sub.add_api_route(
-                    inner.path, _fastapi_endpoint(inner.endpoint), methods=sorted(inner.methods)
-                )
+                if isinstance(inner, Route):
+                    methods = sorted(inner.methods or ())
+                    sub.add_api_route(
+                        inner.path, _fastapi_endpoint(inner.endpoint), methods=methods
+                    )
+                else:
+                    sub.router.routes.append(inner)
             continue
-        assert isinstance(route, Route)
+        if not isinstance(route, Route):  # websockets and the like, as they are
+            app.router.routes.append(route)
+            continue
         target = router if i % 2 else app
         methods = sorted(route.methods or ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"))
         target.add_api_route(route.path, _fastapi_endpoint(route.endpoint), methods=methods)
@@ -121,7 +126,8 @@ for _name, _test in vars(test_contract).copy().items():
     if (
         _name.startswith("test_")
         and callable(_test)
-        and list(inspect.signature(_test).parameters) == ["dep"]
+        and "dep" in inspect.signature(_test).parameters
+        and set(inspect.signature(_test).parameters) <= {"dep", "monkeypatch", "tmp_path"}
     ):
         globals()[_name] = _test  # collected here, with this module's `dep`
 
