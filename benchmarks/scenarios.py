@@ -414,24 +414,48 @@ def end_to_end(ctx: Ctx) -> None:
             e2e_row(ctx, f"ASGI, {kind} executor, Redis store", lat, polls, None)
 
 
-# The Celery and RQ executors belong to another issue; until they exist, and
-# until the harness knows how to run their workers, those cases are skipped.
+# The Celery and RQ executors (another issue): skipped while they can't be imported.
+
+APP_PATH = "benchmarks.apps.app:asgi"
 
 
 def remote_executor_missing(kind: str) -> str | None:
-    why = middleware_missing() or redis_store_missing() or executor_missing(kind)
-    if why:
-        return why
-    return (
-        f"async_accept.executors.{kind} imports, but the harness does not yet know how to "
-        "configure it and start its worker (add it to benchmarks/scenarios.py:remote_setup)"
-    )
+    return middleware_missing() or redis_store_missing() or executor_missing(kind)
+
+
+def remote_executor_spec(kind: str) -> str:
+    if kind == "celery":
+        return f"celery?app={APP_PATH}&broker_url={REDIS_URL}&queue=aa_bench"
+    return f"rq?app={APP_PATH}&redis_url={REDIS_URL}&queue=aa_bench"
 
 
 @contextlib.contextmanager
-def remote_setup(ctx: Ctx, kind: str) -> Iterator[Proc]:  # pragma: no cover - placeholder
-    raise NotImplementedError(kind)
-    yield  # type: ignore[unreachable]
+def remote_worker(ctx: Ctx, kind: str) -> Iterator[Proc]:
+    """``async-accept worker`` for the app (Celery: solo pool, like the peer's worker;
+    RQ: its SimpleWorker), pinned to the server core."""
+    env = app_env(mw=True, store=REDIS_URL, executor=remote_executor_spec(kind))
+    argv = [PY, "-m", "async_accept.cli", "worker", "--app", APP_PATH, "--executor", kind]
+    argv += ["--loglevel", "info"]
+    if kind == "celery":
+        argv += ["--pool", "solo", "--concurrency", "1"]
+    p = Proc(f"aa-{kind}-worker", argv, env=env, cpu=SERVER_CPU, log_dir=ctx.tmp)
+    try:
+        p.wait_log("ready" if kind == "celery" else "Listening on", timeout=30)
+        yield p
+    finally:
+        p.stop()
+
+
+@contextlib.contextmanager
+def remote_setup(ctx: Ctx, kind: str) -> Iterator[Proc]:
+    """The app with the Celery/RQ executor on the Redis store, and its worker."""
+    with (
+        asgi_server(
+            ctx, f"aa-{kind}", mw=True, store=REDIS_URL, executor=remote_executor_spec(kind)
+        ) as p,
+        remote_worker(ctx, kind),
+    ):
+        yield p
 
 
 def peers(ctx: Ctx) -> None:
@@ -444,50 +468,71 @@ def peers(ctx: Ctx) -> None:
     mw_why = middleware_missing() or redis_store_missing()
     n = 50 if ctx.quick else 300
     for kind in ("celery", "rq"):
-        flush_redis()
-        with peer_server(ctx, kind) as peer, asgi_server(ctx, "bare", mw=False) as bare:
-            pa = Target(f"{kind} peer accept", peer.port, "/work", "POST", "{}")
-            c = compare(pa, Target("bare", bare.port), ctx.settings)
-            ctx.report.add(HTTP, f"{kind} peer: accept / bare hello", **ratio_cols(c))
-            with peer_worker(ctx, kind):
-                urls = post_jobs(peer.port, "/work", 200)
-                wait_done(peer.port, urls)
-                pp = Target(f"{kind} peer poll", peer.port, urls[0])
-                pp.paths_file = paths_file(ctx, f"{kind}-peer", urls)
-                c = compare(pp, Target("bare", bare.port), ctx.settings)
-                ctx.report.add(HTTP, f"{kind} peer: poll (done jobs) / bare hello", **ratio_cols(c))
-                peer_poll = pp
-                e2e(peer.port, "/work", 5)
-                lat, polls = e2e(peer.port, "/work", n)
-                worker = "solo pool" if kind == "celery" else "SimpleWorker"
-                e2e_row(ctx, f"{kind} peer (hand-written, {worker}), Redis", lat, polls, None)
-            if mw_why:
-                ctx.report.skip(f"async_accept vs {kind} peer", mw_why)
-                continue
-            # async_accept on the same Redis. With the asyncio executor until the
-            # Celery/RQ executors exist: then the jobs run in the web process.
-            ex_why = remote_executor_missing(kind)
-            with asgi_server(ctx, "aa-redis", mw=True, store=REDIS_URL) as mw:
+        _peer_case(ctx, kind, mw_why, n)
+
+
+def _peer_case(ctx: Ctx, kind: str, mw_why: str | None, n: int) -> None:
+    # async_accept on the same Redis, with the same engine's executor; with the
+    # asyncio executor as a stand-in (jobs run in the web process) until the
+    # Celery/RQ executors exist.
+    ex_why = remote_executor_missing(kind)
+    executor = None if ex_why else remote_executor_spec(kind)
+    label = "asyncio executor (stand-in)" if ex_why else f"{kind} executor"
+    flush_redis()
+    with peer_server(ctx, kind) as peer, asgi_server(ctx, "bare", mw=False) as bare:
+        bare_t = Target("bare", bare.port)
+        # 1. Accept throughput, no workers running on either side.
+        pa = Target(f"{kind} peer accept", peer.port, "/work", "POST", "{}")
+        c = compare(pa, bare_t, ctx.settings)
+        ctx.report.add(HTTP, f"{kind} peer: accept / bare hello", **ratio_cols(c))
+        if not mw_why:
+            with asgi_server(ctx, "aa-accept", mw=True, store=REDIS_URL, executor=executor) as mw:
                 ma = Target("async_accept accept", mw.port, "/work", "POST", "{}")
                 c = compare(ma, pa, ctx.settings)
-                label = "asyncio executor (stand-in)" if ex_why else f"{kind} executor"
                 ctx.report.add(
                     HTTP,
                     f"async_accept accept (Redis store, {label}) / {kind} peer accept",
                     **ratio_cols(c, None if ex_why else 2.0),
                 )
-                urls = post_jobs(mw.port, "/work", 200)
-                wait_done(mw.port, urls)
-                mp = Target("async_accept poll", mw.port, urls[0])
-                mp.paths_file = paths_file(ctx, f"aa-{kind}", urls)
-                c = compare(mp, peer_poll, ctx.settings)
+                time.sleep(1.0)  # let its hand-over thread drain before the flush
+        # 2. Drop both backlogs: the workers start on empty queues.
+        flush_redis()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(peer_worker(ctx, kind))
+            peer_urls = post_jobs(peer.port, "/work", 200)
+            mw = None
+            if not mw_why:
+                mw = stack.enter_context(
+                    asgi_server(ctx, "aa-poll", mw=True, store=REDIS_URL, executor=executor)
+                )
+                if not ex_why:
+                    stack.enter_context(remote_worker(ctx, kind))
+                aa_urls = post_jobs(mw.port, "/work", 200)
+                wait_done(mw.port, aa_urls)
+            wait_done(peer.port, peer_urls)
+            # 3. Poll throughput of done jobs (303 on both sides).
+            pp = Target(f"{kind} peer poll", peer.port, peer_urls[0])
+            pp.paths_file = paths_file(ctx, f"{kind}-peer", peer_urls)
+            c = compare(pp, bare_t, ctx.settings)
+            ctx.report.add(HTTP, f"{kind} peer: poll (done jobs) / bare hello", **ratio_cols(c))
+            if mw is not None:
+                mp = Target("async_accept poll", mw.port, aa_urls[0])
+                mp.paths_file = paths_file(ctx, f"aa-{kind}", aa_urls)
+                c = compare(mp, pp, ctx.settings)
                 ctx.report.add(
                     HTTP,
                     f"async_accept poll (Redis store, done jobs) / {kind} peer poll",
                     **ratio_cols(c, 1.0),
                 )
-            if ex_why:
-                ctx.report.skip(f"async_accept with the {kind} executor vs the {kind} peer", ex_why)
+            # 4. End to end on the peer.
+            e2e(peer.port, "/work", 5)
+            lat, polls = e2e(peer.port, "/work", n)
+            worker = "solo pool" if kind == "celery" else "SimpleWorker"
+            e2e_row(ctx, f"{kind} peer (hand-written, {worker}), Redis", lat, polls, None)
+    if mw_why:
+        ctx.report.skip(f"async_accept vs {kind} peer", mw_why)
+    elif ex_why:
+        ctx.report.skip(f"async_accept with the {kind} executor vs the {kind} peer", ex_why)
 
 
 def loop_health(ctx: Ctx) -> None:
