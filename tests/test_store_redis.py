@@ -28,7 +28,7 @@ from async_accept.job import (  # noqa: E402
     JobStatus,
     new_job_id,
 )
-from async_accept.stores import as_async, resolve_store  # noqa: E402
+from async_accept.stores import Store, as_async, resolve_store  # noqa: E402
 from async_accept.stores.redis import RedisStore  # noqa: E402
 from tests.services import free_port, require_redis  # noqa: E402
 
@@ -456,6 +456,17 @@ def test_async_twin_implements_every_method(store: RedisStore) -> None:
             JobStatus.CANCELED: 1,
         }
         assert await a.purge_expired(NOW + 7) == 1
+
+        assert await a.retry(job.id, NOW + 10) is None  # completed, not failed
+        retried = await a.retry(queued.id, NOW + 10)
+        assert retried is not None and retried.status is JobStatus.QUEUED
+        assert retried.error is None and retried.finished_at is None
+        assert retried.deadline_at == NOW + 10 + 2 * queued.sla
+        ids = [queued.id, job.id, "unknown"]
+        assert await a.mark_dispatched(ids, NOW + 10, NOW + 5) == [queued.id]
+        assert await a.mark_dispatched(ids, NOW + 11, NOW + 5) == []
+        assert await a.mark_dispatched(ids, NOW + 12, NOW + 11) == [queued.id]
+        assert await a.mark_dispatched([], NOW, NOW) == []
         assert await a.delete(queued.id) is True
         assert await a.delete(queued.id) is False
         assert [j.id for j in await a.list_jobs()] == [job.id]
@@ -714,6 +725,8 @@ def every_call(job: Job) -> list[tuple[str, Callable[[Any], Any]]]:
         ("count_by_status", lambda s: s.count_by_status()),
         ("purge_expired", lambda s: s.purge_expired(NOW)),
         ("delete", lambda s: s.delete(job.id)),
+        ("mark_dispatched", lambda s: s.mark_dispatched([job.id], NOW, NOW)),
+        ("retry", lambda s: s.retry(job.id, NOW)),
         ("worker_heartbeat", lambda s: s.worker_heartbeat("w", NOW, {})),
         ("list_workers", lambda s: s.list_workers(NOW)),
     ]
@@ -729,6 +742,8 @@ def test_redis_down_raises_store_error_then_recovers(throwaway: ThrowawayRedis) 
 
         throwaway.kill()
         job = make_job()
+        contract = {n for n in dir(Store) if not n.startswith("_")} - {"close"}
+        assert {name for name, _ in every_call(job)} == contract
         for name, call in every_call(job):
             started = time.monotonic()
             with pytest.raises(StoreError, match="Redis"):
