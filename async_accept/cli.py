@@ -4,8 +4,8 @@
 
     async-accept worker --app mysite.asgi:application [--executor rq|celery]
     async-accept jobs list [--status failed] --store redis://localhost:6379/0
-    async-accept jobs show ID --store ...
-    async-accept jobs retry ID --app mysite.asgi:application
+    async-accept jobs show --store ... -- ID
+    async-accept jobs retry --app mysite.asgi:application -- ID
     async-accept jobs purge --status failed | --expired --store ...
     async-accept webhooks dead --outbox redis://localhost:6379/0
     async-accept webhooks replay ID --outbox ...
@@ -32,6 +32,7 @@ from .job import TERMINAL, Job, JobStatus
 
 __all__ = ["main"]
 
+_ID_HELP = "the job id (one starting with '-' goes after '--': jobs show -- -AbC...)"
 _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
 
 
@@ -84,7 +85,8 @@ def _job_row(job: Job) -> dict[str, Any]:
         "created_at": _time(job.created_at),
         "attempts": job.attempts,
         "route": job.route or "",
-        "error": str(error).rsplit("/", 1)[-1] if error else "",
+        # The problem type's last segment: "urn:async-accept:problem:worker-lost" -> worker-lost
+        "error": str(error).replace("/", ":").rsplit(":", 1)[-1] if error else "",
     }
 
 
@@ -404,11 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(p)
     p.set_defaults(func=cmd_jobs_list)
     p = jsub.add_parser("show", help="one job, its request and result (secrets redacted)")
-    p.add_argument("id")
+    p.add_argument("id", help=_ID_HELP)
     _store_args(p)
     p.set_defaults(func=cmd_jobs_show)
     p = jsub.add_parser("retry", help="run a failed job again (a new attempt)")
-    p.add_argument("id")
+    p.add_argument("id", help=_ID_HELP)
     _store_args(p)
     p.set_defaults(func=cmd_jobs_retry)
     p = jsub.add_parser("purge", help="delete finished jobs")

@@ -245,6 +245,9 @@ class RemoteExecutor:
     def _reset_connections(self) -> None:
         """Drop connections inherited from a parent process."""
 
+    def _close_connections(self) -> None:
+        """Close what this executor opened (the sender thread, on its way out)."""
+
     # -- the sender thread -------------------------------------------------------------------
 
     def _take(self) -> list[str]:
@@ -321,6 +324,10 @@ class RemoteExecutor:
                         "async_accept: %s could not forward cancels", self.name, exc_info=True
                     )
             if closing and (failed or not self._buffer):
+                try:
+                    self._close_connections()
+                except Exception:  # pragma: no cover - best effort on the way out
+                    log.debug("async_accept: closing %s connections failed", self.name)
                 return
 
 

@@ -128,6 +128,7 @@ class CeleryExecutor(RemoteExecutor):
                     "(or 'amqp://guest@localhost//'), or your app: celery_app='proj.celery:app'"
                 )
             self.celery = default_celery_app(broker_url, queue)
+            self._owns_celery = True
         else:
             if broker_url is not None:
                 raise ConfigurationError(
@@ -141,6 +142,7 @@ class CeleryExecutor(RemoteExecutor):
                     "dotted path such as 'proj.celery:app'"
                 )
             self.celery = celery_app
+            self._owns_celery = False
             register_task(celery_app)
 
     def __repr__(self) -> str:
@@ -167,6 +169,10 @@ class CeleryExecutor(RemoteExecutor):
     def _send_cancels(self, job_ids: list[str]) -> None:
         # No terminate: the handler stops cooperatively and records `canceled` itself.
         self.celery.control.revoke(job_ids)
+
+    def _close_connections(self) -> None:
+        if self._owns_celery:  # your own app's connections are yours to close
+            self.celery.close()
 
     def _reset_connections(self) -> None:
         pool = getattr(self.celery, "_pool", None)

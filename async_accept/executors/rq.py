@@ -96,8 +96,11 @@ class RQExecutor(RemoteExecutor):
                 )
             except ValueError as exc:
                 raise ConfigurationError(f"redis_url={redis_url!r}: {exc}") from exc
+            self._owns_connection = True
         elif redis_url is not None:
             raise ConfigurationError("give either redis_url or connection, not both")
+        else:
+            self._owns_connection = False
         if not isinstance(connection, redis.Redis):
             raise ConfigurationError(f"connection={connection!r} must be a redis.Redis client")
         self.redis_url = redis_url
@@ -128,6 +131,10 @@ class RQExecutor(RemoteExecutor):
         with self.connection.pipeline() as pipe:
             q.enqueue_many(datas, pipeline=pipe)
             pipe.execute()
+
+    def _close_connections(self) -> None:
+        if self._owns_connection:
+            self.connection.close()
 
     def _reset_connections(self) -> None:
         # redis-py notices the fork itself and opens new connections in the child.

@@ -1,0 +1,63 @@
+"""The executor contract on Celery (Redis broker, db 15), with a real ``async-accept worker``."""
+
+from __future__ import annotations
+
+import pytest
+
+from async_accept.errors import ConfigurationError, MissingDependencyError
+from tests.test_distributed import ExecutorContract, Setup
+
+pytestmark = pytest.mark.redis
+
+
+class TestCeleryExecutor(ExecutorContract):
+    """The contract, with Celery."""
+
+    executor = "celery"
+
+    def broker_depth(self, setup: Setup, queue: str) -> int:
+        import redis
+
+        client = redis.Redis.from_url(setup.redis_url)
+        try:
+            return int(client.llen(queue))  # kombu's Redis transport: one list per queue
+        finally:
+            client.close()
+
+
+def test_app_path_and_broker_are_required_at_construction() -> None:
+    """No app path, or no broker: ConfigurationError at construction naming the fix."""
+    from async_accept.executors.celery import CeleryExecutor
+
+    with pytest.raises(ConfigurationError, match=r"mysite\.asgi:application"):
+        CeleryExecutor(broker_url="redis://127.0.0.1:6379/15")
+    with pytest.raises(ConfigurationError, match="broker_url="):
+        CeleryExecutor(app="mysite.asgi:application")
+    with pytest.raises(ConfigurationError, match="not a Celery app"):
+        CeleryExecutor(app="mysite.asgi:application", celery_app=object())
+
+
+def test_own_celery_app_by_path_gets_the_task() -> None:
+    """celery_app='module:app' is imported at construction and gets the run_job task."""
+    from celery import Celery
+
+    from async_accept.executors.celery import TASK_NAME, CeleryExecutor
+
+    app = Celery("mine", broker="redis://127.0.0.1:6379/15", set_as_current=False)
+    ex = CeleryExecutor(app="tests.e2e_app:asgi_app", celery_app=app, queue="mine")
+    assert ex.celery is app
+    assert TASK_NAME in app.tasks
+    with pytest.raises(ConfigurationError, match="can't be imported"):
+        CeleryExecutor(app="tests.e2e_app:asgi_app", celery_app="no_such_module:app")
+
+
+def test_missing_celery_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without celery installed: MissingDependencyError("The Celery executor", ...)."""
+    import sys
+
+    from async_accept.executors.celery import CeleryExecutor
+
+    monkeypatch.setitem(sys.modules, "celery", None)
+    with pytest.raises(MissingDependencyError, match=r"async-accept\[celery\]") as info:
+        CeleryExecutor(app="m:app", broker_url="redis://127.0.0.1:6379/15")
+    assert info.value.feature == "The Celery executor"
