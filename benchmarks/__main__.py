@@ -36,6 +36,7 @@ SCENARIOS: dict[str, Callable[[scenarios.Ctx], None]] = {
     "loop": scenarios.loop_health,
     "scale": scenarios.scale,
     "memory": scenarios.memory,
+    "profile": scenarios.profile,
 }
 
 RESULTS = Path(__file__).resolve().parent / "results.md"

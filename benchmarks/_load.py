@@ -6,10 +6,11 @@ import json
 import shutil
 import statistics
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._proc import LOAD_CPU, PY, ROOT, child_env, pin
+from ._proc import LOAD_CPU, PY, ROOT, Proc, child_env, pin
 
 LUA = Path(__file__).resolve().parent / "lua" / "bench.lua"
 AUTH = "Bearer benchmark-user"
@@ -21,11 +22,16 @@ class Target:
     """What one side of a comparison requests."""
 
     label: str
-    port: int
+    server: Proc
     path: str = "/hello"
     method: str = "GET"
     body: str | None = None
     paths_file: Path | None = None  # round-robin over these paths instead of ``path``
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
 
 
 @dataclass
@@ -35,6 +41,7 @@ class Load:
     errors: int
     p50_ms: float
     p99_ms: float
+    cpu: float | None = None  # server CPU seconds / wall seconds during the run
 
     @property
     def rps(self) -> float:
@@ -75,6 +82,7 @@ def run_load(t: Target, duration: float, s: Settings, max_requests: int | None =
             argv += ["--body", t.body]
         if t.paths_file is not None:
             argv += ["--paths", str(t.paths_file)]
+    cpu0, wall0 = t.server.cpu_seconds(), time.monotonic()
     out = subprocess.run(
         [*pin(LOAD_CPU), *argv],
         env=env,
@@ -87,6 +95,7 @@ def run_load(t: Target, duration: float, s: Settings, max_requests: int | None =
     for line in out.stdout.splitlines():
         if line.startswith("BENCHJSON "):
             d = json.loads(line[len("BENCHJSON ") :])
+            cpu1, wall1 = t.server.cpu_seconds(), time.monotonic()
             errors = d["connect"] + d["read"] + d["write"] + d["status"] + d["timeout"]
             return Load(
                 requests=d["requests"],
@@ -94,6 +103,8 @@ def run_load(t: Target, duration: float, s: Settings, max_requests: int | None =
                 errors=errors,
                 p50_ms=d["p50_us"] / 1000,
                 p99_ms=d["p99_us"] / 1000,
+                # The load generator's start-up is inside the wall time: a slight undercount.
+                cpu=(cpu1 - cpu0) / (wall1 - wall0) if cpu0 is not None and cpu1 else None,
             )
     raise RuntimeError(f"load generator failed ({out.returncode}): {out.stderr[-800:]}")
 
@@ -117,7 +128,10 @@ class Comparison:
 
     def med(self, side: str, attr: str) -> float:
         runs = self.a_runs if side == "a" else self.b_runs
-        return statistics.median(getattr(r, attr) for r in runs)
+        values = [getattr(r, attr) for r in runs]
+        if any(v is None for v in values):
+            return float("nan")
+        return statistics.median(values)
 
     @property
     def errors(self) -> int:

@@ -137,6 +137,14 @@ class Proc:
                 return int(line.split()[1])
         return 0
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the working process (all its threads)."""
+        try:
+            fields = Path(f"/proc/{self.pids()[-1]}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.pid not in _live:
             return

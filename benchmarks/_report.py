@@ -113,6 +113,7 @@ def ratio_cols(c: Comparison, goal: float | None = None, higher: bool = True) ->
     cols["B req/s"] = f"{c.med('b', 'rps'):,.0f}"
     cols["A p50/p99 ms"] = f"{fmt_ms(c.med('a', 'p50_ms'))} / {fmt_ms(c.med('a', 'p99_ms'))}"
     cols["B p50/p99 ms"] = f"{fmt_ms(c.med('b', 'p50_ms'))} / {fmt_ms(c.med('b', 'p99_ms'))}"
+    cols["A/B server CPU"] = f"{c.med('a', 'cpu'):.0%} / {c.med('b', 'cpu'):.0%}"
     cols["round ratios"] = c.spread()
     cols["errors"] = str(c.errors)
     return cols

@@ -278,7 +278,7 @@ def sanity(ctx: Ctx) -> None:
         asgi_server(ctx, "bare-a", mw=False) as a,
         asgi_server(ctx, "bare-b", mw=False) as b,
     ):
-        c = compare(Target("bare", a.port), Target("bare", b.port), ctx.settings)
+        c = compare(Target("bare", a), Target("bare", b), ctx.settings)
         ctx.report.add(HTTP, "sanity: bare hello / bare hello (ASGI)", **ratio_cols(c))
 
 
@@ -299,13 +299,13 @@ def passthrough(ctx: Ctx) -> None:
         asgi_server(ctx, "asgi-mw", mw=True) as mw,
         asgi_server(ctx, "asgi-bare", mw=False) as bare,
     ):
-        c = compare(Target("mw", mw.port), Target("bare", bare.port), ctx.settings)
+        c = compare(Target("mw", mw), Target("bare", bare), ctx.settings)
         ctx.report.add(HTTP, "pass-through ASGI (uvicorn): with / without", **ratio_cols(c))
     with (
         wsgi_server(ctx, "wsgi-mw", mw=True) as mw,
         wsgi_server(ctx, "wsgi-bare", mw=False) as bare,
     ):
-        c = compare(Target("mw", mw.port), Target("bare", bare.port), ctx.settings)
+        c = compare(Target("mw", mw), Target("bare", bare), ctx.settings)
         ctx.report.add(
             HTTP, "pass-through WSGI (gunicorn gthread): with / without", **ratio_cols(c)
         )
@@ -351,8 +351,8 @@ def accept(ctx: Ctx) -> None:
             asgi_server(ctx, f"accept-{label}", mw=True, store=store) as mw,
             asgi_server(ctx, "bare", mw=False) as bare,
         ):
-            a = Target(f"accept {label}", mw.port, "/work", "POST", "{}")
-            c = compare(a, Target("bare", bare.port), ctx.settings)
+            a = Target(f"accept {label}", mw, "/work", "POST", "{}")
+            c = compare(a, Target("bare", bare), ctx.settings)
             cols = ratio_cols(c, ACCEPT_GOALS[label])
             if label == "sqlite":
                 p99_ok = c.med("a", "p99_ms") <= 2 * c.med("b", "p99_ms")
@@ -376,8 +376,8 @@ def poll(ctx: Ctx) -> None:
         ):
             urls = post_jobs(mw.port, "/sleep?s=3600", n_jobs)
             paths = paths_file(ctx, f"poll-{label}", urls)
-            a = Target(f"poll {label}", mw.port, urls[0], paths_file=paths)
-            c = compare(a, Target("bare", bare.port), ctx.settings)
+            a = Target(f"poll {label}", mw, urls[0], paths_file=paths)
+            c = compare(a, Target("bare", bare), ctx.settings)
             ctx.report.add(
                 HTTP,
                 f"status poll, running jobs ({label} store) / bare hello",
@@ -480,14 +480,14 @@ def _peer_case(ctx: Ctx, kind: str, mw_why: str | None, n: int) -> None:
     label = "asyncio executor (stand-in)" if ex_why else f"{kind} executor"
     flush_redis()
     with peer_server(ctx, kind) as peer, asgi_server(ctx, "bare", mw=False) as bare:
-        bare_t = Target("bare", bare.port)
+        bare_t = Target("bare", bare)
         # 1. Accept throughput, no workers running on either side.
-        pa = Target(f"{kind} peer accept", peer.port, "/work", "POST", "{}")
+        pa = Target(f"{kind} peer accept", peer, "/work", "POST", "{}")
         c = compare(pa, bare_t, ctx.settings)
         ctx.report.add(HTTP, f"{kind} peer: accept / bare hello", **ratio_cols(c))
         if not mw_why:
             with asgi_server(ctx, "aa-accept", mw=True, store=REDIS_URL, executor=executor) as mw:
-                ma = Target("async_accept accept", mw.port, "/work", "POST", "{}")
+                ma = Target("async_accept accept", mw, "/work", "POST", "{}")
                 c = compare(ma, pa, ctx.settings)
                 ctx.report.add(
                     HTTP,
@@ -511,12 +511,12 @@ def _peer_case(ctx: Ctx, kind: str, mw_why: str | None, n: int) -> None:
                 wait_done(mw.port, aa_urls)
             wait_done(peer.port, peer_urls)
             # 3. Poll throughput of done jobs (303 on both sides).
-            pp = Target(f"{kind} peer poll", peer.port, peer_urls[0])
+            pp = Target(f"{kind} peer poll", peer, peer_urls[0])
             pp.paths_file = paths_file(ctx, f"{kind}-peer", peer_urls)
             c = compare(pp, bare_t, ctx.settings)
             ctx.report.add(HTTP, f"{kind} peer: poll (done jobs) / bare hello", **ratio_cols(c))
             if mw is not None:
-                mp = Target("async_accept poll", mw.port, aa_urls[0])
+                mp = Target("async_accept poll", mw, aa_urls[0])
                 mp.paths_file = paths_file(ctx, f"aa-{kind}", aa_urls)
                 c = compare(mp, pp, ctx.settings)
                 ctx.report.add(
@@ -555,7 +555,7 @@ def loop_health(ctx: Ctx) -> None:
                 result: dict[str, Any] = {}
                 thread = None
                 if with_load:
-                    target = Target("jobs", p.port, "/sleep?s=0.05", "POST", "{}")
+                    target = Target("jobs", p, "/sleep?s=0.05", "POST", "{}")
 
                     def load(t: Target = target, out: dict[str, Any] = result) -> None:
                         s = Settings(connections=4, loadgen="python")
@@ -728,8 +728,8 @@ def scale(ctx: Ctx) -> None:
                 asgi_server(ctx, f"scale-{label}", mw=True, store=url) as mw,
                 asgi_server(ctx, "bare", mw=False) as bare,
             ):
-                st = Target("status", mw.port, urls[0], paths_file=paths_file(ctx, "scale", urls))
-                c = compare(st, Target("bare", bare.port), s)
+                st = Target("status", mw, urls[0], paths_file=paths_file(ctx, "scale", urls))
+                c = compare(st, Target("bare", bare), s)
             t0 = time.perf_counter()
             purged = loader.store.purge_expired(time.time() + loader.options.ttl + 60)
             purge_s = time.perf_counter() - t0
@@ -768,7 +768,7 @@ def memory(ctx: Ctx) -> None:
         if label == "redis":
             flush_redis()
         with asgi_server(ctx, f"mem-{label}", mw=True, store=url) as mw:
-            t = Target("accept", mw.port, "/work", "POST", "{}")
+            t = Target("accept", mw, "/work", "POST", "{}")
             run_load(t, 1.0, ctx.settings)
             time.sleep(1.0)
             rss0 = mw.rss_kb()
@@ -789,3 +789,108 @@ def memory(ctx: Ctx) -> None:
                     "bytes/job": f"{(rss1 - rss0) * 1024 / done:,.0f}",
                 },
             )
+
+
+# -- profile ------------------------------------------------------------------------
+
+
+def _frame(f: str) -> str:
+    """``func (path/to/file.py:123)`` -> ``func (file.py)``."""
+    func, _, where = f.rpartition(" (")
+    return f"{func} ({where.split(':')[0].split('/')[-1]})"
+
+
+def summarize_profile(
+    path: Path, n: int, skip: tuple[str, ...] = ()
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """From py-spy's raw (collapsed) output: the top ``n`` frames by self time,
+    and the top ``n`` by inclusive time among async_accept's own frames, each as
+    a percentage of the samples (stacks whose leaf is in ``skip`` are left out)."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        raw = stack.split(";")
+        if any(raw[-1].startswith(x) for x in skip):
+            continue
+        count = int(count_s)
+        total += count
+        frames = [_frame(f) for f in raw]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for raw_f, f in set(zip(raw, frames, strict=True)):
+            if "async_accept/" in raw_f:
+                incl[f] = incl.get(f, 0) + count
+    total = max(total, 1)
+
+    def top(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(k, v / total * 100) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
+
+    return top(own), top(incl)
+
+
+#: Leaf frames of a thread-pool thread waiting for work (idle, not the store's cost).
+_IDLE = ("_worker (concurrent/futures/thread.py", "select (selectors.py", "EpollSelector.select")
+
+
+def profile(ctx: Ctx) -> None:
+    """py-spy on the server while it accepts and answers status polls (SQLite store):
+    CPU (samples of the thread holding the GIL) and wall (every busy thread)."""
+    why = middleware_missing()
+    if why:
+        ctx.report.skip("profile", why)
+        return
+    import shutil
+
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    if not Path(spy).exists():
+        ctx.report.skip("profile", "py-spy is not installed (pip install py-spy)")
+        return
+    seconds = 4 if ctx.quick else 8
+    for what in ("accept", "status"):
+        with asgi_server(ctx, f"prof-{what}", mw=True, store=ctx.sqlite_url("prof")) as p:
+            if what == "accept":
+                t = Target("accept", p, "/work", "POST", "{}")
+            else:
+                urls = post_jobs(p.port, "/sleep?s=3600", 200)
+                t = Target("status", p, urls[0], paths_file=paths_file(ctx, "prof", urls))
+            load = threading.Thread(target=run_load, args=(t, 2 * seconds + 5, ctx.settings))
+            load.start()
+            time.sleep(1.0)
+            outs = {}
+            for mode in ("cpu", "wall"):
+                out = ctx.path(f"prof-{what}-{mode}.txt")
+                argv = [*pin(LOAD_CPU), spy, "record", "-p", str(p.pid), "-d", str(seconds)]
+                argv += ["-r", "250", "-f", "raw", "-o", str(out), "--nonblocking"]
+                if mode == "cpu":
+                    argv.append("--gil")
+                rec = subprocess.run(
+                    argv, capture_output=True, text=True, timeout=seconds + 60, check=False
+                )
+                if rec.returncode == 0 and out.exists():
+                    outs[mode] = out
+                else:
+                    ctx.report.skip(f"profile {what} {mode}", f"py-spy failed: {rec.stderr[-300:]}")
+            load.join()
+            if "cpu" in outs:
+                own, incl = summarize_profile(outs["cpu"], 12)
+                section = f"Profile: {what} path, CPU (py-spy --gil), SQLite store"
+                for (frame, pc), (iframe, ipc) in zip(own, incl, strict=False):
+                    ctx.report.add(
+                        section,
+                        frame,
+                        **{"self %": f"{pc:.1f}", "async_accept frame": iframe},
+                        **{"incl. %": f"{ipc:.1f}"},
+                    )
+            if "wall" in outs:
+                own, incl = summarize_profile(outs["wall"], 8, skip=_IDLE)
+                section = f"Profile: {what} path, wall time of busy threads (py-spy), SQLite store"
+                for (frame, pc), (iframe, ipc) in zip(own, incl, strict=False):
+                    ctx.report.add(
+                        section,
+                        frame,
+                        **{"self %": f"{pc:.1f}", "async_accept frame": iframe},
+                        **{"incl. %": f"{ipc:.1f}"},
+                    )
