@@ -114,25 +114,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    runtime = worker.load_runtime(args.app)
+    app_paths = list(dict.fromkeys(args.app))
+    runtime = worker.load_runtime(app_paths[0])
     executor = runtime.executor
     name = str(getattr(executor, "name", type(executor).__name__))
     if not getattr(executor, "out_of_process", False):
         raise ConfigurationError(
-            f"{args.app} runs its jobs inside the web process (executor={name!r}); "
+            f"{app_paths[0]} runs its jobs inside the web process (executor={name!r}); "
             "to use workers configure executor='celery' or executor='rq' in its middleware"
         )
     if args.executor and args.executor != name:
         raise ConfigurationError(
-            f"--executor {args.executor}, but {args.app} is configured with executor={name!r}"
+            f"--executor {args.executor}, but {app_paths[0]} is configured with executor={name!r}"
         )
     if name not in ("celery", "rq"):
         raise ConfigurationError(
             f"executor={name!r} has no worker here: run the worker its own package provides"
         )
     queue = args.queue or executor.queue
+    # A broker message can't make this process import anything else.
+    worker.allow_only(app_paths)
     # Fail fast on a broken app; ASGI lifespan startup, sweeper and worker heartbeat.
-    worker.start_worker(args.app)
+    for path in app_paths:
+        worker.start_worker(path)
     try:
         if name == "rq":
             return _rq_worker(executor, queue, args)
@@ -386,7 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a worker for the application's executor (Celery or RQ)",
         description="Import the application, and consume its executor's queue.",
     )
-    w.add_argument("--app", required=True, help="dotted path, e.g. mysite.asgi:application")
+    w.add_argument(
+        "--app",
+        required=True,
+        action="append",
+        help="dotted path, e.g. mysite.asgi:application; repeat it to also run the jobs of "
+        "other apps on the same queue (the first one's executor settings apply)",
+    )
     w.add_argument("--executor", choices=("celery", "rq"), help="check the app uses this one")
     w.add_argument("--queue", help="consume this queue instead of the configured one")
     w.add_argument("--loglevel", default="info", help="debug, info (default), warning, error")

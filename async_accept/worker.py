@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RemoteExecutor",
+    "allow_only",
     "find_front_door",
     "import_app",
     "load_runtime",
@@ -594,6 +595,36 @@ _loaded: dict[str, _Loaded] = {}
 _loaded_pid = os.getpid()
 _load_lock = threading.Lock()
 _atexit_registered = False
+#: The applications run_job may load here; None: any (see allow_only).
+_allowed: frozenset[str] | None = None
+#: Comma-separated app paths, for workers started by Celery's or RQ's own command.
+ALLOWED_ENV = "ASYNC_ACCEPT_WORKER_APPS"
+
+
+def allow_only(app_paths: Iterable[str] | None) -> None:
+    """Let :func:`run_job` load only ``app_paths`` (None: any).
+
+    A broker message names the application to import; this makes sure a
+    message can't make the worker import anything but what it was started for.
+    ``async-accept worker`` sets it to its ``--app`` paths; a worker started with
+    Celery's or RQ's own command reads ``ASYNC_ACCEPT_WORKER_APPS``.
+    """
+    global _allowed
+    _allowed = None if app_paths is None else frozenset(app_paths)
+
+
+def _check_allowed(app_path: str) -> None:
+    allowed = _allowed
+    if allowed is None:
+        env = os.environ.get(ALLOWED_ENV, "")
+        if not env.strip():
+            return
+        allowed = frozenset(p.strip() for p in env.split(",") if p.strip())
+    if app_path not in allowed:
+        raise ConfigurationError(
+            f"this worker runs jobs of {', '.join(sorted(allowed))} only, and a message "
+            f"names {app_path!r}: start a worker for it (async-accept worker --app {app_path})"
+        )
 
 
 def _entry(app_path: str) -> _Loaded:
@@ -634,6 +665,7 @@ def run_job(app_path: str, job_id: str) -> str | None:
     """Run one job of the application at ``app_path`` (the Celery task and the RQ
     job function). Returns the job's final state, or None when it was not ours to
     run (canceled while queued, claimed elsewhere, gone)."""
+    _check_allowed(app_path)
     job = _entry(app_path).run(job_id)
     return None if job is None else job.status.value
 

@@ -38,6 +38,7 @@ from tests.services import free_port, require_redis
 ALICE = {"Authorization": "Bearer alice"}
 ASYNC = {**ALICE, "Prefer": "respond-async"}
 APPS = {"asgi": "tests.e2e_app:asgi_app", "wsgi": "tests.e2e_app:wsgi_app"}
+LIFESPAN_APP = "tests.e2e_app:lifespan_app"
 #: short lease settings, so that worker-lost is quick to see
 TIMING = {
     "ASYNC_ACCEPT_HEARTBEAT_INTERVAL": "0.2",
@@ -101,18 +102,11 @@ class Setup:
 class WorkerProcess:
     """``python -m async_accept.cli worker`` in its own process group."""
 
-    def __init__(self, app: str, env: dict[str, str], log: Path, *extra: str) -> None:
-        self.argv = [
-            sys.executable,
-            "-m",
-            "async_accept.cli",
-            "worker",
-            "--app",
-            app,
-            "--loglevel",
-            "info",
-            *extra,
-        ]
+    def __init__(self, app: str | list[str], env: dict[str, str], log: Path, *extra: str) -> None:
+        self.argv = [sys.executable, "-m", "async_accept.cli", "worker", "--loglevel", "info"]
+        for path in [app] if isinstance(app, str) else app:
+            self.argv += ["--app", path]
+        self.argv += extra
         self.env = base_env(**env)
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -312,7 +306,8 @@ class ExecutorContract:
         # The worker doesn't sweep: recovery in these tests is the web process's doing.
         env = setup.env(APPS["asgi"], ASYNC_ACCEPT_SWEEP_INTERVAL="0")
         store = setup.store()
-        worker = WorkerProcess(APPS["asgi"], env, log, *worker_args(cls.executor))
+        paths = [APPS["asgi"], APPS["wsgi"], LIFESPAN_APP]
+        worker = WorkerProcess(paths, env, log, *worker_args(cls.executor))
         try:
             worker.start(store)
             setup.worker = worker  # type: ignore[attr-defined]
@@ -382,6 +377,12 @@ class ExecutorContract:
         job = web.job(queued)
         assert job.status is JobStatus.CANCELED
         assert job.attempts == 0 and job.started_at is None
+
+    def test_hybrid_wait_answers_directly_from_the_worker(self, web: Web) -> None:
+        """A route with wait= answers with the handler's own response when the worker is quick."""
+        r = web.client.post("/hybrid", headers=ALICE)
+        assert r.status_code == 200, r.text
+        assert r.text == "fast answer" and r.headers["x-handler"] == "hybrid"
 
     def test_job_handed_over_three_times_runs_once(self, web: Web) -> None:
         """Duplicate broker messages for one job (recovery can send them) run it once."""
@@ -458,7 +459,7 @@ class ExecutorContract:
 
     def test_asgi_lifespan_runs_once_and_jobs_use_its_loop(self, remote: Setup) -> None:
         """An ASGI app's lifespan runs once in the worker; jobs replay on its event loop."""
-        env = remote.env("tests.e2e_app:lifespan_app")
+        env = remote.env(LIFESPAN_APP)
         with web_app("asgi", env, app="lifespan") as web:
             answers = []
             for _ in range(2):
@@ -532,7 +533,7 @@ def cluster(
     asgi = uvicorn(APPS["asgi"], base_env(**setup.env(APPS["asgi"])), logs / "uvicorn.log")
     wsgi = gunicorn(APPS["wsgi"], base_env(**setup.env(APPS["wsgi"])), logs / "gunicorn.log")
     worker = WorkerProcess(
-        APPS["asgi"],
+        [APPS["asgi"], APPS["wsgi"]],
         setup.env(APPS["asgi"], ASYNC_ACCEPT_SWEEP_INTERVAL="0"),
         logs / "worker.log",
         *worker_args(request.param),
@@ -898,3 +899,20 @@ def test_worker_refuses_to_guess_between_middlewares(tmp_path: Path) -> None:
     finally:
         for mw in mws:
             mw.store.close()
+
+
+def test_worker_runs_only_the_apps_it_was_started_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broker message naming another application is refused before anything is imported."""
+    from async_accept import worker
+    from async_accept.errors import ConfigurationError
+
+    worker.allow_only(["tests.e2e_app:asgi_app"])
+    try:
+        with pytest.raises(ConfigurationError, match="async-accept worker --app os:system"):
+            worker.run_job("os:system", "job")
+    finally:
+        worker.allow_only(None)
+    monkeypatch.setenv(worker.ALLOWED_ENV, "tests.e2e_app:asgi_app, tests.e2e_app:wsgi_app")
+    with pytest.raises(ConfigurationError, match="only"):
+        worker.run_job("no_such_module:app", "job")
+    assert "no_such_module" not in sys.modules
