@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from async_accept.errors import ConfigurationError, MissingDependencyError
-from tests.test_distributed import ExecutorContract, Setup
+from tests.test_distributed import ALICE, ExecutorContract, Setup, Web
 
 pytestmark = pytest.mark.redis
 
@@ -23,6 +23,18 @@ class TestCeleryExecutor(ExecutorContract):
             return int(client.llen(queue))  # kombu's Redis transport: one list per queue
         finally:
             client.close()
+
+    def test_cancel_of_a_running_job_also_revokes_its_task(self, web: Web) -> None:
+        """Canceling a running job also revokes its task, so copies still queued are dropped."""
+        loc = web.accept("/progress/revoke")
+        web.wait(loc, lambda r: r.json()["status"] == "processing")
+        job_id = web.job(loc).id
+        assert web.client.delete(loc, headers=ALICE).status_code == 202
+        assert web.finished(loc).json()["status"] == "canceled"
+        assert web.runtime.executor.flush(5)
+        inspect = web.runtime.executor.celery.control.inspect(timeout=5, limit=1)
+        revoked = inspect.revoked() or {}
+        assert any(job_id in ids for ids in revoked.values()), revoked
 
 
 def test_app_path_and_broker_are_required_at_construction() -> None:
