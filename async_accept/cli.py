@@ -453,6 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `async-accept jobs list | head`: the reader has had enough
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except _Fail as exc:
         print(f"async-accept: {exc}", file=sys.stderr)
         return 1

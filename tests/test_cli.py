@@ -19,6 +19,7 @@ from async_accept.job import CapturedRequest, CapturedResponse, Job, JobStatus, 
 from async_accept.problems import problem_dict
 from tests import apps
 from tests.services import require_redis
+from tests.test_distributed import wipe_redis
 
 SECRET = "cli-secret-0123456789abcdef"
 
@@ -87,9 +88,9 @@ def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple
         store = RedisStore.from_url(url, namespace=ns)
         args = ["--store", url, "--namespace", ns]
     yield store, args
-    for job in store.list_jobs(None, 1000, None):
-        store.delete(job.id)
     store.close()
+    if request.param == "redis":
+        wipe_redis(url, ns)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -210,8 +211,6 @@ def test_jobs_without_a_store_say_how_to_name_one(
 @pytest.fixture
 def rq_app(tmp_path: Path) -> Iterator[Any]:
     """tests.test_cli:RQ_APP, a WSGI app whose middleware uses a Redis store and RQ."""
-    from rq import Queue
-
     from async_accept import worker
     from async_accept.stores.redis import RedisStore
 
@@ -229,13 +228,9 @@ def rq_app(tmp_path: Path) -> Iterator[Any]:
     finally:
         worker.shutdown()
         RQ_APP = None
-        rq_queue = Queue(queue, connection=app.runtime.executor.connection)
-        rq_queue.empty()
-        rq_queue.delete()
         app.runtime.executor.connection.close()
-        for job in app.store.list_jobs(None, 1000, None):
-            app.store.delete(job.id)
         app.store.close()
+        wipe_redis(url, queue, queue)
 
 
 def test_jobs_retry_with_app_hands_the_job_to_its_executor(rq_app: Any, capsys: Any) -> None:

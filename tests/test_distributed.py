@@ -86,17 +86,44 @@ class Setup:
         return RedisStore.from_url(self.redis_url, namespace=self.ns)
 
     def wipe(self) -> None:
-        """Delete this setup's keys (store namespace, RQ queues, Celery lists)."""
-        import redis
+        """Delete this setup's keys (store namespace, RQ queues and jobs, Celery lists)."""
+        wipe_redis(self.redis_url, self.ns, self.queue)
 
-        client = redis.Redis.from_url(self.redis_url)
-        try:
-            for pattern in (f"{self.ns}:*", f"*{self.queue}*"):
-                keys = list(client.scan_iter(match=pattern, count=1000))
-                for i in range(0, len(keys), 500):
-                    client.delete(*keys[i : i + 500])
-        finally:
-            client.close()
+
+def wipe_redis(url: str, namespace: str, queue: str | None = None) -> None:
+    """Delete a store namespace's keys and, for ``queue`` (and queues named after it),
+    the broker's: RQ's queue lists, registries and the jobs they name; Celery's lists."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        doomed = set(client.scan_iter(match=f"{namespace}:*", count=1000))
+        if queue:
+            rq_jobs: set[bytes] = set()
+            for key in client.scan_iter(match=f"*{queue}*", count=1000):
+                doomed.add(key)
+                kind = client.type(key)
+                if key.startswith(b"rq:") and kind == b"list":
+                    rq_jobs.update(client.lrange(key, 0, -1))
+                elif key.startswith(b"rq:") and kind == b"zset":
+                    rq_jobs.update(m.split(b":")[0] for m in client.zrange(key, 0, -1))
+            for job_id in rq_jobs:
+                name = job_id.decode()
+                doomed.update((f"rq:job:{name}".encode(), f"rq:results:{name}".encode()))
+                doomed.update(client.scan_iter(match=f"rq:execution*{name}*", count=1000))
+            members = [m for m in client.smembers("rq:queues") if queue.encode() in m]
+            if members:
+                client.srem("rq:queues", *members)
+            stale = [
+                m for m in client.zrange("_kombu.binding_deadlines", 0, -1) if queue.encode() in m
+            ]
+            if stale:
+                client.zrem("_kombu.binding_deadlines", *stale)
+        keys = list(doomed)
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+    finally:
+        client.close()
 
 
 class WorkerProcess:
