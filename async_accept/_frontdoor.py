@@ -79,6 +79,20 @@ class FrontDoor:
                 self.add_routes(discover_routes(app_hint))
             self._discovered = True
 
+    def fast_methods(self) -> frozenset[str] | None:
+        """Methods a request must have to possibly be ours outside the prefix,
+        or None when every request needs the full check (any-method patterns,
+        ``prefer_async``, discovery not done yet). The front doors use it to
+        let everything else through with one set probe and one substring test."""
+        if not self._discovered or self.prefer_async:
+            return None
+        methods: set[str] = set()
+        for p in self.routes.patterns:
+            if p.methods is None:
+                return None
+            methods.update(p.methods)
+        return frozenset(methods)
+
     def route_for(self, method: str, path: str, prefer: bytes | None) -> RouteOptions | None:
         opts = self.routes.lookup(method, path) if self.routes else None
         if (

@@ -44,10 +44,22 @@ class AsyncAcceptMiddleware:
         self.runtime = self._door.runtime
         self.options = self._door.options
         self.store = self._door.store
+        self._fast_methods: frozenset[str] | None = None
+        self._prefix = self._door.prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind != "http":
+        if kind == "http":
+            # The hot path: a method no marked route uses, a path without the prefix.
+            fast = self._fast_methods
+            if (
+                fast is not None
+                and scope["method"] not in fast
+                and self._prefix not in scope["path"]
+            ):
+                await self.app(scope, receive, send)
+                return
+        else:
             if kind == "lifespan":
                 await self._lifespan(scope, receive, send)
                 return
@@ -90,6 +102,7 @@ class AsyncAcceptMiddleware:
             # lets the request pass this middleware.
             self.runtime.app = app
         self._door.discover(app if app is not None else self.app)
+        self._fast_methods = self._door.fast_methods()
 
     async def _ensure_started(self) -> None:
         if not self.runtime.started:

@@ -11,6 +11,7 @@ No framework and no server is imported here.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -127,10 +128,20 @@ def strip_hop_by_hop(headers: Headers) -> Headers:
 
 
 def rfc3339(ts: float | None) -> str | None:
+    """RFC 3339 UTC with milliseconds (``2026-11-28T12:00:00.123Z``)."""
     if ts is None:
         return None
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    seconds = math.floor(ts)
+    micros = round((ts - seconds) * 1e6)  # rounded as datetime.fromtimestamp does
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, 0
+    return f"{_rfc3339_seconds(seconds)}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _rfc3339_seconds(seconds: int) -> str:
+    # Status reads format the same few timestamps over and over.
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _json(data: Any) -> bytes:

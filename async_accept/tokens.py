@@ -8,6 +8,7 @@ credentials, never the credentials themselves.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import math
@@ -15,10 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 
 from itsdangerous import BadData, BadSignature, SignatureExpired, Signer, TimestampSigner
-from itsdangerous.encoding import base64_decode, base64_encode, int_to_bytes
+from itsdangerous.encoding import base64_decode, base64_encode, bytes_to_int, int_to_bytes
 
 from .errors import AsyncAcceptError, ConfigurationError
 
+_VERIFIED_CACHE = 10_000
 _TOKEN_SALT = b"async_accept.job-token"
 _OWNER_SALT = b"async_accept.owner"
 
@@ -85,6 +87,8 @@ class TokenSigner:
             list(reversed(self.secrets)), salt=_TOKEN_SALT, digest_method=hashlib.sha256
         )
         self._signer.clock = clock
+        #: token -> (job id, issue time) of tokens whose signature verified
+        self._verified: dict[str, tuple[str, int]] = {}
         self._owner_keys = [hmac.new(k, _OWNER_SALT, hashlib.sha256).digest() for k in self.secrets]
 
     def sign(self, job_id: str, issued_at: float | None = None) -> str:
@@ -99,6 +103,28 @@ class TokenSigner:
 
     def unsign(self, token: str) -> str:
         """The job id in ``token``. Raises TokenExpired past the TTL, TokenError otherwise."""
+        hit = self._verified.get(token)
+        if hit is not None:
+            # Clients poll the same URL many times: the HMAC was checked once,
+            # only the age is checked again (as itsdangerous does it).
+            job_id, issued = hit
+            age = int(self._signer.clock()) - issued
+            if age > math.ceil(self.ttl) or age < 0:
+                raise TokenExpired(job_id)
+            return job_id
+        job_id = self._unsign(token)
+        try:
+            issued = bytes_to_int(base64_decode(token.rsplit(".", 2)[1]))
+        except (BadData, IndexError, ValueError):  # pragma: no cover - verified above
+            return job_id
+        cache = self._verified
+        if len(cache) >= _VERIFIED_CACHE:
+            with contextlib.suppress(KeyError, StopIteration, RuntimeError):
+                del cache[next(iter(cache))]  # the oldest entry
+        cache[token] = (job_id, issued)
+        return job_id
+
+    def _unsign(self, token: str) -> str:
         try:
             raw = token.encode("ascii")
         except UnicodeEncodeError as exc:

@@ -48,6 +48,8 @@ class AsyncAcceptMiddleware:
         self.runtime = self._door.runtime
         self.options = self._door.options
         self.store = self._door.store
+        self._fast_methods: frozenset[str] | None = None
+        self._prefix = self._door.prefix
 
     def start(self) -> None:
         """Start the executor and sweeper now (else on the first request);
@@ -56,11 +58,20 @@ class AsyncAcceptMiddleware:
         self.runtime.start()
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        # The hot path: a method no marked route uses, a path without the prefix.
+        fast = self._fast_methods
+        if (
+            fast is not None
+            and environ["REQUEST_METHOD"] not in fast
+            and self._prefix not in environ.get("PATH_INFO", "")
+        ):
+            return self.app(environ, start_response)
         if REPLAY_KEY in environ:
             return self.app(environ, start_response)  # a job replaying: let it through
         door = self._door
         if not door._discovered:
             door.discover()
+            self._fast_methods = door.fast_methods()
         path = _decode_path(environ.get("PATH_INFO", "") or "")
         if door.is_ours(path):
             if not self.runtime.started:

@@ -99,3 +99,17 @@ def test_owner_hash_matches_only_same_material(material: bytes, other: bytes) ->
     assert s.owner_matches(h, other) == (material == other)
     old_only = TokenSigner([b"o" * 16], 3600).owner_hash(material)
     assert s.owner_matches(old_only, material)
+
+
+def test_cached_verification_still_expires() -> None:
+    """A token verified once (and cached) still turns expired when its TTL passes."""
+    now = [1_000_000.0]
+    signer = TokenSigner([KEY], 60, lambda: now[0])
+    token = signer.sign("jobC")
+    assert signer.unsign(token) == "jobC"
+    assert signer.unsign(token) == "jobC"  # from the cache
+    now[0] += 61
+    with pytest.raises(TokenExpired):
+        signer.unsign(token)
+    with pytest.raises(TokenError):
+        signer.unsign(token[:-2] + ("AA" if token[-2:] != "AA" else "BB"))
