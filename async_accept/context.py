@@ -33,6 +33,8 @@ class JobContext:
         "dirty",
         "eta",
         "id",
+        "last_beat",
+        "loop_id",
         "lost",
         "message",
         "on_cancel",
@@ -45,6 +47,9 @@ class JobContext:
         #: report_progress raised JobCanceled (the app may have turned it into a 500)
         self.cancel_raised = False
         self.lost = False
+        #: runtime bookkeeping: when the lease was last refreshed, which loop runs it
+        self.last_beat = 0.0
+        self.loop_id = 0
         self.percent: float | None = None
         self.message: str | None = None
         self.eta: float | None = None

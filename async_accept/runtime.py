@@ -64,6 +64,15 @@ class Runtime:
         self.observer = Observer(engine, store)
         self._astore: AsyncStore | None = None
         self._local: dict[str, JobContext] = {}
+        self._sync_board: dict[str, JobContext] = {}
+        self._async_board: dict[str, JobContext] = {}
+        self._sync_wake = threading.Event()
+        self._sync_beater: threading.Thread | None = None
+        self._beater_lock = threading.Lock()
+        self._async_beaters: dict[
+            asyncio.AbstractEventLoop,
+            tuple[asyncio.Future[None], asyncio.Event, Callable[[], None]],
+        ] = {}
         self._waiters: dict[str, list[Callable[[], None]]] = {}
         self._waiters_lock = threading.Lock()
         self._started = False
@@ -184,19 +193,17 @@ class Runtime:
             raise JobCanceled(ctx.id)
         return response
 
+    # Heartbeats: ONE beater per process side (a thread for jobs running in
+    # threads, a task for jobs on the loop), not one per job. It refreshes the
+    # lease of every local job each heartbeat_interval and writes progress as
+    # soon as a handler reports it (the waker), coalescing bursts.
+
     def _replay_sync(self, op: Replay) -> CapturedResponse:
         ctx = JobContext(op.job.id)
-        stop = threading.Event()
-        wake = threading.Event()
-        ctx.set_waker(wake.set)
+        ctx.last_beat = time.monotonic()
         self._local[ctx.id] = ctx
-        hb = threading.Thread(
-            target=self._heartbeat_sync,
-            args=(ctx, stop, wake),
-            name=f"async-accept-heartbeat-{ctx.id[:8]}",
-            daemon=True,
-        )
-        hb.start()
+        self._sync_board[ctx.id] = ctx
+        ctx.set_waker(self._ensure_sync_beater())
         token = set_current(ctx)
         try:
             if self.kind == "wsgi":
@@ -211,38 +218,52 @@ class Runtime:
             raise
         finally:
             reset_current(token)
-            stop.set()
-            wake.set()
-            hb.join()
+            self._sync_board.pop(ctx.id, None)
             self._local.pop(ctx.id, None)
+            self._flush_last_progress(ctx)
         return self._outcome(ctx, response)
 
-    def _heartbeat_sync(
-        self, ctx: JobContext, stop: threading.Event, wake: threading.Event
-    ) -> None:
+    def _ensure_sync_beater(self) -> Callable[[], None]:
+        with self._beater_lock:
+            if self._sync_beater is None or not self._sync_beater.is_alive():
+                self._sync_beater = threading.Thread(
+                    target=self._beat_sync_forever, name="async-accept-heartbeat", daemon=True
+                )
+                self._sync_beater.start()
+        return self._sync_wake.set
+
+    def _beat_sync_forever(self) -> None:
         interval = self.options.heartbeat_interval
         while True:
-            wake.wait(interval)
-            wake.clear()
-            stopping = stop.is_set()
-            progress = ctx.take_progress()
-            if stopping and progress is None:
-                return
-            try:
-                now = self.engine.clock()
-                if progress is not None:
-                    # Also on the way out: the last report lands before the finish.
-                    job = self.store.set_progress(ctx.id, self.worker_id, now, *progress)
-                else:
-                    job = self.store.heartbeat(ctx.id, self.worker_id, now)
-            except StoreError:
-                log.warning("async_accept: heartbeat of job %s failed", ctx.id, exc_info=True)
-                if stopping:
-                    return
-                continue
-            if stopping:
-                return
-            self._after_beat(ctx, job)
+            self._sync_wake.wait(interval)
+            self._sync_wake.clear()
+            for ctx in list(self._sync_board.values()):
+                now_mono = time.monotonic()
+                progress = ctx.take_progress()
+                if progress is None and now_mono - ctx.last_beat < interval * 0.9:
+                    continue
+                ctx.last_beat = now_mono
+                try:
+                    now = self.engine.clock()
+                    if progress is not None:
+                        job = self.store.set_progress(ctx.id, self.worker_id, now, *progress)
+                    else:
+                        job = self.store.heartbeat(ctx.id, self.worker_id, now)
+                except StoreError:
+                    log.warning("async_accept: heartbeat of job %s failed", ctx.id, exc_info=True)
+                    continue
+                if ctx.id in self._sync_board:
+                    self._after_beat(ctx, job)
+
+    def _flush_last_progress(self, ctx: JobContext) -> None:
+        """The last report lands before the finish (the beater may not have run)."""
+        progress = ctx.take_progress()
+        if progress is None:
+            return
+        try:
+            self.store.set_progress(ctx.id, self.worker_id, self.engine.clock(), *progress)
+        except StoreError:
+            log.warning("async_accept: progress of job %s was not saved", ctx.id, exc_info=True)
 
     def _after_beat(self, ctx: JobContext, job: Job | None) -> None:
         if job is None:
@@ -254,83 +275,105 @@ class Runtime:
 
     async def _replay_async(self, op: Replay) -> CapturedResponse:
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
         ctx = JobContext(op.job.id)
-        event = asyncio.Event()
-        ctx.set_waker(loop_waker(loop, event))
+        ctx.last_beat = time.monotonic()
+        ctx.loop_id = id(loop)
         self._local[ctx.id] = ctx
+        self._async_board[ctx.id] = ctx
+        ctx.set_waker(self._ensure_async_beater(loop))
+        cancelled_by_us: list[bool] = []
+
+        def cancel_job() -> None:
+            def do() -> None:
+                if task is not None and not task.done():
+                    cancelled_by_us.append(True)
+                    task.cancel()
+
+            with contextlib.suppress(RuntimeError):  # loop closed: nothing left to cancel
+                loop.call_soon_threadsafe(do)
+
+        ctx.on_cancel = cancel_job
         token = set_current(ctx)
         try:
             if self.kind == "wsgi":  # pragma: no cover - refused at construction
-                inner: asyncio.Future[CapturedResponse] = asyncio.ensure_future(
-                    asyncio.to_thread(replay_wsgi, self.app, op.request, ctx.id)
-                )
+                response = await asyncio.to_thread(replay_wsgi, self.app, op.request, ctx.id)
             else:
-                inner = asyncio.ensure_future(
-                    replay_asgi(self.app, op.request, ctx.id, self.lifespan_state)
-                )
-        finally:
-            reset_current(token)
-
-        def cancel_inner() -> None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(inner.cancel)
-
-        ctx.on_cancel = cancel_inner
-        stop: list[bool] = []
-        hb = asyncio.ensure_future(self._heartbeat_async(ctx, event, stop))
-        try:
-            response = await inner
+                response = await replay_asgi(self.app, op.request, ctx.id, self.lifespan_state)
         except asyncio.CancelledError:
-            if ctx.cancel_requested:
+            if cancelled_by_us and task is not None:
+                # Our own cancel (a client asked): take it back, the job goes on to record it.
+                uncancel: Callable[[], object] | None = getattr(task, "uncancel", None)
+                if uncancel is not None:  # Python >= 3.11
+                    for _ in cancelled_by_us:
+                        uncancel()
                 raise JobCanceled(ctx.id) from None
-            # Our own task is being cancelled: the server is shutting down.
-            inner.cancel()
+            # Cancelled from outside: the server is shutting down.
             raise WorkerShutdown("The server shut down while the job was running.") from None
         except Exception:
             if ctx.cancel_raised:
                 raise JobCanceled(ctx.id) from None
             raise
         finally:
-            # A flag, not hb.cancel(): on Python < 3.12 wait_for() can swallow a
-            # cancellation that races with the event firing.
-            stop.append(True)
-            event.set()
+            reset_current(token)
+            self._async_board.pop(ctx.id, None)
+            self._local.pop(ctx.id, None)
+        progress = ctx.take_progress()
+        if progress is not None:
             try:
-                await hb
-            except asyncio.CancelledError:
-                hb.cancel()
-                raise
-            finally:
-                self._local.pop(ctx.id, None)
+                await self.astore.set_progress(
+                    ctx.id, self.worker_id, self.engine.clock(), *progress
+                )
+            except StoreError:
+                log.warning("async_accept: progress of job %s was not saved", ctx.id)
         return self._outcome(ctx, response)
 
-    async def _heartbeat_async(
-        self, ctx: JobContext, event: asyncio.Event, stop: list[bool]
+    def _ensure_async_beater(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+        beater = self._async_beaters.get(loop)
+        if beater is None:
+            event = asyncio.Event()
+            task = asyncio.ensure_future(self._beat_async_while_busy(loop, event))
+            beater = (task, event, loop_waker(loop, event))
+            self._async_beaters[loop] = beater
+        return beater[2]
+
+    async def _beat_async_while_busy(
+        self, loop: asyncio.AbstractEventLoop, event: asyncio.Event
     ) -> None:
         interval = self.options.heartbeat_interval
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), interval)
-            event.clear()
-            stopping = bool(stop)
-            progress = ctx.take_progress()
-            if stopping and progress is None:
-                return
-            try:
-                now = self.engine.clock()
-                if progress is not None:
-                    # Also on the way out: the last report lands before the finish.
-                    job = await self.astore.set_progress(ctx.id, self.worker_id, now, *progress)
-                else:
-                    job = await self.astore.heartbeat(ctx.id, self.worker_id, now)
-            except StoreError:
-                log.warning("async_accept: heartbeat of job %s failed", ctx.id, exc_info=True)
-                if stopping:
+        try:
+            while True:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), interval)
+                event.clear()
+                board = [c for c in self._async_board.values() if c.loop_id == id(loop)]
+                if not board:
+                    # Idle: stop (no await before the finally below, so no job can
+                    # register in between); the next job on this loop starts a new one.
                     return
-                continue
-            if stopping:
-                return
-            self._after_beat(ctx, job)
+                for ctx in board:
+                    now_mono = time.monotonic()
+                    progress = ctx.take_progress()
+                    if progress is None and now_mono - ctx.last_beat < interval * 0.9:
+                        continue
+                    ctx.last_beat = now_mono
+                    try:
+                        now = self.engine.clock()
+                        if progress is not None:
+                            job = await self.astore.set_progress(
+                                ctx.id, self.worker_id, now, *progress
+                            )
+                        else:
+                            job = await self.astore.heartbeat(ctx.id, self.worker_id, now)
+                    except StoreError:
+                        log.warning(
+                            "async_accept: heartbeat of job %s failed", ctx.id, exc_info=True
+                        )
+                        continue
+                    if ctx.id in self._async_board:
+                        self._after_beat(ctx, job)
+        finally:
+            self._async_beaters.pop(loop, None)
 
     # -- waiting for a hybrid answer ----------------------------------------------------
 
@@ -410,6 +453,12 @@ class Runtime:
             self.worker_id = make_worker_id()
             self._stop = threading.Event()
             self._local.clear()
+            self._sync_board.clear()
+            self._async_board.clear()
+            self._async_beaters.clear()
+            self._sync_wake = threading.Event()
+            self._sync_beater = None
+            self._beater_lock = threading.Lock()
             self.observer.after_fork()
             reset = getattr(self.executor, "after_fork", None)
             if reset is not None:

@@ -239,6 +239,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._pid = os.getpid()
         self._closed = False
         _STORES.add(self)
@@ -279,6 +280,7 @@ class SQLiteStore:
         _FORK_ORPHANS.extend(self._all)
         self._all = []
         self._all_lock = threading.Lock()  # another thread may have held it at fork time
+        self._write_lock = threading.Lock()
         self._local = threading.local()
         self._pid = os.getpid()
 
@@ -310,9 +312,16 @@ class SQLiteStore:
             self._all.append(conn)
         return conn
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
         try:
-            return fn(self._conn())
+            conn = self._conn()
+            if not write:
+                return fn(conn)  # WAL: readers never wait for the writer
+            # Writers of this process take turns here rather than in SQLite's busy
+            # handler, which sleeps in steps of milliseconds when connections of
+            # one process collide (measured: ~1 ms per accepted job with 8 threads).
+            with self._write_lock:
+                return fn(conn)
         except sqlite3.Error as exc:
             raise StoreError(f"{self!r}: {type(exc).__name__}: {exc}") from exc
 
@@ -404,7 +413,7 @@ class SQLiteStore:
             ).fetchall()
             return _row_to_job(rows[0]) if rows else None
 
-        return self._run(q)
+        return self._run(q, write=False)
 
     def _body(self, job_id: str, kind: str) -> tuple[str, bytes] | None:
         def q(conn: sqlite3.Connection) -> tuple[str, bytes] | None:
@@ -413,7 +422,7 @@ class SQLiteStore:
             ).fetchall()
             return (rows[0][0], bytes(rows[0][1])) if rows else None
 
-        return self._run(q)
+        return self._run(q, write=False)
 
     def get_request(self, job_id: str) -> CapturedRequest | None:
         found = self._body(job_id, "request")
@@ -609,7 +618,7 @@ class SQLiteStore:
         def q(conn: sqlite3.Connection) -> list[Job]:
             return [_row_to_job(r) for r in conn.execute(sql, args).fetchall()]
 
-        return self._run(q)
+        return self._run(q, write=False)
 
     def count_by_status(self) -> dict[JobStatus, int]:
         def q(conn: sqlite3.Connection) -> dict[JobStatus, int]:
@@ -618,7 +627,7 @@ class SQLiteStore:
                 counts[JobStatus(status)] = int(n)
             return counts
 
-        return self._run(q)
+        return self._run(q, write=False)
 
     def purge_expired(self, now: float) -> int:
         def q(conn: sqlite3.Connection) -> int:
@@ -668,7 +677,7 @@ class SQLiteStore:
                 out.append(entry)
             return out
 
-        return self._run(q)
+        return self._run(q, write=False)
 
     def close(self) -> None:
         """Close every connection this store opened in this process, in any thread."""
