@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -146,14 +147,43 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _rq_worker(executor: Any, queue: str, args: argparse.Namespace) -> int:
+    from redis.exceptions import RedisError
     from rq import Queue, SimpleWorker
 
-    # SimpleWorker: jobs run in this process, so the application, its event loop
-    # and its lifespan resources are loaded once, not once per job in a fork.
-    q = Queue(queue, connection=executor.connection, serializer=executor.serializer)
-    rq_worker = SimpleWorker([q], connection=executor.connection, serializer=executor.serializer)
-    rq_worker.work(burst=args.burst, logging_level=args.loglevel.upper(), with_scheduler=False)
-    return 0
+    log = logging.getLogger("async_accept")
+    stop: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.append(signum)
+
+    backoff = 1.0
+    while True:
+        # SimpleWorker: jobs run in this process, so the application, its event loop
+        # and its lifespan resources are loaded once, not once per job in a fork.
+        q = Queue(queue, connection=executor.connection, serializer=executor.serializer)
+        rq_worker = SimpleWorker(
+            [q], connection=executor.connection, serializer=executor.serializer
+        )
+        try:
+            worked = rq_worker.work(
+                burst=args.burst, logging_level=args.loglevel.upper(), with_scheduler=False
+            )
+        except RedisError as exc:  # Redis went away where RQ doesn't retry by itself
+            log.warning("async_accept: RQ worker: %s", exc)
+            worked = False
+        if args.burst or getattr(rq_worker, "_stop_requested", False):
+            return 0
+        # RQ's loop ended on its own (it quits on some Redis errors): start it again,
+        # so that a Redis restart doesn't need a worker restart.
+        backoff = 1.0 if worked else min(backoff * 2, 30.0)
+        log.warning("async_accept: the RQ worker stopped; starting it again in %.0f s", backoff)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        deadline = time.monotonic() + backoff
+        while not stop and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if stop:
+            return 0
 
 
 def _celery_worker(executor: Any, queue: str, args: argparse.Namespace) -> int:

@@ -494,14 +494,21 @@ class _LoopHost:
         self._stopped: asyncio.Future[None] | None = None
 
     def _serve(self) -> None:
-        asyncio.set_event_loop(self.loop)
+        loop = self.loop
+        asyncio.set_event_loop(loop)
         try:
-            self.loop.run_forever()
+            loop.run_forever()
         finally:
             try:
-                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+                # As asyncio.run() does: cancel what is left, let it finish, then close.
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
-                self.loop.close()
+                loop.close()
 
     def start(self, timeout: float) -> None:
         self._thread.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from async_accept.errors import ConfigurationError, MissingDependencyError
+from tests.services import require_redis
 from tests.test_distributed import ALICE, ExecutorContract, Setup, Web
 
 pytestmark = pytest.mark.redis
@@ -32,9 +33,13 @@ class TestCeleryExecutor(ExecutorContract):
         assert web.client.delete(loc, headers=ALICE).status_code == 202
         assert web.finished(loc).json()["status"] == "canceled"
         assert web.runtime.executor.flush(5)
-        inspect = web.runtime.executor.celery.control.inspect(timeout=5, limit=1)
-        revoked = inspect.revoked() or {}
-        assert any(job_id in ids for ids in revoked.values()), revoked
+        # celery inspect revoked, over a connection of our own (closed after).
+        app = web.runtime.executor.celery
+        with app.connection_for_write() as conn:
+            mailbox = app.control.mailbox(conn)
+            mailbox._producer_pool = None
+            replies = mailbox._broadcast("revoked", reply=True, timeout=5, limit=1) or []
+        assert any(job_id in ids for reply in replies for ids in reply.values()), replies
 
 
 def test_app_path_and_broker_are_required_at_construction() -> None:
@@ -73,3 +78,32 @@ def test_missing_celery_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(MissingDependencyError, match=r"async-accept\[celery\]") as info:
         CeleryExecutor(app="m:app", broker_url="redis://127.0.0.1:6379/15")
     assert info.value.feature == "The Celery executor"
+
+
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def require_rabbitmq() -> str:
+    """The local RabbitMQ, or a skip (CI runs these tests on the Redis broker only)."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=0.5):
+            return RABBITMQ_URL
+    except OSError:
+        pytest.skip("RabbitMQ is not answering on 127.0.0.1:5672")
+
+
+class TestCeleryExecutorOnRabbitMQ(TestCeleryExecutor):
+    """The contract again, with RabbitMQ as Celery's broker (the store stays in Redis)."""
+
+    @classmethod
+    def make_setup(cls) -> Setup:
+        broker = require_rabbitmq()
+        return Setup(cls.executor, require_redis(), broker_url=broker)
+
+    def broker_depth(self, setup: Setup, queue: str) -> int:
+        from kombu import Connection
+
+        with Connection(setup.broker_url, connect_timeout=5) as conn:
+            return int(conn.default_channel.queue_declare(queue, passive=True).message_count)

@@ -90,8 +90,9 @@ class CeleryExecutor(RemoteExecutor):
 
     ``batch_size``, ``flush_interval``, ``redispatch_after`` and ``max_buffer``
     tune the hand-over (see :class:`~async_accept.worker.RemoteExecutor`).
-    Messages go out over one pooled connection and producer; with RabbitMQ,
-    publishes don't wait for the broker, so a batch takes about one round trip.
+    Messages go out over one connection and producer that the sender thread keeps;
+    with RabbitMQ, publishes don't wait for the broker, so a batch takes about one
+    round trip.
     """
 
     name = "celery"
@@ -121,6 +122,8 @@ class CeleryExecutor(RemoteExecutor):
             raise ConfigurationError(f"queue={queue!r} must be a queue name")
         self.queue = queue
         self.revoke = bool(revoke)
+        self._conn: Any = None
+        self._producer_obj: Any = None
         if celery_app is None:
             if not broker_url or not isinstance(broker_url, str):
                 raise ConfigurationError(
@@ -148,9 +151,25 @@ class CeleryExecutor(RemoteExecutor):
     def __repr__(self) -> str:
         return f"<CeleryExecutor app={self.app_path!r} queue={self.queue!r}>"
 
+    # The sender thread's own connection and producer, reused for every round. Not
+    # kombu's process-wide pools: what the executor opens, it closes when it stops.
+
+    def _producer(self) -> Any:
+        if self._producer_obj is None:
+            self._conn = self.celery.connection_for_write()
+            self._producer_obj = self.celery.amqp.Producer(self._conn)
+        return self._producer_obj
+
+    def _drop_connection(self, close: bool = True) -> None:
+        conn, self._conn, self._producer_obj = self._conn, None, None
+        if conn is not None and close:
+            with contextlib.suppress(Exception):  # already broken: nothing to save
+                conn.release()
+
     def _publish(self, job_ids: list[str]) -> None:
         app = self.celery
-        with app.producer_or_acquire() as producer:
+        producer = self._producer()
+        try:
             for job_id in job_ids:
                 # The task id is the job id: a revoke can name it without a lookup.
                 app.send_task(
@@ -162,24 +181,35 @@ class CeleryExecutor(RemoteExecutor):
                     retry=True,
                     retry_policy=_RETRY_POLICY,
                 )
+        except Exception:
+            self._drop_connection()  # the next round starts on a fresh connection
+            raise
 
     def _wants_cancels(self) -> bool:
         return self.revoke
 
     def _send_cancels(self, job_ids: list[str]) -> None:
-        # No terminate: the handler stops cooperatively and records `canceled` itself.
-        self.celery.control.revoke(job_ids)
+        # Celery's control.revoke(), over our connection. No terminate: the handler
+        # stops cooperatively and records `canceled` itself.
+        self._producer()
+        mailbox = self.celery.control.mailbox(self._conn)
+        mailbox._producer_pool = None  # publish on this connection, not a pooled one
+        try:
+            mailbox._broadcast(
+                "revoke", {"task_id": job_ids, "terminate": False, "signal": "SIGTERM"}
+            )
+        except Exception:
+            self._drop_connection()
+            raise
 
     def _close_connections(self) -> None:
-        if self._owns_celery:  # your own app's connections are yours to close
+        self._drop_connection()
+        if self._owns_celery:  # your own app's pools are yours to close
             self.celery.close()
 
     def _reset_connections(self) -> None:
-        pool = getattr(self.celery, "_pool", None)
-        if pool is not None:
-            with contextlib.suppress(Exception):  # best effort after a fork
-                pool.force_close_all()
-            self.celery._pool = None
+        # After a fork the parent's socket is not ours to close.
+        self._drop_connection(close=False)
 
 
 def _import_celery_app(path: str) -> Any:
