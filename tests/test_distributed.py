@@ -895,8 +895,7 @@ def test_worker_finds_the_middleware_of_a_starlette_app_never_called(tmp_path: P
 def test_worker_finds_a_middleware_the_app_hides_and_runs_a_job(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An app that only calls its middleware (no attribute leads there) is found by the
-    registry of front doors built while importing it; run_job replays through it."""
+    """A middleware no attribute leads to is found among those built on import; run_job works."""
     from async_accept import worker
 
     (tmp_path / "hidden_app.py").write_text(
