@@ -135,10 +135,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     queue = args.queue or executor.queue
     # A broker message can't make this process import anything else.
     worker.allow_only(app_paths)
-    # Fail fast on a broken app; ASGI lifespan startup, sweeper and worker heartbeat.
-    for path in app_paths:
-        worker.start_worker(path)
+
+    def stop_while_starting(signum: int, frame: Any) -> None:
+        # Until Celery or RQ install their own handlers: stop cleanly, not mid-air.
+        raise SystemExit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_while_starting)
     try:
+        # Fail fast on a broken app; ASGI lifespan startup, sweeper and worker heartbeat.
+        for path in app_paths:
+            worker.start_worker(path)
         if name == "rq":
             return _rq_worker(executor, queue, args)
         return _celery_worker(executor, queue, args)
@@ -171,7 +178,8 @@ def _rq_worker(executor: Any, queue: str, args: argparse.Namespace) -> int:
         except RedisError as exc:  # Redis went away where RQ doesn't retry by itself
             log.warning("async_accept: RQ worker: %s", exc)
             worked = False
-        if args.burst or getattr(rq_worker, "_stop_requested", False):
+        # Asked to stop (SIGTERM/SIGINT: RQ notes when, whether it was busy or not).
+        if args.burst or getattr(rq_worker, "_shutdown_requested_date", None) is not None:
             return 0
         # RQ's loop ended on its own (it quits on some Redis errors): start it again,
         # so that a Redis restart doesn't need a worker restart.

@@ -158,7 +158,7 @@ class WorkerProcess:
         return self.proc.pid
 
     def start(self, store: Any, timeout: float = 30.0) -> WorkerProcess:
-        """Start it and wait until it says, in the worker registry, that it runs."""
+        """Start it; wait until the worker registry lists it and its queue consumer is ready."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -173,7 +173,11 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited:\n{self.tail()}")
             workers = store.list_workers(time.time())
-            if any(w.get("pid") == self.pid and w.get("role") == "worker" for w in workers):
+            registered = any(
+                w.get("pid") == self.pid and w.get("role") == "worker" for w in workers
+            )
+            # ... and Celery or RQ consume (and handle signals) by now.
+            if registered and any(s in self.tail() for s in ("ready.", "Listening on")):
                 return self
             time.sleep(0.1)
         self.kill()
@@ -521,6 +525,25 @@ class ExecutorContract:
                 answers.append(web.client.get(done.headers["location"], headers=ALICE).json())
         pid = remote.worker.pid  # type: ignore[attr-defined]
         assert answers == [{"same_loop": True, "startups": 1, "pid": pid}] * 2
+
+    def test_worker_stops_on_sigterm_and_says_so(self, remote: Setup, tmp_path: Path) -> None:
+        """SIGTERM: the worker exits cleanly within seconds and the registry says it stopped."""
+        store = remote.store()
+        env = remote.env(APPS["asgi"], queue=f"{remote.queue}-term")
+        worker = WorkerProcess(
+            [APPS["asgi"], APPS["wsgi"]], env, tmp_path / "w.log", *worker_args(self.executor)
+        )
+        try:
+            worker.start(store)
+            assert worker.proc is not None
+            os.killpg(worker.pid, signal.SIGTERM)
+            assert worker.proc.wait(10) == 0, worker.tail()
+            mine = [w for w in store.list_workers(time.time()) if w.get("pid") == worker.pid]
+            assert len(mine) == 2  # one runtime per application it serves
+            assert {w["state"] for w in mine} == {"stopped"}
+        finally:
+            worker.kill()
+            store.close()
 
     @pytest.mark.parametrize("door", ["asgi", "wsgi"])
     def test_worker_killed_mid_job_fails_it_worker_lost(
