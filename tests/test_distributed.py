@@ -993,3 +993,34 @@ def test_worker_runs_only_the_apps_it_was_started_for(monkeypatch: pytest.Monkey
     with pytest.raises(ConfigurationError, match="only"):
         worker.run_job("no_such_module:app", "job")
     assert "no_such_module" not in sys.modules
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+def test_mark_dispatched_is_a_compare_and_set_per_job(kind: str, tmp_path: Path) -> None:
+    """mark_dispatched marks queued jobs whose mark is absent or stale, each once per window."""
+    from async_accept.stores.memory import MemoryStore
+    from async_accept.stores.redis import RedisStore
+    from async_accept.stores.sqlite import SQLiteStore
+
+    ns = f"mark-{uuid.uuid4().hex[:8]}"
+    if kind == "memory":
+        store: Any = MemoryStore()
+    elif kind == "sqlite":
+        store = SQLiteStore(str(tmp_path / "jobs.db"))
+    else:
+        store = RedisStore.from_url(require_redis(), namespace=ns)
+    try:
+        a, b, canceled, running = queued_jobs(store, 4)
+        now = time.time()
+        store.cancel(canceled, now)
+        store.claim(running, "w", now)
+        ids = [b, a, canceled, running, "unknown"]
+        assert store.mark_dispatched(ids, now, now - 60) == [b, a]  # in the order given
+        assert store.mark_dispatched(ids, now + 1, now - 60) == []  # fresh marks hold
+        assert store.mark_dispatched([a], now + 30, now + 1) == [a]  # a stale one is retaken
+        assert store.mark_dispatched([], now, now) == []
+        assert store.get(a, now).status is JobStatus.QUEUED  # nothing else changed
+    finally:
+        store.close()
+        if kind == "redis":
+            wipe_redis(require_redis(), ns)
