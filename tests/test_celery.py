@@ -84,14 +84,15 @@ RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 def require_rabbitmq() -> str:
-    """The local RabbitMQ, or a skip (CI runs these tests on the Redis broker only)."""
-    import socket
+    """The local RabbitMQ; fails in CI and skips elsewhere when it is not answering."""
+    from tests.services import IN_CI, _port_open
 
-    try:
-        with socket.create_connection(("127.0.0.1", 5672), timeout=0.5):
-            return RABBITMQ_URL
-    except OSError:
-        pytest.skip("RabbitMQ is not answering on 127.0.0.1:5672")
+    if _port_open("127.0.0.1", 5672):
+        return RABBITMQ_URL
+    msg = "RabbitMQ is not answering on 127.0.0.1:5672. Start it with: rabbitmq-server -detached"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
 
 
 class TestCeleryExecutorOnRabbitMQ(TestCeleryExecutor):
