@@ -13,6 +13,7 @@ import argparse
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     tmp = Path(tempfile.mkdtemp(prefix="aa-bench-"))
     ctx = scenarios.Ctx(quick=args.quick, full=args.full, settings=settings, report=report, tmp=tmp)
+    report.notes.append(f"Code measured: {_revision()}; load average at start {_loadavg()}.")
     names = args.only or list(SCENARIOS)
     failed = False
     t_start = time.monotonic()
@@ -105,7 +107,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   ({time.monotonic() - t0:.0f} s)", flush=True)
     finally:
         stop_all()
-    report.notes.append(f"Total run time {time.monotonic() - t_start:.0f} s.")
+    report.notes.append(
+        f"Total run time {time.monotonic() - t_start:.0f} s; load average at the end "
+        f"{_loadavg()} (other work on this machine shows as noise: wide round ratios, "
+        "server CPU well below 100% on a bare hello)."
+    )
+    report.notes.append(
+        "errors = non-2xx/3xx answers plus socket errors and timeouts seen by the load "
+        "generator, over all rounds of both sides."
+    )
     text = report.markdown()
     print()
     print(text)
@@ -114,6 +124,40 @@ def main(argv: list[str] | None = None) -> int:
     if not failed:
         shutil.rmtree(tmp, ignore_errors=True)
     return 1 if failed else 0
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def _revision() -> str:
+    """The commit of the checkout, and whether async_accept/ has local changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "async_accept"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return f"commit {head or 'unknown'}" + (
+        " + uncommitted changes in async_accept/" if dirty else ""
+    )
 
 
 if __name__ == "__main__":
