@@ -551,6 +551,35 @@ def test_async_calls_run_concurrently_on_one_loop(store: RedisStore) -> None:
     assert store.count_by_status()[JobStatus.PROCESSING] == 50
 
 
+@pytest.mark.parametrize("derived", [False, True], ids=["from_url", "from_client"])
+def test_more_concurrent_calls_than_pooled_connections_wait_instead_of_failing(
+    url: str, raw: Any, derived: bool
+) -> None:
+    """A burst larger than the asyncio pool queues for a connection: no MaxConnectionsError."""
+    namespace = "test-" + uuid.uuid4().hex
+    name = "pool-" + uuid.uuid4().hex[:8]
+    if derived:
+        client = redis.Redis.from_url(url, max_connections=3, client_name=name)
+        s = RedisStore(client, namespace=namespace)
+    else:
+        s = RedisStore.from_url(url, namespace=namespace, max_connections=3, client_name=name)
+    jobs = [make_job() for _ in range(120)]
+
+    async def main() -> tuple[int, int]:
+        results = await asyncio.gather(*(s.aio.create(j, REQUEST) for j in jobs))
+        opened = sum(1 for c in raw.client_list() if c.get("name") == name)
+        return sum(created for _, created in results), opened
+
+    try:
+        created, opened = asyncio.run(main())
+        assert created == 120
+        assert 1 <= opened <= 3
+        assert s.count_by_status()[JobStatus.QUEUED] == 120
+    finally:
+        s.close()
+        wipe(url, namespace)
+
+
 # -- races -------------------------------------------------------------------------------
 
 

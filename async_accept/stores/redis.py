@@ -62,6 +62,11 @@ T = TypeVar("T")
 #: Redis that stopped answering must turn into a 503 quickly, not hang requests.
 DEFAULT_SOCKET_TIMEOUT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
+#: Connections the asyncio client of a store opens at most. More concurrent
+#: store calls than this wait (up to the socket timeout) for a free connection
+#: instead of failing with ``MaxConnectionsError``: a burst of accepts must
+#: queue, not turn into 503s. Pass ``max_connections=`` to change it.
+DEFAULT_ASYNC_MAX_CONNECTIONS = 64
 
 _STATUSES = tuple(s.value for s in JobStatus)
 _PURGE_BATCH = 500
@@ -735,8 +740,11 @@ class RedisStore:
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"RedisStore.from_url({url!r}): {exc}") from exc
 
+        akwargs = dict(kwargs)
+        akwargs.setdefault("max_connections", DEFAULT_ASYNC_MAX_CONNECTIONS)
+
         def factory() -> aioredis.Redis:
-            return aioredis.Redis.from_url(url, **kwargs)
+            return aioredis.Redis.from_pool(_blocking_pool_from_url(url, akwargs))
 
         return cls(client, namespace=namespace, _async_factory=factory)
 
@@ -1126,8 +1134,28 @@ def _async_twin_factory(client: redis.Redis) -> Callable[[], aioredis.Redis]:
         if (k in _PORTABLE or k.startswith("ssl_")) and v is not None
     }
 
+    max_connections = pool.max_connections
+    if not max_connections or max_connections >= 2**31 - 1:
+        max_connections = DEFAULT_ASYNC_MAX_CONNECTIONS
+
     def factory() -> aioredis.Redis:
-        apool = aioredis.ConnectionPool(connection_class=cls, **kwargs)
+        apool = aioredis.BlockingConnectionPool(
+            connection_class=cls,
+            max_connections=max_connections,
+            timeout=_pool_timeout(kwargs),
+            **kwargs,
+        )
         return aioredis.Redis.from_pool(apool)
 
     return factory
+
+
+def _pool_timeout(kwargs: dict[str, Any]) -> float:
+    """How long a store call waits for a free pooled connection."""
+    timeout = kwargs.get("socket_timeout")
+    return float(timeout) if timeout else DEFAULT_SOCKET_TIMEOUT
+
+
+def _blocking_pool_from_url(url: str, kwargs: dict[str, Any]) -> aioredis.BlockingConnectionPool:
+    """An asyncio pool on ``url`` that waits for a free connection when full."""
+    return aioredis.BlockingConnectionPool.from_url(url, timeout=_pool_timeout(kwargs), **kwargs)
