@@ -143,27 +143,54 @@ _OFF_ACCEPT = AcceptSpan()
 
 
 class Tracing:
-    """Makes the three spans; resolves OpenTelemetry on first use."""
+    """Makes the three spans; resolves OpenTelemetry on first use.
+
+    Without a ``tracer_provider`` option, spans go to the global provider, looked
+    up on every span so a provider installed after start-up is honoured. While
+    that is still OpenTelemetry's placeholder (no SDK configured) or its no-op
+    provider, no span could record, so none is made: tracing costs one lookup.
+    """
 
     def __init__(self, provider: Any = None) -> None:
         self._provider = provider
         self._tracer: Tracer | None = None
         self._resolved = False
+        self._api: Any = None
+        self._idle: tuple[type, ...] = ()
+        self._seen: object = None
 
     @property
     def tracer(self) -> Tracer | None:
         if not self._resolved:
-            self._resolved = True
-            try:
-                from opentelemetry import trace
-            except ImportError:
-                self._tracer = None
-            else:
-                from . import __version__
+            self._resolve()
+        api = self._api
+        if api is None:  # opentelemetry-api missing, or an explicit provider
+            return self._tracer
+        provider = api.get_tracer_provider()
+        if provider is not self._seen:
+            from . import __version__
 
-                provider = self._provider or trace.get_tracer_provider()
-                self._tracer = provider.get_tracer(_TRACER_NAME, __version__)
+            self._seen = provider
+            self._tracer = (
+                None
+                if isinstance(provider, self._idle)
+                else provider.get_tracer(_TRACER_NAME, __version__)
+            )
         return self._tracer
+
+    def _resolve(self) -> None:
+        self._resolved = True
+        try:
+            from opentelemetry import trace
+        except ImportError:
+            return
+        from . import __version__
+
+        if self._provider is not None:
+            self._tracer = self._provider.get_tracer(_TRACER_NAME, __version__)
+            return
+        self._idle = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+        self._api = trace
 
     def start_accept(self, request: CapturedRequest) -> AcceptSpan:
         """Start the accept span for ``request`` (not made current)."""

@@ -7,7 +7,10 @@ tests see no tracing at all.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,6 +191,46 @@ def test_global_provider_without_sdk_changes_nothing(make_dep: Any) -> None:
     r = d.post("/slow", headers={**ALICE, "traceparent": TRACEPARENT})
     done = d.finished(r.headers["location"])
     assert d.get(done.headers["location"]).json()["traceparent"] == TRACEPARENT
+
+
+def test_idle_global_provider_makes_no_span_and_a_later_sdk_is_honoured() -> None:
+    """No SDK: start_accept makes no span; a global SDK provider set later gets spans."""
+    script = textwrap.dedent(
+        f"""
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+        from async_accept.job import CapturedRequest
+        from async_accept.tracing import Tracing, _OFF_ACCEPT
+
+        t = Tracing()
+        request = CapturedRequest(
+            "POST", "/x", headers=[(b"traceparent", {TRACEPARENT!r}.encode())]
+        )
+        assert t.tracer is None
+        assert t.start_accept(request) is _OFF_ACCEPT
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        span = t.start_accept(request)
+        assert span is not _OFF_ACCEPT
+        span.end(202)
+        (done,) = exporter.get_finished_spans()
+        assert done.name == "async_accept.accept"
+        assert done.context.trace_id == int({TRACE_ID!r}, 16)
+        print("ok")
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
 
 
 def test_without_opentelemetry_everything_is_a_no_op(
