@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from .job import CapturedRequest, Job, JobStatus
@@ -158,6 +159,7 @@ class Tracing:
         self._api: Any = None
         self._idle: tuple[type, ...] = ()
         self._seen: object = None
+        self._unset_is_idle = False
 
     @property
     def tracer(self) -> Tracer | None:
@@ -166,6 +168,10 @@ class Tracing:
         api = self._api
         if api is None:  # opentelemetry-api missing, or an explicit provider
             return self._tracer
+        if self._unset_is_idle and api._TRACER_PROVIDER is None:
+            # get_tracer_provider() would answer its placeholder (it checks the
+            # environment on every call, ~1 us): nothing could record.
+            return None
         provider = api.get_tracer_provider()
         if provider is not self._seen:
             from . import __version__
@@ -191,6 +197,9 @@ class Tracing:
             return
         self._idle = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
         self._api = trace
+        self._unset_is_idle = (
+            hasattr(trace, "_TRACER_PROVIDER") and "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
+        )
 
     def start_accept(self, request: CapturedRequest) -> AcceptSpan:
         """Start the accept span for ``request`` (not made current)."""
