@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from itsdangerous import BadData, BadSignature, SignatureExpired, Signer, TimestampSigner
+from itsdangerous import BadData, BadSignature, SignatureExpired, TimestampSigner
 from itsdangerous.encoding import base64_decode, base64_encode, bytes_to_int, int_to_bytes
 
 from .errors import AsyncAcceptError, ConfigurationError
@@ -89,7 +89,13 @@ class TokenSigner:
         self._signer.clock = clock
         #: token -> (job id, issue time) of tokens whose signature verified
         self._verified: dict[str, tuple[str, int]] = {}
-        self._owner_keys = [hmac.new(k, _OWNER_SALT, hashlib.sha256).digest() for k in self.secrets]
+        # Keyed HMAC states prepared once and copied per use: ``hmac.new`` would
+        # redo the key schedule (and itsdangerous the key derivation) per token.
+        self._sign_mac = hmac.new(self._signer.derive_key(), digestmod=hashlib.sha256)
+        self._owner_macs = [
+            hmac.new(hmac.new(k, _OWNER_SALT, hashlib.sha256).digest(), digestmod=hashlib.sha256)
+            for k in self.secrets
+        ]
 
     def sign(self, job_id: str, issued_at: float | None = None) -> str:
         """The token for ``job_id``. With ``issued_at`` (the job's creation time)
@@ -97,9 +103,11 @@ class TokenSigner:
         idempotent request gets the very same status URL back."""
         if issued_at is None:
             return self._signer.sign(job_id.encode("ascii")).decode("ascii")
-        ts = base64_encode(int_to_bytes(int(issued_at)))
-        value = job_id.encode("ascii") + self._signer.sep + ts
-        return Signer.sign(self._signer, value).decode("ascii")
+        sep = self._signer.sep
+        value = job_id.encode("ascii") + sep + base64_encode(int_to_bytes(int(issued_at)))
+        mac = self._sign_mac.copy()  # what Signer.sign computes, without re-deriving the key
+        mac.update(value)
+        return (value + sep + base64_encode(mac.digest())).decode("ascii")
 
     def unsign(self, token: str) -> str:
         """The job id in ``token``. Raises TokenExpired past the TTL, TokenError otherwise."""
@@ -154,12 +162,15 @@ class TokenSigner:
 
     def owner_hash(self, material: bytes) -> str:
         """Keyed hash of the caller's credentials, with the newest key."""
-        return hmac.new(self._owner_keys[0], material, hashlib.sha256).hexdigest()
+        mac = self._owner_macs[0].copy()
+        mac.update(material)
+        return mac.hexdigest()
 
     def owner_matches(self, stored: str, material: bytes) -> bool:
         """Constant-time check of ``material`` against a stored owner hash (any key)."""
         ok = False
-        for key in self._owner_keys:
-            candidate = hmac.new(key, material, hashlib.sha256).hexdigest()
-            ok |= hmac.compare_digest(candidate, stored)
+        for template in self._owner_macs:
+            mac = template.copy()
+            mac.update(material)
+            ok |= hmac.compare_digest(mac.hexdigest(), stored)
         return ok

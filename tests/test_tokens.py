@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
+import itsdangerous
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -81,6 +85,28 @@ def test_token_is_deterministic_for_issue_time() -> None:
     """With the job's creation time the token is the same every time (idempotent repeats)."""
     s = TokenSigner([KEY], 3600)
     assert s.sign("j", 1_700_000_000.4) == s.sign("j", 1_700_000_000.9)
+
+
+@given(job_id=IDS, issued=st.integers(min_value=0, max_value=2**40), rotate=st.booleans())
+def test_tokens_are_exactly_itsdangerous_timestamp_tokens(
+    job_id: str, issued: int, rotate: bool
+) -> None:
+    """Tokens are itsdangerous TimestampSigner tokens of the newest key (the wire format)."""
+    keys = [KEY, b"older-key"] if rotate else [KEY]
+    s = TokenSigner(keys, 3600)
+    reference = itsdangerous.TimestampSigner(
+        KEY, salt=b"async_accept.job-token", digest_method=hashlib.sha256
+    )
+    reference.get_timestamp = lambda: issued  # type: ignore[method-assign]
+    assert s.sign(job_id, issued + 0.5) == reference.sign(job_id).decode("ascii")
+
+
+@given(material=st.binary(max_size=100))
+def test_owner_hash_is_a_keyed_hmac_of_the_material(material: bytes) -> None:
+    """The owner hash is HMAC-SHA256 under a key derived from the newest secret."""
+    s = TokenSigner([KEY, b"older-key"], 3600)
+    key = hmac.new(KEY, b"async_accept.owner", hashlib.sha256).digest()
+    assert s.owner_hash(material) == hmac.new(key, material, hashlib.sha256).hexdigest()
 
 
 def test_job_ids_have_128_bits() -> None:
