@@ -33,10 +33,7 @@ STORE_METHODS = (
 )
 
 
-def test_sqlite_store_calls_never_run_on_the_loop_thread(tmp_path: Path) -> None:
-    """Accept, run (asyncio executor), progress, status, result: no SQLite call is on the loop."""
-    loop_threads: set[int] = set()
-
+def _app(tmp_path: Path, loop_threads: set[int]) -> Starlette:
     @long_running
     async def work(request: Request) -> PlainTextResponse:
         loop_threads.add(threading.get_ident())
@@ -47,7 +44,7 @@ def test_sqlite_store_calls_never_run_on_the_loop_thread(tmp_path: Path) -> None
         loop_threads.add(threading.get_ident())
         return PlainTextResponse("hi")
 
-    app = Starlette(
+    return Starlette(
         routes=[Route("/work", work, methods=["POST"]), Route("/hello", hello)],
         middleware=[
             Middleware(
@@ -61,6 +58,41 @@ def test_sqlite_store_calls_never_run_on_the_loop_thread(tmp_path: Path) -> None
             )
         ],
     )
+
+
+def test_sqlite_connections_are_only_used_off_the_loop(tmp_path: Path) -> None:
+    """With the group commit of awaited writes, every SQLite access is in an I/O thread."""
+    loop_threads: set[int] = set()
+    app = _app(tmp_path, loop_threads)
+    used: list[int] = []
+    with TestClient(app, follow_redirects=False) as client:
+        assert client.get("/hello").text == "hi"
+        store = find_middleware(app).store
+        original = store._conn
+
+        def conn() -> Any:
+            used.append(threading.get_ident())
+            return original()
+
+        store._conn = conn
+        auth = {"Authorization": "Bearer a"}
+        locations = [client.post("/work", headers=auth).headers["location"] for _ in range(5)]
+        for loc in locations:
+            for _ in range(500):
+                s = client.get(loc, headers=auth)
+                if s.status_code == 303:
+                    break
+                threading.Event().wait(0.01)
+            assert s.status_code == 303
+            assert client.get(loc + "/result", headers=auth).text == "ok"
+    assert used and loop_threads
+    assert not set(used) & loop_threads
+
+
+def test_sqlite_store_calls_never_run_on_the_loop_thread(tmp_path: Path) -> None:
+    """Accept, run (asyncio executor), progress, status, result: no SQLite call is on the loop."""
+    loop_threads: set[int] = set()
+    app = _app(tmp_path, loop_threads)
     calls: list[tuple[str, int]] = []
     with TestClient(app, follow_redirects=False) as client:
         assert client.get("/hello").text == "hi"

@@ -8,6 +8,7 @@ StoreError, and the schema version.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 import multiprocessing
@@ -21,7 +22,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -33,7 +34,7 @@ from async_accept.job import (
     JobStatus,
     new_job_id,
 )
-from async_accept.stores import Store
+from async_accept.stores import AsyncStore, Store, as_async
 from async_accept.stores.base import WORKER_RETENTION
 from async_accept.stores.memory import MemoryStore
 from async_accept.stores.sqlite import SCHEMA_VERSION, SQLiteStore
@@ -97,23 +98,88 @@ def _wipe_redis(url: str, namespace: str) -> None:
         client.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "sqlite-without-returning", "redis"])
+_AWAITED = frozenset(
+    name
+    for name in dir(AsyncStore)
+    if not name.startswith("_") and asyncio.iscoroutinefunction(getattr(AsyncStore, name))
+) | {"mark_dispatched"}
+
+
+class AwaitedStore:
+    """A store driven through its awaitable face (``as_async``) from a loop in
+    another thread, so every contract test also pins what the ASGI side sees."""
+
+    def __init__(self, store: Store) -> None:
+        self.inner = store
+        self.aio = as_async(store)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in _AWAITED:
+            return getattr(self.inner, name)
+        method = getattr(self.aio, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            future = asyncio.run_coroutine_threadsafe(method(*args, **kwargs), self.loop)
+            return future.result(timeout=30)
+
+        return call
+
+    def stop(self) -> None:
+        aclose = getattr(self.aio, "aclose", None)
+        if aclose is not None:  # Redis: its asyncio client belongs to this loop
+            asyncio.run_coroutine_threadsafe(aclose(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+
+STORES = [
+    "memory",
+    "sqlite",
+    "sqlite-without-returning",
+    "sqlite-awaited",
+    "redis",
+    "redis-awaited",
+]
+
+
+@pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """Each store, fresh and empty. ``sqlite-without-returning`` is the SQLite store
-    as it runs on SQLite < 3.35 (no ``UPDATE ... RETURNING``)."""
+    as it runs on SQLite < 3.35 (no ``UPDATE ... RETURNING``); ``-awaited`` ones
+    are called through their awaitable face (SQLite's group commit, Redis' asyncio
+    client)."""
     name = request.param
     if name == "memory":
         yield MemoryStore()
-    elif name.startswith("sqlite"):
-        sqlite_store = SQLiteStore(str(tmp_path / "jobs.db"))
-        if name == "sqlite-without-returning":
-            sqlite_store._returning = False
-        try:
-            yield sqlite_store
-        finally:
-            sqlite_store.close()
+        return
+    inner: Iterator[Store]
+    if name.startswith("sqlite"):
+        inner = _sqlite_store(tmp_path, returning=name != "sqlite-without-returning")
     else:
-        yield from _redis_store()
+        inner = _redis_store()
+    for s in inner:
+        if not name.endswith("-awaited"):
+            yield s
+            continue
+        awaited = AwaitedStore(s)
+        try:
+            yield cast(Store, awaited)
+        finally:
+            awaited.stop()
+
+
+def _sqlite_store(tmp_path: Path, *, returning: bool) -> Iterator[Store]:
+    sqlite_store = SQLiteStore(str(tmp_path / "jobs.db"))
+    if not returning:
+        sqlite_store._returning = False
+    try:
+        yield sqlite_store
+    finally:
+        sqlite_store.close()
 
 
 @pytest.fixture
