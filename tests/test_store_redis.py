@@ -29,7 +29,7 @@ from async_accept.job import (  # noqa: E402
     new_job_id,
 )
 from async_accept.stores import Store, as_async, resolve_store  # noqa: E402
-from async_accept.stores.redis import RedisStore  # noqa: E402
+from async_accept.stores.redis import AsyncRedisStore, RedisStore  # noqa: E402
 from tests.services import free_port, require_redis  # noqa: E402
 
 pytestmark = pytest.mark.redis
@@ -833,5 +833,98 @@ def test_unix_socket_url(throwaway: ThrowawayRedis) -> None:
         job = make_job()
         assert s.create(job, REQUEST) == (job, True)
         assert asyncio.run(s.aio.get(job.id, NOW)) == job
+    finally:
+        s.close()
+
+
+# -- pipelining of concurrent awaited calls ----------------------------------------------
+
+
+def record_pipelines(s: RedisStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Sizes of the pipelines the asyncio twin sends from now on."""
+    sizes: list[int] = []
+    original = AsyncRedisStore._send_pipeline
+
+    async def recorder(self: AsyncRedisStore, lc: Any, batch: list[Any]) -> None:
+        sizes.append(len(batch))
+        await original(self, lc, batch)
+
+    monkeypatch.setattr(AsyncRedisStore, "_send_pipeline", recorder)
+    return sizes
+
+
+def test_concurrent_awaited_calls_share_pipelines(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 calls at once on one loop: most ride in pipelines, each gets its own answer."""
+    sizes = record_pipelines(store, monkeypatch)
+    jobs = [make_job() for _ in range(150)]
+
+    async def main() -> None:
+        created = await asyncio.gather(*(store.aio.create(j, REQUEST) for j in jobs))
+        assert all(c for _, c in created)
+        got = await asyncio.gather(*(store.aio.get(j.id, NOW) for j in jobs))
+        assert [g.id if g else None for g in got] == [j.id for j in jobs]
+
+    asyncio.run(main())
+    assert sizes and max(sizes) > 1
+    assert sum(sizes) > 150
+
+
+def test_one_failing_call_in_a_pipeline_fails_alone(store: RedisStore, raw: Any) -> None:
+    """A call Redis refuses (a key of the wrong type) raises StoreError; the rest answer."""
+    jobs = [make_job() for _ in range(40)]
+    for j in jobs:
+        store.create(j, REQUEST)
+    broken = jobs[17]
+    raw.delete(store._layout.job_key(broken.id))
+    raw.set(store._layout.job_key(broken.id), b"not a hash")
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(
+            *(store.aio.get(j.id, NOW) for j in jobs), return_exceptions=True
+        )
+
+    results = asyncio.run(main())
+    assert isinstance(results[17], StoreError)
+    assert all(isinstance(r, Job) for i, r in enumerate(results) if i != 17)
+
+
+def test_pipelines_reload_scripts_redis_forgot(throwaway: ThrowawayRedis) -> None:
+    """After SCRIPT FLUSH, pipelined script calls load the scripts again and succeed."""
+    s = RedisStore.from_url(throwaway.url)
+    jobs = [make_job() for _ in range(60)]
+    try:
+
+        async def main() -> None:
+            first = await asyncio.gather(*(s.aio.create(j, REQUEST) for j in jobs[:30]))
+            assert all(c for _, c in first)
+            flusher = redis.Redis.from_url(throwaway.url)
+            flusher.script_flush()
+            flusher.close()
+            again = await asyncio.gather(*(s.aio.create(j, REQUEST) for j in jobs[30:]))
+            assert all(c for _, c in again)
+
+        asyncio.run(main())
+        assert s.count_by_status()[JobStatus.QUEUED] == 60
+    finally:
+        s.close()
+
+
+def test_redis_down_fails_every_waiting_call_quickly(throwaway: ThrowawayRedis) -> None:
+    """Redis gone: a burst of awaited calls each raises StoreError, none hangs."""
+    s = RedisStore.from_url(throwaway.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        asyncio.run(s.aio.count_by_status())
+        throwaway.kill()
+
+        async def main() -> list[Any]:
+            calls = [s.aio.get(new_job_id(), NOW) for _ in range(50)]
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 20)
+
+        started = time.monotonic()
+        results = asyncio.run(main())
+        assert all(isinstance(r, StoreError) for r in results)
+        assert time.monotonic() - started < 10
     finally:
         s.close()

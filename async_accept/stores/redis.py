@@ -39,7 +39,7 @@ import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, TypeVar
 
 from ..errors import ConfigurationError, MissingDependencyError, StoreError
@@ -50,7 +50,7 @@ try:
     import redis
     import redis.asyncio as aioredis
     from redis.commands.core import AsyncScript, Script
-    from redis.exceptions import RedisError
+    from redis.exceptions import NoScriptError, RedisError
 except ImportError as exc:  # pragma: no cover - exercised only without redis installed
     raise MissingDependencyError("The Redis store", "redis", "redis") from exc
 
@@ -67,6 +67,13 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: instead of failing with ``MaxConnectionsError``: a burst of accepts must
 #: queue, not turn into 503s. Pass ``max_connections=`` to change it.
 DEFAULT_ASYNC_MAX_CONNECTIONS = 64
+
+#: Round trips one event loop keeps in flight to Redis at most. Calls made while
+#: that many are out wait, then go together in one pipeline (one write, one
+#: read, one pooled connection): under load, many requests share a round trip.
+_MAX_IN_FLIGHT = 4
+#: Calls sent in one pipeline at most.
+_PIPELINE_MAX = 64
 
 _STATUSES = tuple(s.value for s in JobStatus)
 _PURGE_BATCH = 500
@@ -891,6 +898,11 @@ class _LoopClient:
     client: aioredis.Redis
     scripts: dict[str, AsyncScript]
     guard: Any = None  # the async generator whose finalization closes the client
+    #: round trips in flight (direct calls and pipelines)
+    active: int = 0
+    #: calls waiting for a pipeline, with the futures their callers await
+    pending: list[tuple[_Call[Any], asyncio.Future[Any]]] = field(default_factory=list)
+    drains: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class AsyncRedisStore:
@@ -946,13 +958,82 @@ class AsyncRedisStore:
     async def _run(self, call: _Call[T]) -> T:
         try:
             lc = await self._connection()
-            if call.script is None:
-                raw = await lc.client.hmget(call.keys[0], call.args)
-            else:
-                raw = await lc.scripts[call.script](keys=call.keys, args=call.args)
         except (RedisError, OSError) as exc:
             raise _store_error(exc) from exc
+        if lc.active >= _MAX_IN_FLIGHT:
+            # Busy: wait for a pipeline to carry this call with the others.
+            future: asyncio.Future[Any] = lc.loop.create_future()
+            lc.pending.append((call, future))
+            return call.parse(await future)
+        lc.active += 1
+        try:
+            raw = await self._send_one(lc, call)
+        except (RedisError, OSError) as exc:
+            raise _store_error(exc) from exc
+        finally:
+            lc.active -= 1
+            if lc.pending and lc.active < _MAX_IN_FLIGHT:
+                self._start_drain(lc)
         return call.parse(raw)
+
+    @staticmethod
+    async def _send_one(lc: _LoopClient, call: _Call[Any]) -> Any:
+        if call.script is None:
+            return await lc.client.hmget(call.keys[0], call.args)
+        return await lc.scripts[call.script](keys=call.keys, args=call.args)
+
+    def _start_drain(self, lc: _LoopClient) -> None:
+        lc.active += 1
+        task = lc.loop.create_task(self._drain(lc))
+        lc.drains.add(task)
+        task.add_done_callback(lc.drains.discard)
+
+    async def _drain(self, lc: _LoopClient) -> None:
+        """Send the waiting calls, a pipeline at a time, until none is left."""
+        try:
+            while lc.pending:
+                batch = lc.pending[:_PIPELINE_MAX]
+                del lc.pending[:_PIPELINE_MAX]
+                await self._send_pipeline(lc, batch)
+        finally:
+            lc.active -= 1
+            if lc.pending and lc.active < _MAX_IN_FLIGHT and not lc.loop.is_closed():
+                self._start_drain(lc)
+
+    async def _send_pipeline(
+        self, lc: _LoopClient, batch: list[tuple[_Call[Any], asyncio.Future[Any]]]
+    ) -> None:
+        try:
+            pipe = lc.client.pipeline(transaction=False)
+            for call, _ in batch:
+                if call.script is None:
+                    pipe.hmget(call.keys[0], call.args)
+                else:
+                    sha = lc.scripts[call.script].sha
+                    pipe.evalsha(sha, len(call.keys), *call.keys, *call.args)
+            results = await pipe.execute(raise_on_error=False)
+            for i, raw in enumerate(results):
+                if isinstance(raw, NoScriptError):  # Redis restarted or flushed its scripts
+                    try:
+                        results[i] = await self._send_one(lc, batch[i][0])
+                    except (RedisError, OSError) as exc:
+                        results[i] = exc
+        except (RedisError, OSError) as exc:
+            results = [exc] * len(batch)
+        except BaseException:  # cancelled (the loop is closing): tell the waiters
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(StoreError("Redis store: the call was cancelled"))
+            raise
+        for (_, future), raw in zip(batch, results, strict=True):
+            if future.done():  # its caller was cancelled; the command ran anyway
+                continue
+            if isinstance(raw, (RedisError, OSError)):
+                error = _store_error(raw)
+                error.__cause__ = raw
+                future.set_exception(error)
+            else:
+                future.set_result(raw)
 
     async def aclose(self) -> None:
         """Close the client of the running event loop (other loops close on shutdown)."""
