@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 redis = pytest.importorskip("redis")
 
@@ -145,16 +147,19 @@ def test_ttl_is_never_shorter_than_the_jobs_lifetime(store: RedisStore, raw: Any
     assert store.get(job.id, 1000.0 + 299) is not None
 
 
-def test_get_is_one_hmget_without_bodies(store: RedisStore, raw: Any) -> None:
-    """get() reads the metadata fields in one round trip and never the bodies."""
+def test_get_is_one_short_call_that_never_reads_bodies(store: RedisStore, raw: Any) -> None:
+    """get() is one round trip with a few arguments, and its reply holds no body."""
     job = make_job()
     store.create(job, CapturedRequest("POST", "/big", body=b"x" * 1_000_000))
     sent: list[tuple[Any, ...]] = []
+    replies: list[Any] = []
     real = store._client.execute_command
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         sent.append(args)
-        return real(*args, **kwargs)
+        reply = real(*args, **kwargs)
+        replies.append(reply)
+        return reply
 
     store._client.execute_command = spy  # type: ignore[method-assign]
     try:
@@ -162,8 +167,8 @@ def test_get_is_one_hmget_without_bodies(store: RedisStore, raw: Any) -> None:
     finally:
         del store._client.execute_command
     assert len(sent) == 1
-    assert sent[0][0] == "HMGET"
-    assert b"req_body" not in sent[0] and "req_body" not in sent[0]
+    assert sent[0][0] == "EVALSHA" and len(sent[0]) <= 5
+    assert sum(len(v) for v in replies[0] if isinstance(v, bytes)) < 10_000
 
 
 def test_expired_jobs_vanish_and_purge_removes_every_key(store: RedisStore, raw: Any) -> None:
@@ -928,3 +933,32 @@ def test_redis_down_fails_every_waiting_call_quickly(throwaway: ThrowawayRedis) 
         assert time.monotonic() - started < 10
     finally:
         s.close()
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(message=TEXT, route=TEXT, meta=st.dictionaries(TEXT, TEXT, max_size=4))
+def test_any_text_in_job_fields_round_trips_through_create(
+    message: str, route: str, meta: dict[str, str]
+) -> None:
+    """Unicode, quotes, NULs and control characters in fields survive the JSON hand-off."""
+    url = require_redis()
+    namespace = "test-" + uuid.uuid4().hex
+    s = RedisStore.from_url(url, namespace=namespace)
+    try:
+        job = make_job(message=message, route=route, meta=meta)
+        assert s.create(job, REQUEST) == (job, True)
+        assert s.get(job.id, NOW) == job
+
+        async def via_twin() -> Job | None:
+            other = make_job(message=message, route=route, meta=meta)
+            await s.aio.create(other, REQUEST)
+            return await s.aio.get(other.id, NOW)
+
+        got = asyncio.run(via_twin())
+        assert got is not None and (got.message, got.route, got.meta) == (message, route, meta)
+    finally:
+        s.close()
+        wipe(url, namespace)
