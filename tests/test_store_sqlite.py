@@ -208,3 +208,29 @@ def test_a_method_replaced_at_run_time_is_honoured(store: SQLiteStore) -> None:
 
     assert asyncio.run(main())[1] is True
     assert calls == [job.id]
+
+
+def test_concurrent_awaited_reads_share_thread_hops(store: SQLiteStore) -> None:
+    """200 status reads at once take far fewer I/O-thread hops, each gets its own job."""
+    jobs = [make_job() for _ in range(200)]
+    for j in jobs:
+        store.create(j, REQUEST)
+    hops: list[int] = []
+    original = store._flush_reads
+
+    def counting() -> None:
+        hops.append(1)
+        original()
+
+    store._flush_reads = counting  # type: ignore[method-assign]
+
+    async def main() -> None:
+        now = time.time()
+        got = await asyncio.gather(*(store.aio.get(j.id, now) for j in jobs))
+        assert [g.id if g else None for g in got] == [j.id for j in jobs]
+        requests = await asyncio.gather(*(store.aio.get_request(j.id) for j in jobs[:50]))
+        assert requests == [REQUEST] * 50
+        assert await store.aio.get_result(jobs[0].id) is None
+
+    asyncio.run(main())
+    assert 1 <= len(hops) < 100

@@ -325,8 +325,10 @@ class SQLiteStore:
         self._all_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._pending: list[_Op[Any]] = []
+        self._reads: list[_Op[Any]] = []
         self._pending_lock = threading.Lock()
         self._flush_scheduled = False
+        self._reads_scheduled = False
         self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
         self._closed = False
@@ -373,8 +375,9 @@ class SQLiteStore:
         self._all_lock = threading.Lock()  # another thread may have held it at fork time
         self._write_lock = threading.Lock()
         self._pending = []
+        self._reads = []
         self._pending_lock = threading.Lock()
-        self._flush_scheduled = False
+        self._flush_scheduled = self._reads_scheduled = False
         self._pool = None  # its threads did not survive the fork
         self._local = threading.local()
         self._pid = os.getpid()
@@ -439,12 +442,59 @@ class SQLiteStore:
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True
+        self._schedule(self._flush_all, op)
+
+    def _submit_read(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[T],
+    ) -> None:
+        """Queue a point read: the reads queued meanwhile run in one I/O-thread
+        hop and their answers reach the loop in one wake-up."""
+        op: _Op[T] = _Op(fn, self, loop, future)
+        with self._pending_lock:
+            self._reads.append(op)
+            if self._reads_scheduled:
+                return
+            self._reads_scheduled = True
+        self._schedule(self._flush_reads, op)
+
+    def _schedule(self, flush: Callable[[], None], op: _Op[Any]) -> None:
         try:
-            self._io().submit(self._flush_all)
+            self._io().submit(flush)
         except RuntimeError:  # the pool was shut down: the store is closing
             with self._pending_lock:
-                self._flush_scheduled = False
-            self._flush_all()
+                self._flush_scheduled = self._reads_scheduled = False
+                queued = [*self._pending, *self._reads]
+                self._pending, self._reads = [], []
+            closed = StoreError(f"{self!r} is closed")
+            for other in queued:
+                other.fail(closed)
+            _notify(queued)
+
+    def _flush_reads(self) -> None:
+        try:
+            while True:
+                with self._pending_lock:
+                    if not self._reads:
+                        self._reads_scheduled = False
+                        return
+                    batch = self._reads[:GROUP_COMMIT_MAX]
+                    del self._reads[:GROUP_COMMIT_MAX]
+                try:
+                    conn = self._conn()
+                except Exception as exc:
+                    for op in batch:
+                        op.fail(exc)
+                else:
+                    for op in batch:
+                        op.run(conn)
+                _notify(batch)
+        except BaseException:
+            with self._pending_lock:
+                self._reads_scheduled = False
+            raise
 
     def _flush_all(self) -> None:
         """Commit every queued write, a batch per transaction, releasing the lock
@@ -618,30 +668,44 @@ class SQLiteStore:
         return insert
 
     def get(self, job_id: str, now: float) -> Job | None:
+        return self._run(self._op_get(job_id, now), write=False)
+
+    def _op_get(self, job_id: str, now: float) -> Callable[[sqlite3.Connection], Job | None]:
         def q(conn: sqlite3.Connection) -> Job | None:
             rows = conn.execute(
                 _SELECT + " WHERE id = ? AND expires_at > ?", (job_id, now)
             ).fetchall()
             return _row_to_job(rows[0]) if rows else None
 
-        return self._run(q, write=False)
+        return q
 
-    def _body(self, job_id: str, kind: str) -> tuple[str, bytes] | None:
-        def q(conn: sqlite3.Connection) -> tuple[str, bytes] | None:
+    @staticmethod
+    def _op_body(
+        job_id: str, kind: str, parse: Callable[[str, bytes], T]
+    ) -> Callable[[sqlite3.Connection], T | None]:
+        def q(conn: sqlite3.Connection) -> T | None:
             rows = conn.execute(
                 "SELECT meta, body FROM job_bodies WHERE job_id = ? AND kind = ?", (job_id, kind)
             ).fetchall()
-            return (rows[0][0], bytes(rows[0][1])) if rows else None
+            return parse(rows[0][0], bytes(rows[0][1])) if rows else None
 
-        return self._run(q, write=False)
+        return q
 
     def get_request(self, job_id: str) -> CapturedRequest | None:
-        found = self._body(job_id, "request")
-        return None if found is None else CapturedRequest.from_meta_json(*found)
+        return self._run(self._op_get_request(job_id), write=False)
+
+    def _op_get_request(
+        self, job_id: str
+    ) -> Callable[[sqlite3.Connection], CapturedRequest | None]:
+        return self._op_body(job_id, "request", CapturedRequest.from_meta_json)
 
     def get_result(self, job_id: str) -> CapturedResponse | None:
-        found = self._body(job_id, "result")
-        return None if found is None else CapturedResponse.from_meta_json(*found)
+        return self._run(self._op_get_result(job_id), write=False)
+
+    def _op_get_result(
+        self, job_id: str
+    ) -> Callable[[sqlite3.Connection], CapturedResponse | None]:
+        return self._op_body(job_id, "result", CapturedResponse.from_meta_json)
 
     def claim(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return self._run(self._op_claim(job_id, worker_id, now))
@@ -972,7 +1036,9 @@ class AsyncSQLiteStore:
     ... COMMIT`` for the lot, each in its own savepoint. A call returns once its
     write is committed (or has failed), as the blocking call does; the event
     loop never waits on SQLite, and a burst of accepts costs one commit, not
-    one per job. Everything else runs in the store's two I/O threads.
+    one per job. The point reads (get, get_request, get_result) are queued
+    too and run together in one I/O-thread hop. Everything else runs in the
+    store's two I/O threads.
     """
 
     _BATCHED = frozenset(
@@ -987,6 +1053,10 @@ class AsyncSQLiteStore:
             "mark_dispatched",
         }
     )
+
+    #: Point reads of the request and status paths: queued the same way, and
+    #: run (no transaction: WAL readers never wait) in one hop per burst.
+    _READS = frozenset({"get", "get_request", "get_result"})
 
     def __init__(self, store: SQLiteStore) -> None:
         self._store = store
@@ -1008,7 +1078,11 @@ class AsyncSQLiteStore:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(store._io(), functools.partial(fn, *args, **kwargs))
 
-        if name not in self._BATCHED:
+        if name in self._BATCHED:
+            submit = store._submit
+        elif name in self._READS:
+            submit = store._submit_read
+        else:
             setattr(self, name, threaded)
             return threaded
         build_name = "_op_" + name
@@ -1021,7 +1095,7 @@ class AsyncSQLiteStore:
             fn = getattr(store, build_name)(*args, **kwargs)
             loop = asyncio.get_running_loop()
             future: asyncio.Future[Any] = loop.create_future()
-            store._submit(fn, loop, future)
+            submit(fn, loop, future)
             return await future
 
         setattr(self, name, batched)
