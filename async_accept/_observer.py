@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("async_accept")
 
-_ENDS = frozenset({"finish", "fail", "cancel"})
+_ENDS = frozenset({"finish", "fail", "cancel", "requeue"})  # requeue: may end canceled
 #: Dispatchers inherited from a parent process, kept alive on purpose (see after_fork).
 _FORK_ORPHANS: list[Any] = []
 

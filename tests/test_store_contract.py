@@ -645,6 +645,22 @@ def test_requeue_hands_a_job_back(store: Store, now: float) -> None:
     assert again is not None and again.worker_id == "w2" and again.attempts == 2
 
 
+def test_requeue_of_a_job_whose_cancel_was_requested_cancels_it(store: Store, now: float) -> None:
+    """A handed-back job that a client asked to cancel ends canceled, not queued forever."""
+    job = claimed(store, now)
+    store.cancel(job.id, now + 1)
+    back = store.requeue(job.id, "w1", now + 2)
+    assert back is not None
+    assert back.status is JobStatus.CANCELED and back.terminal
+    assert back.finished_at == now + 2 and back.updated_at == now + 2
+    assert back.worker_id is None
+    got = store.get(job.id, now + 3)
+    assert got is not None and got.status is JobStatus.CANCELED
+    assert store.claim(job.id, "w2", now + 3) is None
+    assert [j.id for j in store.list_jobs(JobStatus.CANCELED)] == [job.id]
+    assert store.list_jobs(JobStatus.QUEUED) == []
+
+
 def test_requeue_only_by_the_owner_of_a_processing_job(store: Store, now: float) -> None:
     """requeue() refuses another worker, a queued job, a finished job and an unknown one."""
     job = claimed(store, now)

@@ -120,7 +120,11 @@ class Store(Protocol):
         ...
 
     def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
-        """CAS processing (owned by ``worker_id``) -> queued, for a graceful handover."""
+        """CAS processing (owned by ``worker_id``) -> queued, for a graceful handover.
+
+        A job whose cancel was requested goes to canceled instead (``finished_at =
+        now``): no worker would claim it again.
+        """
         ...
 
     def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:

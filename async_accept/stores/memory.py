@@ -205,7 +205,11 @@ class MemoryStore:
             job = self._owned(job_id, worker_id, now)
             if job is None:
                 return None
-            job.status = JobStatus.QUEUED
+            if job.cancel_requested:  # nobody will run it again: it ends here
+                job.status = JobStatus.CANCELED
+                job.finished_at = now
+            else:
+                job.status = JobStatus.QUEUED
             job.worker_id = None
             job.heartbeat_at = None
             job.updated_at = now

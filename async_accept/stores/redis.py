@@ -344,7 +344,13 @@ return {0, meta(k)}
     "requeue": """
 local k = KEYS[1]
 if not owned(k, ARGV[2], tonumber(ARGV[3])) then return false end
-setstatus(k, 'queued')
+-- A job whose cancel was requested ends canceled: nobody would claim it.
+if redis.call('HGET', k, 'cancel_requested') == '1' then
+  setstatus(k, 'canceled')
+  redis.call('HSET', k, 'finished_at', ARGV[3])
+else
+  setstatus(k, 'queued')
+end
 redis.call('HDEL', k, 'worker_id', 'heartbeat_at')
 redis.call('HSET', k, 'updated_at', ARGV[3])
 return meta(k)

@@ -873,10 +873,13 @@ class SQLiteStore:
     ) -> Callable[[sqlite3.Connection], Job | None]:
         return self._cas_op(
             job_id,
-            "UPDATE jobs SET status = 'queued', worker_id = NULL, heartbeat_at = NULL, "
-            "updated_at = ? "
+            # A job whose cancel was requested ends canceled: nobody would claim it.
+            "UPDATE jobs SET "
+            "status = CASE cancel_requested WHEN 0 THEN 'queued' ELSE 'canceled' END, "
+            "finished_at = CASE cancel_requested WHEN 0 THEN finished_at ELSE ? END, "
+            "worker_id = NULL, heartbeat_at = NULL, updated_at = ? "
             "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?",
-            (now, job_id, worker_id, now),
+            (now, now, job_id, worker_id, now),
         )
 
     def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
