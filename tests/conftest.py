@@ -115,50 +115,53 @@ def find_middleware(app: Any) -> Any:
 def deploy(
     door: str, store: str, executor: str, tmp_path: Path, **options: Any
 ) -> Iterator[Deployment]:
-    clock = Clock()
-    store_url = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'jobs.db'}"
-    opts: dict[str, Any] = {
-        "secret_key": SECRET,
-        "store": store_url,
-        "executor": executor,
-        "heartbeat_interval": 0.2,
-        "worker_lost_after": 3.0,
-        "poll_interval": 1,
-    }
-    opts.update(options)
-    if store == "redis":
-        from tests.services import require_redis
+    with contextlib.ExitStack() as cleanup:  # runs after the store is closed
+        clock = Clock()
+        store_url = "memory://" if store == "memory" else f"sqlite:///{tmp_path / 'jobs.db'}"
+        opts: dict[str, Any] = {
+            "secret_key": SECRET,
+            "store": store_url,
+            "executor": executor,
+            "heartbeat_interval": 0.2,
+            "worker_lost_after": 3.0,
+            "poll_interval": 1,
+        }
+        opts.update(options)
+        if store == "redis":
+            from tests.services import require_redis, wipe_redis_namespace
 
-        url = require_redis()
-        from async_accept.stores.redis import RedisStore
+            url = require_redis()
+            from async_accept.stores.redis import RedisStore
 
-        opts["store"] = RedisStore.from_url(url, namespace=f"contract-{time.time_ns()}")
-    if door == "asgi":
-        from starlette.testclient import TestClient
+            namespace = f"contract-{time.time_ns()}"
+            opts["store"] = RedisStore.from_url(url, namespace=namespace)
+            cleanup.callback(wipe_redis_namespace, url, namespace)
+        if door == "asgi":
+            from starlette.testclient import TestClient
 
-        app = apps.build_starlette(**opts)
-        with TestClient(app, follow_redirects=False, raise_server_exceptions=False) as client:
-            client.get("/hello")  # builds the middleware stack
-            mw = find_middleware(app)
+            app = apps.build_starlette(**opts)
+            with TestClient(app, follow_redirects=False, raise_server_exceptions=False) as client:
+                client.get("/hello")  # builds the middleware stack
+                mw = find_middleware(app)
+                mw.runtime.engine.clock = clock
+                try:
+                    yield Deployment(door, store, executor, client, mw, clock)
+                finally:
+                    apps.GATES.open_all()
+            mw.store.close()
+        else:
+            mw = apps.build_wsgi(**opts)
             mw.runtime.engine.clock = clock
-            try:
-                yield Deployment(door, store, executor, client, mw, clock)
-            finally:
-                apps.GATES.open_all()
-        mw.store.close()
-    else:
-        mw = apps.build_wsgi(**opts)
-        mw.runtime.engine.clock = clock
-        transport = httpx.WSGITransport(app=mw)
-        with httpx.Client(
-            transport=transport, base_url="http://testserver", follow_redirects=False
-        ) as client:
-            try:
-                yield Deployment(door, store, executor, client, mw, clock)
-            finally:
-                apps.GATES.open_all()
-                mw.runtime.shutdown()
-        mw.store.close()
+            transport = httpx.WSGITransport(app=mw)
+            with httpx.Client(
+                transport=transport, base_url="http://testserver", follow_redirects=False
+            ) as client:
+                try:
+                    yield Deployment(door, store, executor, client, mw, clock)
+                finally:
+                    apps.GATES.open_all()
+                    mw.runtime.shutdown()
+            mw.store.close()
 
 
 @pytest.fixture(params=COMBOS, ids=["-".join(c) for c in COMBOS])

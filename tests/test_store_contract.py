@@ -69,7 +69,7 @@ MIB = random.Random(7).randbytes(1 << 20)
 
 
 def _redis_store() -> Iterator[Store]:
-    from tests.services import require_redis
+    from tests.services import require_redis, wipe_redis_namespace
 
     url = require_redis()
     if importlib.util.find_spec("async_accept.stores.redis") is None:
@@ -82,20 +82,7 @@ def _redis_store() -> Iterator[Store]:
         yield store
     finally:
         store.close()
-        _wipe_redis(url, namespace)
-
-
-def _wipe_redis(url: str, namespace: str) -> None:
-    """Delete what the test wrote (index sets carry no TTL of their own)."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{namespace}:*", count=500))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+        wipe_redis_namespace(url, namespace)
 
 
 _AWAITED = frozenset(

@@ -32,7 +32,7 @@ from async_accept.job import (  # noqa: E402
 )
 from async_accept.stores import Store, as_async, resolve_store  # noqa: E402
 from async_accept.stores.redis import AsyncRedisStore, RedisStore  # noqa: E402
-from tests.services import free_port, require_redis  # noqa: E402
+from tests.services import free_port, require_redis, wipe_redis_namespace  # noqa: E402
 
 pytestmark = pytest.mark.redis
 
@@ -63,14 +63,7 @@ def make_job(now: float = NOW, ttl: float = 3600.0, **kw: Any) -> Job:
     return Job(**fields)
 
 
-def wipe(url: str, namespace: str) -> None:
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{namespace}:*", count=500))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+wipe = wipe_redis_namespace
 
 
 @pytest.fixture
