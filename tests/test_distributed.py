@@ -75,7 +75,8 @@ class Setup:
         return f"{self.executor}?{query}"
 
     def env(self, app_path: str, queue: str | None = None, **extra: str) -> dict[str, str]:
-        executor_opts = {k: extra.pop(k) for k in ("redispatch_after", "batch_size") if k in extra}
+        names = ("redispatch_after", "batch_size", "jobs_per_message", "flush_interval")
+        executor_opts = {k: extra.pop(k) for k in names if k in extra}
         env = {
             "ASYNC_ACCEPT_STORE": self.redis_url,
             "ASYNC_ACCEPT_REDIS_NAMESPACE": self.ns,
@@ -484,6 +485,28 @@ class ExecutorContract:
                 time.sleep(0.05)
             time.sleep(0.5)
             assert self.broker_depth(remote, idle) == 6
+
+    def test_jobs_per_message_groups_a_round_evenly(self, remote: Setup) -> None:
+        """jobs_per_message=4: ten jobs of one round go out as three messages, not ten."""
+        idle = remote.queue + "-grouped"  # nobody consumes it
+        env = remote.env(APPS["wsgi"], queue=idle, jobs_per_message="4", flush_interval="0.3")
+        with web_app("wsgi", env) as web:
+            for i in range(10):
+                web.accept(content=f"g{i}".encode())
+            assert web.runtime.executor.flush(5)
+            assert self.broker_depth(remote, idle) == 3
+
+    def test_grouped_messages_run_every_job_once(self, remote: Setup) -> None:
+        """Jobs sent several to a message all run, once each, in the worker."""
+        env = remote.env(APPS["wsgi"], jobs_per_message="4", flush_interval="0.3")
+        with web_app("wsgi", env) as web:
+            locs = [web.accept(content=f"m{i}".encode()) for i in range(10)]
+            for i, loc in enumerate(locs):
+                done = web.finished(loc)
+                assert done.status_code == 303
+                result = web.client.get(done.headers["location"], headers=ALICE).json()
+                assert result["body"] == f"m{i}"
+                assert web.job(loc).attempts == 1
 
     def test_accept_never_waits_for_an_unreachable_broker(self, remote: Setup) -> None:
         """With the broker down, accepts still answer 202 at once: the store write commits."""

@@ -19,10 +19,12 @@ from typing import Any
 from ..errors import ConfigurationError, MissingDependencyError
 from ..worker import RemoteExecutor
 
-__all__ = ["TASK_NAME", "CeleryExecutor", "register_task"]
+__all__ = ["GROUP_TASK_NAME", "TASK_NAME", "CeleryExecutor", "register_task"]
 
 #: The name of the task every async_accept message calls.
 TASK_NAME = "async_accept.run_job"
+#: The task of a message carrying several jobs (``jobs_per_message`` > 1).
+GROUP_TASK_NAME = "async_accept.run_jobs"
 
 #: kombu's reconnect policy for one publish round; the sender thread retries after it.
 _RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
@@ -43,12 +45,21 @@ def run_async_accept_job(app_path: str, job_id: str) -> str | None:
     return run_job(app_path, job_id)
 
 
+def run_async_accept_jobs(app_path: str, job_ids: list[str]) -> list[str | None]:
+    """The task body of a grouped message: the jobs, one after another."""
+    from ..worker import run_jobs
+
+    return run_jobs(app_path, job_ids)
+
+
 def register_task(celery_app: Any) -> Any:
-    """Register the ``async_accept.run_job`` task on ``celery_app`` (idempotent).
+    """Register the ``async_accept.run_job`` and ``async_accept.run_jobs`` tasks on
+    ``celery_app`` (idempotent); returns the first.
 
     ``async-accept worker`` does it; call it in your Celery module when you
     start workers with ``celery -A proj worker -Q async_accept`` instead.
     """
+    celery_app.task(name=GROUP_TASK_NAME, ignore_result=True, shared=False)(run_async_accept_jobs)
     return celery_app.task(name=TASK_NAME, ignore_result=True, shared=False)(run_async_accept_job)
 
 
@@ -88,8 +99,9 @@ class CeleryExecutor(RemoteExecutor):
         workers drop any other copy of its message unseen (the running handler
         stops cooperatively: it sees ``current_job().cancel_requested``).
 
-    ``batch_size``, ``flush_interval``, ``redispatch_after`` and ``max_buffer``
-    tune the hand-over (see :class:`~async_accept.worker.RemoteExecutor`).
+    ``batch_size``, ``flush_interval``, ``redispatch_after``, ``max_buffer`` and
+    ``jobs_per_message`` tune the hand-over (see
+    :class:`~async_accept.worker.RemoteExecutor`).
     Messages go out over one connection and producer that the sender thread keeps;
     with RabbitMQ, publishes don't wait for the broker, so a batch takes about one
     round trip.
@@ -109,6 +121,7 @@ class CeleryExecutor(RemoteExecutor):
         flush_interval: float = 0.005,
         redispatch_after: float = 60.0,
         max_buffer: int = 10000,
+        jobs_per_message: int = 1,
     ) -> None:
         celery = _celery()
         super().__init__(
@@ -117,6 +130,7 @@ class CeleryExecutor(RemoteExecutor):
             flush_interval=flush_interval,
             redispatch_after=redispatch_after,
             max_buffer=max_buffer,
+            jobs_per_message=jobs_per_message,
         )
         if not isinstance(queue, str) or not queue:
             raise ConfigurationError(f"queue={queue!r} must be a queue name")
@@ -183,6 +197,26 @@ class CeleryExecutor(RemoteExecutor):
                 )
         except Exception:
             self._drop_connection()  # the next round starts on a fresh connection
+            raise
+
+    def _publish_groups(self, groups: list[list[str]]) -> None:
+        app = self.celery
+        producer = self._producer()
+        try:
+            for group in groups:
+                app.send_task(
+                    GROUP_TASK_NAME,
+                    args=(self.app_path, group),
+                    # Unique (a job id is); a revoke by job id misses it, but a
+                    # canceled job is never claimed anyway.
+                    task_id=f"{group[0]}.group",
+                    queue=self.queue,
+                    producer=producer,
+                    retry=True,
+                    retry_policy=_RETRY_POLICY,
+                )
+        except Exception:
+            self._drop_connection()
             raise
 
     def _wants_cancels(self) -> bool:

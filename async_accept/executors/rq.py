@@ -16,10 +16,12 @@ from typing import Any
 from ..errors import ConfigurationError, MissingDependencyError
 from ..worker import RemoteExecutor
 
-__all__ = ["JOB_FUNCTION", "RQExecutor"]
+__all__ = ["GROUP_JOB_FUNCTION", "JOB_FUNCTION", "RQExecutor"]
 
 #: What every RQ job calls, by name (the worker imports it).
 JOB_FUNCTION = "async_accept.worker.run_job"
+#: What an RQ job carrying several async_accept jobs calls (``jobs_per_message`` > 1).
+GROUP_JOB_FUNCTION = "async_accept.worker.run_jobs"
 
 
 def _rq() -> tuple[Any, Any, Any]:
@@ -49,8 +51,9 @@ class RQExecutor(RemoteExecutor):
         How long RQ keeps its own record of a job (the result lives in the
         async_accept store regardless).
 
-    ``batch_size``, ``flush_interval``, ``redispatch_after`` and ``max_buffer``
-    tune the hand-over (see :class:`~async_accept.worker.RemoteExecutor`).
+    ``batch_size``, ``flush_interval``, ``redispatch_after``, ``max_buffer`` and
+    ``jobs_per_message`` tune the hand-over (see
+    :class:`~async_accept.worker.RemoteExecutor`).
     """
 
     name = "rq"
@@ -69,6 +72,7 @@ class RQExecutor(RemoteExecutor):
         flush_interval: float = 0.005,
         redispatch_after: float = 60.0,
         max_buffer: int = 10000,
+        jobs_per_message: int = 1,
     ) -> None:
         rq, redis, json_serializer = _rq()
         super().__init__(
@@ -77,6 +81,7 @@ class RQExecutor(RemoteExecutor):
             flush_interval=flush_interval,
             redispatch_after=redispatch_after,
             max_buffer=max_buffer,
+            jobs_per_message=jobs_per_message,
         )
         if not isinstance(queue, str) or not queue:
             raise ConfigurationError(f"queue={queue!r} must be a queue name")
@@ -116,17 +121,28 @@ class RQExecutor(RemoteExecutor):
         return f"<RQExecutor app={self.app_path!r} queue={self.queue!r}>"
 
     def _publish(self, job_ids: list[str]) -> None:
+        self._enqueue([(JOB_FUNCTION, job_id, f"async_accept job {job_id}") for job_id in job_ids])
+
+    def _publish_groups(self, groups: list[list[str]]) -> None:
+        self._enqueue(
+            [
+                (GROUP_JOB_FUNCTION, group, f"async_accept jobs {', '.join(group)}")
+                for group in groups
+            ]
+        )
+
+    def _enqueue(self, messages: list[tuple[str, Any, str]]) -> None:
         q = self.rq_queue
         datas = [
             q.prepare_data(
-                JOB_FUNCTION,
-                args=(self.app_path, job_id),
+                function,
+                args=(self.app_path, arg),
                 timeout=self.job_timeout,
                 result_ttl=self.result_ttl,
                 failure_ttl=self.failure_ttl,
-                description=f"async_accept job {job_id}",
+                description=description,
             )
-            for job_id in job_ids
+            for function, arg, description in messages
         ]
         with self.connection.pipeline() as pipe:
             q.enqueue_many(datas, pipeline=pipe)
