@@ -491,13 +491,16 @@ def _peer_case(ctx: Ctx, kind: str, mw_why: str | None, n: int) -> None:
         pa = Target(f"{kind} peer accept", peer, "/work", "POST", "{}")
         c = compare(pa, bare_t, ctx.settings)
         ctx.report.add(HTTP, f"{kind} peer: accept / bare hello", **ratio_cols(c))
-        if not mw_why:
-            with asgi_server(ctx, "aa-accept", mw=True, store=REDIS_URL, executor=executor) as mw:
+        variants = [(executor, label)]
+        if executor is not None:  # many short jobs: a few jobs per broker message
+            variants.append((f"{executor}&jobs_per_message=8", f"{label}, jobs_per_message=8"))
+        for spec, what in variants if not mw_why else []:
+            with asgi_server(ctx, "aa-accept", mw=True, store=REDIS_URL, executor=spec) as mw:
                 ma = Target("async_accept accept", mw, "/work", "POST", "{}")
                 c = compare(ma, pa, ctx.settings)
                 ctx.report.add(
                     HTTP,
-                    f"async_accept accept (Redis store, {label}) / {kind} peer accept",
+                    f"async_accept accept (Redis store, {what}) / {kind} peer accept",
                     **ratio_cols(c, None if ex_why else 2.0),
                 )
                 time.sleep(1.0)  # let its hand-over thread drain before the flush
