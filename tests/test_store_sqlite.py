@@ -13,27 +13,16 @@ from typing import Any
 import pytest
 
 from async_accept.errors import StoreError
-from async_accept.job import CapturedRequest, Job, JobStatus, new_job_id
+from async_accept.job import CapturedRequest, Job, JobStatus
 from async_accept.stores import as_async
 from async_accept.stores.sqlite import AsyncSQLiteStore, SQLiteStore
+from tests.test_store_contract import make_job as contract_job
 
 REQUEST = CapturedRequest("POST", "/work", b"", [(b"content-type", b"text/plain")], b"body")
 
 
 def make_job(**kw: Any) -> Job:
-    now = time.time()
-    fields: dict[str, Any] = {
-        "id": new_job_id(),
-        "status": JobStatus.QUEUED,
-        "owner": "owner-hmac",
-        "created_at": now,
-        "updated_at": now,
-        "expires_at": now + 3600,
-        "deadline_at": now + 60.0,
-        "sla": 30.0,
-    }
-    fields.update(kw)
-    return Job(**fields)
+    return contract_job(time.time(), **kw)
 
 
 @pytest.fixture

@@ -181,15 +181,24 @@ class CeleryExecutor(RemoteExecutor):
                 conn.release()
 
     def _publish(self, job_ids: list[str]) -> None:
+        # The task id is the job id: a revoke can name it without a lookup.
+        self._send_tasks([(TASK_NAME, job_id, job_id) for job_id in job_ids])
+
+    def _publish_groups(self, groups: list[list[str]]) -> None:
+        # Unique (a job id is); a revoke by job id misses it, but a canceled job
+        # is never claimed anyway.
+        self._send_tasks([(GROUP_TASK_NAME, group, f"{group[0]}.group") for group in groups])
+
+    def _send_tasks(self, messages: list[tuple[str, Any, str]]) -> None:
+        """(task name, job id or ids, task id) each, over the sender's producer."""
         app = self.celery
         producer = self._producer()
         try:
-            for job_id in job_ids:
-                # The task id is the job id: a revoke can name it without a lookup.
+            for task, arg, task_id in messages:
                 app.send_task(
-                    TASK_NAME,
-                    args=(self.app_path, job_id),
-                    task_id=job_id,
+                    task,
+                    args=(self.app_path, arg),
+                    task_id=task_id,
                     queue=self.queue,
                     producer=producer,
                     retry=True,
@@ -197,26 +206,6 @@ class CeleryExecutor(RemoteExecutor):
                 )
         except Exception:
             self._drop_connection()  # the next round starts on a fresh connection
-            raise
-
-    def _publish_groups(self, groups: list[list[str]]) -> None:
-        app = self.celery
-        producer = self._producer()
-        try:
-            for group in groups:
-                app.send_task(
-                    GROUP_TASK_NAME,
-                    args=(self.app_path, group),
-                    # Unique (a job id is); a revoke by job id misses it, but a
-                    # canceled job is never claimed anyway.
-                    task_id=f"{group[0]}.group",
-                    queue=self.queue,
-                    producer=producer,
-                    retry=True,
-                    retry_policy=_RETRY_POLICY,
-                )
-        except Exception:
-            self._drop_connection()
             raise
 
     def _wants_cancels(self) -> bool:
