@@ -282,13 +282,16 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         store = SQLiteStore(str(tmp_path / "w.db"))
     else:
         from async_accept.stores.redis import RedisStore
-        from tests.services import require_redis
+        from tests.services import require_redis, wipe_redis_namespace
 
-        store = RedisStore.from_url(require_redis(), namespace=f"workers-{time.time_ns()}")
+        namespace = f"workers-{time.time_ns()}"
+        store = RedisStore.from_url(require_redis(), namespace=namespace)
     try:
         yield store
     finally:
         store.close()
+        if request.param == "redis":
+            wipe_redis_namespace(require_redis(), namespace)
 
 
 def test_worker_registry_records_and_forgets(any_store: Any) -> None:

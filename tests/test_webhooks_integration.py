@@ -366,7 +366,7 @@ def test_redis_store_keeps_deliveries_in_redis(receiver: Receiver) -> None:
 
     from async_accept.stores.redis import RedisStore
     from tests.conftest import SECRET as APP_SECRET
-    from tests.services import require_redis
+    from tests.services import require_redis, wipe_redis_namespace
 
     url = require_redis()
     ns = f"hooks-{time.time_ns()}"
@@ -398,6 +398,7 @@ def test_redis_store_keeps_deliveries_in_redis(receiver: Receiver) -> None:
     finally:
         second.runtime.shutdown()
         second.store.close()
+        wipe_redis_namespace(url, ns)
     assert got[1].headers["webhook-id"] == refused.headers["webhook-id"]
     assert got[1].verified == "ok"
     assert json.loads(got[1].body)["links"]["self"] == loc
@@ -513,21 +514,23 @@ def test_delivery_ids_are_stable_per_job_and_target() -> None:
 @pytest.fixture
 def outbox() -> Iterator[Outbox]:
     """A RedisOutbox in a fresh namespace (the contract tests imported above run on it)."""
-    from tests.services import require_redis
+    from tests.services import require_redis, wipe_redis_namespace
 
     url = require_redis()
-    box = RedisOutbox.from_url(url, namespace=f"outbox-{time.time_ns()}")
+    namespace = f"outbox-{time.time_ns()}"
+    box = RedisOutbox.from_url(url, namespace=namespace)
     try:
         yield box
     finally:
         box.close()
+        wipe_redis_namespace(url, namespace)
 
 
 def test_redis_outbox_claims_are_exclusive_across_clients() -> None:
     """Four claimers with their own connections never get the same delivery."""
     import threading
 
-    from tests.services import require_redis
+    from tests.services import require_redis, wipe_redis_namespace
 
     url = require_redis()
     ns = f"outbox-race-{time.time_ns()}"
@@ -554,13 +557,16 @@ def test_redis_outbox_claims_are_exclusive_across_clients() -> None:
     assert len(claimed) == len(set(claimed)) == 200
     for box in [seed, *boxes]:
         box.close()
+    wipe_redis_namespace(url, ns)
 
 
 def test_redis_outbox_keeps_json_text_and_fields() -> None:
     """A delivery round-trips through Redis: payload text, floats and flags exactly."""
-    from tests.services import require_redis
+    from tests.services import require_redis, wipe_redis_namespace
 
-    box = RedisOutbox.from_url(require_redis(), namespace=f"outbox-rt-{time.time_ns()}")
+    url = require_redis()
+    namespace = f"outbox-rt-{time.time_ns()}"
+    box = RedisOutbox.from_url(url, namespace=namespace)
     try:
         d = Delivery(
             id="msg_rt",
@@ -577,6 +583,7 @@ def test_redis_outbox_keeps_json_text_and_fields() -> None:
         assert box.get("msg_none") is None
     finally:
         box.close()
+        wipe_redis_namespace(url, namespace)
 
 
 # -- real server processes ---------------------------------------------------------------------
