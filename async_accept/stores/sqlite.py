@@ -213,8 +213,13 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
 GROUP_COMMIT_MAX = 64
 
 
+def _store_error(store: SQLiteStore, exc: sqlite3.Error) -> StoreError:
+    return StoreError(f"{store!r}: {type(exc).__name__}: {exc}")
+
+
 class _Op(Generic[T]):
-    """One write waiting for the group commit, and then its outcome."""
+    """One queued store call (a write for the group commit, or a point read), and
+    then its outcome."""
 
     __slots__ = ("done", "error", "fn", "future", "loop", "result", "store")
 
@@ -250,7 +255,7 @@ class _Op(Generic[T]):
     def exception(self) -> BaseException | None:
         error = self.error
         if isinstance(error, sqlite3.Error):
-            wrapped = StoreError(f"{self.store!r}: {type(error).__name__}: {error}")
+            wrapped = _store_error(self.store, error)
             wrapped.__cause__ = error
             return wrapped
         return error
@@ -415,7 +420,7 @@ class SQLiteStore:
             try:
                 return fn(self._conn())  # WAL: readers never wait for the writer
             except sqlite3.Error as exc:
-                raise StoreError(f"{self!r}: {type(exc).__name__}: {exc}") from exc
+                raise _store_error(self, exc) from exc
         # Writers of this process take turns on a lock rather than in SQLite's busy
         # handler, which sleeps in steps of milliseconds when connections of one
         # process collide (measured: ~1 ms per accepted job with 8 threads). The
