@@ -46,6 +46,19 @@ def make_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
+def _beat_due(
+    ctx: JobContext, interval: float
+) -> tuple[bool, tuple[float | None, str | None, float | None] | None]:
+    """Whether the beater writes for ``ctx`` now, and the progress to write (None:
+    a bare heartbeat). Due when progress was reported or a beat is almost late."""
+    now_mono = time.monotonic()
+    progress = ctx.take_progress()
+    if progress is None and now_mono - ctx.last_beat < interval * 0.9:
+        return False, None
+    ctx.last_beat = now_mono
+    return True, progress
+
+
 class Runtime:
     """Everything a process needs to accept, answer and run jobs."""
 
@@ -238,11 +251,9 @@ class Runtime:
             self._sync_wake.wait(interval)
             self._sync_wake.clear()
             for ctx in list(self._sync_board.values()):
-                now_mono = time.monotonic()
-                progress = ctx.take_progress()
-                if progress is None and now_mono - ctx.last_beat < interval * 0.9:
+                due, progress = _beat_due(ctx, interval)
+                if not due:
                     continue
-                ctx.last_beat = now_mono
                 try:
                     now = self.engine.clock()
                     if progress is not None:
@@ -352,11 +363,9 @@ class Runtime:
                     # register in between); the next job on this loop starts a new one.
                     return
                 for ctx in board:
-                    now_mono = time.monotonic()
-                    progress = ctx.take_progress()
-                    if progress is None and now_mono - ctx.last_beat < interval * 0.9:
+                    due, progress = _beat_due(ctx, interval)
+                    if not due:
                         continue
-                    ctx.last_beat = now_mono
                     try:
                         now = self.engine.clock()
                         if progress is not None:
