@@ -8,22 +8,26 @@ shared between server worker processes (``uvicorn --workers 2`` would answer
 from __future__ import annotations
 
 import copy
+import marshal
 import threading
 from collections.abc import Collection, Sequence
-from typing import Any, TypeVar
+from dataclasses import fields
+from operator import itemgetter
+from typing import Any
 
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
 from .base import WORKER_RETENTION
-
-_T = TypeVar("_T")
 
 
 class MemoryStore:
     """Jobs in a dict, for tests and single-process use.
 
     Nothing survives a restart and nothing is shared with other processes.
-    Thread-safe (one lock around every call); jobs, requests and results are
-    copied in and out, so no caller ever holds the store's own objects.
+    Thread-safe (one lock around every call). Every record is kept frozen, a
+    job as a tuple of plain values and a request or result as marshal bytes:
+    no caller ever holds the store's own objects, and the garbage collector has
+    nothing per job to walk (a dict of live dataclasses made its full
+    collections grow with the store: 270 ms pauses at 150,000 jobs).
     """
 
     shared = False
@@ -31,25 +35,21 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: dict[str, Job] = {}
-        self._requests: dict[str, CapturedRequest] = {}
-        self._results: dict[str, CapturedResponse] = {}
+        self._jobs: dict[str, _Record] = {}
+        self._requests: dict[str, bytes] = {}
+        self._results: dict[str, bytes] = {}
         self._idem: dict[str, str] = {}
         self._workers: dict[str, dict[str, Any]] = {}
 
-    @staticmethod
-    def _copy(job: Job) -> Job:
-        # copy.copy + a JSON-shaped clone: several times cheaper than
-        # dataclasses.replace + deepcopy, and this runs on every status read.
-        out = _shallow(job)
-        out.error = _clone(job.error)
-        out.meta = _clone(job.meta)
-        return out
-
     def _live(self, job_id: str, now: float) -> Job | None:
-        job = self._jobs.get(job_id)
-        if job is None or job.expires_at <= now:
+        """A private copy of the job, if it exists and has not expired."""
+        rec = self._jobs.get(job_id)
+        if rec is None or rec[_EXPIRES] <= now:
             return None
+        return _thaw(rec)
+
+    def _put(self, job: Job) -> Job:
+        self._jobs[job.id] = _freeze(job)
         return job
 
     def create(self, job: Job, request: CapturedRequest) -> tuple[Job, bool]:
@@ -60,33 +60,33 @@ class MemoryStore:
                 existing = self._jobs.get(holder) if holder else None
                 if (
                     existing is not None
-                    and existing.id != job.id
-                    and existing.expires_at > job.created_at
+                    and existing[_ID] != job.id
+                    and existing[_EXPIRES] > job.created_at
                 ):
-                    return self._copy(existing), False
+                    return _thaw(existing), False
+            rec = _freeze(job)
             if job.id in self._jobs:
                 # The id is 128 random bits: this is a repeat of our own create.
-                return self._copy(job), True
-            self._jobs[job.id] = self._copy(job)
-            self._requests[job.id] = _copy_request(request)
+                return _thaw(rec), True
+            self._jobs[job.id] = rec
+            self._requests[job.id] = _freeze_request(request)
             if key is not None:
                 self._idem[key] = job.id
-            return self._copy(job), True
+            return _thaw(rec), True
 
     def get(self, job_id: str, now: float) -> Job | None:
         with self._lock:
-            job = self._live(job_id, now)
-            return None if job is None else self._copy(job)
+            return self._live(job_id, now)
 
     def get_request(self, job_id: str) -> CapturedRequest | None:
         with self._lock:
             req = self._requests.get(job_id)
-            return None if req is None else _copy_request(req)
+        return None if req is None else _thaw_request(req)
 
     def get_result(self, job_id: str) -> CapturedResponse | None:
         with self._lock:
             res = self._results.get(job_id)
-            return None if res is None else _copy_response(res)
+        return None if res is None else _thaw_response(res)
 
     def claim(self, job_id: str, worker_id: str, now: float) -> Job | None:
         with self._lock:
@@ -99,7 +99,7 @@ class MemoryStore:
             job.heartbeat_at = now
             job.updated_at = now
             job.attempts += 1
-            return self._copy(job)
+            return self._put(job)
 
     def _owned(self, job_id: str, worker_id: str, now: float) -> Job | None:
         job = self._live(job_id, now)
@@ -113,7 +113,7 @@ class MemoryStore:
             if job is None:
                 return None
             job.heartbeat_at = now
-            return self._copy(job)
+            return self._put(job)
 
     def set_progress(
         self,
@@ -134,7 +134,7 @@ class MemoryStore:
             job.progress_at = now
             job.updated_at = now
             job.heartbeat_at = now
-            return self._copy(job)
+            return self._put(job)
 
     def finish(
         self,
@@ -156,15 +156,15 @@ class MemoryStore:
             job.status = status
             job.finished_at = now
             job.updated_at = now
-            job.error = copy.deepcopy(error)
+            job.error = error  # frozen by _put: the caller keeps its own dict
             job.result_location = result_location
             if response is not None:
-                self._results[job_id] = _copy_response(response)
+                self._results[job_id] = _freeze_response(response)
                 job.result_status = response.status
             if status is JobStatus.COMPLETED:
                 job.percent = 100.0
                 job.eta = None
-            return self._copy(job)
+            return self._put(job)
 
     def fail(
         self,
@@ -178,10 +178,10 @@ class MemoryStore:
             if job is None or job.status not in expected:
                 return None
             job.status = JobStatus.FAILED
-            job.error = copy.deepcopy(error)
+            job.error = error  # frozen by _put: the caller keeps its own dict
             job.finished_at = now
             job.updated_at = now
-            return self._copy(job)
+            return self._put(job)
 
     def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
         with self._lock:
@@ -193,12 +193,12 @@ class MemoryStore:
                 job.cancel_requested = True
                 job.finished_at = now
                 job.updated_at = now
-                return self._copy(job), True
+                return self._put(job), True
             if job.status is JobStatus.PROCESSING and not job.cancel_requested:
                 job.cancel_requested = True
                 job.updated_at = now
-                return self._copy(job), True
-            return self._copy(job), False
+                return self._put(job), True
+            return job, False
 
     def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
         with self._lock:
@@ -213,7 +213,7 @@ class MemoryStore:
             job.worker_id = None
             job.heartbeat_at = None
             job.updated_at = now
-            return self._copy(job)
+            return self._put(job)
 
     def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
         marked: list[str] = []
@@ -226,6 +226,7 @@ class MemoryStore:
                 if isinstance(last, (int, float)) and last >= stale_before:
                     continue
                 job.meta["dispatched_at"] = now
+                self._put(job)
                 marked.append(job_id)
         return marked
 
@@ -242,7 +243,7 @@ class MemoryStore:
             job.deadline_at = now + 2 * job.sla
             job.meta.pop("dispatched_at", None)
             self._results.pop(job_id, None)
-            return self._copy(job)
+            return self._put(job)
 
     def list_jobs(
         self,
@@ -250,38 +251,40 @@ class MemoryStore:
         limit: int = 100,
         created_before: float | None = None,
     ) -> list[Job]:
+        want = None if status is None else JobStatus(status).value
         with self._lock:
-            jobs = [
-                j
-                for j in self._jobs.values()
-                if (status is None or j.status == status)
-                and (created_before is None or j.created_at < created_before)
+            recs = [
+                r
+                for r in self._jobs.values()
+                if (want is None or r[_STATUS] == want)
+                and (created_before is None or r[_CREATED] < created_before)
             ]
-            jobs.sort(key=lambda j: j.created_at)  # stable: creation order for equal times
-            return [self._copy(j) for j in jobs[: max(0, limit)]]
+        recs.sort(key=itemgetter(_CREATED))  # stable: creation order for equal times
+        return [_thaw(r) for r in recs[: max(0, limit)]]
 
     def count_by_status(self) -> dict[JobStatus, int]:
         with self._lock:
-            counts = dict.fromkeys(JobStatus, 0)
-            for job in self._jobs.values():
-                counts[job.status] += 1
-            return counts
+            values = [r[_STATUS] for r in self._jobs.values()]
+        counts = dict.fromkeys(JobStatus, 0)
+        for value in values:
+            counts[_STATUSES[value]] += 1
+        return counts
 
     def purge_expired(self, now: float) -> int:
         with self._lock:
-            gone = [jid for jid, j in self._jobs.items() if j.expires_at <= now]
+            gone = [jid for jid, r in self._jobs.items() if r[_EXPIRES] <= now]
             for jid in gone:
                 self._drop(jid)
             return len(gone)
 
     def _drop(self, job_id: str) -> bool:
-        job = self._jobs.pop(job_id, None)
+        rec = self._jobs.pop(job_id, None)
         self._requests.pop(job_id, None)
         self._results.pop(job_id, None)
-        key = job.idempotency_key if job is not None else None
+        key = rec[_IDEM] if rec is not None else None
         if key is not None and self._idem.get(key) == job_id:
             del self._idem[key]
-        return job is not None
+        return rec is not None
 
     def delete(self, job_id: str) -> bool:
         with self._lock:
@@ -307,30 +310,90 @@ class MemoryStore:
         """Nothing to release."""
 
 
-def _clone(value: Any) -> Any:
-    """Copy of a JSON-shaped value (dicts, lists, scalars)."""
-    if isinstance(value, dict):
-        return {k: _clone(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clone(v) for v in value]
-    return value
+# -- frozen records ------------------------------------------------------------------
+#
+# A job is kept as a tuple of its field values in field order, with the status as
+# its string and ``error``/``meta`` as marshal bytes: a tuple of strings, numbers
+# and bytes is untracked by the garbage collector. Requests and results are one
+# marshal blob each. Thawing builds a new object every time, so the store's
+# records never leak to a caller.
+
+_Record = tuple[Any, ...]
+_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Job))
+_ID = _NAMES.index("id")
+_STATUS = _NAMES.index("status")
+_CREATED = _NAMES.index("created_at")
+_EXPIRES = _NAMES.index("expires_at")
+_IDEM = _NAMES.index("idempotency_key")
+_ERROR = _NAMES.index("error")
+_META = _NAMES.index("meta")
+_STATUSES: dict[str, JobStatus] = {s.value: s for s in JobStatus}
+_values = itemgetter(*_NAMES)
+_EMPTY_META = marshal.dumps({})
 
 
-def _copy_request(request: CapturedRequest) -> CapturedRequest:
-    # Bytes and strings are immutable: only the header list needs its own copy.
-    out = _shallow(request)
-    out.headers = list(request.headers)
-    return out
+def _freeze(job: Job) -> _Record:
+    values = list(_values(job.__dict__))
+    values[_STATUS] = JobStatus(job.status).value
+    error = job.error
+    values[_ERROR] = None if error is None else marshal.dumps(error)
+    meta = job.meta
+    values[_META] = marshal.dumps(meta) if meta else _EMPTY_META
+    return tuple(values)
 
 
-def _copy_response(response: CapturedResponse) -> CapturedResponse:
-    out = _shallow(response)
-    out.headers = list(response.headers)
-    return out
+def _thaw(rec: _Record) -> Job:
+    d = dict(zip(_NAMES, rec, strict=True))
+    d["status"] = _STATUSES[rec[_STATUS]]
+    error = rec[_ERROR]
+    d["error"] = None if error is None else marshal.loads(error)
+    d["meta"] = marshal.loads(rec[_META])
+    job: Job = object.__new__(Job)
+    job.__dict__ = d
+    return job
 
 
-def _shallow(obj: _T) -> _T:
-    """A shallow copy of a plain dataclass instance (much cheaper than copy.copy)."""
-    out = object.__new__(type(obj))
-    out.__dict__.update(obj.__dict__)
-    return out
+def _freeze_request(r: CapturedRequest) -> bytes:
+    return marshal.dumps(
+        (
+            r.method,
+            r.path,
+            r.query_string,
+            [(bytes(k), bytes(v)) for k, v in r.headers],
+            r.body,
+            r.root_path,
+            r.raw_path,
+            r.scheme,
+            r.http_version,
+            r.server,
+            r.client,
+        )
+    )
+
+
+def _thaw_request(blob: bytes) -> CapturedRequest:
+    (method, path, qs, headers, body, root, raw, scheme, version, server, client) = marshal.loads(
+        blob
+    )
+    return CapturedRequest(
+        method=method,
+        path=path,
+        query_string=qs,
+        headers=headers,
+        body=body,
+        root_path=root,
+        raw_path=raw,
+        scheme=scheme,
+        http_version=version,
+        server=server,
+        client=client,
+    )
+
+
+def _freeze_response(r: CapturedResponse) -> bytes:
+    return marshal.dumps((r.status, [(bytes(k), bytes(v)) for k, v in r.headers], r.body))
+
+
+def _thaw_response(blob: bytes) -> CapturedResponse:
+    status, headers, body = marshal.loads(blob)
+    return CapturedResponse(status=status, headers=headers, body=body)
