@@ -38,7 +38,8 @@ marker lets the request through this middleware. That holds for both
 deployments.
 
 Marks are found on the first request: function views (under any decorator
-that uses ``functools.wraps``: marking one marks every method but OPTIONS),
+that uses ``functools.wraps``: marking one marks every method but OPTIONS, or
+only those Django's ``@require_http_methods``/``@require_POST`` lets through),
 class-based views (the class: all its methods; or ``get``/``post``/...),
 Django REST framework ``APIView`` classes or their methods, viewsets (the
 class, or the actions a router maps: ``create``, ``list``, ``@action``
@@ -86,7 +87,8 @@ log = logging.getLogger("async_accept")
 
 SETTING = "ASYNC_ACCEPT"
 _OPTION_NAMES = frozenset(inspect.signature(build_options).parameters)
-#: what a function view answers when it is marked (it answers any method)
+#: what a function view answers when it is marked (any method, unless Django's
+#: ``@require_http_methods``/``require_POST``/... limits them)
 _FUNCTION_VIEW_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 # --- settings -> options -----------------------------------------------------------
@@ -283,6 +285,29 @@ def _closure_mark(handler: Any) -> RouteOptions | None:
     return None
 
 
+def _required_methods(view: Any) -> frozenset[str] | None:
+    """The methods Django's ``@require_http_methods`` (``require_POST``, ``require_GET``,
+    ``require_safe``) lets through to a function view, anywhere in its wrapper chain;
+    None when nothing limits them."""
+    allowed: frozenset[str] | None = None
+    seen = 0
+    while view is not None and seen < 10:
+        code = getattr(view, "__code__", None)
+        # functools.wraps copies the view's names onto the wrapper: know it by its code.
+        if code is not None and code.co_name == "inner":
+            cells = getattr(view, "__closure__", None) or ()
+            for name, cell in zip(code.co_freevars, cells, strict=False):
+                if name == "request_method_list":
+                    try:
+                        methods = frozenset(cell.cell_contents)  # compared as Django compares
+                    except (ValueError, TypeError):  # pragma: no cover - an odd cell
+                        break
+                    allowed = methods if allowed is None else allowed & methods
+        view = getattr(view, "__wrapped__", None)
+        seen += 1
+    return allowed
+
+
 def _handlers(cls: Any, actions: Mapping[str, str] | None) -> Iterator[tuple[str, Any]]:
     """(HTTP method, handler) pairs a class-based view answers, OPTIONS excepted."""
     if actions is not None:  # a DRF viewset route: method -> action name
@@ -310,7 +335,8 @@ def view_marks(callback: Any) -> dict[RouteOptions, list[str]]:
     whole = marker_of(callback)
     if cls is None:
         if whole is not None:
-            out[whole] = list(_FUNCTION_VIEW_METHODS)
+            allowed = _required_methods(callback)
+            out[whole] = [m for m in _FUNCTION_VIEW_METHODS if allowed is None or m in allowed]
         return out
     whole = whole or marker_of(cls)
     for method, handler in _handlers(cls, getattr(callback, "actions", None)):

@@ -228,6 +228,20 @@ def test_discovery_patterns() -> None:
     assert not localized.matches("POST", "/en/localized/")  # the default language has no prefix
 
 
+def test_function_views_limited_by_require_http_methods_are_marked_for_those_only() -> None:
+    """@require_POST / @require_http_methods on a marked function view limit the marked methods,
+    and a method they refuse still gets Django's 405, not a 202."""
+    specs = {p.spec for p in aa_django.discover_urlconf()}
+    assert "POST /post-only/" in specs
+    assert "POST,PUT /narrowed/" in specs
+    client = Client()
+    assert body(result_of(client, "/post-only/"))["view"] == "post_only"
+    assert body(result_of(client, "/narrowed/", "put"))["method"] == "PUT"
+    for path, method in (("/post-only/", "get"), ("/narrowed/", "get")):
+        res = getattr(client, method)(path, headers=ALICE)
+        assert res.status_code == 405, (path, method, res.status_code)
+
+
 def test_discovery_matches_like_django_on_odd_patterns() -> None:
     """Inline flags, unanchored re_path(), repeated group names and slug/uuid converters."""
     from django.urls import Resolver404, resolve

@@ -11,6 +11,8 @@ urlpatterns = [
     path("hello/", views.hello),
     path("slow/", views.slow),
     path("above/", views.above),
+    path("post-only/", views.post_only),
+    path("narrowed/", views.narrowed),
     path("progress/<str:name>/", views.progress),
     path("create/", views.create),
     path("cookies/", views.cookies),

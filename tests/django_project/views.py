@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework import viewsets
 from rest_framework.decorators import action, api_view
 from rest_framework.response import Response
@@ -47,6 +48,23 @@ def hello(request: HttpRequest) -> HttpResponse:
 def slow(request: HttpRequest) -> JsonResponse:
     """Marked below another decorator."""
     return answer("slow", request, body=request.body.decode("latin-1"))
+
+
+@csrf_exempt
+@require_POST
+@long_running
+def post_only(request: HttpRequest) -> JsonResponse:
+    """Marked under ``require_POST``: only POST is long-running, the rest stay 405."""
+    return answer("post_only", request)
+
+
+@long_running
+@require_http_methods(["GET", "POST", "PUT"])
+@csrf_exempt
+@require_http_methods(["POST", "PUT", "PATCH"])
+def narrowed(request: HttpRequest) -> JsonResponse:
+    """Two method limits in one chain: only what both let through is long-running."""
+    return answer("narrowed", request)
 
 
 @long_running(sla=30)
