@@ -346,6 +346,17 @@ def accept(ctx: Ctx) -> None:
     if why:
         ctx.report.skip("accept", why)
         return
+    # The ceiling: the same POST with its JSON body, answered by the bare app's own
+    # no-op handler. uvicorn's work for a POST with a body bounds every accept row.
+    with (
+        asgi_server(ctx, "bare-post", mw=False) as post,
+        asgi_server(ctx, "bare", mw=False) as bare,
+    ):
+        a = Target("bare POST /work", post, "/work", "POST", "{}")
+        c = compare(a, Target("bare", bare), ctx.settings)
+        ctx.report.add(
+            HTTP, "reference: POST /work without the middleware / bare hello", **ratio_cols(c)
+        )
     null = "benchmarks._inproc:NullExecutor"
     for label, store in _stores(ctx, "accept"):
         for executor, how in ((None, "jobs run by the asyncio executor"), (null, "jobs not run")):
