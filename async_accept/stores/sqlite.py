@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -44,6 +45,8 @@ from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
 from .base import WORKER_RETENTION, AsyncStore
 
 __all__ = ["SCHEMA_VERSION", "AsyncSQLiteStore", "SQLiteStore"]
+
+_log = logging.getLogger("async_accept")
 
 T = TypeVar("T")
 
@@ -212,6 +215,16 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
 #: batch holds SQLite's write lock).
 GROUP_COMMIT_MAX = 64
 
+#: Writes this process commits between two WAL checkpoints. The checkpoint runs in
+#: an I/O thread, off the commit path: left to SQLite (every 1,000 WAL pages, by
+#: the connection that happens to commit) it stalled that commit's whole batch
+#: while pages were copied back and the file synced.
+CHECKPOINT_EVERY = 1000
+
+#: SQLite's own automatic checkpoint, in WAL pages: only a backstop, should the
+#: background checkpoints fall this far behind.
+WAL_AUTOCHECKPOINT = 10_000
+
 
 def _store_error(store: SQLiteStore, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"{store!r}: {type(exc).__name__}: {exc}")
@@ -334,6 +347,8 @@ class SQLiteStore:
         self._pending_lock = threading.Lock()
         self._flush_scheduled = False
         self._reads_scheduled = False
+        self._since_checkpoint = 0
+        self._checkpoint_scheduled = False
         self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
         self._closed = False
@@ -383,6 +398,8 @@ class SQLiteStore:
         self._reads = []
         self._pending_lock = threading.Lock()
         self._flush_scheduled = self._reads_scheduled = False
+        self._since_checkpoint = 0
+        self._checkpoint_scheduled = False
         self._pool = None  # its threads did not survive the fork
         self._local = threading.local()
         self._pid = os.getpid()
@@ -407,6 +424,7 @@ class SQLiteStore:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
         except BaseException:
             conn.close()
             raise
@@ -535,7 +553,36 @@ class SQLiteStore:
         else:
             self._run_together(conn, batch)
         _notify(batch)
+        self._count_writes(len(batch))
         return True
+
+    def _count_writes(self, n: int) -> None:
+        """Schedule a checkpoint in an I/O thread every :data:`CHECKPOINT_EVERY` writes."""
+        with self._pending_lock:
+            self._since_checkpoint += n
+            if self._checkpoint_scheduled or self._since_checkpoint < CHECKPOINT_EVERY:
+                return
+            self._checkpoint_scheduled = True
+            self._since_checkpoint = 0
+        try:
+            self._io().submit(self._checkpoint)
+        except RuntimeError:  # the pool was shut down: the store is closing
+            self._checkpoint_scheduled = False
+
+    def _checkpoint(self) -> tuple[int, int, int] | None:
+        """``PRAGMA wal_checkpoint(PASSIVE)``: copies what it can without waiting for
+        readers or blocking writers; what it leaves, the next checkpoint copies.
+        SQLite's answer (busy, frames in the WAL, frames copied), or None if it failed."""
+        try:
+            row = self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return (int(row[0]), int(row[1]), int(row[2]))
+        except (sqlite3.Error, StoreError) as exc:
+            # Nothing is lost: the pages stay in the WAL (SQLite's own automatic
+            # checkpoint is the backstop) and the next checkpoint tries again.
+            _log.debug("%r: WAL checkpoint failed: %s", self, exc)
+            return None
+        finally:
+            self._checkpoint_scheduled = False
 
     @staticmethod
     def _run_together(conn: sqlite3.Connection, batch: list[_Op[Any]]) -> None:
