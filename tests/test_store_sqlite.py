@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import threading
 import time
@@ -318,5 +319,43 @@ def test_a_failing_checkpoint_loses_nothing_and_the_next_one_runs(
         assert calls[0] == "failed"
         assert "WAL checkpoint failed" in caplog.text
         assert all(store.get(j.id, time.time()) is not None for j in jobs)
+    finally:
+        store.close()
+
+
+def test_the_wal_starts_over_instead_of_growing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a stream of awaited writes the WAL is copied back and started over:
+    its frame count falls again instead of growing to SQLite's backstop."""
+    from async_accept.stores import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY", 40)
+    monkeypatch.setattr(sqlite_module, "WAL_RESTART_FRAMES", 30)
+    store = SQLiteStore(tmp_path / "jobs.db")
+    seen: list[int] = []
+    original = store._checkpoint
+
+    def recording() -> tuple[int, int, int] | None:
+        result = original()
+        if result is not None:
+            seen.append(result[1])
+        return result
+
+    store._checkpoint = recording  # type: ignore[method-assign]
+
+    async def stream() -> None:
+        for _ in range(12):
+            await asyncio.gather(*(store.aio.create(make_job(), REQUEST) for _ in range(40)))
+            await asyncio.sleep(0.02)
+
+    try:
+        asyncio.run(stream())
+        deadline = time.monotonic() + 10
+        while len(seen) < 6:
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.01)
+        assert any(later < earlier for earlier, later in itertools.pairwise(seen)), seen
+        assert _wal_frames(tmp_path / "jobs.db") < sqlite_module.WAL_AUTOCHECKPOINT
     finally:
         store.close()
