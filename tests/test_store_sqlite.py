@@ -223,23 +223,3 @@ def test_concurrent_awaited_reads_share_thread_hops(store: SQLiteStore) -> None:
 
     asyncio.run(main())
     assert 1 <= len(hops) < 100
-
-
-def test_every_connection_checkpoints_at_wal_autocheckpoint_pages(store: SQLiteStore) -> None:
-    """Each connection, in every thread, has PRAGMA wal_autocheckpoint set to the store's value,
-    and the WAL stays bounded by it: 2,000 writes leave it well under 2x that many pages."""
-    from async_accept.stores import sqlite as sqlite_module
-
-    def setting() -> int:
-        return int(store._conn().execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-
-    assert setting() == sqlite_module.WAL_AUTOCHECKPOINT
-    box: list[int] = []
-    thread = threading.Thread(target=lambda: box.append(setting()))
-    thread.start()
-    thread.join()
-    assert box == [sqlite_module.WAL_AUTOCHECKPOINT]
-    for _ in range(2000):
-        store.create(make_job(), REQUEST)
-    wal = Path(store.path + "-wal")
-    assert wal.stat().st_size < 2 * sqlite_module.WAL_AUTOCHECKPOINT * (4096 + 24)
