@@ -611,6 +611,23 @@ def _server(door: str, tmp_path: Path, rec: Receiver, log: str, port: int | None
     return gunicorn("tests.e2e_webhook_app:wsgi_app", env, tmp_path / log, 2, port)
 
 
+def _wait_pending_retry(db: Path, timeout: float = 15.0) -> None:
+    """Until the outbox holds one delivery back in ``pending`` after a refused attempt."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while True:
+        conn = sqlite3.connect(db, timeout=5)
+        try:
+            rows = conn.execute("SELECT state, attempts FROM webhook_deliveries").fetchall()
+        finally:
+            conn.close()
+        if rows and all(state == "pending" and attempts >= 1 for state, attempts in rows):
+            return
+        assert time.monotonic() < deadline, f"deliveries still {rows}"
+        time.sleep(0.02)
+
+
 def _poll_done(base: str, loc: str) -> Any:
     import httpx
 
@@ -660,6 +677,9 @@ def test_pending_delivery_survives_kill_9(
     loc = httpx.post(first.base + "/slow", headers=ALICE, timeout=5).headers["location"]
     _poll_done(first.base, loc)
     (refused,) = wait_requests(receiver, 1)
+    # Kill only once the 503 is recorded (the delivery waits for its retry): killed
+    # mid-send, it would stay leased to the dead server for DEFAULT_LEASE seconds.
+    _wait_pending_retry(tmp_path / "jobs.db")
     first.kill()
     second = _server(door, tmp_path, receiver, "second.log", port=first.port)
     servers.append(second.start())
