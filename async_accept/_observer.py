@@ -27,13 +27,13 @@ from .job import Job
 
 if TYPE_CHECKING:
     from .core import Engine
+    from .engine.ops import JobEvent
     from .outbox import Outbox
     from .stores import Store
     from .webhooks import WebhookDispatcher
 
 log = logging.getLogger("async_accept")
 
-_ENDS = frozenset({"finish", "fail", "cancel", "requeue"})  # requeue: may end canceled
 #: Dispatchers inherited from a parent process, kept alive on purpose (see after_fork).
 _FORK_ORPHANS: list[Any] = []
 
@@ -98,25 +98,16 @@ class Observer:
 
     # -- events ---------------------------------------------------------------------
 
-    def after_call(self, name: str, result: Any) -> Job | None:
-        """Report what a store call did; the job when it has deliveries to record."""
-        if name == "create":
-            job, created = result
-            if created:
-                metrics.emit(self._listeners, "accepted", job_id=job.id, route=job.route)
+    def after_call(self, event: JobEvent) -> Job | None:
+        """Report what a store call did to a job; the job when it has deliveries to record."""
+        job = event.job
+        if event.kind == "accepted":
+            metrics.emit(self._listeners, "accepted", job_id=job.id, route=job.route)
             return None
-        if name not in _ENDS:
+        if not job.terminal:
             return None
-        if name == "cancel":
-            job, changed = result
-            if not changed:
-                return None
-        else:
-            job = result
-        if not isinstance(job, Job) or not job.terminal:
-            return None
-        event, fields = metrics.job_fields(job)
-        metrics.emit(self._listeners, event, **fields)
+        name, fields = metrics.job_fields(job)
+        metrics.emit(self._listeners, name, **fields)
         if self.dispatcher is None or not ("webhook" in job.meta or "callback" in job.meta):
             return None
         if fields.get("reason") == "executor-unavailable" and job.started_at is None:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -25,6 +25,8 @@ from urllib.parse import urljoin
 from werkzeug.http import parse_cookie
 
 from .config import Options
+from .engine import ops
+from .engine.ops import Gen
 from .errors import ExecutorError, JobCanceled, StoreError
 from .job import (
     ACTIVE,
@@ -42,54 +44,6 @@ from .tokens import TokenError, TokenExpired, TokenSigner
 from .tracing import TRACE_META, AcceptSpan, ExecuteSpan, Tracing
 
 T = TypeVar("T")
-
-# --- what a core generator can ask for -----------------------------------------
-
-
-@dataclass(slots=True)
-class Call:
-    """Call ``store.<name>(*args)`` (sync) or ``await astore.<name>(*args)``."""
-
-    name: str
-    args: tuple[Any, ...]
-
-
-@dataclass(slots=True)
-class Submit:
-    """Hand ``job_id`` to the executor (never blocks on I/O)."""
-
-    job_id: str
-
-
-@dataclass(slots=True)
-class WaitFor:
-    """Wait up to ``timeout`` seconds for the job to end; yields the latest Job or None."""
-
-    job_id: str
-    timeout: float
-
-
-@dataclass(slots=True)
-class CancelLocal:
-    """Tell the executor a running job's cancel was requested (asyncio: cancel the task)."""
-
-    job_id: str
-
-
-@dataclass(slots=True)
-class Replay:
-    """Run the captured request against the app; yields the CapturedResponse."""
-
-    request: CapturedRequest
-    job: Job
-
-
-Op = Call | Submit | WaitFor | CancelLocal | Replay
-Gen = Generator[Op, Any, T]
-
-
-def _call(name: str, *args: Any) -> Gen[Any]:
-    return (yield Call(name, args))
 
 
 @dataclass
@@ -350,10 +304,10 @@ class Engine:
         if v is None:
             return job
         expected, error = v
-        failed = yield from _call("fail", job.id, expected, now, error)
+        failed = yield from ops.fail(job.id, expected, now, error)
         if failed is not None:
-            return failed  # type: ignore[no-any-return]
-        fresh = yield from _call("get", job.id, now)
+            return failed
+        fresh = yield from ops.get(job.id, now)
         return fresh if fresh is not None else job
 
     # -- accept -----------------------------------------------------------------------
@@ -458,7 +412,7 @@ class Engine:
         span.job(job)
         for attempt in (1, 2):
             try:
-                stored, created = yield from _call("create", job, request)
+                stored, created = yield from ops.create(job, request)
             except StoreError:
                 return problem_response(
                     503,
@@ -474,17 +428,16 @@ class Engine:
                 # The first try got a 503 and no job was promised: this retry may
                 # take the key over (the store's create still lets one racer win).
                 with contextlib.suppress(StoreError):
-                    yield from _call("delete", stored.id)
+                    yield from ops.delete(stored.id)
                 continue
             return (yield from self._idempotent_repeat(stored, fingerprint, request, extra, now))
 
         try:
-            yield Submit(job.id)
+            yield from ops.submit(job.id)
         except ExecutorError:
             # If even this fails, the deadman switch fails it later; no 202 was sent.
             with contextlib.suppress(StoreError):
-                yield from _call(
-                    "fail",
+                yield from ops.fail(
                     job.id,
                     frozenset({JobStatus.QUEUED}),
                     self.clock(),
@@ -503,7 +456,7 @@ class Engine:
 
         if wait > 0:
             try:
-                done = yield WaitFor(job.id, wait)
+                done = yield from ops.wait_for(job.id, wait)
             except StoreError:
                 done = None
             if done is not None and done.terminal:
@@ -557,7 +510,7 @@ class Engine:
     def _direct_answer(self, job: Job) -> Gen[Response | None]:
         """The handler's own response for a job that ended within the wait."""
         if job.result_status is not None:
-            result = yield from _call("get_result", job.id)
+            result = yield from ops.get_result(job.id)
             if result is not None:
                 return Response(result.status, list(result.headers), result.body)
         if job.status is JobStatus.FAILED:
@@ -635,7 +588,7 @@ class Engine:
         except TokenError:
             return not_found()
         try:
-            job = yield from _call("get", job_id, now)
+            job = yield from ops.get(job_id, now)
         except StoreError:
             return problem_response(
                 503,
@@ -649,7 +602,7 @@ class Engine:
         if not job.terminal:
             with contextlib.suppress(StoreError):
                 job = yield from self.apply_deadman(job, now)
-        return job  # type: ignore[no-any-return]
+        return job
 
     def _status(self, request: CapturedRequest, token: str) -> Gen[Response]:
         now = self.clock()
@@ -679,7 +632,7 @@ class Engine:
                 "No result",
                 f"The job is {job.status.value} and produced no response.",
             )
-        result = yield from _call("get_result", job.id)
+        result = yield from ops.get_result(job.id)
         if result is None:
             return problem_response(
                 409, "no-result", "No result", "The job's stored response is gone."
@@ -698,11 +651,11 @@ class Engine:
                 "Job already finished",
                 f"The job is {job.status.value} and can no longer be canceled.",
             )
-        after, _changed = yield from _call("cancel", job.id, now)
+        after, _changed = yield from ops.cancel(job.id, now)
         if after is None:
             return not_found()
         if after.status is JobStatus.PROCESSING:
-            yield CancelLocal(after.id)
+            yield from ops.cancel_local(after.id)
             return self.status_response(after, request.root_path, token, now, code=202)
         if after.status is JobStatus.CANCELED and job.status is JobStatus.QUEUED:
             return self.status_response(after, request.root_path, token, now, code=200)
@@ -718,20 +671,19 @@ class Engine:
     def run(self, job_id: str, worker_id: str) -> Gen[Job | None]:
         """Claim the job, replay its request, store the outcome."""
         now = self.clock()
-        job = yield from _call("claim", job_id, worker_id, now)
+        job = yield from ops.claim(job_id, worker_id, now)
         if job is None:
             return None  # canceled, taken by another worker, or gone
         if now >= job.deadline_at:
-            return (  # type: ignore[no-any-return]
-                yield from _call(
-                    "fail", job_id, frozenset({JobStatus.PROCESSING}), now, deadline_error(job)
+            return (
+                yield from ops.fail(
+                    job_id, frozenset({JobStatus.PROCESSING}), now, deadline_error(job)
                 )
             )
-        request = yield from _call("get_request", job_id)
+        request = yield from ops.get_request(job_id)
         if request is None:
-            return (  # type: ignore[no-any-return]
-                yield from _call(
-                    "fail",
+            return (
+                yield from ops.fail(
                     job_id,
                     frozenset({JobStatus.PROCESSING}),
                     now,
@@ -759,7 +711,7 @@ class Engine:
         error: dict[str, Any] | None = None
         location: str | None = None
         try:
-            response = yield Replay(request, job)
+            response = yield from ops.replay(request, job)
         except JobCanceled:
             status = JobStatus.CANCELED
         except WorkerShutdown as exc:
@@ -787,10 +739,10 @@ class Engine:
                     base = request.root_path + request.path
                     location = urljoin(base, loc.decode("latin-1"))
         span.outcome(status, error)
-        finished = yield from _call(
-            "finish", job_id, worker_id, self.clock(), status, response, error, location
+        finished = yield from ops.finish(
+            job_id, worker_id, self.clock(), status, response, error, location
         )
-        return finished  # type: ignore[no-any-return]
+        return finished
 
     # -- housekeeping ---------------------------------------------------------------------
 
@@ -805,27 +757,27 @@ class Engine:
         """Fail zombies, hand over queued jobs nobody is running, purge expired ones."""
         now = self.clock()
         report = {"failed": 0, "requeued": 0, "purged": 0}
-        processing = yield from _call("list_jobs", JobStatus.PROCESSING, batch, None)
+        processing = yield from ops.list_jobs(JobStatus.PROCESSING, batch, None)
         for job in processing:
             v = self.verdict(job, now)
             if v is not None:
-                done = yield from _call("fail", job.id, v[0], now, v[1])
+                done = yield from ops.fail(job.id, v[0], now, v[1])
                 report["failed"] += done is not None
         cutoff = requeue_before if requeue_before is not None else now - self.options.requeue_after
-        queued = yield from _call("list_jobs", JobStatus.QUEUED, batch, cutoff)
+        queued = yield from ops.list_jobs(JobStatus.QUEUED, batch, cutoff)
         for job in queued:
             v = self.verdict(job, now)
             if v is not None:
-                done = yield from _call("fail", job.id, v[0], now, v[1])
+                done = yield from ops.fail(job.id, v[0], now, v[1])
                 report["failed"] += done is not None
             elif not job.cancel_requested and not is_pending(job.id):
                 try:
-                    yield Submit(job.id)
+                    yield from ops.submit(job.id)
                     report["requeued"] += 1
                 except ExecutorError:
                     break
         if purge:
-            report["purged"] = yield from _call("purge_expired", now)
+            report["purged"] = yield from ops.purge_expired(now)
         return report
 
 

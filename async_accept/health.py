@@ -38,7 +38,8 @@ from .errors import StoreError
 from .job import JobStatus
 
 if TYPE_CHECKING:
-    from .core import Engine, Gen, Response
+    from .core import Engine, Response
+    from .engine.ops import Gen
     from .job import CapturedRequest
 
 __all__ = ["health_report", "serve_health", "stall_after"]
@@ -125,7 +126,8 @@ def health_report(
 
 def serve_health(engine: Engine, request: CapturedRequest) -> Gen[Response]:
     """Answer ``GET {prefix}/health``."""
-    from .core import Response, _call, _json, _method_not_allowed, problem_response
+    from .core import Response, _json, _method_not_allowed, problem_response
+    from .engine import ops
 
     refused = _authorized(engine, request)
     if refused is not None:
@@ -134,8 +136,8 @@ def serve_health(engine: Engine, request: CapturedRequest) -> Gen[Response]:
         return _method_not_allowed(b"GET, HEAD")
     now = engine.clock()
     try:
-        counts = yield from _call("count_by_status")
-        oldest = yield from _call("list_jobs", JobStatus.QUEUED, 1, None)
+        counts = yield from ops.count_by_status()
+        oldest = yield from ops.list_jobs(JobStatus.QUEUED, 1, None)
     except StoreError:
         return problem_response(
             503,
@@ -146,7 +148,7 @@ def serve_health(engine: Engine, request: CapturedRequest) -> Gen[Response]:
         )
     workers: list[dict[str, Any]] | None
     try:
-        workers = yield from _call("list_workers", now)
+        workers = yield from ops.list_workers(now)
     except (StoreError, AttributeError):  # a store without a worker registry
         workers = None
     report = health_report(engine, counts, oldest[0].created_at if oldest else None, workers, now)

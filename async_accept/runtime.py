@@ -20,17 +20,8 @@ from typing import Any, Literal, TypeVar
 
 from ._observer import Observer
 from .context import JobContext, loop_waker, reset_current, set_current
-from .core import (
-    Call,
-    CancelLocal,
-    Engine,
-    Gen,
-    Op,
-    Replay,
-    Submit,
-    WaitFor,
-    WorkerShutdown,
-)
+from .core import Engine, WorkerShutdown
+from .engine.ops import ExecutorCall, Gen, Op, Replay, StoreCall, WaitFor
 from .errors import JobCanceled, StoreError
 from .job import CapturedResponse, Job
 from .replay import replay_asgi, replay_wsgi
@@ -108,14 +99,15 @@ class Runtime:
     # -- drivers ---------------------------------------------------------------------
 
     def drive(self, gen: Gen[T]) -> T:
-        """Run a core generator with blocking calls."""
+        """Run an engine generator with blocking calls."""
         value: Any = None
         error: BaseException | None = None
         while True:
             try:
                 op = gen.throw(error) if error is not None else gen.send(value)
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                result: T = stop.value
+                return result
             error = None
             try:
                 value = self._do_sync(op)
@@ -123,14 +115,15 @@ class Runtime:
                 value, error = None, exc
 
     async def adrive(self, gen: Gen[T]) -> T:
-        """Run a core generator with awaited calls (never blocks the loop)."""
+        """Run an engine generator with awaited calls (never blocks the loop)."""
         value: Any = None
         error: BaseException | None = None
         while True:
             try:
                 op = gen.throw(error) if error is not None else gen.send(value)
             except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+                result: T = stop.value
+                return result
             error = None
             try:
                 value = await self._do_async(op)
@@ -138,35 +131,39 @@ class Runtime:
                 value, error = None, exc
 
     def _do_sync(self, op: Op) -> Any:
-        if isinstance(op, Call):
-            result = getattr(self.store, op.name)(*op.args)
-            ended = self.observer.after_call(op.name, result)
-            if ended is not None:
-                self.observer.deliver(ended)
-            return result
-        if isinstance(op, Submit):
+        if isinstance(op, StoreCall):
+            op.result = result = op.run(self.store)
+            event = op.event(result) if op.event is not None else None
+            if event is not None:
+                ended = self.observer.after_call(event)
+                if ended is not None:
+                    self.observer.deliver(ended)
+            return None
+        if isinstance(op, ExecutorCall):
+            if op.cancel:
+                return self.cancel_local(op.job_id)
             return self.executor.submit(op.job_id)
         if isinstance(op, WaitFor):
             return self._wait_sync(op.job_id, op.timeout)
-        if isinstance(op, CancelLocal):
-            return self.cancel_local(op.job_id)
         if isinstance(op, Replay):
             return self._replay_sync(op)
         raise TypeError(f"unknown op {op!r}")  # pragma: no cover
 
     async def _do_async(self, op: Op) -> Any:
-        if isinstance(op, Call):
-            result = await getattr(self.astore, op.name)(*op.args)
-            ended = self.observer.after_call(op.name, result)
-            if ended is not None:
-                await asyncio.to_thread(self.observer.deliver, ended)  # outbox I/O
-            return result
-        if isinstance(op, Submit):
+        if isinstance(op, StoreCall):
+            op.result = result = await op.arun(self.astore)
+            event = op.event(result) if op.event is not None else None
+            if event is not None:
+                ended = self.observer.after_call(event)
+                if ended is not None:
+                    await asyncio.to_thread(self.observer.deliver, ended)  # outbox I/O
+            return None
+        if isinstance(op, ExecutorCall):
+            if op.cancel:
+                return self.cancel_local(op.job_id)
             return self.executor.submit(op.job_id)
         if isinstance(op, WaitFor):
             return await self._wait_async(op.job_id, op.timeout)
-        if isinstance(op, CancelLocal):
-            return self.cancel_local(op.job_id)
         if isinstance(op, Replay):
             return await self._replay_async(op)
         raise TypeError(f"unknown op {op!r}")  # pragma: no cover
