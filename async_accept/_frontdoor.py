@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from .config import Options, build_options, check_route_webhook
-from .core import Engine, Response, problem_response
+from .engine import Engine
+from .engine.responses import Response, problem_response
 from .errors import ConfigurationError
 from .executors import resolve_executor
 from .routes import RouteOptions, RoutePattern, RouteTable

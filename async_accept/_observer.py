@@ -26,7 +26,7 @@ from .errors import AsyncAcceptError, ConfigurationError
 from .job import Job
 
 if TYPE_CHECKING:
-    from .core import Engine
+    from .engine import Engine
     from .engine.ops import JobEvent
     from .outbox import Outbox
     from .stores import Store

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ._frontdoor import FrontDoor
-from .core import Response
+from .engine.responses import Response
 from .job import CapturedRequest
 from .replay import REPLAY_KEY
 from .routes import RouteOptions

@@ -45,7 +45,7 @@ class _Fail(Exception):
 
 
 def _time(ts: float | None) -> str:
-    from .core import rfc3339
+    from .engine.responses import rfc3339
 
     return rfc3339(ts) or "-"
 

@@ -62,8 +62,8 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
 from ._frontdoor import FrontDoor
 from .config import ENV_SECRET, build_options
-from .core import Response
 from .engine.ops import Gen
+from .engine.responses import Response
 from .errors import ConfigurationError, MissingDependencyError
 from .job import CapturedRequest
 from .replay import REPLAY_KEY

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .asgi import AsyncAcceptMiddleware
+from .engine.responses import PROBLEM_BASE
 from .errors import MissingDependencyError
-from .problems import PROBLEM_BASE
 from .routes import RouteOptions, RoutePattern, marker_of, parse_routes
 from .starlette import flat_routes
 

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from ._observer import Observer
 from .context import JobContext, loop_waker, reset_current, set_current
-from .core import Engine, WorkerShutdown
+from .engine import Engine, WorkerShutdown
 from .engine.ops import ExecutorCall, Gen, Op, Replay, StoreCall, WaitFor
 from .errors import JobCanceled, StoreError
 from .job import CapturedResponse, Job

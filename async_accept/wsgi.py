@@ -7,7 +7,7 @@ from http import HTTPStatus
 from typing import Any
 
 from ._frontdoor import FrontDoor
-from .core import Response
+from .engine.responses import Response
 from .job import CapturedRequest
 from .replay import REPLAY_KEY
 

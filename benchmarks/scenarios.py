@@ -702,7 +702,7 @@ class BulkLoader:
 
     def __init__(self, store_url: str) -> None:
         from async_accept.config import build_options
-        from async_accept.core import Engine
+        from async_accept.engine import Engine
         from async_accept.job import CapturedRequest, CapturedResponse
         from async_accept.stores import resolve_store
 

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from async_accept.core import strip_hop_by_hop
+from async_accept.engine.responses import strip_hop_by_hop
 from async_accept.job import CapturedRequest, CapturedResponse, Job, JobStatus
 from async_accept.replay import REPLAY_KEY, replay_asgi, replay_wsgi
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from async_accept.cli import main
+from async_accept.engine.responses import problem_dict
 from async_accept.job import CapturedRequest, CapturedResponse, Job, JobStatus, new_job_id
-from async_accept.problems import problem_dict
 from tests import apps
 from tests.services import require_redis
 from tests.test_distributed import wipe_redis

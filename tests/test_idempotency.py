@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from async_accept.core import parse_idempotency_key
+from async_accept.engine.idempotency import parse_idempotency_key
 from async_accept.errors import ExecutorError
 from async_accept.job import JobStatus
 from tests import apps

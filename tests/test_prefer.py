@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from async_accept.core import parse_idempotency_key
+from async_accept.engine.idempotency import parse_idempotency_key
 from async_accept.prefer import parse_prefer, parse_wait
 
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.!", min_size=1, max_size=12)

@@ -32,17 +32,32 @@ says no.
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from .errors import StoreError
-from .job import JobStatus
-
-if TYPE_CHECKING:
-    from .core import Engine, Response
-    from .engine.ops import Gen
-    from .job import CapturedRequest
+from ..config import Options
+from ..errors import StoreError
+from ..job import CapturedRequest, JobStatus
+from . import ops
+from .ops import Gen
+from .responses import (
+    Response,
+    headers_dict,
+    json_body,
+    method_not_allowed,
+    not_found,
+    problem_response,
+    rfc3339,
+)
 
 __all__ = ["health_report", "serve_health", "stall_after"]
+
+
+class Engine(Protocol):
+    """What the health answer needs of the engine (its options and its clock)."""
+
+    options: Options
+    clock: Callable[[], float]
 
 
 def stall_after(engine: Engine) -> float:
@@ -55,8 +70,6 @@ def stall_after(engine: Engine) -> float:
 
 def _authorized(engine: Engine, request: CapturedRequest) -> Response | None:
     """None when the caller may read the health answer, else the answer to give."""
-    from .core import headers_dict, not_found, problem_response
-
     mode = engine.options.health
     if mode == "on":
         return None
@@ -96,8 +109,6 @@ def health_report(
     now: float,
 ) -> dict[str, Any]:
     """The health JSON from what the store said."""
-    from .core import rfc3339
-
     opts = engine.options
     limit = stall_after(engine)
     listed: list[dict[str, Any]] = []
@@ -126,14 +137,11 @@ def health_report(
 
 def serve_health(engine: Engine, request: CapturedRequest) -> Gen[Response]:
     """Answer ``GET {prefix}/health``."""
-    from .core import Response, _json, _method_not_allowed, problem_response
-    from .engine import ops
-
     refused = _authorized(engine, request)
     if refused is not None:
         return refused
     if request.method not in ("GET", "HEAD"):
-        return _method_not_allowed(b"GET, HEAD")
+        return method_not_allowed(b"GET, HEAD")
     now = engine.clock()
     try:
         counts = yield from ops.count_by_status()
@@ -158,4 +166,4 @@ def serve_health(engine: Engine, request: CapturedRequest) -> Gen[Response]:
         headers.append(
             (b"retry-after", str(max(1, round(engine.options.poll_interval * 5))).encode())
         )
-    return Response(code, headers, _json(report))
+    return Response(code, headers, json_body(report))

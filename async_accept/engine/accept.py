@@ -1,0 +1,278 @@
+"""Accepting a request: record it as a job, hand it to the executor, answer
+202 (or the handler's own answer when it ends within the wait)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ExecutorError, StoreError
+from ..job import (
+    CapturedRequest,
+    Headers,
+    Job,
+    JobStatus,
+    new_job_id,
+)
+from ..prefer import parse_prefer, parse_wait
+from ..routes import RouteOptions
+from ..tracing import TRACE_META, AcceptSpan
+from . import ops
+from .idempotency import idempotency_scope, never_dispatched
+from .ops import Gen
+from .responses import (
+    JSON,
+    NO_STORE,
+    Response,
+    json_body,
+    problem_dict,
+    problem_response,
+)
+from .status import Status
+
+
+class Accepting(Status):
+    """The accept side of the engine."""
+
+    # -- accept -----------------------------------------------------------------------
+
+    def effective_wait(
+        self, route: RouteOptions, prefs: Mapping[str, str | None]
+    ) -> tuple[float, bytes | None]:
+        """Seconds to wait for a direct answer, and the Preference-Applied value."""
+        opts = self.options
+        asked = parse_wait(prefs.get("wait")) if "wait" in prefs else None
+        if asked is not None:
+            cap = route.max_wait
+            if cap is None:
+                cap = max(opts.max_wait, route.wait or 0.0)
+            w = min(float(asked), cap)
+            return w, f"wait={math.floor(w)}".encode()
+        if "respond-async" in prefs:
+            return 0.0, None
+        w = route.wait if route.wait is not None else (opts.wait or 0.0)
+        return w, None
+
+    def accept(self, request: CapturedRequest, route: RouteOptions) -> Gen[Response]:
+        """Record the request as a job, hand it over, answer 202 (or directly)."""
+        span = self.tracing.start_accept(request)
+        try:
+            response = yield from self._accept(request, route, span)
+        except BaseException as exc:
+            span.end(None, exc)
+            raise
+        span.end(response.status)
+        return response
+
+    def _accept(
+        self, request: CapturedRequest, route: RouteOptions, span: AcceptSpan
+    ) -> Gen[Response]:
+        opts = self.options
+        now = self.clock()
+        prefs = parse_prefer(v.decode("latin-1") for k, v in request.headers if k == b"prefer")
+        wait, wait_applied = self.effective_wait(route, prefs)
+        applied: list[bytes] = []
+        if "respond-async" in prefs:
+            applied.append(b"respond-async")
+        if wait_applied is not None:
+            applied.append(wait_applied)
+        extra: Headers = [(b"vary", b"Prefer")]
+        if applied:
+            extra.append((b"preference-applied", b", ".join(applied)))
+
+        owner = self.signer.owner_hash(self.identity_material(request))
+        scope = idempotency_scope(request, route, owner, extra)
+        if isinstance(scope, Response):
+            return scope
+        idem_key, fingerprint = scope
+
+        sla = route.sla if route.sla is not None else opts.sla
+        job = Job(
+            id=new_job_id(),
+            status=JobStatus.QUEUED,
+            owner=owner,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + opts.ttl,
+            deadline_at=now + 2 * sla,
+            sla=sla,
+            route=f"{request.method} {request.path}",
+            idempotency_key=idem_key,
+            fingerprint=fingerprint,
+            meta={"accepting_until": now + wait} if wait > 0 else {},
+        )
+        carrier = span.carrier()
+        if carrier is not None:
+            job.meta[TRACE_META] = carrier
+        if opts.webhooks_enabled:
+            refused = self._webhook_targets(job, request, route)
+            if refused is not None:
+                refused.headers.extend(extra)
+                return refused
+        span.job(job)
+        for attempt in (1, 2):
+            try:
+                stored, created = yield from ops.create(job, request)
+            except StoreError:
+                return problem_response(
+                    503,
+                    "store-unavailable",
+                    "Service Unavailable",
+                    "The job store cannot take the request right now; retry later.",
+                    retry_after=max(1, math.ceil(opts.poll_interval * 5)),
+                    headers=extra,
+                )
+            if created:
+                break
+            if attempt == 1 and never_dispatched(stored) and stored.fingerprint == fingerprint:
+                # The first try got a 503 and no job was promised: this retry may
+                # take the key over (the store's create still lets one racer win).
+                with contextlib.suppress(StoreError):
+                    yield from ops.delete(stored.id)
+                continue
+            return (yield from self._idempotent_repeat(stored, fingerprint, request, extra, now))
+
+        try:
+            yield from ops.submit(job.id)
+        except ExecutorError:
+            # If even this fails, the deadman switch fails it later; no 202 was sent.
+            with contextlib.suppress(StoreError):
+                yield from ops.fail(
+                    job.id,
+                    frozenset({JobStatus.QUEUED}),
+                    self.clock(),
+                    problem_dict(
+                        503, "executor-unavailable", "Executor unavailable", "Not dispatched."
+                    ),
+                )
+            return problem_response(
+                503,
+                "executor-unavailable",
+                "Service Unavailable",
+                "The job executor cannot take the request right now; retry later.",
+                retry_after=max(1, math.ceil(opts.poll_interval * 5)),
+                headers=extra,
+            )
+
+        if wait > 0:
+            try:
+                done = yield from ops.wait_for(job.id, wait)
+            except StoreError:
+                done = None
+            if done is not None and done.terminal:
+                direct = yield from self._direct_answer(done)
+                if direct is not None:
+                    direct.headers.extend(extra)
+                    return direct
+            if done is not None:
+                job = done
+        return self.accepted(job, request.root_path, self.clock(), extra)
+
+    def accepted(self, job: Job, root_path: str, now: float, extra: Headers) -> Response:
+        token = self.token_for(job)
+        url = self.status_url(root_path, token)
+        body = self.status_json(job, root_path, token, now)
+        body["status_url"] = url
+        headers: Headers = [
+            (b"location", url.encode("latin-1")),
+            (b"retry-after", str(self.retry_after(job, now)).encode()),
+            JSON,
+            NO_STORE,
+        ]
+        headers.extend(extra)
+        return Response(202, headers, json_body(body))
+
+    def _webhook_targets(
+        self, job: Job, request: CapturedRequest, route: RouteOptions
+    ) -> Response | None:
+        """Note where the job's end is notified; refuse a client callback the policy bars."""
+        opts = self.options
+        target = route.webhook or opts.webhook_url
+        if target:
+            job.meta["webhook"] = target
+        header = opts.callback_header
+        raw = request.header(header.encode("latin-1")) if header else None
+        if raw is not None:
+            url = raw.decode("latin-1").strip()
+            reason = _callback_refusal(opts.webhook_policy, url)
+            if reason is not None:
+                return problem_response(
+                    400,
+                    "callback-refused",
+                    "Callback URL refused",
+                    f"The {header} header names a URL this server does not call: {reason}.",
+                )
+            job.meta["callback"] = url
+        if "webhook" in job.meta or "callback" in job.meta:
+            job.meta["root_path"] = request.root_path
+        return None
+
+    def _direct_answer(self, job: Job) -> Gen[Response | None]:
+        """The handler's own response for a job that ended within the wait."""
+        if job.result_status is not None:
+            result = yield from ops.get_result(job.id)
+            if result is not None:
+                return Response(result.status, list(result.headers), result.body)
+        if job.status is JobStatus.FAILED:
+            detail = "The request failed."
+            if self.options.debug and job.error:
+                detail = str(job.error.get("detail", detail))
+            return problem_response(500, "handler-error", "Internal Server Error", detail)
+        return None
+
+    def _idempotent_repeat(
+        self,
+        existing: Job,
+        fingerprint: str | None,
+        request: CapturedRequest,
+        extra: Headers,
+        now: float,
+    ) -> Gen[Response]:
+        if existing.fingerprint != fingerprint:
+            return problem_response(
+                422,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+                "This Idempotency-Key was already used with a different request payload.",
+                headers=extra,
+            )
+        until = existing.meta.get("accepting_until")
+        if isinstance(until, (int, float)) and now < until and not existing.terminal:
+            return problem_response(
+                409,
+                "request-in-progress",
+                "Request in progress",
+                "A request with this Idempotency-Key is still being accepted.",
+                retry_after=max(1, math.ceil(until - now)),
+                headers=extra,
+            )
+        existing = yield from self.apply_deadman(existing, now)
+        return self.accepted(existing, request.root_path, now, extra)
+
+
+def _callback_refusal(policy: Any, url: str) -> str | None:
+    """Why a client-supplied callback URL is refused at accept, or None.
+
+    No DNS lookup here (this runs on the request path): the URL's form and the
+    allow-list are checked now, an IP literal's address too; a host name's
+    addresses are checked before every delivery attempt.
+    """
+    import ipaddress
+
+    from ..webhooks import WebhookError, WebhookTargetError, _parse_target
+
+    try:
+        target = _parse_target(url)
+        policy.check_url(url, client_supplied=True)
+        try:
+            ipaddress.ip_address(target.host)
+        except ValueError:
+            return None
+        policy.resolve(url, client_supplied=True)  # a literal: no lookup
+    except WebhookTargetError as exc:
+        return exc.reason
+    except WebhookError as exc:  # pragma: no cover - literals do not resolve
+        return str(exc)
+    return None

@@ -1,0 +1,146 @@
+"""Running a job (the worker side) and the sweep that recovers the lost ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urljoin
+
+from ..errors import ExecutorError, JobCanceled
+from ..job import (
+    CapturedResponse,
+    Job,
+    JobStatus,
+)
+from ..tracing import ExecuteSpan
+from . import ops
+from .ops import Gen
+from .responses import (
+    deadline_error,
+    problem_dict,
+    strip_hop_by_hop,
+    worker_lost_error,
+)
+from .status import Status
+
+
+class Running(Status):
+    """The worker side of the engine."""
+
+    # -- running a job (the worker side) ----------------------------------------------
+
+    def run(self, job_id: str, worker_id: str) -> Gen[Job | None]:
+        """Claim the job, replay its request, store the outcome."""
+        now = self.clock()
+        job = yield from ops.claim(job_id, worker_id, now)
+        if job is None:
+            return None  # canceled, taken by another worker, or gone
+        if now >= job.deadline_at:
+            return (
+                yield from ops.fail(
+                    job_id, frozenset({JobStatus.PROCESSING}), now, deadline_error(job)
+                )
+            )
+        request = yield from ops.get_request(job_id)
+        if request is None:
+            return (
+                yield from ops.fail(
+                    job_id,
+                    frozenset({JobStatus.PROCESSING}),
+                    now,
+                    problem_dict(
+                        500,
+                        "request-missing",
+                        "Request missing",
+                        "The captured request is gone from the store.",
+                    ),
+                )
+            )
+        self.tracing.record_queue_wait(job, request)
+        span = self.tracing.start_execute(job, request)
+        try:
+            return (yield from self._execute(job, worker_id, span))
+        finally:
+            span.end()
+
+    def _execute(self, job: Job, worker_id: str, span: ExecuteSpan) -> Gen[Job | None]:
+        """Replay the claimed job's request and store the outcome."""
+        job_id = job.id
+        request = span.request
+        status = JobStatus.COMPLETED
+        response: CapturedResponse | None = None
+        error: dict[str, Any] | None = None
+        location: str | None = None
+        try:
+            response = yield from ops.replay(request, job)
+        except JobCanceled:
+            status = JobStatus.CANCELED
+        except WorkerShutdown as exc:
+            status = JobStatus.FAILED
+            error = worker_lost_error(str(exc))
+        except Exception as exc:  # the handler's own error: the job fails
+            status = JobStatus.FAILED
+            detail = "The handler raised an exception."
+            if self.options.debug:
+                detail = f"{type(exc).__name__}: {exc}"
+            error = problem_dict(500, "handler-error", "Handler error", detail)
+        if response is not None:
+            response.headers = strip_hop_by_hop(response.headers)
+            if response.status >= 500:
+                status = JobStatus.FAILED
+                error = problem_dict(
+                    response.status,
+                    "handler-error",
+                    "Handler error",
+                    f"The handler answered {response.status}.",
+                )
+            elif response.status == 201 or 300 <= response.status < 400:
+                loc = response.header(b"location")
+                if loc:
+                    base = request.root_path + request.path
+                    location = urljoin(base, loc.decode("latin-1"))
+        span.outcome(status, error)
+        finished = yield from ops.finish(
+            job_id, worker_id, self.clock(), status, response, error, location
+        )
+        return finished
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    def sweep(
+        self,
+        is_pending: Callable[[str], bool],
+        *,
+        requeue_before: float | None = None,
+        purge: bool = True,
+        batch: int = 500,
+    ) -> Gen[dict[str, int]]:
+        """Fail zombies, hand over queued jobs nobody is running, purge expired ones."""
+        now = self.clock()
+        report = {"failed": 0, "requeued": 0, "purged": 0}
+        processing = yield from ops.list_jobs(JobStatus.PROCESSING, batch, None)
+        for job in processing:
+            v = self.verdict(job, now)
+            if v is not None:
+                done = yield from ops.fail(job.id, v[0], now, v[1])
+                report["failed"] += done is not None
+        cutoff = requeue_before if requeue_before is not None else now - self.options.requeue_after
+        queued = yield from ops.list_jobs(JobStatus.QUEUED, batch, cutoff)
+        for job in queued:
+            v = self.verdict(job, now)
+            if v is not None:
+                done = yield from ops.fail(job.id, v[0], now, v[1])
+                report["failed"] += done is not None
+            elif not job.cancel_requested and not is_pending(job.id):
+                try:
+                    yield from ops.submit(job.id)
+                    report["requeued"] += 1
+                except ExecutorError:
+                    break
+        if purge:
+            report["purged"] = yield from ops.purge_expired(now)
+        return report
+
+
+class WorkerShutdown(Exception):
+    """The process running a job is shutting down before the job ended."""

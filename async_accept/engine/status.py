@@ -1,0 +1,302 @@
+"""Status URLs: what a job looks like to its client, and the answers served
+below the prefix (status, result, cancel; health in health.py). The deadman
+switch lives here too: every status read applies it."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from werkzeug.http import parse_cookie
+
+from ..config import Options
+from ..errors import StoreError
+from ..job import (
+    ACTIVE,
+    CapturedRequest,
+    Headers,
+    Job,
+    JobStatus,
+)
+from ..tokens import TokenError, TokenExpired, TokenSigner
+from ..tracing import Tracing
+from . import ops
+from .health import serve_health
+from .ops import Gen
+from .responses import (
+    JSON,
+    NO_STORE,
+    Response,
+    deadline_error,
+    headers_dict,
+    json_body,
+    method_not_allowed,
+    not_found,
+    problem_dict,
+    problem_response,
+    rfc3339,
+    worker_lost_error,
+)
+
+
+class Status:
+    """The engine's base: identity, status URLs and their JSON, the deadman
+    switch, and the answers below the prefix (status, result, cancel, health)."""
+
+    def __init__(self, options: Options, clock: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self.signer = TokenSigner(options.secrets, options.ttl, lambda: self.clock())
+        self.clock = clock
+        self.tracing = Tracing(options.tracer_provider)
+
+    # -- identity ---------------------------------------------------------------
+
+    def identity_material(self, request: CapturedRequest) -> bytes:
+        """The credentials the job is bound to (hashed before storage)."""
+        opts = self.options
+        if opts.identity is not None:
+            ident = opts.identity(headers_dict(request))
+            if ident is None:
+                return b""
+            return ident.encode("utf-8") if isinstance(ident, str) else bytes(ident)
+        parts: list[bytes] = []
+        auth = request.header(b"authorization")
+        if auth:
+            parts.append(b"authorization=" + auth)
+        if opts.session_cookies:
+            cookie_values = [v for k, v in request.headers if k == b"cookie"]
+            if cookie_values:
+                cookies = parse_cookie(b"; ".join(cookie_values).decode("latin-1"))
+                for name in opts.session_cookies:
+                    value = cookies.get(name)
+                    if value:
+                        parts.append(f"cookie:{name}=".encode() + value.encode("utf-8"))
+        return b"\n".join(parts)
+
+    # -- URLs -----------------------------------------------------------------------
+
+    def status_url(self, root_path: str, token: str) -> str:
+        return f"{root_path}{self.options.prefix}/{token}"
+
+    def token_for(self, job: Job) -> str:
+        return self.signer.sign(job.id, job.created_at)
+
+    # -- status JSON ----------------------------------------------------------------
+
+    def remaining(self, job: Job, now: float) -> float | None:
+        """Seconds left, from the reported eta or the progress rate; None if unknown."""
+        if job.status is not JobStatus.PROCESSING:
+            return None
+        if job.eta is not None:
+            # A read can start just before the progress it returns was written.
+            since = max(0.0, now - (job.progress_at or now))
+            return max(0.0, job.eta - since)
+        if job.percent and job.percent > 0 and job.started_at is not None:
+            elapsed = max(0.0, (job.progress_at or now) - job.started_at)
+            total = elapsed * 100.0 / job.percent
+            return max(0.0, total - (now - job.started_at))
+        return None
+
+    def retry_after(self, job: Job, now: float) -> int:
+        """Integer seconds >= 1: from progress, else expected duration, else poll interval."""
+        opts = self.options
+        rem = self.remaining(job, now)
+        if rem is None:
+            expected_end = (job.started_at or job.created_at) + job.sla
+            rem = expected_end - now if expected_end > now else None
+            if rem is not None:
+                # Poll a few times over the expected duration, not once at its end.
+                rem = min(rem, max(opts.poll_interval, job.sla / 4))
+        if rem is None:
+            rem = opts.poll_interval
+        return max(1, min(math.ceil(rem), math.ceil(opts.max_retry_after)))
+
+    def status_json(self, job: Job, root_path: str, token: str, now: float) -> dict[str, Any]:
+        url = self.status_url(root_path, token)
+        links: dict[str, str] = {"self": url}
+        if job.status is JobStatus.COMPLETED:
+            links["result"] = job.result_location or url + "/result"
+        elif job.result_status is not None:
+            links["result"] = url + "/result"
+        rem = self.remaining(job, now)
+        data: dict[str, Any] = {
+            "id": job.id,
+            "status": job.status.value,
+            "created_at": rfc3339(job.created_at),
+            "updated_at": rfc3339(job.updated_at),
+            "started_at": rfc3339(job.started_at),
+            "finished_at": rfc3339(job.finished_at),
+            "expires_at": rfc3339(job.expires_at),
+            "percent_complete": job.percent,
+            "message": job.message,
+            "estimated_time_remaining": None if rem is None else round(rem, 3),
+            "links": links,
+        }
+        if job.cancel_requested and not job.terminal:
+            data["cancel_requested"] = True
+        if job.status is JobStatus.FAILED:
+            data["error"] = job.error or problem_dict(
+                500, "job-failed", "Job failed", "The job failed."
+            )
+        return data
+
+    def status_response(
+        self, job: Job, root_path: str, token: str, now: float, code: int | None = None
+    ) -> Response:
+        body = self.status_json(job, root_path, token, now)
+        headers: Headers = [JSON, NO_STORE]
+        if job.status is JobStatus.COMPLETED and code is None:
+            code = 303
+            headers.append((b"location", str(body["links"]["result"]).encode("latin-1")))
+        elif job.status in ACTIVE:
+            headers.append((b"retry-after", str(self.retry_after(job, now)).encode()))
+            if code is None:
+                code = self.options.status_code_running
+                if code == 202:
+                    headers.append((b"location", body["links"]["self"].encode("latin-1")))
+        return Response(code or 200, headers, json_body(body))
+
+    # -- the deadman switch ------------------------------------------------------------
+
+    def verdict(self, job: Job, now: float) -> tuple[frozenset[JobStatus], dict[str, Any]] | None:
+        """Whether the deadman switch must fail ``job`` now, and from which states."""
+        if job.terminal:
+            return None
+        if now >= job.deadline_at:
+            return ACTIVE, deadline_error(job)
+        if (
+            job.status is JobStatus.PROCESSING
+            and job.heartbeat_at is not None
+            and now - job.heartbeat_at > self.options.worker_lost_after
+        ):
+            return frozenset({JobStatus.PROCESSING}), worker_lost_error()
+        return None
+
+    def apply_deadman(self, job: Job, now: float) -> Gen[Job]:
+        v = self.verdict(job, now)
+        if v is None:
+            return job
+        expected, error = v
+        failed = yield from ops.fail(job.id, expected, now, error)
+        if failed is not None:
+            return failed
+        fresh = yield from ops.get(job.id, now)
+        return fresh if fresh is not None else job
+
+    # -- the status URL and friends ------------------------------------------------------
+
+    def serve(self, request: CapturedRequest, subpath: str) -> Gen[Response]:
+        """Answer a request below the prefix (``subpath`` starts with '/' or is '')."""
+        parts = subpath.split("/")[1:] if subpath else []
+        method = request.method
+        if parts == ["health"]:  # no token is "health": tokens hold dots
+            return (yield from serve_health(self, request))
+        if len(parts) == 1 and parts[0]:
+            if method in ("GET", "HEAD"):
+                return (yield from self._status(request, parts[0]))
+            if method == "DELETE":
+                return (yield from self._cancel(request, parts[0]))
+            return method_not_allowed(b"GET, HEAD, DELETE")
+        if len(parts) == 2 and parts[0]:
+            if parts[1] == "result":
+                if method in ("GET", "HEAD"):
+                    return (yield from self._result(request, parts[0]))
+                return method_not_allowed(b"GET, HEAD")
+            if parts[1] == "cancel":
+                if method == "POST":
+                    return (yield from self._cancel(request, parts[0]))
+                return method_not_allowed(b"POST")
+        return not_found()
+
+    def _authorized_job(
+        self, request: CapturedRequest, token: str, now: float
+    ) -> Gen[Job | Response]:
+        try:
+            job_id = self.signer.unsign(token)
+        except TokenExpired:
+            return problem_response(
+                410, "job-expired", "Gone", "This job's status URL has expired."
+            )
+        except TokenError:
+            return not_found()
+        try:
+            job = yield from ops.get(job_id, now)
+        except StoreError:
+            return problem_response(
+                503,
+                "store-unavailable",
+                "Service Unavailable",
+                "The job store is unavailable; retry later.",
+                retry_after=max(1, math.ceil(self.options.poll_interval * 5)),
+            )
+        if job is None or not self.signer.owner_matches(job.owner, self.identity_material(request)):
+            return not_found()
+        if not job.terminal:
+            with contextlib.suppress(StoreError):
+                job = yield from self.apply_deadman(job, now)
+        return job
+
+    def _status(self, request: CapturedRequest, token: str) -> Gen[Response]:
+        now = self.clock()
+        job = yield from self._authorized_job(request, token, now)
+        if isinstance(job, Response):
+            return job
+        return self.status_response(job, request.root_path, token, now)
+
+    def _result(self, request: CapturedRequest, token: str) -> Gen[Response]:
+        now = self.clock()
+        job = yield from self._authorized_job(request, token, now)
+        if isinstance(job, Response):
+            return job
+        if not job.terminal:
+            return problem_response(
+                409,
+                "job-not-finished",
+                "Job not finished",
+                f"The job is {job.status.value}; poll its status URL.",
+                retry_after=self.retry_after(job, now),
+                headers=[(b"location", self.status_url(request.root_path, token).encode())],
+            )
+        if job.result_status is None:
+            return problem_response(
+                409,
+                "no-result",
+                "No result",
+                f"The job is {job.status.value} and produced no response.",
+            )
+        result = yield from ops.get_result(job.id)
+        if result is None:
+            return problem_response(
+                409, "no-result", "No result", "The job's stored response is gone."
+            )
+        return Response(result.status, list(result.headers), result.body)
+
+    def _cancel(self, request: CapturedRequest, token: str) -> Gen[Response]:
+        now = self.clock()
+        job = yield from self._authorized_job(request, token, now)
+        if isinstance(job, Response):
+            return job
+        if job.terminal:
+            return problem_response(
+                409,
+                "job-finished",
+                "Job already finished",
+                f"The job is {job.status.value} and can no longer be canceled.",
+            )
+        after, _changed = yield from ops.cancel(job.id, now)
+        if after is None:
+            return not_found()
+        if after.status is JobStatus.PROCESSING:
+            yield from ops.cancel_local(after.id)
+            return self.status_response(after, request.root_path, token, now, code=202)
+        if after.status is JobStatus.CANCELED and job.status is JobStatus.QUEUED:
+            return self.status_response(after, request.root_path, token, now, code=200)
+        return problem_response(
+            409,
+            "job-finished",
+            "Job already finished",
+            f"The job is {after.status.value} and can no longer be canceled.",
+        )
