@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ._frontdoor import FrontDoor
 from .engine.responses import Response
+from .frontdoor import Accept, DoorMiddleware, Pass, Serve
 from .job import CapturedRequest
 from .replay import REPLAY_KEY
 from .routes import RouteOptions
@@ -28,7 +28,7 @@ class _Disconnected(Exception):
     pass
 
 
-class AsyncAcceptMiddleware:
+class AsyncAcceptMiddleware(DoorMiddleware):
     """ASGI middleware: long-running routes answer ``202 Accepted`` with a
     signed status URL, served under ``prefix`` by this middleware.
 
@@ -39,13 +39,8 @@ class AsyncAcceptMiddleware:
     """
 
     def __init__(self, app: ASGIApp, **options: Any) -> None:
-        self._door = FrontDoor(app, "asgi", options)
+        super().__init__(app, "asgi", options)
         self.app = app
-        self.runtime = self._door.runtime
-        self.options = self._door.options
-        self.store = self._door.store
-        self._fast_methods: frozenset[str] | None = None
-        self._prefix = self._door.prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -76,23 +71,21 @@ class AsyncAcceptMiddleware:
         root_path: str = scope.get("root_path", "")
         if root_path and path.startswith(root_path):
             path = path[len(root_path) :]
-        if door.is_ours(path):
-            await self._serve(scope, receive, send, path[door.prefix_len :], path)
-            return
         prefer = None
         if door.prefer_async:
             for k, v in scope["headers"]:
                 if k == b"prefer":
                     prefer = v
                     break
-        route = door.route_for(scope["method"], path, prefer)
-        if route is None:
-            if door.prefer_async:
-                await self.app(scope, receive, _vary_prefer(send))
-            else:
-                await self.app(scope, receive, send)
-            return
-        await self._accept(scope, receive, send, route, path)
+        plan = door.plan(scope["method"], path, prefer)
+        if isinstance(plan, Pass):
+            await self.app(scope, receive, _vary_prefer(send) if plan.vary_prefer else send)
+        elif isinstance(plan, Serve):
+            await self._serve(scope, receive, send, plan.subpath, path)
+        elif isinstance(plan, Accept):
+            await self._accept(scope, receive, send, plan.route, path)
+        else:
+            await _send(send, plan, scope["method"])
 
     def _first_request(self, scope: Scope) -> None:
         app = scope.get("app")

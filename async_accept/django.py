@@ -60,14 +60,15 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from ._frontdoor import FrontDoor
 from .config import ENV_SECRET, build_options
 from .engine.ops import Gen
 from .engine.responses import Response
 from .errors import ConfigurationError, MissingDependencyError
+from .frontdoor import Accept, FrontDoor, Pass, Serve
 from .job import CapturedRequest
 from .replay import REPLAY_KEY
 from .routes import RouteOptions, RoutePattern, marker_of
+from .wsgi import capture_environ, latin1
 
 try:
     from django.conf import settings
@@ -396,46 +397,20 @@ def discover_urlconf(urlconf: str | None = None) -> list[RoutePattern]:
 # --- HttpRequest <-> the core ----------------------------------------------------------
 
 
-def _latin1(value: Any) -> bytes:
-    text = str(value)
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return text.encode("utf-8")
-
-
 def capture(request: Any, path: str, body: bytes) -> CapturedRequest:
-    """The core's view of a Django request (WSGIRequest or ASGIRequest)."""
-    meta: Mapping[str, Any] = request.META
-    headers: list[tuple[bytes, bytes]] = []
-    for key, value in meta.items():
-        if key.startswith("HTTP_"):
-            headers.append((key[5:].replace("_", "-").lower().encode("latin-1"), _latin1(value)))
-    if meta.get("CONTENT_TYPE"):
-        headers.append((b"content-type", _latin1(meta["CONTENT_TYPE"])))
-    if meta.get("CONTENT_LENGTH"):
-        headers.append((b"content-length", _latin1(meta["CONTENT_LENGTH"])))
+    """The engine's view of a Django request (WSGIRequest or ASGIRequest)."""
     full_path: str = request.path
     root = full_path[: len(full_path) - len(path)] if full_path.endswith(path) else ""
     scope = getattr(request, "scope", None)
-    if isinstance(scope, Mapping):
-        http_version = str(scope.get("http_version", "1.1"))
-    else:
-        protocol = str(meta.get("SERVER_PROTOCOL", "HTTP/1.1"))
-        http_version = protocol.split("/", 1)[-1] if "/" in protocol else "1.1"
-    port = str(meta.get("SERVER_PORT") or "80")
-    remote, remote_port = meta.get("REMOTE_ADDR"), str(meta.get("REMOTE_PORT", ""))
-    return CapturedRequest(
+    http_version = str(scope.get("http_version", "1.1")) if isinstance(scope, Mapping) else None
+    return capture_environ(
+        request.META,
+        path,
+        body,
         method=request.method,
-        path=path,
-        query_string=_latin1(meta.get("QUERY_STRING", "") or ""),
-        headers=headers,
-        body=body,
         root_path=root.rstrip("/"),
         scheme=request.scheme,
         http_version=http_version,
-        server=(str(meta.get("SERVER_NAME", "localhost")), int(port) if port.isdigit() else 80),
-        client=(str(remote), int(remote_port)) if remote and remote_port.isdigit() else None,
     )
 
 
@@ -471,31 +446,29 @@ def _is_replay(request: Any) -> bool:
 
 
 def _plan(door: FrontDoor, request: Any) -> Gen[Response] | Response | None:
-    """What to do with a request: None (pass it on), an answer now, or a core
-    generator to drive (the status URLs, or accepting a job)."""
+    """The front door's decision as what this middleware does: None (pass the
+    request on), an answer now, or an engine generator to drive."""
     if not door._discovered:
         door.discover()
     path: str = request.path_info
-    if door.is_ours(path):
-        return door.engine.serve(capture(request, path, b""), path[door.prefix_len :])
-    prefer = request.META.get("HTTP_PREFER") if door.prefer_async else None
-    route = door.route_for(request.method, path, None if prefer is None else _latin1(prefer))
-    if route is None:
+    meta = request.META
+    prefer = meta.get("HTTP_PREFER") if door.prefer_async else None
+    plan = door.plan(
+        request.method,
+        path,
+        None if prefer is None else latin1(prefer),
+        str(meta.get("CONTENT_LENGTH") or ""),
+    )
+    if isinstance(plan, Pass):
         return None
-    raw_len = str(request.META.get("CONTENT_LENGTH") or "").strip()
-    if raw_len:
-        try:
-            length = int(raw_len)
-        except ValueError:
-            return door.bad_request("Invalid Content-Length.")
-        if length < 0:
-            return door.bad_request("Invalid Content-Length.")
-        if length > door.max_body:
+    if isinstance(plan, Serve):
+        return door.engine.serve(capture(request, path, b""), plan.subpath)
+    if isinstance(plan, Accept):
+        body: bytes = request.body  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django answers 400
+        if len(body) > door.max_body:
             return door.too_large()
-    body: bytes = request.body  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django answers 400
-    if len(body) > door.max_body:
-        return door.too_large()
-    return door.engine.accept(capture(request, path, body), route)
+        return door.engine.accept(capture(request, path, body), plan.route)
+    return plan
 
 
 class AsyncAcceptMiddleware:

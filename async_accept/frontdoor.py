@@ -1,11 +1,15 @@
-"""What both front doors share: building the runtime from options, and
-deciding which requests are ours."""
+"""What every front door shares: building the runtime from options, and the
+routing decision (``FrontDoor.plan``): pass the request on, serve a URL below
+the prefix, accept it as a job, or answer now. Written once for the ASGI, WSGI
+and Django middlewares, which only translate their framework's request into
+the few facts the decision needs. No framework is imported here."""
 
 from __future__ import annotations
 
 import threading
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .config import Options, build_options, check_route_webhook
@@ -16,6 +20,31 @@ from .executors import resolve_executor
 from .routes import RouteOptions, RoutePattern, RouteTable
 from .runtime import AppKind, Runtime
 from .stores import resolve_store
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """Not ours: call the app (adding ``Vary: Prefer`` when ``prefer_async`` is on)."""
+
+    vary_prefer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """Below the prefix: drive ``engine.serve(request, subpath)``."""
+
+    subpath: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """A long-running route: read the body, drive ``engine.accept(request, route)``."""
+
+    route: RouteOptions
+
+
+#: What to do with a request; a Response is answered as it is (a bad Content-Length).
+Plan = Pass | Serve | Accept | Response
 
 #: Every front door built in this process: a remote worker finds the imported app's here.
 FRONT_DOORS: weakref.WeakSet[FrontDoor] = weakref.WeakSet()
@@ -55,6 +84,7 @@ class FrontDoor:
         self.prefer_async = self.options.prefer_async
         self.max_body = self.options.max_body_size
         self.default_route: RouteOptions = self.options.default_route
+        self._pass = Pass(vary_prefer=self.prefer_async)
         self._discovered = False
         self._discover_lock = threading.Lock()
         FRONT_DOORS.add(self)
@@ -75,7 +105,7 @@ class FrontDoor:
             if self.options.discover is not None:
                 self.add_routes(self.options.discover())
             if app_hint is not None and hasattr(app_hint, "routes"):
-                from .starlette import discover_routes
+                from .discovery import discover_routes
 
                 self.add_routes(discover_routes(app_hint))
             self._discovered = True
@@ -108,6 +138,41 @@ class FrontDoor:
                 return self.default_route
         return opts
 
+    def plan(
+        self, method: str, path: str, prefer: bytes | None, content_length: str | None = None
+    ) -> Plan:
+        """The routing decision for a request (``path`` without the root path).
+
+        ``prefer`` is the Prefer header, needed only when ``prefer_async`` is on;
+        ``content_length`` the Content-Length header ("" when absent) for doors
+        that refuse a bad or too large one before reading the body, None for
+        doors that check the body as it streams in (ASGI).
+        """
+        if self.is_ours(path):
+            return Serve(path[self.prefix_len :])
+        route = self.route_for(method, path, prefer)
+        if route is None:
+            return self._pass
+        if content_length is not None:
+            refused = self._length_refusal(content_length)
+            if refused is not None:
+                return refused
+        return Accept(route)
+
+    def _length_refusal(self, raw: str) -> Response | None:
+        raw = raw.strip()
+        if not raw:
+            return None
+        try:
+            length = int(raw)
+        except ValueError:
+            return self.bad_request("Invalid Content-Length.")
+        if length < 0:
+            return self.bad_request("Invalid Content-Length.")
+        if length > self.max_body:
+            return self.too_large()
+        return None
+
     def is_ours(self, path: str) -> bool:
         return path.startswith(self.prefix) and (
             len(path) == self.prefix_len or path[self.prefix_len] == "/"
@@ -123,3 +188,18 @@ class FrontDoor:
 
     def bad_request(self, detail: str) -> Response:
         return problem_response(400, "bad-request", "Bad Request", detail)
+
+
+class DoorMiddleware:
+    """What the ASGI and WSGI middleware classes hold: their front door, and
+    the facts the hot path reads without an attribute chain."""
+
+    def __init__(self, app: Any, kind: AppKind, options: dict[str, Any]) -> None:
+        self._door = FrontDoor(app, kind, options)
+        self.runtime = self._door.runtime
+        self.options = self._door.options
+        self.store = self._door.store
+        #: set after discovery: a request with none of these methods and without
+        #: the prefix in its path is passed on at once (see fast_methods)
+        self._fast_methods: frozenset[str] | None = None
+        self._prefix = self._door.prefix

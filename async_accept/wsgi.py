@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
-from ._frontdoor import FrontDoor
 from .engine.responses import Response
+from .frontdoor import Accept, DoorMiddleware, Pass, Serve
 from .job import CapturedRequest
 from .replay import REPLAY_KEY
 
-__all__ = ["AsyncAcceptMiddleware"]
+__all__ = ["AsyncAcceptMiddleware", "capture_environ"]
 
 WSGIEnviron = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -34,7 +34,7 @@ def _decode_path(value: str) -> str:
     return value.encode("latin-1").decode("utf-8", "replace")
 
 
-class AsyncAcceptMiddleware:
+class AsyncAcceptMiddleware(DoorMiddleware):
     """WSGI middleware with the same options and behaviour as the ASGI one.
 
     Jobs run in a thread pool of the web process by default
@@ -43,13 +43,8 @@ class AsyncAcceptMiddleware:
     """
 
     def __init__(self, app: WSGIApp, **options: Any) -> None:
-        self._door = FrontDoor(app, "wsgi", options)
+        super().__init__(app, "wsgi", options)
         self.app = app
-        self.runtime = self._door.runtime
-        self.options = self._door.options
-        self.store = self._door.store
-        self._fast_methods: frozenset[str] | None = None
-        self._prefix = self._door.prefix
 
     def start(self) -> None:
         """Start the executor and sweeper now (else on the first request);
@@ -73,48 +68,48 @@ class AsyncAcceptMiddleware:
             door.discover()
             self._fast_methods = door.fast_methods()
         path = _decode_path(environ.get("PATH_INFO", "") or "")
-        if door.is_ours(path):
-            if not self.runtime.started:
-                self.runtime.start()
-            request = self._capture(environ, path, b"")
-            response = self.runtime.drive(door.engine.serve(request, path[door.prefix_len :]))
-            return _respond(start_response, response, request.method)
         method = environ.get("REQUEST_METHOD", "GET")
         prefer = environ.get("HTTP_PREFER") if door.prefer_async else None
-        route = door.route_for(method, path, None if prefer is None else prefer.encode("latin-1"))
-        if route is None:
-            if door.prefer_async:
+        plan = door.plan(
+            method,
+            path,
+            None if prefer is None else prefer.encode("latin-1"),
+            environ.get("CONTENT_LENGTH") or "",
+        )
+        if isinstance(plan, Pass):
+            if plan.vary_prefer:
                 return self.app(environ, _vary_prefer(start_response))
             return self.app(environ, start_response)
         if not self.runtime.started:
             self.runtime.start()
-        try:
-            body = self._read_body(environ)
-        except _TooLarge:
-            return _respond(start_response, door.too_large(), method)
-        except ValueError:
-            return _respond(start_response, door.bad_request("Invalid Content-Length."), method)
-        request = self._capture(environ, path, body)
-        response = self.runtime.drive(door.engine.accept(request, route))
+        if isinstance(plan, Serve):
+            request = _capture(environ, path, b"")
+            response = self.runtime.drive(door.engine.serve(request, plan.subpath))
+        elif isinstance(plan, Accept):
+            try:
+                body = self._read_body(environ)
+            except _TooLarge:
+                return _respond(start_response, door.too_large(), method)
+            request = _capture(environ, path, body)
+            response = self.runtime.drive(door.engine.accept(request, plan.route))
+        else:
+            response = plan
         return _respond(start_response, response, method)
 
     def _read_body(self, environ: WSGIEnviron) -> bytes:
-        limit = self._door.max_body
+        """The body (its Content-Length already checked by the front door)."""
         stream = environ.get("wsgi.input")
         if stream is None:
             return b""
         raw_len = environ.get("CONTENT_LENGTH") or ""
         if raw_len.strip():
             length = int(raw_len)
-            if length < 0:
-                raise ValueError("negative Content-Length")
-            if length > limit:
-                raise _TooLarge
             return bytes(stream.read(length)) if length else b""
         if (
             environ.get("wsgi.input_terminated")
             or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         ):
+            limit = self._door.max_body
             chunks: list[bytes] = []
             size = 0
             while True:
@@ -127,35 +122,64 @@ class AsyncAcceptMiddleware:
                 chunks.append(chunk)
         return b""
 
-    def _capture(self, environ: WSGIEnviron, path: str, body: bytes) -> CapturedRequest:
-        headers: list[tuple[bytes, bytes]] = []
-        for key, value in environ.items():
-            if key.startswith("HTTP_"):
-                name = key[5:].replace("_", "-").lower()
-                headers.append((name.encode("latin-1"), str(value).encode("latin-1")))
-        if environ.get("CONTENT_TYPE"):
-            headers.append((b"content-type", environ["CONTENT_TYPE"].encode("latin-1")))
-        if environ.get("CONTENT_LENGTH"):
-            headers.append((b"content-length", environ["CONTENT_LENGTH"].encode("latin-1")))
-        port = environ.get("SERVER_PORT") or "80"
-        remote = environ.get("REMOTE_ADDR")
-        remote_port = environ.get("REMOTE_PORT")
-        protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
-        return CapturedRequest(
-            method=environ.get("REQUEST_METHOD", "GET"),
-            path=path,
-            query_string=(environ.get("QUERY_STRING") or "").encode("latin-1"),
-            headers=headers,
-            body=body,
-            root_path=_decode_path(environ.get("SCRIPT_NAME", "") or ""),
-            raw_path=None,
-            scheme=environ.get("wsgi.url_scheme", "http"),
-            http_version=protocol.split("/", 1)[-1] if "/" in protocol else "1.1",
-            server=(environ.get("SERVER_NAME", "localhost"), int(port) if port.isdigit() else 80),
-            client=(str(remote), int(str(remote_port)))
-            if remote and str(remote_port).isdigit()
-            else None,
-        )
+
+def latin1(value: Any) -> bytes:
+    """An environ value as bytes: latin-1 (PEP 3333), UTF-8 for what latin-1 can't hold."""
+    text = str(value)
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
+def capture_environ(
+    environ: Mapping[str, Any],
+    path: str,
+    body: bytes,
+    *,
+    method: str,
+    root_path: str,
+    scheme: str,
+    http_version: str | None = None,
+) -> CapturedRequest:
+    """The engine's view of a WSGI environ (or Django's ``request.META``)."""
+    headers: list[tuple[bytes, bytes]] = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers.append((key[5:].replace("_", "-").lower().encode("latin-1"), latin1(value)))
+    if environ.get("CONTENT_TYPE"):
+        headers.append((b"content-type", latin1(environ["CONTENT_TYPE"])))
+    if environ.get("CONTENT_LENGTH"):
+        headers.append((b"content-length", latin1(environ["CONTENT_LENGTH"])))
+    if http_version is None:
+        protocol = str(environ.get("SERVER_PROTOCOL", "HTTP/1.1"))
+        http_version = protocol.split("/", 1)[-1] if "/" in protocol else "1.1"
+    port = str(environ.get("SERVER_PORT") or "80")
+    remote, remote_port = environ.get("REMOTE_ADDR"), str(environ.get("REMOTE_PORT", ""))
+    return CapturedRequest(
+        method=method,
+        path=path,
+        query_string=latin1(environ.get("QUERY_STRING", "") or ""),
+        headers=headers,
+        body=body,
+        root_path=root_path,
+        raw_path=None,
+        scheme=scheme,
+        http_version=http_version,
+        server=(str(environ.get("SERVER_NAME", "localhost")), int(port) if port.isdigit() else 80),
+        client=(str(remote), int(remote_port)) if remote and remote_port.isdigit() else None,
+    )
+
+
+def _capture(environ: WSGIEnviron, path: str, body: bytes) -> CapturedRequest:
+    return capture_environ(
+        environ,
+        path,
+        body,
+        method=environ.get("REQUEST_METHOD", "GET"),
+        root_path=_decode_path(environ.get("SCRIPT_NAME", "") or ""),
+        scheme=environ.get("wsgi.url_scheme", "http"),
+    )
 
 
 def _respond(start_response: StartResponse, response: Response, method: str) -> list[bytes]:
