@@ -29,6 +29,7 @@ from .responses import (
     json_body,
     problem_dict,
     problem_response,
+    unavailable,
 )
 from .status import Status
 
@@ -116,13 +117,11 @@ class Accepting(Status):
             try:
                 stored, created = yield from ops.create(job, request)
             except StoreError:
-                return problem_response(
-                    503,
+                return unavailable(
                     "store-unavailable",
-                    "Service Unavailable",
                     "The job store cannot take the request right now; retry later.",
-                    retry_after=max(1, math.ceil(opts.poll_interval * 5)),
-                    headers=extra,
+                    self.retry_later(),
+                    extra,
                 )
             if created:
                 break
@@ -147,13 +146,11 @@ class Accepting(Status):
                         503, "executor-unavailable", "Executor unavailable", "Not dispatched."
                     ),
                 )
-            return problem_response(
-                503,
+            return unavailable(
                 "executor-unavailable",
-                "Service Unavailable",
                 "The job executor cannot take the request right now; retry later.",
-                retry_after=max(1, math.ceil(opts.poll_interval * 5)),
-                headers=extra,
+                self.retry_later(),
+                extra,
             )
 
         if wait > 0:

@@ -48,6 +48,7 @@ from .responses import (
     not_found,
     problem_response,
     rfc3339,
+    unavailable,
 )
 
 __all__ = ["health_report", "serve_health", "stall_after"]
@@ -147,12 +148,10 @@ def serve_health(engine: Engine, request: CapturedRequest) -> Gen[Response]:
         counts = yield from ops.count_by_status()
         oldest = yield from ops.list_jobs(JobStatus.QUEUED, 1, None)
     except StoreError:
-        return problem_response(
-            503,
+        return unavailable(
             "store-unavailable",
-            "Service Unavailable",
             "The job store is unavailable.",
-            retry_after=max(1, round(engine.options.poll_interval * 5)),
+            max(1, round(engine.options.poll_interval * 5)),
         )
     workers: list[dict[str, Any]] | None
     try:

@@ -129,6 +129,15 @@ _NOT_FOUND_BODY = problem_body(
 )
 
 
+def unavailable(
+    name: str, detail: str, retry_after: int, headers: Headers | None = None
+) -> Response:
+    """503: something the answer needs (the store, the executor) is down; retry later."""
+    return problem_response(
+        503, name, "Service Unavailable", detail, retry_after=retry_after, headers=headers
+    )
+
+
 def not_found() -> Response:
     """The one 404 for bad token, unknown job and wrong caller: byte-identical."""
     return Response(404, [(b"content-type", PROBLEM_CONTENT_TYPE), NO_STORE], _NOT_FOUND_BODY)

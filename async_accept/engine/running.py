@@ -120,17 +120,14 @@ class Running(Status):
         report = {"failed": 0, "requeued": 0, "purged": 0}
         processing = yield from ops.list_jobs(JobStatus.PROCESSING, batch, None)
         for job in processing:
-            v = self.verdict(job, now)
-            if v is not None:
-                done = yield from ops.fail(job.id, v[0], now, v[1])
-                report["failed"] += done is not None
+            failed = yield from self._sweep_deadman(job, now)
+            report["failed"] += bool(failed)
         cutoff = requeue_before if requeue_before is not None else now - self.options.requeue_after
         queued = yield from ops.list_jobs(JobStatus.QUEUED, batch, cutoff)
         for job in queued:
-            v = self.verdict(job, now)
-            if v is not None:
-                done = yield from ops.fail(job.id, v[0], now, v[1])
-                report["failed"] += done is not None
+            failed = yield from self._sweep_deadman(job, now)
+            if failed is not None:
+                report["failed"] += failed
             elif not job.cancel_requested and not is_pending(job.id):
                 try:
                     yield from ops.submit(job.id)
@@ -140,6 +137,15 @@ class Running(Status):
         if purge:
             report["purged"] = yield from ops.purge_expired(now)
         return report
+
+    def _sweep_deadman(self, job: Job, now: float) -> Gen[bool | None]:
+        """None when the deadman switch spares the job, else whether this sweep failed it
+        (another process may have ended it first)."""
+        v = self.verdict(job, now)
+        if v is None:
+            return None
+        done = yield from ops.fail(job.id, v[0], now, v[1])
+        return done is not None
 
 
 class WorkerShutdown(Exception):

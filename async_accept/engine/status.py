@@ -38,6 +38,7 @@ from .responses import (
     problem_dict,
     problem_response,
     rfc3339,
+    unavailable,
     worker_lost_error,
 )
 
@@ -113,6 +114,10 @@ class Status:
         if rem is None:
             rem = opts.poll_interval
         return max(1, min(math.ceil(rem), math.ceil(opts.max_retry_after)))
+
+    def retry_later(self) -> int:
+        """Retry-After of a 503: a few poll intervals, whole seconds."""
+        return max(1, math.ceil(self.options.poll_interval * 5))
 
     def status_json(self, job: Job, root_path: str, token: str, now: float) -> dict[str, Any]:
         url = self.status_url(root_path, token)
@@ -225,12 +230,10 @@ class Status:
         try:
             job = yield from ops.get(job_id, now)
         except StoreError:
-            return problem_response(
-                503,
+            return unavailable(
                 "store-unavailable",
-                "Service Unavailable",
                 "The job store is unavailable; retry later.",
-                retry_after=max(1, math.ceil(self.options.poll_interval * 5)),
+                self.retry_later(),
             )
         if job is None or not self.signer.owner_matches(job.owner, self.identity_material(request)):
             return not_found()
