@@ -9,13 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ExecutorError, StoreError
-from ..job import (
-    CapturedRequest,
-    Headers,
-    Job,
-    JobStatus,
-    new_job_id,
-)
+from ..job import CapturedRequest, Headers, Job, JobStatus, new_job_id
 from ..prefer import parse_prefer, parse_wait
 from ..routes import RouteOptions
 from ..tracing import TRACE_META, AcceptSpan

@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ..job import (
-    CapturedRequest,
-    Headers,
-    Job,
-    JobStatus,
-)
+from ..job import CapturedRequest, Headers, Job, JobStatus
 from ..routes import RouteOptions
 from .responses import Response, problem_response
 

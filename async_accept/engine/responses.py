@@ -10,11 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..job import (
-    CapturedRequest,
-    Headers,
-    Job,
-)
+from ..job import CapturedRequest, Headers, Job
 
 PROBLEM_BASE = "urn:async-accept:problem:"
 

@@ -7,20 +7,11 @@ from typing import Any
 from urllib.parse import urljoin
 
 from ..errors import ExecutorError, JobCanceled
-from ..job import (
-    CapturedResponse,
-    Job,
-    JobStatus,
-)
+from ..job import CapturedResponse, Job, JobStatus
 from ..tracing import ExecuteSpan
 from . import ops
 from .ops import Gen
-from .responses import (
-    deadline_error,
-    problem_dict,
-    strip_hop_by_hop,
-    worker_lost_error,
-)
+from .responses import deadline_error, problem_dict, strip_hop_by_hop, worker_lost_error
 from .status import Status
 
 

@@ -14,13 +14,7 @@ from werkzeug.http import parse_cookie
 
 from ..config import Options
 from ..errors import StoreError
-from ..job import (
-    ACTIVE,
-    CapturedRequest,
-    Headers,
-    Job,
-    JobStatus,
-)
+from ..job import ACTIVE, CapturedRequest, Headers, Job, JobStatus
 from ..tokens import TokenError, TokenExpired, TokenSigner
 from ..tracing import Tracing
 from . import ops
