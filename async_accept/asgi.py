@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine.responses import Response
 from .frontdoor import Accept, DoorMiddleware, Pass, Serve
 from .job import CapturedRequest
 from .replay import REPLAY_KEY
 from .routes import RouteOptions
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import OptionsKwargs
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,7 +43,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
     Options are documented in the README; bad ones raise ConfigurationError.
     """
 
-    def __init__(self, app: ASGIApp, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, /, **options: Unpack[OptionsKwargs]) -> None:
         super().__init__(app, "asgi", options)
         self.app = app
 

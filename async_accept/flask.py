@@ -35,15 +35,14 @@ classes or their ``get``/``post``/... methods.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .config import ENV_SECRET, build_options
 from .errors import ConfigurationError, MissingDependencyError
+from .options import ENV_SECRET, OPTION_NAMES
 from .routes import RouteOptions, RoutePattern, marker_of, parse_route
 from .wsgi import AsyncAcceptMiddleware
 
@@ -56,7 +55,7 @@ __all__ = [
 ]
 
 CONFIG_PREFIX = "ASYNC_ACCEPT_"
-_OPTION_NAMES = tuple(inspect.signature(build_options).parameters)
+
 #: werkzeug converters our route syntax knows by the same name
 _KNOWN = {"int": "int", "float": "float", "path": "path", "uuid": "uuid"}
 # werkzeug's own rule syntax: <name>, <conv:name>, <conv(args):name>
@@ -163,7 +162,7 @@ def options_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
     environment) the app's ``SECRET_KEY`` is used.
     """
     opts: dict[str, Any] = {}
-    for name in _OPTION_NAMES:
+    for name in OPTION_NAMES:
         key = CONFIG_PREFIX + name.upper()
         if key in config:
             opts[name] = config[key]

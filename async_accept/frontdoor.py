@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,7 @@ FRONT_DOORS: weakref.WeakSet[FrontDoor] = weakref.WeakSet()
 class FrontDoor:
     """Shared state of a middleware instance."""
 
-    def __init__(self, app: Any, kind: AppKind, options: dict[str, Any]) -> None:
+    def __init__(self, app: Any, kind: AppKind, options: Mapping[str, Any]) -> None:
         if app is None or not callable(app):
             raise ConfigurationError(
                 f"AsyncAcceptMiddleware needs the {kind.upper()} application to wrap as its "
@@ -194,7 +194,7 @@ class DoorMiddleware:
     """What the ASGI and WSGI middleware classes hold: their front door, and
     the facts the hot path reads without an attribute chain."""
 
-    def __init__(self, app: Any, kind: AppKind, options: dict[str, Any]) -> None:
+    def __init__(self, app: Any, kind: AppKind, options: Mapping[str, Any]) -> None:
         self._door = FrontDoor(app, kind, options)
         self.runtime = self._door.runtime
         self.options = self._door.options

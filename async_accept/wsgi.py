@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine.responses import Response
 from .frontdoor import Accept, DoorMiddleware, Pass, Serve
 from .job import CapturedRequest
 from .replay import REPLAY_KEY
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import OptionsKwargs
 
 __all__ = ["AsyncAcceptMiddleware", "capture_environ"]
 
@@ -42,7 +47,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
     worker process of the server can answer every job.
     """
 
-    def __init__(self, app: WSGIApp, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, /, **options: Unpack[OptionsKwargs]) -> None:
         super().__init__(app, "wsgi", options)
         self.app = app
 
