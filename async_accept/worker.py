@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
-import importlib
 import inspect
 import logging
 import os
@@ -45,6 +44,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._imports import import_from_string, split_import_path
 from .errors import ConfigurationError, ExecutorError
 
 if TYPE_CHECKING:
@@ -80,12 +80,7 @@ def check_app_path(app: Any, executor: str) -> str:
             f"its workers import to replay requests: executor={executor.title()}Executor("
             f"app='mysite.asgi:application') or executor='{executor}?app=mysite.asgi:application'"
         )
-    module, sep, attr = app.strip().partition(":")
-    if not sep or not module or not attr or " " in app.strip():
-        raise ConfigurationError(
-            f"app={app!r} is not a dotted path: use 'package.module:attribute', "
-            "e.g. 'mysite.asgi:application' or 'myapp.wsgi:app'"
-        )
+    split_import_path(app, "app")
     return app.strip()
 
 
@@ -356,23 +351,7 @@ class RemoteExecutor:
 
 def import_app(path: str) -> Any:
     """The object ``"package.module:attribute"`` names (dots allowed after the colon)."""
-    path = check_app_path(path, "worker")
-    module_name, _, attr = path.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise ConfigurationError(
-                f"app={path!r}: no module named {exc.name!r} (run the worker from your "
-                "project's directory, or put it on PYTHONPATH)"
-            ) from exc
-        raise
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as exc:
-            raise ConfigurationError(f"app={path!r}: {module_name} has no {attr!r}") from exc
-    return obj
+    return import_from_string(check_app_path(path, "worker"), "app")
 
 
 # Attributes through which frameworks and middleware reach the app they wrap.

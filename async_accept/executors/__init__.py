@@ -7,6 +7,7 @@ import importlib
 from typing import Any
 from urllib.parse import parse_qs
 
+from .._imports import import_from_string
 from ..errors import ConfigurationError
 from .base import Executor
 
@@ -58,13 +59,7 @@ def resolve_executor(spec: Any, kind: str) -> Executor:
             except TypeError as exc:
                 raise ConfigurationError(f"executor={spec!r}: {exc}") from exc
         elif ":" in spec:
-            mod_name, _, attr = spec.partition(":")
-            try:
-                factory = getattr(importlib.import_module(mod_name), attr)
-            except (ImportError, AttributeError) as exc:
-                raise ConfigurationError(
-                    f"executor={spec!r}: cannot import {attr!r} from {mod_name!r} ({exc})"
-                ) from exc
+            factory = import_from_string(spec, "executor")
             executor = factory() if isinstance(factory, type) or callable(factory) else factory
         else:
             raise ConfigurationError(

@@ -13,9 +13,9 @@ Celery is optional: ``pip install 'async-accept[celery]'``.
 from __future__ import annotations
 
 import contextlib
-import importlib
 from typing import Any
 
+from .._imports import import_from_string
 from ..errors import ConfigurationError, MissingDependencyError
 from ..worker import RemoteExecutor
 
@@ -152,7 +152,7 @@ class CeleryExecutor(RemoteExecutor):
                     "give either celery_app (it has its broker) or broker_url, not both"
                 )
             if isinstance(celery_app, str):
-                celery_app = _import_celery_app(celery_app)
+                celery_app = import_from_string(celery_app, "celery_app")
             if not isinstance(celery_app, celery.Celery):
                 raise ConfigurationError(
                     f"celery_app={celery_app!r} is not a Celery app: pass one, or its "
@@ -233,16 +233,3 @@ class CeleryExecutor(RemoteExecutor):
     def _reset_connections(self) -> None:
         # After a fork the parent's socket is not ours to close.
         self._drop_connection(close=False)
-
-
-def _import_celery_app(path: str) -> Any:
-    module, sep, attr = path.partition(":")
-    if not sep:
-        raise ConfigurationError(f"celery_app={path!r}: use 'package.module:app'")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"celery_app={path!r} can't be imported: {exc}") from exc
-    return obj
