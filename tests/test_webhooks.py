@@ -1087,3 +1087,20 @@ def test_importing_webhooks_does_not_import_httpx() -> None:
         "assert 'httpx' not in sys.modules, 'httpx imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_policy_refusal_says_why_a_callback_is_refused_without_dns() -> None:
+    """WebhookPolicy.refusal: None for an allowed host name (no lookup), the reason otherwise."""
+
+    def no_dns(host: str, port: int) -> list[str]:
+        raise AssertionError("refusal() must not resolve a host name")
+
+    policy = WebhookPolicy(["hooks.example.com", "10.0.0.5"], resolver=no_dns)
+    assert policy.refusal("https://hooks.example.com/done") is None
+    assert policy.refusal("https://other.example.com/") == (
+        "a client-supplied callback URL not on the allow-list"
+    )
+    private = policy.refusal("http://10.0.0.5/hook")
+    assert private is not None and "resolves to 10.0.0.5" in private
+    assert policy.refusal("ftp://hooks.example.com/") is not None
+    assert WebhookPolicy(["10.0.0.5"], allow_private=True).refusal("http://10.0.0.5/") is None
