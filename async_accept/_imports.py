@@ -6,9 +6,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, MissingDependencyError
 
-__all__ = ["import_from_string", "split_import_path"]
+__all__ = ["import_from_string", "import_optional", "split_import_path"]
 
 
 def split_import_path(path: Any, option: str) -> tuple[str, str]:
@@ -48,3 +48,12 @@ def import_from_string(path: Any, option: str) -> Any:
                 f"{option}={path!r} can't be imported: {module_name} has no {attr!r}"
             ) from exc
     return obj
+
+
+def import_optional(module: str, feature: str, extra: str) -> Any:
+    """Import an optional dependency, or raise MissingDependencyError naming the
+    ``feature`` that needs it and the ``extra`` that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(feature, extra, module) from exc

@@ -117,7 +117,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     app_paths = list(dict.fromkeys(args.app))
     runtime = worker.load_runtime(app_paths[0])
-    executor = runtime.executor
+    executor: Any = runtime.executor  # celery or rq (checked by name below): has .queue
     name = str(getattr(executor, "name", type(executor).__name__))
     if not getattr(executor, "out_of_process", False):
         raise ConfigurationError(

@@ -26,7 +26,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import AsyncAcceptError, MissingDependencyError
+from ._imports import import_optional
+from .errors import AsyncAcceptError
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -61,11 +62,7 @@ _BACKOFF_FACTOR = 1.5
 
 
 def _httpx() -> Any:
-    try:
-        import httpx
-    except ImportError as exc:
-        raise MissingDependencyError("The polling client", "client", "httpx") from exc
-    return httpx
+    return import_optional("httpx", "The polling client", "client")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

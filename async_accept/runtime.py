@@ -23,6 +23,7 @@ from .context import JobContext, loop_waker, reset_current, set_current
 from .engine import Engine, WorkerShutdown
 from .engine.ops import ExecutorCall, Gen, Op, Replay, StoreCall, WaitFor
 from .errors import JobCanceled, StoreError
+from .executors.base import Executor
 from .job import CapturedResponse, Job
 from .replay import replay_asgi, replay_wsgi
 from .stores import AsyncStore, Store, as_async
@@ -53,7 +54,7 @@ def _beat_due(
 class Runtime:
     """Everything a process needs to accept, answer and run jobs."""
 
-    def __init__(self, engine: Engine, store: Store, executor: Any, kind: AppKind) -> None:
+    def __init__(self, engine: Engine, store: Store, executor: Executor, kind: AppKind) -> None:
         self.engine = engine
         self.options = engine.options
         self.store = store

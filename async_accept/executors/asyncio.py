@@ -6,12 +6,13 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, ExecutorError
+from .base import BaseExecutor
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
 
-class AsyncioExecutor:
+class AsyncioExecutor(BaseExecutor):
     """Each job is a task on the server's loop, at most ``max_concurrency`` at once.
 
     Cancel really cancels: a running job's task gets ``CancelledError`` at
@@ -20,7 +21,6 @@ class AsyncioExecutor:
     """
 
     name = "asyncio"
-    out_of_process = False
     supports = frozenset({"asgi"})
 
     def __init__(self, max_concurrency: int = 100) -> None:

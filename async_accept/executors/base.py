@@ -42,3 +42,31 @@ class Executor(Protocol):
     def shutdown(self, timeout: float) -> None:
         """Stop taking jobs; give running ones up to ``timeout`` seconds."""
         ...
+
+
+class BaseExecutor:
+    """What most executors share: runs in this process, serves both front
+    doors, tracks nothing, ignores cancels and forks. Subclasses implement
+    ``start``, ``submit`` and ``shutdown`` and override what differs."""
+
+    name = "executor"
+    out_of_process = False
+    supports: frozenset[str] = frozenset({"asgi", "wsgi"})
+
+    def start(self, runtime: Runtime, loop: asyncio.AbstractEventLoop | None) -> None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def submit(self, job_id: str) -> None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def shutdown(self, timeout: float) -> None:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def is_pending(self, job_id: str) -> bool:
+        return False
+
+    def cancel(self, job_id: str) -> None:
+        """Best effort; the running handler sees ``cancel_requested`` through the store."""
+
+    def after_fork(self) -> None:
+        """A forked child: drop what the parent's threads and connections held."""

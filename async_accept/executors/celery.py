@@ -1,7 +1,7 @@
 """Run jobs on Celery workers.
 
 The web process publishes one message per job, ``async_accept.run_job(app_path,
-job_id)``, from a background thread (see :class:`~async_accept.worker.RemoteExecutor`):
+job_id)``, from a background thread (see :class:`~async_accept.executors.remote.RemoteExecutor`):
 the accept path never waits on the broker. A worker started with
 ``async-accept worker --app mysite.asgi:application`` (or any Celery worker of
 an app that called :func:`register_task`) imports the application by that
@@ -13,11 +13,14 @@ Celery is optional: ``pip install 'async-accept[celery]'``.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._imports import import_from_string
 from ..errors import ConfigurationError, MissingDependencyError
-from ..worker import RemoteExecutor
+from .remote import RemoteExecutor, RemoteOptions, queue_name
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["GROUP_TASK_NAME", "TASK_NAME", "CeleryExecutor", "register_task"]
 
@@ -101,7 +104,7 @@ class CeleryExecutor(RemoteExecutor):
 
     ``batch_size``, ``flush_interval``, ``redispatch_after``, ``max_buffer`` and
     ``jobs_per_message`` tune the hand-over (see
-    :class:`~async_accept.worker.RemoteExecutor`).
+    :class:`~async_accept.executors.remote.RemoteExecutor`).
     Messages go out over one connection and producer that the sender thread keeps;
     with RabbitMQ, publishes don't wait for the broker, so a batch takes about one
     round trip.
@@ -117,23 +120,11 @@ class CeleryExecutor(RemoteExecutor):
         queue: str = "async_accept",
         *,
         revoke: bool = True,
-        batch_size: int = 100,
-        flush_interval: float = 0.005,
-        redispatch_after: float = 60.0,
-        max_buffer: int = 10000,
-        jobs_per_message: int = 1,
+        **tuning: Unpack[RemoteOptions],
     ) -> None:
         celery = _celery()
-        super().__init__(
-            app,
-            batch_size=batch_size,
-            flush_interval=flush_interval,
-            redispatch_after=redispatch_after,
-            max_buffer=max_buffer,
-            jobs_per_message=jobs_per_message,
-        )
-        if not isinstance(queue, str) or not queue:
-            raise ConfigurationError(f"queue={queue!r} must be a queue name")
+        super().__init__(app, **tuning)
+        queue = queue_name(queue)
         self.queue = queue
         self.revoke = bool(revoke)
         self._conn: Any = None

@@ -11,10 +11,13 @@ RQ is optional: ``pip install 'async-accept[rq]'``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, MissingDependencyError
-from ..worker import RemoteExecutor
+from .remote import RemoteExecutor, RemoteOptions, queue_name
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["GROUP_JOB_FUNCTION", "JOB_FUNCTION", "RQExecutor"]
 
@@ -53,7 +56,7 @@ class RQExecutor(RemoteExecutor):
 
     ``batch_size``, ``flush_interval``, ``redispatch_after``, ``max_buffer`` and
     ``jobs_per_message`` tune the hand-over (see
-    :class:`~async_accept.worker.RemoteExecutor`).
+    :class:`~async_accept.executors.remote.RemoteExecutor`).
     """
 
     name = "rq"
@@ -68,23 +71,11 @@ class RQExecutor(RemoteExecutor):
         job_timeout: int = -1,
         result_ttl: int = 0,
         failure_ttl: int = 7 * 86400,
-        batch_size: int = 100,
-        flush_interval: float = 0.005,
-        redispatch_after: float = 60.0,
-        max_buffer: int = 10000,
-        jobs_per_message: int = 1,
+        **tuning: Unpack[RemoteOptions],
     ) -> None:
         rq, redis, json_serializer = _rq()
-        super().__init__(
-            app,
-            batch_size=batch_size,
-            flush_interval=flush_interval,
-            redispatch_after=redispatch_after,
-            max_buffer=max_buffer,
-            jobs_per_message=jobs_per_message,
-        )
-        if not isinstance(queue, str) or not queue:
-            raise ConfigurationError(f"queue={queue!r} must be a queue name")
+        super().__init__(app, **tuning)
+        queue = queue_name(queue)
         for opt, value in (("job_timeout", job_timeout), ("result_ttl", result_ttl)):
             if isinstance(value, bool) or not isinstance(value, int) or value < -1:
                 raise ConfigurationError(f"{opt}={value!r} must be whole seconds (-1: no limit)")

@@ -9,6 +9,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, ExecutorError
+from .base import BaseExecutor
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -18,7 +19,7 @@ log = logging.getLogger("async_accept")
 _STOP = ""
 
 
-class ThreadExecutor:
+class ThreadExecutor(BaseExecutor):
     """Jobs run in ``max_workers`` daemon threads of this process.
 
     Daemon threads, not ``concurrent.futures``: at interpreter exit a pool
@@ -28,8 +29,6 @@ class ThreadExecutor:
     """
 
     name = "thread"
-    out_of_process = False
-    supports = frozenset({"asgi", "wsgi"})
 
     def __init__(self, max_workers: int = 8) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:

@@ -19,8 +19,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._imports import import_optional
 from ..client import parse_retry_after
-from ..errors import ConfigurationError, MissingDependencyError
+from ..errors import ConfigurationError
 from ..outbox import (
     DEFAULT_LEASE,
     Delivery,
@@ -46,11 +47,7 @@ _MIN_RETRY_DELAY = 1.0
 
 
 def _httpx() -> Any:
-    try:
-        import httpx
-    except ImportError as exc:
-        raise MissingDependencyError("Webhooks", "client", "httpx") from exc
-    return httpx
+    return import_optional("httpx", "Webhooks", "client")
 
 
 def _pinned_transport(verify_tls: bool | ssl.SSLContext) -> httpx.BaseTransport:
