@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import asgi, wsgi
+from ._integrations import path_template
 from .routes import RouteOptions, RoutePattern, marker_of, parse_route
 
 __all__ = ["AsyncAcceptMiddleware", "AsyncAcceptWSGIMiddleware", "discover_routes", "wrap"]
@@ -45,11 +46,7 @@ _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_][A-Za-z0-9_]*)(?:\
 def _template(uri_template: str) -> str:
     """Falcon's ``{id:int(min=1)}`` as a route pattern (other converters: any text)."""
 
-    def sub(m: re.Match[str]) -> str:
-        name, conv = m.group(1), m.group(2)
-        return f"{{{name}:{conv}}}" if conv in _KNOWN else f"{{{name}}}"
-
-    return _FIELD.sub(sub, uri_template)
+    return path_template(uri_template, _FIELD, _KNOWN)
 
 
 def _nodes(nodes: Iterable[Any]) -> Iterable[Any]:

@@ -35,14 +35,14 @@ classes or their ``get``/``post``/... methods.
 
 from __future__ import annotations
 
-import os
 import re
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._integrations import CONFIG_PREFIX as CONFIG_PREFIX
+from ._integrations import extension_options, options_from_config
 from .errors import ConfigurationError, MissingDependencyError
-from .options import ENV_SECRET, OPTION_NAMES
 from .routes import RouteOptions, RoutePattern, marker_of, parse_route
 from .wsgi import AsyncAcceptMiddleware
 
@@ -54,7 +54,6 @@ __all__ = [
     "rule_pattern",
 ]
 
-CONFIG_PREFIX = "ASYNC_ACCEPT_"
 
 #: werkzeug converters our route syntax knows by the same name
 _KNOWN = {"int": "int", "float": "float", "path": "path", "uuid": "uuid"}
@@ -155,24 +154,6 @@ def discover_url_map(app: Any) -> list[RoutePattern]:
     return found
 
 
-def options_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Middleware options from the ``ASYNC_ACCEPT_<OPTION>`` keys of an app's config.
-
-    With no secret among them (and no ``ASYNC_ACCEPT_SECRET_KEY`` in the
-    environment) the app's ``SECRET_KEY`` is used.
-    """
-    opts: dict[str, Any] = {}
-    for name in OPTION_NAMES:
-        key = CONFIG_PREFIX + name.upper()
-        if key in config:
-            opts[name] = config[key]
-    if opts.get("secret_key") is None and not os.environ.get(ENV_SECRET):
-        opts.pop("secret_key", None)
-        if config.get("SECRET_KEY"):
-            opts["secret_key"] = config["SECRET_KEY"]
-    return opts
-
-
 class AsyncAccept:
     """The Flask extension: ``AsyncAccept(app, **options)``, or
     ``AsyncAccept(**options)`` then ``init_app(app)`` (application factories).
@@ -196,14 +177,8 @@ class AsyncAccept:
         """Wrap ``app.wsgi_app``; raise ConfigurationError now for a bad option."""
         if app in self._middlewares:
             raise ConfigurationError(f"AsyncAccept.init_app({app!r}) was already called")
-        opts = {**options_from_config(app.config), **self.options}
-        extra = opts.pop("discover", None)
-
-        def discover() -> list[RoutePattern]:
-            # Runs on the first request: every view and blueprint is registered by then.
-            return [*discover_url_map(app), *(extra() if extra is not None else ())]
-
-        middleware = AsyncAcceptMiddleware(app.wsgi_app, discover=discover, **opts)
+        opts = extension_options(app, self.options, discover_url_map)
+        middleware = AsyncAcceptMiddleware(app.wsgi_app, **opts)
         app.wsgi_app = middleware
         app.extensions["async_accept"] = self
         self._middlewares[app] = middleware

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import asgi
+from ._integrations import path_template
 from .routes import RoutePattern, marker_of, parse_route
 
 __all__ = ["AsyncAcceptMiddleware", "discover_routes"]
@@ -40,11 +41,7 @@ _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_][A-Za-z0-9_]*))?\}
 def _template(path: str) -> str:
     """Litestar's ``{id:int}`` as a route pattern (types we can't match: any segment)."""
 
-    def sub(m: re.Match[str]) -> str:
-        name, kind = m.group(1), m.group(2)
-        return f"{{{name}:{kind}}}" if kind in _KNOWN else f"{{{name}}}"
-
-    return _PARAM.sub(sub, path)
+    return path_template(path, _PARAM, _KNOWN)
 
 
 def _method_names(methods: Iterable[Any]) -> list[str]:

@@ -33,10 +33,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._integrations import extension_options, options_from_config
 from .asgi import AsyncAcceptMiddleware
 from .errors import ConfigurationError, MissingDependencyError
-from .flask import discover_url_map, options_from_config
-from .routes import RoutePattern
+from .flask import discover_url_map
 
 __all__ = ["AsyncAccept", "AsyncAcceptMiddleware", "discover_url_map", "options_from_config"]
 
@@ -68,14 +68,8 @@ class AsyncAccept:
         """Wrap ``app.asgi_app``; raise ConfigurationError now for a bad option."""
         if isinstance(app.asgi_app, AsyncAcceptMiddleware):
             raise ConfigurationError(f"AsyncAccept.init_app({app!r}) was already called")
-        opts = {**options_from_config(app.config), **self.options}
-        extra = opts.pop("discover", None)
-
-        def discover() -> list[RoutePattern]:
-            # Runs on the first request: every view and blueprint is registered by then.
-            return [*discover_url_map(app), *(extra() if extra is not None else ())]
-
-        middleware = AsyncAcceptMiddleware(app.asgi_app, discover=discover, **opts)
+        opts = extension_options(app, self.options, discover_url_map)
+        middleware = AsyncAcceptMiddleware(app.asgi_app, **opts)
         app.asgi_app = middleware
         app.extensions["async_accept"] = self
         self._middleware = middleware
