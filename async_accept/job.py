@@ -96,8 +96,21 @@ def _dec_headers(raw: Iterable[Iterable[str]]) -> Headers:
     return out
 
 
+class _HeaderLookup:
+    """``header(name)`` for the captured request and response."""
+
+    headers: Headers
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of header ``name`` (lower-case bytes), or None."""
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
 @dataclass
-class CapturedRequest:
+class CapturedRequest(_HeaderLookup):
     """The whole HTTP request, as the front door saw it.
 
     ``path`` is the decoded path *below* ``root_path`` (ASGI semantics; the
@@ -116,13 +129,6 @@ class CapturedRequest:
     http_version: str = "1.1"
     server: tuple[str, int] | None = None
     client: tuple[str, int] | None = None
-
-    def header(self, name: bytes) -> bytes | None:
-        """First value of header ``name`` (lower-case bytes), or None."""
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
 
     def meta_json(self) -> str:
         """Everything but the body, as JSON."""
@@ -176,18 +182,12 @@ class CapturedRequest:
 
 
 @dataclass
-class CapturedResponse:
+class CapturedResponse(_HeaderLookup):
     """The handler's response: status, headers (lower-cased names), body bytes."""
 
     status: int
     headers: Headers = field(default_factory=list)
     body: bytes = b""
-
-    def header(self, name: bytes) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
 
     def meta_json(self) -> str:
         return json.dumps(
