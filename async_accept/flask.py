@@ -38,13 +38,19 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._imports import import_optional
 from ._integrations import CONFIG_PREFIX as CONFIG_PREFIX
 from ._integrations import extension_options, options_from_config
-from .errors import ConfigurationError, MissingDependencyError
+from .errors import ConfigurationError
 from .routes import RouteOptions, RoutePattern, marker_of, parse_route
 from .wsgi import AsyncAcceptMiddleware
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import OptionsKwargs
 
 __all__ = [
     "AsyncAccept",
@@ -61,13 +67,6 @@ _KNOWN = {"int": "int", "float": "float", "path": "path", "uuid": "uuid"}
 _RULE_PARAM = re.compile(
     r"<(?:(?P<conv>[A-Za-z_][A-Za-z0-9_]*)(?:\((?P<args>.*?)\))?:)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>"
 )
-
-
-def _require_flask() -> None:
-    try:
-        import flask  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError("The Flask integration", "flask", "flask") from exc
 
 
 def _template(rule: str) -> str:
@@ -163,8 +162,8 @@ class AsyncAccept:
     :class:`async_accept.wsgi.AsyncAcceptMiddleware`.
     """
 
-    def __init__(self, app: Any = None, **options: Any) -> None:
-        _require_flask()
+    def __init__(self, app: Any = None, **options: Unpack[OptionsKwargs]) -> None:
+        import_optional("flask", "The Flask integration", "flask")
         self.options = options
         self._middlewares: weakref.WeakKeyDictionary[Any, AsyncAcceptMiddleware] = (
             weakref.WeakKeyDictionary()

@@ -31,21 +31,20 @@ converter regexes); importing this module never imports Quart or Flask.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._imports import import_optional
 from ._integrations import extension_options, options_from_config
 from .asgi import AsyncAcceptMiddleware
-from .errors import ConfigurationError, MissingDependencyError
+from .errors import ConfigurationError
 from .flask import discover_url_map
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import OptionsKwargs
+
 __all__ = ["AsyncAccept", "AsyncAcceptMiddleware", "discover_url_map", "options_from_config"]
-
-
-def _require_quart() -> None:
-    try:
-        import quart  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError("The Quart integration", "quart", "quart") from exc
 
 
 class AsyncAccept:
@@ -57,8 +56,8 @@ class AsyncAccept:
     :class:`async_accept.asgi.AsyncAcceptMiddleware`.
     """
 
-    def __init__(self, app: Any = None, **options: Any) -> None:
-        _require_quart()
+    def __init__(self, app: Any = None, **options: Unpack[OptionsKwargs]) -> None:
+        import_optional("quart", "The Quart integration", "quart")
         self.options = options
         self._middleware: AsyncAcceptMiddleware | None = None
         if app is not None:
