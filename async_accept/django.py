@@ -60,12 +60,12 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
-from .config import ENV_SECRET, build_options
 from .engine.ops import Gen
 from .engine.responses import Response
 from .errors import ConfigurationError, MissingDependencyError
 from .frontdoor import Accept, FrontDoor, Pass, Serve
 from .job import CapturedRequest
+from .options import ENV_SECRET, build_options
 from .replay import REPLAY_KEY
 from .routes import RouteOptions, RoutePattern, marker_of
 from .wsgi import capture_environ, latin1

@@ -12,11 +12,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import Options, build_options, check_route_webhook
 from .engine import Engine
 from .engine.responses import Response, problem_response
 from .errors import ConfigurationError
 from .executors import resolve_executor
+from .options import Options, build_options, check_route_webhook
 from .routes import RouteOptions, RoutePattern, RouteTable
 from .runtime import AppKind, Runtime
 from .stores import resolve_store

@@ -48,7 +48,7 @@ from .errors import ConfigurationError
 from .executors.remote import RemoteExecutor, check_app_path
 
 if TYPE_CHECKING:
-    from ._frontdoor import FrontDoor
+    from .frontdoor import FrontDoor
     from .job import Job
     from .runtime import Runtime
 
@@ -82,7 +82,7 @@ _LINKS = ("middleware_stack", "_door", "app", "wsgi_app", "application", "_app",
 
 
 def _walk(root: Any) -> FrontDoor | None:
-    from ._frontdoor import FrontDoor
+    from .frontdoor import FrontDoor
 
     seen: set[int] = set()
     todo = [root]
@@ -114,7 +114,7 @@ def find_front_door(app: Any, created: Iterable[FrontDoor] = ()) -> FrontDoor:
     """The async_accept middleware inside ``app``: found by walking the wrapped
     apps, else the one front door built in this process (``created``: those
     built while importing the app, preferred)."""
-    from ._frontdoor import FRONT_DOORS
+    from .frontdoor import FRONT_DOORS
 
     door = _walk(app)
     if door is None:
@@ -149,7 +149,7 @@ def _kind(app: Any) -> str:
 
 
 def _find(app_path: str) -> tuple[Any, FrontDoor]:
-    from ._frontdoor import FRONT_DOORS
+    from .frontdoor import FRONT_DOORS
 
     before = set(FRONT_DOORS)
     app = import_app(app_path)

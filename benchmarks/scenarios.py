@@ -701,9 +701,9 @@ class BulkLoader:
     """Creates completed jobs through the store API, with real tokens and owners."""
 
     def __init__(self, store_url: str) -> None:
-        from async_accept.config import build_options
         from async_accept.engine import Engine
         from async_accept.job import CapturedRequest, CapturedResponse
+        from async_accept.options import build_options
         from async_accept.stores import resolve_store
 
         from .apps.app import ROUTES, SECRET

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from async_accept.config import build_options
 from async_accept.engine import Engine
 from async_accept.engine.health import health_report, stall_after
 from async_accept.errors import ConfigurationError
 from async_accept.job import JobStatus
+from async_accept.options import build_options
 from async_accept.stores import as_async
 from async_accept.stores.base import WORKER_RETENTION
 from tests import apps

@@ -260,7 +260,7 @@ def test_without_opentelemetry_everything_is_a_no_op(
 
 def test_bad_tracer_provider_fails_at_construction() -> None:
     """tracer_provider must be a TracerProvider."""
-    from async_accept.config import build_options
+    from async_accept.options import build_options
 
     with pytest.raises(ConfigurationError, match="tracer_provider"):
         build_options(secret_key="k" * 32, tracer_provider="jaeger")
@@ -424,7 +424,7 @@ def test_prometheus_listener_counts() -> None:
 
 def test_bad_on_event_fails_at_construction() -> None:
     """on_event must be callable."""
-    from async_accept.config import build_options
+    from async_accept.options import build_options
 
     with pytest.raises(ConfigurationError, match="on_event"):
         build_options(secret_key="k" * 32, on_event="prometheus")

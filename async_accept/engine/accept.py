@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping
-from typing import Any
 
 from ..errors import ExecutorError, StoreError
 from ..job import CapturedRequest, Headers, Job, JobStatus, new_job_id
@@ -187,7 +186,7 @@ class Accepting(Status):
         raw = request.header(header.encode("latin-1")) if header else None
         if raw is not None:
             url = raw.decode("latin-1").strip()
-            reason = _callback_refusal(opts.webhook_policy, url)
+            reason = opts.webhook_policy.refusal(url)
             if reason is not None:
                 return problem_response(
                     400,
@@ -241,29 +240,3 @@ class Accepting(Status):
             )
         existing = yield from self.apply_deadman(existing, now)
         return self.accepted(existing, request.root_path, now, extra)
-
-
-def _callback_refusal(policy: Any, url: str) -> str | None:
-    """Why a client-supplied callback URL is refused at accept, or None.
-
-    No DNS lookup here (this runs on the request path): the URL's form and the
-    allow-list are checked now, an IP literal's address too; a host name's
-    addresses are checked before every delivery attempt.
-    """
-    import ipaddress
-
-    from ..webhooks import WebhookError, WebhookTargetError, _parse_target
-
-    try:
-        target = _parse_target(url)
-        policy.check_url(url, client_supplied=True)
-        try:
-            ipaddress.ip_address(target.host)
-        except ValueError:
-            return None
-        policy.resolve(url, client_supplied=True)  # a literal: no lookup
-    except WebhookTargetError as exc:
-        return exc.reason
-    except WebhookError as exc:  # pragma: no cover - literals do not resolve
-        return str(exc)
-    return None

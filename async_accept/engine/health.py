@@ -35,9 +35,9 @@ import hmac
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..config import Options
 from ..errors import StoreError
 from ..job import CapturedRequest, JobStatus
+from ..options import Options
 from . import ops
 from .ops import Gen
 from .responses import (

@@ -12,9 +12,9 @@ from typing import Any
 
 from werkzeug.http import parse_cookie
 
-from ..config import Options
 from ..errors import StoreError
 from ..job import ACTIVE, CapturedRequest, Headers, Job, JobStatus
+from ..options import Options
 from ..tokens import TokenError, TokenExpired, TokenSigner
 from ..tracing import Tracing
 from . import ops
