@@ -1,4 +1,9 @@
-"""Job stores: a Protocol, a resolver from URL/instance, and async adapters."""
+"""Job stores and their webhook outboxes: the protocols, resolvers from a URL or
+an instance, and the awaitable face of a store.
+
+Each backend is one folder (``memory/``, ``sqlite/``, ``redis/``) holding its
+``store.py``, its ``outbox.py`` and, where it has one, its ``connection.py``.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigurationError
 from .base import AsyncStore, Store
+from .outbox_base import Outbox
 
-__all__ = ["AsyncStore", "Store", "as_async", "resolve_store"]
+__all__ = ["AsyncStore", "Outbox", "Store", "as_async", "resolve_outbox", "resolve_store"]
 
 _ASYNC_METHODS = (
     "create",
@@ -92,6 +98,35 @@ def resolve_store(spec: str | Store | None) -> Store:
     raise ConfigurationError(
         f"store={spec!r} is not understood: use 'memory://', 'sqlite:///path/jobs.db', "
         "'redis://host:6379/0' or a store instance."
+    )
+
+
+def resolve_outbox(spec: Outbox | str) -> Outbox:
+    """Turn ``"memory://"``, ``"sqlite:///webhooks.db"`` (``sqlite:////abs/path.db``)
+    or an outbox instance into an outbox."""
+    if not isinstance(spec, str):
+        missing = [
+            m
+            for m in ("enqueue", "due", "mark_sent", "mark_retry", "mark_dead", "replay")
+            if not callable(getattr(spec, m, None))
+        ]
+        if missing:
+            raise ConfigurationError(
+                f"outbox={spec!r} is not an outbox: it lacks {', '.join(missing)}"
+            )
+        return spec
+    if spec == "memory://":
+        from .memory.outbox import MemoryOutbox
+
+        return MemoryOutbox()
+    if spec.startswith("sqlite:///"):
+        from .sqlite.outbox import SQLiteOutbox
+
+        path = spec[len("sqlite:///") :].split("?", 1)[0]
+        return SQLiteOutbox(path)
+    raise ConfigurationError(
+        f"outbox={spec!r} is not understood: use 'memory://', 'sqlite:///webhooks.db' "
+        "or an Outbox instance."
     )
 
 

@@ -15,8 +15,8 @@ from dataclasses import fields
 from operator import itemgetter
 from typing import Any
 
-from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
-from .base import WORKER_RETENTION
+from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
+from ..base import WORKER_RETENTION
 
 
 class MemoryStore:

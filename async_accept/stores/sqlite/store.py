@@ -34,14 +34,14 @@ import json
 import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar, cast
 
-from ..errors import ConfigurationError, StoreError
-from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
-from .base import WORKER_RETENTION, AsyncStore
+from ...errors import ConfigurationError, StoreError
+from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
+from ..base import WORKER_RETENTION, AsyncStore
+from .connection import SYNCHRONOUS_LEVELS, Connections
 
 __all__ = ["SCHEMA_VERSION", "AsyncSQLiteStore", "SQLiteStore"]
 
@@ -57,23 +57,6 @@ HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 #: Rows deleted per statement by :meth:`SQLiteStore.purge_expired`, so a large purge
 #: never holds the write lock for long.
 PURGE_BATCH = 500
-
-#: Connections inherited through ``fork()``. Kept referenced for the life of the
-#: process and never closed: closing a SQLite connection inherited from the parent
-#: can release the POSIX locks this process holds on the same file.
-_FORK_ORPHANS: list[sqlite3.Connection] = []
-#: Every open store in this process, for the at-fork hook below.
-_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # Runs in the child before any other thread exists there, so no lock is needed.
-    for store in list(_STORES):
-        store._forget_parent_connections()
-
-
-if hasattr(os, "register_at_fork"):  # not on Windows
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 _COLUMNS = (
     "id",
@@ -313,21 +296,21 @@ class SQLiteStore:
                 f"the SQLite store's folder {folder!r} does not exist: create it, or point "
                 "store='sqlite:///...' at an existing folder"
             )
-        if not isinstance(synchronous, str) or synchronous.upper() not in (
-            "OFF",
-            "NORMAL",
-            "FULL",
-            "EXTRA",
-        ):
+        if not isinstance(synchronous, str) or synchronous.upper() not in SYNCHRONOUS_LEVELS:
             raise ConfigurationError(
                 f"SQLiteStore(synchronous={synchronous!r}): use OFF, NORMAL, FULL or EXTRA"
             )
         self.timeout = float(timeout)
         self.synchronous = synchronous.upper()
         self._returning = HAS_RETURNING
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
+        self._conns = Connections(
+            self.path,
+            timeout=self.timeout,
+            synchronous=self.synchronous,
+            closed_message=f"{self!r} is closed",
+            after_fork=self._forget_parent_connections,
+        )
+        self._pool_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._pending: list[_Op[Any]] = []
         self._reads: list[_Op[Any]] = []
@@ -335,12 +318,10 @@ class SQLiteStore:
         self._flush_scheduled = False
         self._reads_scheduled = False
         self._pool: ThreadPoolExecutor | None = None
-        self._pid = os.getpid()
         self._closed = False
         #: The awaitable face (picked up by ``as_async()``): writes join the group
         #: commit without tying up a thread each; reads run in two I/O threads.
         self.aio: AsyncStore = cast(AsyncStore, AsyncSQLiteStore(self))
-        _STORES.add(self)
         try:
             self._setup(self._conn())
         except sqlite3.Error as exc:
@@ -374,46 +355,18 @@ class SQLiteStore:
     # -- connections ---------------------------------------------------------------
 
     def _forget_parent_connections(self) -> None:
-        """In a forked child: drop (but never close) the parent's connections."""
-        _FORK_ORPHANS.extend(self._all)
-        self._all = []
-        self._all_lock = threading.Lock()  # another thread may have held it at fork time
+        """In a forked child, once the parent's connections are dropped: reset what
+        another thread may have held at fork time."""
+        self._pool_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._pending = []
         self._reads = []
         self._pending_lock = threading.Lock()
         self._flush_scheduled = self._reads_scheduled = False
         self._pool = None  # its threads did not survive the fork
-        self._local = threading.local()
-        self._pid = os.getpid()
 
     def _conn(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():
-            # Normally done by the at-fork hook already; this catches a fork that
-            # bypassed Python's hooks (a C extension calling fork() itself).
-            self._forget_parent_connections()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        if self._closed:
-            raise StoreError(f"{self!r} is closed")
-        conn = sqlite3.connect(
-            self.path,
-            timeout=self.timeout,
-            isolation_level=None,  # autocommit; transactions are explicit
-            check_same_thread=False,  # only close() touches it from another thread
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        except BaseException:
-            conn.close()
-            raise
-        self._local.conn = conn
-        with self._all_lock:
-            self._all.append(conn)
-        return conn
+        return self._conns.get()
 
     def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
         if not write:
@@ -568,7 +521,7 @@ class SQLiteStore:
     def _io(self) -> ThreadPoolExecutor:
         pool = self._pool
         if pool is None:
-            with self._all_lock:
+            with self._pool_lock:
                 pool = self._pool
                 if pool is None:
                     # Two threads: store calls are short, and more threads only
@@ -1020,18 +973,11 @@ class SQLiteStore:
     def close(self) -> None:
         """Close every connection this store opened in this process, in any thread."""
         self._closed = True
-        _STORES.discard(self)
-        if self._pid != os.getpid():
-            self._forget_parent_connections()  # a forked child: not ours to close
-        with self._all_lock:
-            conns, self._all = self._all, []
+        self._conns.check_fork()  # a forked child: the parent's are not ours to close
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False)
-        for conn in conns:
-            with contextlib.suppress(sqlite3.Error):  # closing is best effort
-                conn.close()
-        self._local = threading.local()
+        self._conns.close()
 
 
 class AsyncSQLiteStore:

@@ -1,0 +1,131 @@
+"""SQLite connections, set up once for the job store and its webhook outbox.
+
+Every connection is opened the same way: autocommit (transactions are
+explicit), WAL journal (readers never block the writer), a busy timeout for
+concurrent writers and the ``synchronous`` level asked for. :class:`Connections`
+keeps one per thread and per process: after a ``fork()`` the child drops (but
+never closes) what it inherited and opens its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable
+
+from ...errors import StoreError
+
+__all__ = ["SYNCHRONOUS_LEVELS", "Connections", "connect"]
+
+#: What ``PRAGMA synchronous`` accepts.
+SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+#: Connections inherited through ``fork()``. Kept referenced for the life of the
+#: process and never closed: closing a SQLite connection inherited from the parent
+#: can release the POSIX locks this process holds on the same file.
+_FORK_ORPHANS: list[sqlite3.Connection] = []
+#: Every open set of connections in this process, for the at-fork hook below.
+_OPEN: weakref.WeakSet[Connections] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # Runs in the child before any other thread exists there, so no lock is needed.
+    for conns in list(_OPEN):
+        conns.forget_parent()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def connect(path: str, *, timeout: float, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """A connection to ``path`` with the pragmas every user of the file relies on."""
+    conn = sqlite3.connect(
+        path,
+        timeout=timeout,
+        isolation_level=None,  # autocommit; transactions are explicit
+        check_same_thread=False,  # only close() touches it from another thread
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Connections:
+    """One connection per thread and per process to one SQLite file.
+
+    ``closed_message`` is the :class:`~async_accept.errors.StoreError` a call
+    gets after :meth:`close`; ``after_fork`` runs in a forked child once the
+    parent's connections are dropped, for the owner to reset its own locks.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        timeout: float,
+        synchronous: str = "NORMAL",
+        closed_message: str,
+        after_fork: Callable[[], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.synchronous = synchronous
+        self._closed_message = closed_message
+        self._after_fork = after_fork
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self.closed = False
+        _OPEN.add(self)
+
+    def forget_parent(self) -> None:
+        """In a forked child: drop (but never close) the parent's connections."""
+        _FORK_ORPHANS.extend(self._all)
+        self._all = []
+        self._lock = threading.Lock()  # another thread may have held it at fork time
+        self._local = threading.local()
+        self._pid = os.getpid()
+        if self._after_fork is not None:
+            self._after_fork()
+
+    def check_fork(self) -> None:
+        """Catch a fork that bypassed Python's hooks (a C extension calling
+        ``fork()`` itself); normally the at-fork hook has done it already."""
+        if self._pid != os.getpid():
+            self.forget_parent()
+
+    def get(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        self.check_fork()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self.closed:
+            raise StoreError(self._closed_message)
+        conn = connect(self.path, timeout=self.timeout, synchronous=self.synchronous)
+        self._local.conn = conn
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection opened in this process, in any thread (best effort)."""
+        self.closed = True
+        _OPEN.discard(self)
+        self.check_fork()  # a forked child: the parent's are not ours to close
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):  # closing is best effort
+                conn.close()
+        self._local = threading.local()
