@@ -7,15 +7,13 @@ Each backend is one folder (``memory/``, ``sqlite/``, ``redis/``) holding its
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import importlib
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigurationError
+from .adapters import InlineAsyncStore, ThreadedAsyncStore
 from .base import AsyncStore, Store
 from .outbox_base import Outbox
 
@@ -153,48 +151,6 @@ def _sqlite_options(spec: str, opts: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-class _InlineAsyncStore:
-    """Async face of a non-blocking (in-memory) store: calls it directly."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        store = self._store
-        getattr(store, name)  # AttributeError now, not at call time
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            return getattr(store, name)(*args, **kwargs)
-
-        setattr(self, name, call)
-        return call
-
-
-class _ThreadedAsyncStore:
-    """Async face of a blocking store: every call runs in a small thread pool,
-    so the event loop never waits on disk or network I/O."""
-
-    def __init__(self, store: Store, pool: ThreadPoolExecutor) -> None:
-        self._store = store
-        self._pool = pool
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        store = self._store
-        getattr(store, name)  # AttributeError now, not at call time
-        pool = self._pool
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            # Looked up per call, so a store method replaced at run time is honoured.
-            fn = getattr(store, name)
-            loop = asyncio.get_running_loop()
-            if kwargs:
-                return await loop.run_in_executor(pool, functools.partial(fn, *args, **kwargs))
-            return await loop.run_in_executor(pool, fn, *args)
-
-        setattr(self, name, call)
-        return call
-
-
 def as_async(store: Store, pool: ThreadPoolExecutor | None = None) -> AsyncStore:
     """The awaitable face of ``store``: its own native one when it has one
     (``store.aio``), else a direct call for non-blocking stores, else a thread hop."""
@@ -202,9 +158,9 @@ def as_async(store: Store, pool: ThreadPoolExecutor | None = None) -> AsyncStore
     if native is not None:
         return cast(AsyncStore, native)
     if not store.blocking:
-        return cast(AsyncStore, _InlineAsyncStore(store))
+        return InlineAsyncStore(store)
     if pool is None:
         # Two threads: store calls are short, and more threads only fight over
         # the GIL with the event loop (measured: no gain from 8 over 1-2).
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="async-accept-io")
-    return cast(AsyncStore, _ThreadedAsyncStore(store, pool))
+    return ThreadedAsyncStore(store, pool)

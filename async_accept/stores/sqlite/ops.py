@@ -1,0 +1,278 @@
+"""The statements behind each write and point read of the SQLite store: an
+``_op_<name>`` method builds them (a function of a connection), which the
+store runs blocking (``_run``) or its awaitable face queues for the group
+commit."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
+
+from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
+from .groupcommit import GroupCommit
+from .schema import _INSERT_BODY, _INSERT_JOB, _RETURNING, _SELECT, _dumps, _immediate, _row_to_job
+
+T = TypeVar("T")
+
+
+class SQLiteOps(GroupCommit):
+    """The compare-and-set and the ``_op_<name>`` builders of :class:`SQLiteStore`."""
+
+    _returning: bool
+
+    def _cas(
+        self, conn: sqlite3.Connection, job_id: str, sql: str, args: tuple[Any, ...]
+    ) -> Job | None:
+        """One conditional ``UPDATE jobs ... WHERE id = ? AND <expected state>``: the
+        compare-and-set. Returns the job as the update left it, or None when the
+        condition did not hold (nothing was written)."""
+        if self._returning:
+            rows = conn.execute(sql + _RETURNING, args).fetchall()
+            return _row_to_job(rows[0]) if rows else None
+        if conn.in_transaction:
+            return self._update_then_read(conn, job_id, sql, args)
+        with _immediate(conn):
+            return self._update_then_read(conn, job_id, sql, args)
+
+    @staticmethod
+    def _update_then_read(
+        conn: sqlite3.Connection, job_id: str, sql: str, args: tuple[Any, ...]
+    ) -> Job | None:
+        if conn.execute(sql, args).rowcount != 1:
+            return None
+        rows = conn.execute(_SELECT + " WHERE id = ?", (job_id,)).fetchall()
+        return _row_to_job(rows[0])
+
+    def _cas_op(
+        self, job_id: str, sql: str, args: tuple[Any, ...]
+    ) -> Callable[[sqlite3.Connection], Job | None]:
+        return lambda conn: self._cas(conn, job_id, sql, args)
+
+    def _cas_run(self, job_id: str, sql: str, args: tuple[Any, ...]) -> Job | None:
+        return self._run(self._cas_op(job_id, sql, args))
+
+    def _op_create(
+        self, job: Job, request: CapturedRequest
+    ) -> Callable[[sqlite3.Connection], tuple[Job, bool]]:
+        values = (
+            job.id,
+            JobStatus(job.status).value,
+            job.owner,
+            job.created_at,
+            job.updated_at,
+            job.expires_at,
+            job.deadline_at,
+            job.sla,
+            job.started_at,
+            job.finished_at,
+            job.percent,
+            job.message,
+            job.eta,
+            job.progress_at,
+            int(job.cancel_requested),
+            job.worker_id,
+            job.heartbeat_at,
+            None if job.error is None else _dumps(job.error),
+            job.result_status,
+            job.result_location,
+            job.route,
+            job.idempotency_key,
+            job.fingerprint,
+            job.attempts,
+            _dumps(job.meta),
+        )
+        body = (job.id, "request", request.meta_json(), request.body)
+        key = job.idempotency_key
+
+        def insert(conn: sqlite3.Connection) -> tuple[Job, bool]:
+            with _immediate(conn):
+                try:
+                    inserted = conn.execute(_INSERT_JOB, values).rowcount
+                except sqlite3.IntegrityError as exc:
+                    if key is None or "idempotency_key" not in str(exc):
+                        raise
+                    # Another job holds the key. The write lock is ours, so what we
+                    # read now stays true until we commit.
+                    rows = conn.execute(_SELECT + " WHERE idempotency_key = ?", (key,)).fetchall()
+                    holder = _row_to_job(rows[0])
+                    if holder.expires_at > job.created_at:
+                        return holder, False
+                    # The holder expired (not purged yet): the key is free again.
+                    conn.execute("DELETE FROM jobs WHERE id = ?", (holder.id,))
+                    inserted = conn.execute(_INSERT_JOB, values).rowcount
+                if inserted:
+                    conn.execute(_INSERT_BODY, body)
+            return job, True
+
+        return insert
+
+    def _op_get(self, job_id: str, now: float) -> Callable[[sqlite3.Connection], Job | None]:
+        def q(conn: sqlite3.Connection) -> Job | None:
+            rows = conn.execute(
+                _SELECT + " WHERE id = ? AND expires_at > ?", (job_id, now)
+            ).fetchall()
+            return _row_to_job(rows[0]) if rows else None
+
+        return q
+
+    @staticmethod
+    def _op_body(
+        job_id: str, kind: str, parse: Callable[[str, bytes], T]
+    ) -> Callable[[sqlite3.Connection], T | None]:
+        def q(conn: sqlite3.Connection) -> T | None:
+            rows = conn.execute(
+                "SELECT meta, body FROM job_bodies WHERE job_id = ? AND kind = ?", (job_id, kind)
+            ).fetchall()
+            return parse(rows[0][0], bytes(rows[0][1])) if rows else None
+
+        return q
+
+    def _op_get_request(
+        self, job_id: str
+    ) -> Callable[[sqlite3.Connection], CapturedRequest | None]:
+        return self._op_body(job_id, "request", CapturedRequest.from_meta_json)
+
+    def _op_get_result(
+        self, job_id: str
+    ) -> Callable[[sqlite3.Connection], CapturedResponse | None]:
+        return self._op_body(job_id, "result", CapturedResponse.from_meta_json)
+
+    def _op_claim(
+        self, job_id: str, worker_id: str, now: float
+    ) -> Callable[[sqlite3.Connection], Job | None]:
+        return self._cas_op(
+            job_id,
+            "UPDATE jobs SET status = 'processing', worker_id = ?, started_at = ?, "
+            "heartbeat_at = ?, updated_at = ?, attempts = attempts + 1 "
+            "WHERE id = ? AND status = 'queued' AND cancel_requested = 0 AND expires_at > ?",
+            (worker_id, now, now, now, job_id, now),
+        )
+
+    def _op_heartbeat(
+        self, job_id: str, worker_id: str, now: float
+    ) -> Callable[[sqlite3.Connection], Job | None]:
+        return self._cas_op(
+            job_id,
+            "UPDATE jobs SET heartbeat_at = ? "
+            "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?",
+            (now, job_id, worker_id, now),
+        )
+
+    def _op_set_progress(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        percent: float | None,
+        message: str | None,
+        eta: float | None,
+    ) -> Callable[[sqlite3.Connection], Job | None]:
+        return self._cas_op(
+            job_id,
+            "UPDATE jobs SET percent = ?, message = ?, eta = ?, progress_at = ?, "
+            "updated_at = ?, heartbeat_at = ? "
+            "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?",
+            (percent, message, eta, now, now, now, job_id, worker_id, now),
+        )
+
+    def _op_finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        status: JobStatus,
+        response: CapturedResponse | None = None,
+        error: dict[str, Any] | None = None,
+        result_location: str | None = None,
+    ) -> Callable[[sqlite3.Connection], Job | None]:
+        status = JobStatus(status)
+        if not status.terminal:
+            raise ValueError(f"finish() needs a terminal status, not {status.value!r}")
+        completed = status is JobStatus.COMPLETED
+        sets = "status = ?, finished_at = ?, updated_at = ?, error = ?, result_location = ?"
+        args: tuple[Any, ...] = (
+            status.value,
+            now,
+            now,
+            None if error is None else _dumps(error),
+            result_location,
+        )
+        if response is not None:
+            sets += ", result_status = ?"
+            args += (int(response.status),)
+        if completed:
+            sets += ", percent = 100.0, eta = NULL"
+        sql = (
+            f"UPDATE jobs SET {sets} "
+            "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?"
+        )
+        args += (job_id, worker_id, now)
+        if response is None:
+            return self._cas_op(job_id, sql, args)
+        body = (job_id, "result", response.meta_json(), response.body)
+
+        def q(conn: sqlite3.Connection) -> Job | None:
+            with _immediate(conn):
+                job = self._cas(conn, job_id, sql, args)
+                if job is not None:
+                    conn.execute(_INSERT_BODY, body)
+            return job
+
+        return q
+
+    def _op_fail(
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+    ) -> Callable[[sqlite3.Connection], Job | None]:
+        states = tuple(dict.fromkeys(JobStatus(s).value for s in expected))
+        if not states:
+            return lambda conn: None
+        marks = ", ".join("?" * len(states))
+        return self._cas_op(
+            job_id,
+            "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, updated_at = ? "
+            f"WHERE id = ? AND status IN ({marks}) AND expires_at > ?",
+            (_dumps(error), now, now, job_id, *states, now),
+        )
+
+    def _op_requeue(
+        self, job_id: str, worker_id: str, now: float
+    ) -> Callable[[sqlite3.Connection], Job | None]:
+        return self._cas_op(
+            job_id,
+            # A job whose cancel was requested ends canceled: nobody would claim it.
+            "UPDATE jobs SET "
+            "status = CASE cancel_requested WHEN 0 THEN 'queued' ELSE 'canceled' END, "
+            "finished_at = CASE cancel_requested WHEN 0 THEN finished_at ELSE ? END, "
+            "worker_id = NULL, heartbeat_at = NULL, updated_at = ? "
+            "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?",
+            (now, now, job_id, worker_id, now),
+        )
+
+    def _op_mark_dispatched(
+        self, job_ids: Sequence[str], now: float, stale_before: float
+    ) -> Callable[[sqlite3.Connection], list[str]]:
+        job_ids = list(job_ids)
+        # The mark goes in as JSON text: SQLite renders a bound REAL with only 15
+        # significant digits, so a mark made at ``now`` would read back earlier than
+        # ``now`` and count as stale against ``stale_before=now``.
+        sql = (
+            "UPDATE jobs SET meta = json_set(meta, '$.dispatched_at', json(?)) "
+            "WHERE id = ? AND status = 'queued' AND cancel_requested = 0 AND expires_at > ? "
+            "AND COALESCE(json_extract(meta, '$.dispatched_at'), -1e308) < ?"
+        )
+        mark = repr(float(now))
+
+        def q(conn: sqlite3.Connection) -> list[str]:
+            with _immediate(conn):
+                return [
+                    job_id
+                    for job_id in job_ids
+                    if conn.execute(sql, (mark, job_id, now, stale_before)).rowcount == 1
+                ]
+
+        return q

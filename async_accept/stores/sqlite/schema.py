@@ -1,0 +1,146 @@
+"""The SQLite store's tables, and how a row becomes a job."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+from ...job import Job, JobStatus
+
+#: ``PRAGMA user_version`` of the layout below; a file from a newer release is refused.
+SCHEMA_VERSION = 2
+
+_COLUMNS = (
+    "id",
+    "status",
+    "owner",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "deadline_at",
+    "sla",
+    "started_at",
+    "finished_at",
+    "percent",
+    "message",
+    "eta",
+    "progress_at",
+    "cancel_requested",
+    "worker_id",
+    "heartbeat_at",
+    "error",
+    "result_status",
+    "result_location",
+    "route",
+    "idempotency_key",
+    "fingerprint",
+    "attempts",
+    "meta",
+)
+_COLUMN_LIST = ", ".join(_COLUMNS)
+_SELECT = f"SELECT {_COLUMN_LIST} FROM jobs"
+_RETURNING = f" RETURNING {_COLUMN_LIST}"
+_INSERT_JOB = (
+    f"INSERT INTO jobs ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    # The id is 128 random bits: an existing one means this create is being repeated.
+    "ON CONFLICT (id) DO NOTHING"
+)
+_INSERT_BODY = "INSERT OR REPLACE INTO job_bodies (job_id, kind, meta, body) VALUES (?, ?, ?, ?)"
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        deadline_at REAL NOT NULL,
+        sla REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        percent REAL,
+        message TEXT,
+        eta REAL,
+        progress_at REAL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        worker_id TEXT,
+        heartbeat_at REAL,
+        error TEXT,
+        result_status INTEGER,
+        result_location TEXT,
+        route TEXT,
+        idempotency_key TEXT,
+        fingerprint TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        meta TEXT NOT NULL DEFAULT '{}'
+    )
+    """,
+    # Entries carry the rowid, so "ORDER BY created_at, rowid" (oldest first,
+    # creation order for equal timestamps) reads the index in order, no sort.
+    "CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (expires_at)",
+    # One live job per key: create() deletes an expired holder before taking it over.
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idempotency_key) "
+    "WHERE idempotency_key IS NOT NULL",
+    """
+    CREATE TABLE IF NOT EXISTS job_bodies (
+        job_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        meta TEXT NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (job_id, kind)
+    )
+    """,
+    """
+    CREATE TRIGGER IF NOT EXISTS jobs_delete_bodies AFTER DELETE ON jobs
+    BEGIN
+        DELETE FROM job_bodies WHERE job_id = old.id;
+    END
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS workers (
+        id TEXT PRIMARY KEY,
+        last_heartbeat REAL NOT NULL,
+        info TEXT NOT NULL DEFAULT '{}'
+    ) WITHOUT ROWID
+    """,
+)
+
+
+def _row_to_job(row: tuple[Any, ...]) -> Job:
+    d = dict(zip(_COLUMNS, row, strict=True))
+    d["status"] = JobStatus(d["status"])
+    d["cancel_requested"] = bool(d["cancel_requested"])
+    d["error"] = None if d["error"] is None else json.loads(d["error"])
+    meta = d["meta"]
+    d["meta"] = {} if not meta or meta == "{}" else json.loads(meta)
+    return Job(**d)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """A write transaction taken up front (``BEGIN IMMEDIATE``): the busy timeout
+    applies while waiting for the lock, and no other writer can slip in between
+    its statements. Inside a group commit (a transaction is already open, and
+    each operation has its own savepoint) there is nothing to begin."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # the original error matters more
+                conn.execute("ROLLBACK")
+        raise
