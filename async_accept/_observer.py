@@ -47,18 +47,14 @@ def delivery_id(job_id: str, url: str) -> str:
 
 def derive_outbox(spec: Any, store: Store) -> Outbox:
     """The webhook outbox: ``spec`` when given, else one that lives where the jobs do."""
-    from .outbox import MemoryOutbox, SQLiteOutbox, resolve_outbox
+    from .outbox import MemoryOutbox, resolve_outbox
 
     if spec is not None:
         return resolve_outbox(spec)
-    kind = type(store).__name__
-    path = getattr(store, "path", None)
-    if kind == "SQLiteStore" and isinstance(path, str):
-        return SQLiteOutbox(path)
-    if kind == "RedisStore":
-        from .outbox import RedisOutbox
-
-        return RedisOutbox.for_store(store)
+    default_outbox = getattr(store, "default_outbox", None)
+    outbox: Outbox | None = default_outbox() if callable(default_outbox) else None
+    if outbox is not None:
+        return outbox
     if not getattr(store, "shared", False):
         return MemoryOutbox()
     raise ConfigurationError(

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -123,40 +123,45 @@ class AwaitedStore:
         self.loop.close()
 
 
-STORES = [
-    "memory",
-    "sqlite",
-    "sqlite-without-returning",
-    "sqlite-awaited",
-    "redis",
-    "redis-awaited",
-]
+def _memory_store(tmp_path: Path) -> Iterator[Store]:
+    store = MemoryStore()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+#: The store contract runs against every entry. A new backend is one more entry: a
+#: function of the test's tmp_path that yields a fresh, empty store and closes it
+#: afterwards. ``sqlite-without-returning`` is the SQLite store as it runs on
+#: SQLite < 3.35 (no ``UPDATE ... RETURNING``).
+BACKENDS: dict[str, Callable[[Path], Iterator[Store]]] = {
+    "memory": _memory_store,
+    "sqlite": lambda tmp_path: _sqlite_store(tmp_path, returning=True),
+    "sqlite-without-returning": lambda tmp_path: _sqlite_store(tmp_path, returning=False),
+    "redis": lambda tmp_path: _redis_store(),
+}
+#: Also called through their awaitable face (``as_async``: SQLite's group commit,
+#: Redis' asyncio client), as ``<name>-awaited``.
+AWAITED = ["sqlite", "redis"]
+STORES = [*BACKENDS, *(f"{name}-awaited" for name in AWAITED)]
 
 
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """Each store, fresh and empty. ``sqlite-without-returning`` is the SQLite store
-    as it runs on SQLite < 3.35 (no ``UPDATE ... RETURNING``); ``-awaited`` ones
-    are called through their awaitable face (SQLite's group commit, Redis' asyncio
-    client)."""
+    """Each store (see BACKENDS), fresh and empty; ``-awaited`` ones are called
+    through their awaitable face."""
     name = request.param
-    if name == "memory":
-        yield MemoryStore()
-        return
-    inner: Iterator[Store]
-    if name.startswith("sqlite"):
-        inner = _sqlite_store(tmp_path, returning=name != "sqlite-without-returning")
-    else:
-        inner = _redis_store()
-    for s in inner:
-        if not name.endswith("-awaited"):
+    awaited = name.endswith("-awaited")
+    for s in BACKENDS[name.removesuffix("-awaited")](tmp_path):
+        if not awaited:
             yield s
             continue
-        awaited = AwaitedStore(s)
+        face = AwaitedStore(s)
         try:
-            yield cast(Store, awaited)
+            yield cast(Store, face)
         finally:
-            awaited.stop()
+            face.stop()
 
 
 def _sqlite_store(tmp_path: Path, *, returning: bool) -> Iterator[Store]:
@@ -214,6 +219,27 @@ def test_store_implements_the_protocol(store: Store) -> None:
 
 
 # -- create / get ------------------------------------------------------------------------
+
+
+def test_default_outbox_keeps_deliveries_beside_the_store(store: Store) -> None:
+    """store.default_outbox() gives the webhook outbox that lives where the jobs do."""
+    from async_accept.outbox import Delivery, Outbox, new_message_id
+
+    box = getattr(store, "default_outbox")()  # noqa: B009 - not part of the Store protocol
+    assert isinstance(box, Outbox)
+    try:
+        delivery = Delivery(
+            id=new_message_id(),
+            url="https://example.com/hook",
+            payload="{}",
+            created_at=1.0,
+            next_at=1.0,
+        )
+        assert box.enqueue(delivery).id == delivery.id
+        stored = box.get(delivery.id)
+        assert stored is not None and stored.payload == "{}"
+    finally:
+        box.close()
 
 
 def test_create_then_get_round_trips_every_field(store: Store, now: float) -> None:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -228,16 +229,50 @@ def local_policy(**extra: Any) -> WebhookPolicy:
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outbox]:
-    """Each outbox implementation, fresh."""
-    box: Outbox = (
-        MemoryOutbox() if request.param == "memory" else SQLiteOutbox(str(tmp_path / "o.db"))
-    )
+def _memory_outbox(tmp_path: Path) -> Iterator[Outbox]:
+    box = MemoryOutbox()
     try:
         yield box
     finally:
         box.close()
+
+
+def _sqlite_outbox(tmp_path: Path) -> Iterator[Outbox]:
+    box = SQLiteOutbox(str(tmp_path / "o.db"))
+    try:
+        yield box
+    finally:
+        box.close()
+
+
+def _redis_outbox(tmp_path: Path) -> Iterator[Outbox]:
+    from async_accept.stores.redis import RedisOutbox
+    from tests.services import require_redis, wipe_redis_namespace
+
+    url = require_redis()
+    namespace = "test-" + uuid.uuid4().hex
+    box = RedisOutbox.from_url(url, namespace=namespace)
+    try:
+        yield box
+    finally:
+        box.close()
+        wipe_redis_namespace(url, namespace)
+
+
+#: The outbox contract (the ``test_outbox_*`` tests) runs against every entry. A
+#: new backend's outbox is one more entry: a function of the test's tmp_path that
+#: yields a fresh, empty outbox and releases it afterwards.
+OUTBOXES: dict[str, Callable[[Path], Iterator[Outbox]]] = {
+    "memory": _memory_outbox,
+    "sqlite": _sqlite_outbox,
+    "redis": _redis_outbox,
+}
+
+
+@pytest.fixture(params=list(OUTBOXES))
+def outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outbox]:
+    """Each outbox implementation (see OUTBOXES), fresh."""
+    yield from OUTBOXES[request.param](tmp_path)
 
 
 @pytest.fixture

@@ -7,6 +7,15 @@ deadman verdict. Callers pass ``now`` so tests control time.
 
 A job whose ``expires_at`` has passed is gone: every read returns ``None``
 for it even before :meth:`Store.purge_expired` deletes it.
+
+Adding a backend means adding one folder beside ``memory/``, ``sqlite/`` and
+``redis/``: a ``store.py`` whose class derives from :class:`StoreBase` and
+implements :class:`Store` (plus an ``aio`` attribute when it has a native
+awaitable face), an ``outbox.py`` whose class derives from
+:class:`~async_accept.stores.outbox_base.OutboxBase`, the store's
+:meth:`StoreBase.default_outbox` returning it, and one entry each in the
+contract suites' fixtures (``tests/test_store_contract.py``: ``STORES``;
+``tests/test_webhooks.py``: ``OUTBOXES``).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from collections.abc import Collection, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
+from .outbox_base import Outbox
 
 #: Seconds a silent process stays in the worker registry before it is forgotten.
 WORKER_RETENTION = 3600.0
@@ -236,3 +246,31 @@ class AsyncStore(Protocol):
     async def delete(self, job_id: str) -> bool: ...
     async def worker_heartbeat(self, worker_id: str, now: float, info: dict[str, Any]) -> None: ...
     async def list_workers(self, now: float) -> list[dict[str, Any]]: ...
+
+
+class StoreBase:
+    """What every store backend shares; backends derive from it.
+
+    Defaults a backend overrides where they differ: ``shared`` and ``blocking``
+    (a file or a server, reached with blocking I/O), :meth:`default_outbox` (where
+    its webhook deliveries wait when no outbox is configured) and :meth:`close`.
+    """
+
+    shared: bool = True
+    blocking: bool = True
+
+    def default_outbox(self) -> Outbox | None:
+        """The webhook outbox that lives where this store's jobs do, or None when
+        the backend has none (a shared store then needs ``webhook_outbox=``)."""
+        return None
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def terminal_status(status: JobStatus) -> JobStatus:
+    """``status`` as a JobStatus, refused unless it ends a job (what ``finish`` takes)."""
+    status = JobStatus(status)
+    if not status.terminal:
+        raise ValueError(f"finish() needs a terminal status, not {status.value!r}")
+    return status

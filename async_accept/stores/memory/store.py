@@ -16,10 +16,12 @@ from operator import itemgetter
 from typing import Any
 
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import WORKER_RETENTION
+from ..base import WORKER_RETENTION, StoreBase, terminal_status
+from ..outbox_base import Outbox
+from .outbox import MemoryOutbox
 
 
-class MemoryStore:
+class MemoryStore(StoreBase):
     """Jobs in a dict, for tests and single-process use.
 
     Nothing survives a restart and nothing is shared with other processes.
@@ -146,9 +148,7 @@ class MemoryStore:
         error: dict[str, Any] | None = None,
         result_location: str | None = None,
     ) -> Job | None:
-        status = JobStatus(status)
-        if not status.terminal:
-            raise ValueError(f"finish() needs a terminal status, not {status.value!r}")
+        status = terminal_status(status)
         with self._lock:
             job = self._owned(job_id, worker_id, now)
             if job is None:
@@ -306,8 +306,10 @@ class MemoryStore:
         out.sort(key=lambda e: -e["last_heartbeat"])
         return out
 
-    def close(self) -> None:
-        """Nothing to release."""
+    def default_outbox(self) -> Outbox | None:
+        """An outbox in this process's memory too; none for a subclass that says
+        other processes share it (deliveries kept here would be lost to them)."""
+        return None if self.shared else MemoryOutbox()
 
 
 # -- frozen records ------------------------------------------------------------------

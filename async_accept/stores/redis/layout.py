@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from ...errors import ConfigurationError, StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import WORKER_RETENTION
+from ..base import WORKER_RETENTION, terminal_status
 from .codec import _CREATED_AT, _FIELDS, STATUSES, _enc, _f, _job, _opt
 
 T = TypeVar("T")
@@ -141,9 +141,7 @@ class _Layout:
         error: dict[str, Any] | None,
         result_location: str | None,
     ) -> _Call[Job | None]:
-        status = JobStatus(status)
-        if not status.terminal:
-            raise ValueError(f"finish() needs a terminal status, not {status.value!r}")
+        status = terminal_status(status)
         args: list[str | bytes] = [
             self.ns,
             worker_id,

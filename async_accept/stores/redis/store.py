@@ -39,6 +39,8 @@ from typing import Any, TypeVar
 
 from ...errors import ConfigurationError, MissingDependencyError, StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
+from ..base import StoreBase
+from ..outbox_base import Outbox
 from .aio import AsyncRedisStore
 from .connection import (
     DEFAULT_ASYNC_MAX_CONNECTIONS,
@@ -49,6 +51,7 @@ from .connection import (
     _refuse_decoding,
 )
 from .layout import _Call, _Layout, _store_error
+from .outbox import RedisOutbox
 from .scripts import SOURCES
 
 try:
@@ -66,7 +69,7 @@ T = TypeVar("T")
 # -- the synchronous store ----------------------------------------------------------------
 
 
-class RedisStore:
+class RedisStore(StoreBase):
     """Jobs in Redis, shared by every process (and machine) that reaches it.
 
     Build it with :meth:`from_url` (``redis://``, ``rediss://``, ``unix://``)
@@ -254,6 +257,10 @@ class RedisStore:
 
     def list_workers(self, now: float) -> list[dict[str, Any]]:
         return self._run(self._layout.list_workers(now))
+
+    def default_outbox(self) -> Outbox:
+        """The webhook outbox beside this store's keys, on the same client."""
+        return RedisOutbox.for_store(self)
 
     def close(self) -> None:
         """Disconnect both clients. The store is unusable afterwards.

@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
+from ..base import terminal_status
 from .groupcommit import GroupCommit
 from .schema import _INSERT_BODY, _INSERT_JOB, _RETURNING, _SELECT, _dumps, _immediate, _row_to_job
 
@@ -186,9 +187,7 @@ class SQLiteOps(GroupCommit):
         error: dict[str, Any] | None = None,
         result_location: str | None = None,
     ) -> Callable[[sqlite3.Connection], Job | None]:
-        status = JobStatus(status)
-        if not status.terminal:
-            raise ValueError(f"finish() needs a terminal status, not {status.value!r}")
+        status = terminal_status(status)
         completed = status is JobStatus.COMPLETED
         sets = "status = ?, finished_at = ?, updated_at = ?, error = ?, result_location = ?"
         args: tuple[Any, ...] = (

@@ -38,10 +38,12 @@ from typing import Any, ParamSpec, TypeVar
 from ...errors import ConfigurationError, StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
 from ..adapters import ForwardingAsyncStore, ThreadedAsyncStore
-from ..base import WORKER_RETENTION, AsyncStore
+from ..base import WORKER_RETENTION, AsyncStore, StoreBase
+from ..outbox_base import Outbox
 from .connection import SYNCHRONOUS_LEVELS, Connections
 from .groupcommit import GROUP_COMMIT_MAX
 from .ops import SQLiteOps
+from .outbox import SQLiteOutbox
 from .schema import (
     _SCHEMA,
     _SELECT,
@@ -72,7 +74,7 @@ HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 PURGE_BATCH = 500
 
 
-class SQLiteStore(SQLiteOps):
+class SQLiteStore(SQLiteOps, StoreBase):
     """Jobs in one SQLite file; safe for many threads and processes on one machine.
 
     ``path``'s folder must exist. ``timeout`` is how long a call waits for
@@ -335,6 +337,10 @@ class SQLiteStore(SQLiteOps):
             return out
 
         return self._run(q, write=False)
+
+    def default_outbox(self) -> Outbox:
+        """The webhook outbox in this store's file (its own tables)."""
+        return SQLiteOutbox(self.path)
 
     def close(self) -> None:
         """Close every connection this store opened in this process, in any thread."""
