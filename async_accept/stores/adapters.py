@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
-from .base import Store
+from .base import AsyncStoreBase, Outcome, Progress, Store
 
 __all__ = ["ForwardingAsyncStore", "InlineAsyncStore", "ThreadedAsyncStore"]
 
@@ -25,7 +25,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class ForwardingAsyncStore:
+class ForwardingAsyncStore(AsyncStoreBase):
     """The contract, awaitable, over a synchronous store; subclasses say how a
     call is made (:meth:`_call`)."""
 
@@ -53,29 +53,14 @@ class ForwardingAsyncStore:
     async def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return await self._call(self._store.heartbeat, job_id, worker_id, now)
 
-    async def set_progress(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        percent: float | None,
-        message: str | None,
-        eta: float | None,
+    async def _set_progress(
+        self, job_id: str, worker_id: str, now: float, progress: Progress
     ) -> Job | None:
-        progress = (percent, message, eta)
         return await self._call(self._store.set_progress, job_id, worker_id, now, *progress)
 
-    async def finish(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        status: JobStatus,
-        response: CapturedResponse | None = None,
-        error: dict[str, Any] | None = None,
-        result_location: str | None = None,
+    async def _finish(
+        self, job_id: str, worker_id: str, now: float, outcome: Outcome
     ) -> Job | None:
-        outcome = (status, response, error, result_location)
         return await self._call(self._store.finish, job_id, worker_id, now, *outcome)
 
     async def fail(

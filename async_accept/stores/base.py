@@ -21,7 +21,7 @@ contract suites' fixtures (``tests/test_store_contract.py``: ``STORES``;
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
 from .outbox_base import Outbox
@@ -248,9 +248,29 @@ class AsyncStore(Protocol):
     async def list_workers(self, now: float) -> list[dict[str, Any]]: ...
 
 
+class Progress(NamedTuple):
+    """What :meth:`Store.set_progress` records."""
+
+    percent: float | None
+    message: str | None
+    eta: float | None
+
+
+class Outcome(NamedTuple):
+    """How :meth:`Store.finish` ends a job: a terminal status and what the run left."""
+
+    status: JobStatus
+    response: CapturedResponse | None = None
+    error: dict[str, Any] | None = None
+    result_location: str | None = None
+
+
 class StoreBase:
     """What every store backend shares; backends derive from it.
 
+    ``set_progress`` and ``finish`` are written here once: they bundle their
+    arguments (:class:`Progress`, :class:`Outcome`, the status checked to be
+    terminal) and hand them to the backend's ``_set_progress`` and ``_finish``.
     Defaults a backend overrides where they differ: ``shared`` and ``blocking``
     (a file or a server, reached with blocking I/O), :meth:`default_outbox` (where
     its webhook deliveries wait when no outbox is configured) and :meth:`close`.
@@ -259,6 +279,38 @@ class StoreBase:
     shared: bool = True
     blocking: bool = True
 
+    def set_progress(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        percent: float | None,
+        message: str | None,
+        eta: float | None,
+    ) -> Job | None:
+        return self._set_progress(job_id, worker_id, now, Progress(percent, message, eta))
+
+    def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        status: JobStatus,
+        response: CapturedResponse | None = None,
+        error: dict[str, Any] | None = None,
+        result_location: str | None = None,
+    ) -> Job | None:
+        outcome = Outcome(terminal_status(status), response, error, result_location)
+        return self._finish(job_id, worker_id, now, outcome)
+
+    def _set_progress(
+        self, job_id: str, worker_id: str, now: float, progress: Progress
+    ) -> Job | None:
+        raise NotImplementedError
+
+    def _finish(self, job_id: str, worker_id: str, now: float, outcome: Outcome) -> Job | None:
+        raise NotImplementedError
+
     def default_outbox(self) -> Outbox | None:
         """The webhook outbox that lives where this store's jobs do, or None when
         the backend has none (a shared store then needs ``webhook_outbox=``)."""
@@ -266,6 +318,45 @@ class StoreBase:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+class AsyncStoreBase:
+    """What every awaitable face shares: ``set_progress`` and ``finish`` written
+    once, over the face's ``_set_progress`` and ``_finish`` (as in :class:`StoreBase`)."""
+
+    async def set_progress(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        percent: float | None,
+        message: str | None,
+        eta: float | None,
+    ) -> Job | None:
+        return await self._set_progress(job_id, worker_id, now, Progress(percent, message, eta))
+
+    async def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        status: JobStatus,
+        response: CapturedResponse | None = None,
+        error: dict[str, Any] | None = None,
+        result_location: str | None = None,
+    ) -> Job | None:
+        outcome = Outcome(terminal_status(status), response, error, result_location)
+        return await self._finish(job_id, worker_id, now, outcome)
+
+    async def _set_progress(
+        self, job_id: str, worker_id: str, now: float, progress: Progress
+    ) -> Job | None:
+        raise NotImplementedError
+
+    async def _finish(
+        self, job_id: str, worker_id: str, now: float, outcome: Outcome
+    ) -> Job | None:
+        raise NotImplementedError
 
 
 def terminal_status(status: JobStatus) -> JobStatus:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import secrets
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 #: Seconds a claimed delivery stays ours before another dispatcher may take it.
 DEFAULT_LEASE = 120.0
@@ -185,19 +185,33 @@ def check_claim_args(limit: int, lease: float) -> None:
         raise ValueError(f"lease={lease!r} must be > 0")
 
 
+class ClaimEnd(NamedTuple):
+    """How a claim ends: the delivery's next ``state``, when it is next due
+    (``due_at``, for a retry) and the fields written with it (None clears one)."""
+
+    state: DeliveryState
+    due_at: float
+    changes: dict[str, object]
+
+
 class OutboxBase:
     """What every outbox backend shares: the three ends of a claim
     (sent, retry, dead) written once over the backend's compare-and-set
     :meth:`_finish`, and :meth:`list_dead` over :meth:`list_deliveries`."""
 
-    def _finish(
-        self, delivery: Delivery, state: DeliveryState, due_at: float, changes: dict[str, object]
-    ) -> bool:
-        """CAS (still ``sending`` under ``delivery.claim``) -> ``state``, dropping
+    def _finish(self, delivery_id: str, claim: str, end: ClaimEnd) -> bool:
+        """CAS (still ``sending`` under ``claim``) -> ``state``, dropping
         the claim and writing ``changes`` (field -> value, None clears it).
         ``due_at`` is when a ``pending`` delivery is next due. False when the
-        claim was lost (or the delivery has none)."""
+        claim was lost. Called only for a delivery that has a claim."""
         raise NotImplementedError
+
+    def _end_claim(
+        self, delivery: Delivery, state: DeliveryState, due_at: float, changes: dict[str, object]
+    ) -> bool:
+        if delivery.claim is None:  # never claimed: nothing to end
+            return False
+        return self._finish(delivery.id, delivery.claim, ClaimEnd(state, due_at, changes))
 
     def list_deliveries(
         self, state: DeliveryState | None = None, limit: int = 100
@@ -208,7 +222,7 @@ class OutboxBase:
         changes: dict[str, object] = dict(
             updated_at=now, attempts=attempts, last_status=status, last_error=None
         )
-        return self._finish(delivery, DeliveryState.SENT, now, changes)
+        return self._end_claim(delivery, DeliveryState.SENT, now, changes)
 
     def mark_retry(
         self,
@@ -227,7 +241,7 @@ class OutboxBase:
             last_error=last_error,
             last_status=status,
         )
-        return self._finish(delivery, DeliveryState.PENDING, next_at, changes)
+        return self._end_claim(delivery, DeliveryState.PENDING, next_at, changes)
 
     def mark_dead(
         self,
@@ -241,7 +255,7 @@ class OutboxBase:
         changes: dict[str, object] = dict(
             updated_at=now, attempts=attempts, last_error=last_error, last_status=status
         )
-        return self._finish(delivery, DeliveryState.DEAD, now, changes)
+        return self._end_claim(delivery, DeliveryState.DEAD, now, changes)
 
     def list_dead(self, limit: int = 100) -> list[Delivery]:
         return self.list_deliveries(DeliveryState.DEAD, limit)

@@ -8,6 +8,7 @@ import threading
 
 from ..outbox_base import (
     DEFAULT_LEASE,
+    ClaimEnd,
     Delivery,
     DeliveryState,
     DisabledEndpoint,
@@ -67,17 +68,11 @@ class MemoryOutbox(OutboxBase):
                 out.append(dataclasses.replace(row))
             return out
 
-    def _finish(
-        self, delivery: Delivery, state: DeliveryState, due_at: float, changes: dict[str, object]
-    ) -> bool:
+    def _finish(self, delivery_id: str, claim: str, end: ClaimEnd) -> bool:
+        state, changes = end.state, end.changes
         with self._lock:
-            row = self._rows.get(delivery.id)
-            if (
-                row is None
-                or row.state is not DeliveryState.SENDING
-                or delivery.claim is None
-                or row.claim != delivery.claim
-            ):
+            row = self._rows.get(delivery_id)
+            if row is None or row.state is not DeliveryState.SENDING or row.claim != claim:
                 return False
             row.state = state
             row.claim = None

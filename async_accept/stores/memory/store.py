@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Any
 
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import WORKER_RETENTION, StoreBase, terminal_status
+from ..base import WORKER_RETENTION, Outcome, Progress, StoreBase
 from ..outbox_base import Outbox
 from .outbox import MemoryOutbox
 
@@ -117,38 +117,21 @@ class MemoryStore(StoreBase):
             job.heartbeat_at = now
             return self._put(job)
 
-    def set_progress(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        percent: float | None,
-        message: str | None,
-        eta: float | None,
+    def _set_progress(
+        self, job_id: str, worker_id: str, now: float, progress: Progress
     ) -> Job | None:
         with self._lock:
             job = self._owned(job_id, worker_id, now)
             if job is None:
                 return None
-            job.percent = percent
-            job.message = message
-            job.eta = eta
+            job.percent, job.message, job.eta = progress
             job.progress_at = now
             job.updated_at = now
             job.heartbeat_at = now
             return self._put(job)
 
-    def finish(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        status: JobStatus,
-        response: CapturedResponse | None = None,
-        error: dict[str, Any] | None = None,
-        result_location: str | None = None,
-    ) -> Job | None:
-        status = terminal_status(status)
+    def _finish(self, job_id: str, worker_id: str, now: float, outcome: Outcome) -> Job | None:
+        status, response, error, result_location = outcome
         with self._lock:
             job = self._owned(job_id, worker_id, now)
             if job is None:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from ...errors import MissingDependencyError, StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
+from ..base import AsyncStoreBase, Outcome, Progress
 from .layout import _Call, _Layout, _store_error
 from .scripts import SOURCES
 
@@ -52,7 +53,7 @@ class _LoopClient:
     drains: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-class AsyncRedisStore:
+class AsyncRedisStore(AsyncStoreBase):
     """The awaitable face of :class:`RedisStore` (``store.aio``), on ``redis.asyncio``.
 
     asyncio connections belong to the event loop that opened them, so each
@@ -232,32 +233,15 @@ class AsyncRedisStore:
     async def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return await self._run(self._layout.heartbeat(job_id, worker_id, now))
 
-    async def set_progress(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        percent: float | None,
-        message: str | None,
-        eta: float | None,
+    async def _set_progress(
+        self, job_id: str, worker_id: str, now: float, progress: Progress
     ) -> Job | None:
-        return await self._run(
-            self._layout.set_progress(job_id, worker_id, now, percent, message, eta)
-        )
+        return await self._run(self._layout.set_progress(job_id, worker_id, now, progress))
 
-    async def finish(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        status: JobStatus,
-        response: CapturedResponse | None = None,
-        error: dict[str, Any] | None = None,
-        result_location: str | None = None,
+    async def _finish(
+        self, job_id: str, worker_id: str, now: float, outcome: Outcome
     ) -> Job | None:
-        return await self._run(
-            self._layout.finish(job_id, worker_id, now, status, response, error, result_location)
-        )
+        return await self._run(self._layout.finish(job_id, worker_id, now, outcome))
 
     async def fail(
         self,

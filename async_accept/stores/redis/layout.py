@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from ...errors import ConfigurationError, StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import WORKER_RETENTION, terminal_status
+from ..base import WORKER_RETENTION, Outcome, Progress
 from .codec import _CREATED_AT, _FIELDS, STATUSES, _enc, _f, _job, _opt
 
 T = TypeVar("T")
@@ -113,14 +113,9 @@ class _Layout:
         return _Call("heartbeat", [self.job_key(job_id)], [self.ns, worker_id, _f(now)], _job)
 
     def set_progress(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        percent: float | None,
-        message: str | None,
-        eta: float | None,
+        self, job_id: str, worker_id: str, now: float, progress: Progress
     ) -> _Call[Job | None]:
+        percent, message, eta = progress
         args: list[str | bytes] = [
             self.ns,
             worker_id,
@@ -132,16 +127,9 @@ class _Layout:
         return _Call("progress", [self.job_key(job_id)], args, _job)
 
     def finish(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        status: JobStatus,
-        response: CapturedResponse | None,
-        error: dict[str, Any] | None,
-        result_location: str | None,
+        self, job_id: str, worker_id: str, now: float, outcome: Outcome
     ) -> _Call[Job | None]:
-        status = terminal_status(status)
+        status, response, error, result_location = outcome
         args: list[str | bytes] = [
             self.ns,
             worker_id,

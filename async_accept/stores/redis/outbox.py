@@ -12,6 +12,7 @@ import redis
 from ...errors import ConfigurationError, StoreError
 from ..outbox_base import (
     DEFAULT_LEASE,
+    ClaimEnd,
     Delivery,
     DeliveryState,
     DisabledEndpoint,
@@ -249,17 +250,14 @@ class RedisOutbox(OutboxBase):
         rows = self._run("due", _rf(now), str(int(limit)), _rf(now + lease), secrets.token_hex(8))
         return [_redis_row(r) for r in rows]
 
-    def _finish(
-        self, delivery: Delivery, state: DeliveryState, due_at: float, changes: dict[str, object]
-    ) -> bool:
-        if delivery.claim is None:
-            return False
+    def _finish(self, delivery_id: str, claim: str, end: ClaimEnd) -> bool:
+        state, due_at, changes = end
         args: list[str] = []
         for name, value in changes.items():
             if name in ("updated_at", "next_at"):
                 value = _rf(cast(float, value))
             args += [name, "" if value is None else "=" + str(value)]
-        done = self._run("finish", delivery.id, delivery.claim, state.value, _rf(due_at), *args)
+        done = self._run("finish", delivery_id, claim, state.value, _rf(due_at), *args)
         return bool(done)
 
     def list_deliveries(

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from ...errors import ConfigurationError, MissingDependencyError, StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import StoreBase
+from ..base import Outcome, Progress, StoreBase
 from ..outbox_base import Outbox
 from .aio import AsyncRedisStore
 from .connection import (
@@ -183,30 +183,13 @@ class RedisStore(StoreBase):
     def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return self._run(self._layout.heartbeat(job_id, worker_id, now))
 
-    def set_progress(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        percent: float | None,
-        message: str | None,
-        eta: float | None,
+    def _set_progress(
+        self, job_id: str, worker_id: str, now: float, progress: Progress
     ) -> Job | None:
-        return self._run(self._layout.set_progress(job_id, worker_id, now, percent, message, eta))
+        return self._run(self._layout.set_progress(job_id, worker_id, now, progress))
 
-    def finish(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        status: JobStatus,
-        response: CapturedResponse | None = None,
-        error: dict[str, Any] | None = None,
-        result_location: str | None = None,
-    ) -> Job | None:
-        return self._run(
-            self._layout.finish(job_id, worker_id, now, status, response, error, result_location)
-        )
+    def _finish(self, job_id: str, worker_id: str, now: float, outcome: Outcome) -> Job | None:
+        return self._run(self._layout.finish(job_id, worker_id, now, outcome))
 
     def fail(
         self,

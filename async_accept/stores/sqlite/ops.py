@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import terminal_status
+from ..base import Outcome, Progress
 from .groupcommit import GroupCommit
 from .schema import _INSERT_BODY, _INSERT_JOB, _RETURNING, _SELECT, _dumps, _immediate, _row_to_job
 
@@ -161,14 +161,9 @@ class SQLiteOps(GroupCommit):
         )
 
     def _op_set_progress(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        percent: float | None,
-        message: str | None,
-        eta: float | None,
+        self, job_id: str, worker_id: str, now: float, progress: Progress
     ) -> Callable[[sqlite3.Connection], Job | None]:
+        percent, message, eta = progress
         return self._cas_op(
             job_id,
             "UPDATE jobs SET percent = ?, message = ?, eta = ?, progress_at = ?, "
@@ -178,16 +173,9 @@ class SQLiteOps(GroupCommit):
         )
 
     def _op_finish(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        status: JobStatus,
-        response: CapturedResponse | None = None,
-        error: dict[str, Any] | None = None,
-        result_location: str | None = None,
+        self, job_id: str, worker_id: str, now: float, outcome: Outcome
     ) -> Callable[[sqlite3.Connection], Job | None]:
-        status = terminal_status(status)
+        status, response, error, result_location = outcome
         completed = status is JobStatus.COMPLETED
         sets = "status = ?, finished_at = ?, updated_at = ?, error = ?, result_location = ?"
         args: tuple[Any, ...] = (

@@ -11,6 +11,7 @@ from typing import Any
 from ...errors import ConfigurationError, StoreError
 from ..outbox_base import (
     DEFAULT_LEASE,
+    ClaimEnd,
     Delivery,
     DeliveryState,
     DisabledEndpoint,
@@ -176,17 +177,14 @@ class SQLiteOutbox(OutboxBase):
             ).fetchall()
         return [_row_to_delivery(r) for r in rows]
 
-    def _finish(
-        self, delivery: Delivery, state: DeliveryState, due_at: float, changes: dict[str, object]
-    ) -> bool:
-        if delivery.claim is None:
-            return False
+    def _finish(self, delivery_id: str, claim: str, end: ClaimEnd) -> bool:
+        state, changes = end.state, end.changes
         sets = "".join(f", {name} = ?" for name in changes)
         with self._tx() as con:
             cur = con.execute(
                 f"UPDATE webhook_deliveries SET state = ?{sets}, claim = NULL "
                 "WHERE id = ? AND state = 'sending' AND claim = ?",
-                (state.value, *changes.values(), delivery.id, delivery.claim),
+                (state.value, *changes.values(), delivery_id, claim),
             )
             return cur.rowcount == 1
 

@@ -38,7 +38,7 @@ from typing import Any, ParamSpec, TypeVar
 from ...errors import ConfigurationError, StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
 from ..adapters import ForwardingAsyncStore, ThreadedAsyncStore
-from ..base import WORKER_RETENTION, AsyncStore, StoreBase
+from ..base import WORKER_RETENTION, AsyncStore, Outcome, Progress, StoreBase
 from ..outbox_base import Outbox
 from .connection import SYNCHRONOUS_LEVELS, Connections
 from .groupcommit import GROUP_COMMIT_MAX
@@ -178,30 +178,13 @@ class SQLiteStore(SQLiteOps, StoreBase):
     def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return self._run(self._op_heartbeat(job_id, worker_id, now))
 
-    def set_progress(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        percent: float | None,
-        message: str | None,
-        eta: float | None,
+    def _set_progress(
+        self, job_id: str, worker_id: str, now: float, progress: Progress
     ) -> Job | None:
-        return self._run(self._op_set_progress(job_id, worker_id, now, percent, message, eta))
+        return self._run(self._op_set_progress(job_id, worker_id, now, progress))
 
-    def finish(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        status: JobStatus,
-        response: CapturedResponse | None = None,
-        error: dict[str, Any] | None = None,
-        result_location: str | None = None,
-    ) -> Job | None:
-        return self._run(
-            self._op_finish(job_id, worker_id, now, status, response, error, result_location)
-        )
+    def _finish(self, job_id: str, worker_id: str, now: float, outcome: Outcome) -> Job | None:
+        return self._run(self._op_finish(job_id, worker_id, now, outcome))
 
     def fail(
         self,
@@ -434,37 +417,22 @@ class AsyncSQLiteStore(ThreadedAsyncStore):
         store = self._sqlite
         return await self._queue(store._submit, store._op_heartbeat, job_id, worker_id, now)
 
-    async def set_progress(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        percent: float | None,
-        message: str | None,
-        eta: float | None,
+    async def _set_progress(
+        self, job_id: str, worker_id: str, now: float, progress: Progress
     ) -> Job | None:
-        progress = (percent, message, eta)
         if self._replaced("set_progress"):
-            return await super().set_progress(job_id, worker_id, now, *progress)
+            return await super()._set_progress(job_id, worker_id, now, progress)
         store = self._sqlite
         build = store._op_set_progress
-        return await self._queue(store._submit, build, job_id, worker_id, now, *progress)
+        return await self._queue(store._submit, build, job_id, worker_id, now, progress)
 
-    async def finish(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        status: JobStatus,
-        response: CapturedResponse | None = None,
-        error: dict[str, Any] | None = None,
-        result_location: str | None = None,
+    async def _finish(
+        self, job_id: str, worker_id: str, now: float, outcome: Outcome
     ) -> Job | None:
-        outcome = (status, response, error, result_location)
         if self._replaced("finish"):
-            return await super().finish(job_id, worker_id, now, *outcome)
+            return await super()._finish(job_id, worker_id, now, outcome)
         store = self._sqlite
-        return await self._queue(store._submit, store._op_finish, job_id, worker_id, now, *outcome)
+        return await self._queue(store._submit, store._op_finish, job_id, worker_id, now, outcome)
 
     async def fail(
         self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
