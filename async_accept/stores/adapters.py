@@ -83,10 +83,7 @@ class ForwardingAsyncStore(AsyncStoreBase):
         return await self._call(self._store.retry, job_id, now)
 
     async def list_jobs(
-        self,
-        status: JobStatus | None = None,
-        limit: int = 100,
-        created_before: float | None = None,
+        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
     ) -> list[Job]:
         return await self._call(self._store.list_jobs, status, limit, created_before)
 

@@ -111,11 +111,7 @@ class Store(Protocol):
         ...
 
     def fail(
-        self,
-        job_id: str,
-        expected: Collection[JobStatus],
-        now: float,
-        error: dict[str, Any],
+        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
     ) -> Job | None:
         """CAS any of ``expected`` -> failed with ``error`` (deadman switch, dispatch failure)."""
         ...
@@ -161,10 +157,7 @@ class Store(Protocol):
         ...
 
     def list_jobs(
-        self,
-        status: JobStatus | None = None,
-        limit: int = 100,
-        created_before: float | None = None,
+        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
     ) -> list[Job]:
         """Live jobs, oldest first, optionally filtered by state and creation time."""
         ...
@@ -227,19 +220,12 @@ class AsyncStore(Protocol):
         result_location: str | None = None,
     ) -> Job | None: ...
     async def fail(
-        self,
-        job_id: str,
-        expected: Collection[JobStatus],
-        now: float,
-        error: dict[str, Any],
+        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
     ) -> Job | None: ...
     async def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]: ...
     async def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None: ...
     async def list_jobs(
-        self,
-        status: JobStatus | None = None,
-        limit: int = 100,
-        created_before: float | None = None,
+        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
     ) -> list[Job]: ...
     async def count_by_status(self) -> dict[JobStatus, int]: ...
     async def purge_expired(self, now: float) -> int: ...

@@ -150,11 +150,7 @@ class MemoryStore(StoreBase):
             return self._put(job)
 
     def fail(
-        self,
-        job_id: str,
-        expected: Collection[JobStatus],
-        now: float,
-        error: dict[str, Any],
+        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
     ) -> Job | None:
         with self._lock:
             job = self._live(job_id, now)
@@ -229,10 +225,7 @@ class MemoryStore(StoreBase):
             return self._put(job)
 
     def list_jobs(
-        self,
-        status: JobStatus | None = None,
-        limit: int = 100,
-        created_before: float | None = None,
+        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
     ) -> list[Job]:
         want = None if status is None else JobStatus(status).value
         with self._lock:

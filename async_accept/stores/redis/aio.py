@@ -244,11 +244,7 @@ class AsyncRedisStore(AsyncStoreBase):
         return await self._run(self._layout.finish(job_id, worker_id, now, outcome))
 
     async def fail(
-        self,
-        job_id: str,
-        expected: Collection[JobStatus],
-        now: float,
-        error: dict[str, Any],
+        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
     ) -> Job | None:
         return await self._run(self._layout.fail(job_id, expected, now, error))
 
@@ -269,10 +265,7 @@ class AsyncRedisStore(AsyncStoreBase):
         return await self._run(self._layout.retry(job_id, now))
 
     async def list_jobs(
-        self,
-        status: JobStatus | None = None,
-        limit: int = 100,
-        created_before: float | None = None,
+        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
     ) -> list[Job]:
         return await self._run(self._layout.list_jobs(status, limit, created_before))
 

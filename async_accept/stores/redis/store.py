@@ -192,11 +192,7 @@ class RedisStore(StoreBase):
         return self._run(self._layout.finish(job_id, worker_id, now, outcome))
 
     def fail(
-        self,
-        job_id: str,
-        expected: Collection[JobStatus],
-        now: float,
-        error: dict[str, Any],
+        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
     ) -> Job | None:
         return self._run(self._layout.fail(job_id, expected, now, error))
 
@@ -215,10 +211,7 @@ class RedisStore(StoreBase):
         return self._run(self._layout.retry(job_id, now))
 
     def list_jobs(
-        self,
-        status: JobStatus | None = None,
-        limit: int = 100,
-        created_before: float | None = None,
+        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
     ) -> list[Job]:
         return self._run(self._layout.list_jobs(status, limit, created_before))
 

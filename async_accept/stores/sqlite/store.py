@@ -41,7 +41,6 @@ from ..adapters import ForwardingAsyncStore, ThreadedAsyncStore
 from ..base import WORKER_RETENTION, AsyncStore, Outcome, Progress, StoreBase
 from ..outbox_base import Outbox
 from .connection import SYNCHRONOUS_LEVELS, Connections
-from .groupcommit import GROUP_COMMIT_MAX
 from .ops import SQLiteOps
 from .outbox import SQLiteOutbox
 from .schema import (
@@ -53,14 +52,7 @@ from .schema import (
     _row_to_job,
 )
 
-__all__ = [
-    "GROUP_COMMIT_MAX",
-    "HAS_RETURNING",
-    "PURGE_BATCH",
-    "SCHEMA_VERSION",
-    "AsyncSQLiteStore",
-    "SQLiteStore",
-]
+__all__ = ["HAS_RETURNING", "PURGE_BATCH", "AsyncSQLiteStore", "SQLiteStore"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -187,11 +179,7 @@ class SQLiteStore(SQLiteOps, StoreBase):
         return self._run(self._op_finish(job_id, worker_id, now, outcome))
 
     def fail(
-        self,
-        job_id: str,
-        expected: Collection[JobStatus],
-        now: float,
-        error: dict[str, Any],
+        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
     ) -> Job | None:
         return self._run(self._op_fail(job_id, expected, now, error))
 
@@ -240,10 +228,7 @@ class SQLiteStore(SQLiteOps, StoreBase):
         return self._run(q)
 
     def list_jobs(
-        self,
-        status: JobStatus | None = None,
-        limit: int = 100,
-        created_before: float | None = None,
+        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
     ) -> list[Job]:
         where: list[str] = []
         args: list[Any] = []
