@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
+from .._imports import import_from_string
 from ..errors import ConfigurationError
 from .adapters import InlineAsyncStore, ThreadedAsyncStore
 from .base import AsyncStore, Store
@@ -85,13 +86,7 @@ def resolve_store(spec: str | Store | None) -> Store:
             raise ConfigurationError(f"store={spec!r}: the Redis store is unavailable") from exc
         return cast(Store, mod.RedisStore.from_url(spec))
     if ":" in spec and "://" not in spec:
-        mod_name, _, attr = spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigurationError(
-                f"store={spec!r}: cannot import {attr!r} from {mod_name!r} ({exc})"
-            ) from exc
+        factory = import_from_string(spec, "store")
         return resolve_store(factory() if callable(factory) else factory)
     raise ConfigurationError(
         f"store={spec!r} is not understood: use 'memory://', 'sqlite:///path/jobs.db', "
