@@ -9,7 +9,7 @@ from ..errors import ConfigurationError, ExecutorError
 from .base import BaseExecutor
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from .base import JobHost
 
 
 class AsyncioExecutor(BaseExecutor):
@@ -35,11 +35,11 @@ class AsyncioExecutor(BaseExecutor):
         self.max_concurrency = max_concurrency
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._runtime: Runtime | None = None
+        self._runtime: JobHost | None = None
         self._sem: asyncio.Semaphore | None = None
         self._closed = False
 
-    def start(self, runtime: Runtime, loop: asyncio.AbstractEventLoop | None) -> None:
+    def start(self, runtime: JobHost, loop: asyncio.AbstractEventLoop | None) -> None:
         if loop is None:
             raise ConfigurationError(
                 "the asyncio executor runs jobs on an ASGI server's event loop; "

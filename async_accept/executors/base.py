@@ -6,7 +6,25 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from ..engine import Engine
+    from ..job import Job
+    from ..stores import Store
+
+
+class JobHost(Protocol):
+    """What an executor needs of the runtime that starts it (the runtime
+    implements it; executors don't import the runtime, which holds them)."""
+
+    engine: Engine
+    store: Store
+
+    def run_job(self, job_id: str) -> Job | None:
+        """Run one job in the calling thread."""
+        ...
+
+    async def arun_job(self, job_id: str) -> Job | None:
+        """Run one job on the running event loop."""
+        ...
 
 
 @runtime_checkable
@@ -23,7 +41,7 @@ class Executor(Protocol):
     #: which front doors it can serve: {"asgi", "wsgi"}
     supports: frozenset[str]
 
-    def start(self, runtime: Runtime, loop: asyncio.AbstractEventLoop | None) -> None:
+    def start(self, runtime: JobHost, loop: asyncio.AbstractEventLoop | None) -> None:
         """Begin taking jobs; ``loop`` is the server's loop on the ASGI path."""
         ...
 
@@ -53,7 +71,7 @@ class BaseExecutor:
     out_of_process = False
     supports: frozenset[str] = frozenset({"asgi", "wsgi"})
 
-    def start(self, runtime: Runtime, loop: asyncio.AbstractEventLoop | None) -> None:
+    def start(self, runtime: JobHost, loop: asyncio.AbstractEventLoop | None) -> None:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def submit(self, job_id: str) -> None:

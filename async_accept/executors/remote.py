@@ -23,7 +23,7 @@ from ..errors import ConfigurationError, ExecutorError
 from .base import BaseExecutor
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from .base import JobHost
 
 __all__ = ["RemoteExecutor", "RemoteOptions", "check_app_path"]
 
@@ -116,7 +116,7 @@ class RemoteExecutor(BaseExecutor):
         self.flush_interval = float(_positive("flush_interval", flush_interval, zero=True))
         self.redispatch_after = float(_positive("redispatch_after", redispatch_after))
         self.max_buffer: int = _positive("max_buffer", max_buffer, integer=True)
-        self._runtime: Runtime | None = None
+        self._runtime: JobHost | None = None
         self._closed = True
         self._init_state()
 
@@ -138,7 +138,7 @@ class RemoteExecutor(BaseExecutor):
 
     # -- the Executor protocol -----------------------------------------------------------
 
-    def start(self, runtime: Runtime, loop: asyncio.AbstractEventLoop | None) -> None:
+    def start(self, runtime: JobHost, loop: asyncio.AbstractEventLoop | None) -> None:
         with self._lock:
             self._runtime = runtime
             self._closed = False

@@ -12,7 +12,7 @@ from ..errors import ConfigurationError, ExecutorError
 from .base import BaseExecutor
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from .base import JobHost
 
 log = logging.getLogger("async_accept")
 
@@ -38,10 +38,10 @@ class ThreadExecutor(BaseExecutor):
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._runtime: Runtime | None = None
+        self._runtime: JobHost | None = None
         self._closed = False
 
-    def start(self, runtime: Runtime, loop: asyncio.AbstractEventLoop | None) -> None:
+    def start(self, runtime: JobHost, loop: asyncio.AbstractEventLoop | None) -> None:
         self._runtime = runtime
         self._closed = False
         self._threads = [t for t in self._threads if t.is_alive()]
