@@ -114,3 +114,10 @@ def test_mistyped_or_misspelt_option_fails_mypy() -> None:
     lines = out.stdout.splitlines()
     assert any("bad_option.py:10:" in line for line in lines), out.stdout
     assert any("bad_option.py:11:" in line for line in lines), out.stdout
+
+
+def test_readme_documents_every_option() -> None:
+    """Every option declared in options.py is named in the README."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in OPTION_NAMES if f"`{name}`" not in readme]
+    assert missing == []
