@@ -43,7 +43,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
     Options are documented in the README; bad ones raise ConfigurationError.
     """
 
-    def __init__(self, app: ASGIApp, /, **options: Unpack[OptionsKwargs]) -> None:
+    def __init__(self, app: ASGIApp, **options: Unpack[OptionsKwargs]) -> None:
         super().__init__(app, "asgi", options)
         self.app = app
 

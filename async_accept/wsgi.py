@@ -47,7 +47,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
     worker process of the server can answer every job.
     """
 
-    def __init__(self, app: WSGIApp, /, **options: Unpack[OptionsKwargs]) -> None:
+    def __init__(self, app: WSGIApp, **options: Unpack[OptionsKwargs]) -> None:
         super().__init__(app, "wsgi", options)
         self.app = app
 

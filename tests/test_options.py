@@ -9,7 +9,7 @@ import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import get_type_hints
+from typing import Any, get_type_hints
 
 import pytest
 
@@ -121,3 +121,18 @@ def test_readme_documents_every_option() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     missing = [name for name in OPTION_NAMES if f"`{name}`" not in readme]
     assert missing == []
+
+
+def test_middlewares_take_app_by_keyword() -> None:
+    """Starlette before 0.38 builds middleware as cls(app=app, **options): app is a keyword too."""
+    from async_accept.asgi import AsyncAcceptMiddleware
+    from async_accept.wsgi import AsyncAcceptMiddleware as WSGIMiddleware
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        return [b""]
+
+    assert AsyncAcceptMiddleware(app=asgi_app, secret_key=SECRET, store="memory://").app is asgi_app
+    assert WSGIMiddleware(app=wsgi_app, secret_key=SECRET, store="memory://").app is wsgi_app
