@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .engine.responses import Response
 from .frontdoor import Accept, DoorMiddleware, Pass, Serve
+from .identity import starlette_principal
 from .job import CapturedRequest
 from .replay import REPLAY_KEY
 from .routes import RouteOptions
@@ -54,7 +55,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             fast = self._fast_methods
             if (
                 fast is not None
-                and scope["method"] not in fast
+                and scope["method"].upper() not in fast
                 and self._prefix not in scope["path"]
             ):
                 await self.app(scope, receive, send)
@@ -82,7 +83,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
                 if k == b"prefer":
                     prefer = v
                     break
-        plan = door.plan(scope["method"], path, prefer)
+        plan = door.plan(scope["method"].upper(), path, prefer)
         if isinstance(plan, Pass):
             await self.app(scope, receive, _vary_prefer(send) if plan.vary_prefer else send)
         elif isinstance(plan, Serve):
@@ -149,7 +150,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         server = scope.get("server")
         client = scope.get("client")
         return CapturedRequest(
-            method=scope["method"],
+            method=scope["method"].upper(),
             path=path,
             query_string=scope.get("query_string", b""),
             headers=[(bytes(k).lower(), bytes(v)) for k, v in scope["headers"]],
@@ -160,6 +161,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             http_version=scope.get("http_version", "1.1"),
             server=(str(server[0]), int(server[1])) if server and server[1] is not None else None,
             client=(str(client[0]), int(client[1])) if client else None,
+            principal=starlette_principal(scope["user"]) if "user" in scope else None,
         )
 
     async def _accept(

@@ -64,6 +64,7 @@ from .engine.ops import Gen
 from .engine.responses import Response
 from .errors import ConfigurationError, MissingDependencyError
 from .frontdoor import Accept, FrontDoor, Pass, Serve
+from .identity import django_principal
 from .job import CapturedRequest
 from .options import ENV_SECRET, build_options
 from .replay import REPLAY_KEY
@@ -403,15 +404,17 @@ def capture(request: Any, path: str, body: bytes) -> CapturedRequest:
     root = full_path[: len(full_path) - len(path)] if full_path.endswith(path) else ""
     scope = getattr(request, "scope", None)
     http_version = str(scope.get("http_version", "1.1")) if isinstance(scope, Mapping) else None
-    return capture_environ(
+    captured = capture_environ(
         request.META,
         path,
         body,
-        method=request.method,
+        method=str(request.method).upper(),
         root_path=root.rstrip("/"),
         scheme=request.scheme,
         http_version=http_version,
     )
+    captured.principal = django_principal(request)
+    return captured
 
 
 def to_django(response: Response, method: str) -> Any:
@@ -454,7 +457,7 @@ def _plan(door: FrontDoor, request: Any) -> Gen[Response] | Response | None:
     meta = request.META
     prefer = meta.get("HTTP_PREFER") if door.prefer_async else None
     plan = door.plan(
-        request.method,
+        str(request.method).upper(),
         path,
         None if prefer is None else latin1(prefer),
         str(meta.get("CONTENT_LENGTH") or ""),

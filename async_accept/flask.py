@@ -94,19 +94,32 @@ def rule_pattern(rule: Any, methods: Iterable[str], options: RouteOptions) -> Ro
     spec = f"{','.join(names)} {_template(text)}"
     converters: Mapping[str, Any] = getattr(rule, "_converters", None) or {}
     params = list(_RULE_PARAM.finditer(text))
-    if not params or not all(
+    # Werkzeug routes "//work" (merge_slashes) and, with strict_slashes=False,
+    # "/work/" to the same view: the pattern matches them too, so no spelling
+    # of the path reaches a marked view outside a job.
+    merge = bool(getattr(rule, "merge_slashes", False))
+    strict = getattr(rule, "strict_slashes", True) is not False
+    if (not params and strict and not merge) or not all(
         isinstance(getattr(converters.get(m.group("name")), "regex", None), str) for m in params
     ):
         return parse_route(spec, options)
+
+    def static(piece: str) -> str:
+        escaped = re.escape(piece)
+        return escaped.replace("/", "/+") if merge else escaped
+
     parts: list[str] = []
     pos = 0
     for m in params:
-        parts.append(re.escape(text[pos : m.start()]))
+        parts.append(static(text[pos : m.start()]))
         parts.append(f"(?:{converters[m.group('name')].regex})")
         pos = m.end()
-    parts.append(re.escape(text[pos:]))
+    parts.append(static(text[pos:]))
+    source = "".join(parts)
+    if not strict:
+        source = source.rstrip("+").rstrip("/") + "/*"
     try:
-        regex = re.compile("".join(parts))
+        regex = re.compile(source)
     except re.error:
         return parse_route(spec, options)
     return RoutePattern(spec, frozenset(names), _template(text), regex, options)

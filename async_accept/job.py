@@ -129,6 +129,8 @@ class CapturedRequest(_HeaderLookup):
     http_version: str = "1.1"
     server: tuple[str, int] | None = None
     client: tuple[str, int] | None = None
+    #: the principal the framework authenticated (see identity.py); never stored
+    principal: str | None = field(default=None, compare=False, repr=False)
 
     def meta_json(self) -> str:
         """Everything but the body, as JSON."""

@@ -103,6 +103,26 @@ def _session_cookies(name: str, value: Any) -> tuple[str, ...]:
     return cookies
 
 
+def _identity_headers(name: str, value: Any) -> tuple[bytes, ...]:
+    names = (value,) if isinstance(value, (str, bytes)) else tuple(value)
+    out: list[bytes] = []
+    for n in names:
+        raw = n.encode("latin-1") if isinstance(n, str) else n
+        if not isinstance(raw, bytes) or not raw.strip() or b":" in raw:
+            raise ConfigurationError("identity_headers must be a list of header names")
+        out.append(raw.strip().lower())
+    return tuple(out)
+
+
+def _anonymous(name: str, value: Any) -> Literal["allow", "deny"]:
+    if value not in ("allow", "deny"):
+        raise ConfigurationError(
+            f"anonymous={value!r} must be 'allow' (a job with no caller identity is reachable "
+            "by whoever holds its URL; warned once per route) or 'deny' (401)"
+        )
+    return "allow" if value == "allow" else "deny"
+
+
 def _sweep_interval(name: str, value: Any) -> float | None:
     return None if value in (None, 0) else _seconds(name, value)
 
@@ -207,6 +227,19 @@ class Options:
     session_cookies: tuple[str, ...] = field(
         metadata=option(
             ("session", "sessionid"), "cookies that identify the caller", _session_cookies
+        )
+    )
+    identity_headers: tuple[bytes, ...] = field(
+        metadata=option(
+            (),
+            "more request headers that identify the caller (besides Authorization, "
+            "Proxy-Authorization, X-API-Key, Api-Key)",
+            _identity_headers,
+        )
+    )
+    anonymous: Literal["allow", "deny"] = field(
+        metadata=option(
+            "allow", "a marked route called with no identity: 'allow' or 'deny' (401)", _anonymous
         )
     )
     prefer_async: bool = field(
@@ -334,6 +367,8 @@ class OptionsKwargs(TypedDict, total=False):
     max_body_size: int
     identity: IdentityFunc | None
     session_cookies: Iterable[str]
+    identity_headers: Iterable[str]
+    anonymous: Literal["allow", "deny"]
     prefer_async: bool
     poll_interval: float
     max_retry_after: float
@@ -502,14 +537,15 @@ def _webhook_settings(
                 raise ConfigurationError(f"{name} needs a webhook signing secret: {_NO_SECRET}")
         if allow_private:
             raise ConfigurationError(f"webhook_allow_private needs webhook_secret: {_NO_SECRET}")
-    from .webhooks import WebhookPolicy, WebhookTargetError, decode_secret
+    from .webhooks import WebhookPolicy, WebhookTargetError
+    from .webhooks.signing import check_secret
 
     if secret is not None:
         if isinstance(secret, (str, bytes)):
-            decode_secret(secret)
+            check_secret(secret)
         elif isinstance(secret, Sequence) and secret:
             for s in secret:
-                decode_secret(s)
+                check_secret(s)
         else:
             raise ConfigurationError(
                 f"webhook_secret must be 'whsec_<base64>' text, bytes or a list of them "

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import hmac
 import math
+import secrets
 import time
 from collections.abc import Callable, Sequence
 
@@ -21,6 +22,9 @@ from itsdangerous.encoding import base64_decode, base64_encode, bytes_to_int, in
 from .errors import AsyncAcceptError, ConfigurationError
 
 _VERIFIED_CACHE = 10_000
+#: the shortest secret_key taken: one status URL lets an attacker test guesses offline
+MIN_SECRET_BYTES = 32
+_MAKE_ONE = "make one with: python -m async_accept secret"
 _TOKEN_SALT = b"async_accept.job-token"
 _OWNER_SALT = b"async_accept.owner"
 
@@ -41,7 +45,8 @@ def normalize_secrets(secret_key: str | bytes | Sequence[str | bytes] | None) ->
     """Secrets newest first, as bytes; ConfigurationError when none is usable."""
     if secret_key is None:
         raise ConfigurationError(
-            "secret_key is missing: pass secret_key='...' (or a list, newest first) "
+            "secret_key is missing: pass secret_key=... (or a list, newest first; make one with "
+            "python -m async_accept secret) "
             "or set the ASYNC_ACCEPT_SECRET_KEY environment variable."
         )
     keys: list[str | bytes] = (
@@ -53,13 +58,23 @@ def normalize_secrets(secret_key: str | bytes | Sequence[str | bytes] | None) ->
             k = k.encode("utf-8")
         if not isinstance(k, bytes) or not k:
             raise ConfigurationError(
-                "secret_key entries must be non-empty strings or bytes; "
-                "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+                f"secret_key entries must be non-empty strings or bytes; {_MAKE_ONE}"
+            )
+        if len(k) < MIN_SECRET_BYTES:
+            raise ConfigurationError(
+                f"secret_key is {len(k)} bytes long: it must be at least {MIN_SECRET_BYTES} "
+                f"random bytes, since one status URL lets anyone test guesses of it offline; "
+                f"{_MAKE_ONE} (and pass it in ASYNC_ACCEPT_SECRET_KEY, not in the code)"
             )
         out.append(k)
     if not out:
         raise ConfigurationError("secret_key is an empty list: give at least one key")
     return out
+
+
+def generate_secret() -> str:
+    """A new random secret_key: 32 random bytes, URL-safe text (43 characters)."""
+    return secrets.token_urlsafe(MIN_SECRET_BYTES)
 
 
 class _ClockedSigner(TimestampSigner):
@@ -166,11 +181,21 @@ class TokenSigner:
         mac.update(material)
         return mac.hexdigest()
 
-    def owner_matches(self, stored: str, material: bytes) -> bool:
-        """Constant-time check of ``material`` against a stored owner hash (any key)."""
+    def owner_matches(self, stored: str, material: bytes, alt: bytes | None = None) -> bool:
+        """Constant-time check of a caller against a stored owner (any key).
+
+        ``stored`` is the owner hash of the credential material, optionally
+        followed by a space and the hash of an owner cookie; ``alt`` is the
+        owner material of the owner cookie the caller sent. The work is the
+        same whichever matches, or none.
+        """
+        h1, _, h2 = stored.partition(" ")
         ok = False
         for template in self._owner_macs:
             mac = template.copy()
             mac.update(material)
-            ok |= hmac.compare_digest(mac.hexdigest(), stored)
+            ok |= hmac.compare_digest(mac.hexdigest(), h1)
+            other = template.copy()
+            other.update(alt if alt is not None else b"")
+            ok |= hmac.compare_digest(other.hexdigest(), h2 or "-") and alt is not None
         return ok

@@ -62,7 +62,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         fast = self._fast_methods
         if (
             fast is not None
-            and environ["REQUEST_METHOD"] not in fast
+            and environ["REQUEST_METHOD"].upper() not in fast
             and self._prefix not in environ.get("PATH_INFO", "")
         ):
             return self.app(environ, start_response)
@@ -73,7 +73,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             door.discover()
             self._fast_methods = door.fast_methods()
         path = _decode_path(environ.get("PATH_INFO", "") or "")
-        method = environ.get("REQUEST_METHOD", "GET")
+        method = str(environ.get("REQUEST_METHOD", "GET")).upper()
         prefer = environ.get("HTTP_PREFER") if door.prefer_async else None
         plan = door.plan(
             method,
@@ -181,7 +181,7 @@ def _capture(environ: WSGIEnviron, path: str, body: bytes) -> CapturedRequest:
         environ,
         path,
         body,
-        method=environ.get("REQUEST_METHOD", "GET"),
+        method=str(environ.get("REQUEST_METHOD", "GET")).upper(),
         root_path=_decode_path(environ.get("SCRIPT_NAME", "") or ""),
         scheme=environ.get("wsgi.url_scheme", "http"),
     )

@@ -219,10 +219,14 @@ def _starlette_door() -> Door:
 # -- WSGI ----------------------------------------------------------------------------------
 
 
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
 def _environ_name(name: bytes) -> str | None:
-    text = name.decode("latin-1")
-    if not text or any(c in text for c in ":\r\n\x00 "):
+    """The environ key of a header, or None for a name a WSGI server refuses (not a token)."""
+    if not name or not _TOKEN.issuperset(name):
         return None
+    text = name.decode("latin-1")
     key = text.upper().replace("-", "_")
     if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
         return key
@@ -303,7 +307,7 @@ def _raw_wsgi_door() -> Door:
 
 
 def _flask_door() -> Door:
-    from flask import Flask
+    from flask import Flask, request
 
     from async_accept.flask import AsyncAccept
 
@@ -314,13 +318,13 @@ def _flask_door() -> Door:
     @app.post("/work")
     @long_running
     def work() -> str:
-        _ran(ref, "flask /work")
+        _ran(ref, f"flask {request.method} {request.environ['PATH_INFO']}")
         return "done"
 
     @app.post("/slashes/", strict_slashes=False)
     @long_running
     def slashes() -> str:
-        _ran(ref, "flask /slashes/")
+        _ran(ref, f"flask {request.method} {request.environ['PATH_INFO']}")
         return "done"
 
     @app.get("/plain")
@@ -363,8 +367,10 @@ def _django_door() -> Door:
         method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> Reply:
         reply = call(method, path, headers, body)
-        # The test project's marked views answer JSON saying whether they ran in a job.
-        if reply.body.startswith(b'{"view"') and b'"in_job": false' in reply.body:
+        # The test project's marked views answer JSON saying whether they ran in a
+        # job; /slow/ is marked for the unsafe methods (OPTIONS and unknown ones pass).
+        marked = method.upper() in ("POST", "PUT", "PATCH", "DELETE")
+        if marked and reply.body.startswith(b'{"view"') and b'"in_job": false' in reply.body:
             ref[0].outside_job.append(f"django {method} {path}")
         return reply
 
@@ -449,7 +455,7 @@ def paths(draw: st.DrawFn, work: str) -> str:
              PREFIX + "/{existing}", PREFIX + "/{existing}/", PREFIX + "/{existing}/result",
              PREFIX + "/{existing}/cancel", PREFIX + "/{unknown}", PREFIX + "/{unknown}/result",
              PREFIX + "/{unknown}/cancel", PREFIX + "/{existing}x", "/" + PREFIX + "/{existing}",
-             PREFIX + "/{existing}/result/", "/plain", "random"]
+             PREFIX + "/{existing}/result/", "/plain", "//slashes", "/slashes", "random"]
         )
     )  # fmt: skip
     if kind == "random":
@@ -458,20 +464,10 @@ def paths(draw: st.DrawFn, work: str) -> str:
     return kind + query
 
 
-#: what fails today, per door (issue 13): each mark goes once the behaviour lands
-XFAIL_RANDOM = {
-    "asgi": "issue 13: a malformed cookie raises (500); a lower-case method skips the mark",
-    "starlette": "issue 13: a malformed cookie raises (500)",
-    "wsgi": "issue 13: a malformed cookie raises (500); a lower-case method skips the mark",
-    "flask": "issue 13: a malformed cookie raises (500); a lower-case method skips the mark",
-    "django": "issue 13: a malformed cookie raises (500)",
-}
-XFAIL_LOWER = {
-    "asgi": "issue 13: a lower-case method skips the mark",
-    "wsgi": "issue 13: a lower-case method skips the mark",
-    "flask": "issue 13: a lower-case method skips the mark",
-}
-XFAIL_COOKIE_EXISTING = "issue 13: a malformed cookie raises (500) when the job exists"
+#: what still fails, per door (issue 13): each mark goes once the behaviour lands
+XFAIL_RANDOM: dict[str, str] = {}
+XFAIL_LOWER: dict[str, str] = {}
+XFAIL_COOKIE_EXISTING: str | None = None
 
 
 def _xfail(request: pytest.FixtureRequest, reason: str | None) -> None:
@@ -541,15 +537,16 @@ def test_lower_case_method_on_a_marked_route_is_never_run_inline(
         assert len(door.accepted) == before + 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: strict_slashes=False skips the mark")
-def test_flask_trailing_slash_variant_is_marked_too() -> None:
-    """Flask strict_slashes=False: POST /slashes (no slash) is a job like POST /slashes/."""
+def test_flask_path_spellings_are_marked_too() -> None:
+    """Every path Werkzeug routes to a marked view (//work, strict_slashes=False) makes a job."""
     pytest.importorskip("flask")
     d = _flask_door()
     try:
-        for path in ("/slashes/", "/slashes"):
+        for path in ("/slashes/", "/slashes", "//slashes//", "//work", "/work"):
+            before = len(d.accepted)
             reply = d.call("POST", path, CREDS, b"{}")
             assert not d.outside_job, (path, d.outside_job)
-            assert reply.status in (202, 308), (path, reply.status)
+            assert reply.status == 202, (path, reply.status)
+            assert len(d.accepted) == before + 1
     finally:
         d.close()

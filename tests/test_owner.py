@@ -68,7 +68,6 @@ def flask_app() -> Iterator[Any]:
     app.extensions["async_accept"].middleware.runtime.shutdown()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the owner is the session cookie's bytes")
 def test_flask_session_rewritten_by_flash_keeps_access(flask_app: Any) -> None:
     """After flash() rewrote the signed session cookie, the user still reads their job."""
     client = flask_app.test_client()
@@ -170,7 +169,6 @@ def starlette_client() -> Iterator[Any]:
         c.__exit__(None, None, None)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the owner is the session cookie's bytes")
 def test_starlette_session_rewrite_keeps_access(starlette_client: Any) -> None:
     """After SessionMiddleware rewrote the session cookie, the user still reads their job."""
     client = starlette_client(_starlette_app())
@@ -229,7 +227,6 @@ def wsgi() -> Iterator[Any]:
 
 
 @pytest.mark.parametrize("header", ["X-API-Key", "Api-Key"])
-@pytest.mark.xfail(strict=True, reason="issue 13: API-key callers all share one owner")
 def test_api_key_callers_are_distinct_owners(wsgi: Any, header: str) -> None:
     """A caller with another API key, or none, gets the plain 404 for a job."""
     _, client = wsgi()
@@ -241,7 +238,6 @@ def test_api_key_callers_are_distinct_owners(wsgi: Any, header: str) -> None:
     assert client.get(url).status_code == 404
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: API-key callers all share one owner")
 def test_idempotency_key_never_hands_over_another_callers_job(wsgi: Any) -> None:
     """Same Idempotency-Key and payload from another API key: its own job, not the first's."""
     _, client = wsgi()
@@ -269,7 +265,6 @@ def test_idempotency_key_scoped_per_authorization(wsgi: Any) -> None:
 
 
 @pytest.mark.parametrize("value", [7, 0, 10**6, ["alice"], 1.5])
-@pytest.mark.xfail(strict=True, reason="issue 13: identity= results are not checked")
 def test_identity_returning_a_non_string_is_refused(wsgi: Any, value: Any) -> None:
     """identity= must return str, bytes or None: anything else is a ConfigurationError."""
     _, client = wsgi(identity=lambda headers: value)
@@ -296,7 +291,6 @@ def test_identity_function_owner_is_what_it_returns(wsgi: Any) -> None:
 # -- anonymous jobs ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: no anonymous= option yet")
 def test_anonymous_deny_answers_401_and_makes_no_job(wsgi: Any) -> None:
     """anonymous="deny": a marked route called with no identity gets 401 problem+json."""
     _, client = wsgi(anonymous="deny")
@@ -306,7 +300,6 @@ def test_anonymous_deny_answers_401_and_makes_no_job(wsgi: Any) -> None:
     assert client.post("/work", headers={"Authorization": "Bearer a"}).status_code == 202
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: no warning for anonymous jobs yet")
 def test_anonymous_job_warns_once_per_route(wsgi: Any, caplog: pytest.LogCaptureFixture) -> None:
     """A job accepted with no identity logs one warning per route naming the fix."""
     _, client = wsgi()

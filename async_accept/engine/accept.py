@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Mapping
 
 from ..errors import ExecutorError, StoreError
+from ..identity import new_owner_cookie, owner_cookie_header, owner_cookie_material
 from ..job import CapturedRequest, Headers, Job, JobStatus, new_job_id
 from ..prefer import parse_prefer, parse_wait
 from ..routes import RouteOptions
@@ -25,6 +27,8 @@ from .responses import (
     unavailable,
 )
 from .status import Status
+
+log = logging.getLogger("async_accept")
 
 
 class Accepting(Status):
@@ -76,11 +80,29 @@ class Accepting(Status):
         if applied:
             extra.append((b"preference-applied", b", ".join(applied)))
 
-        owner = self.signer.owner_hash(self.identity_material(request))
+        who = self.identify(request)
+        if not who.material:
+            if opts.anonymous == "deny":
+                return problem_response(
+                    401,
+                    "identity-required",
+                    "Unauthorized",
+                    "This endpoint accepts jobs from identified callers only: send your "
+                    "credentials.",
+                    headers=extra,
+                )
+            self._warn_anonymous(request, route)
+        owner = self.signer.owner_hash(who.material)
         scope = idempotency_scope(request, route, owner, extra)
         if isinstance(scope, Response):
             return scope
         idem_key, fingerprint = scope
+        if who.session_only:
+            # Known by a session cookie alone, which the app may rewrite: the
+            # owner cookie (one per browser, reused) keeps this caller's access.
+            cookie = who.cookie or new_owner_cookie()
+            owner += " " + self.signer.owner_hash(owner_cookie_material(cookie))
+            extra.append((b"set-cookie", self._owner_cookie(request, cookie)))
 
         sla = route.sla if route.sla is not None else opts.sla
         job = Job(
@@ -106,9 +128,11 @@ class Accepting(Status):
                 refused.headers.extend(extra)
                 return refused
         span.job(job)
+        # Credentials never reach the store in clear text (sealing.py).
+        sealed = self.sealer.seal(job.id, request)
         for attempt in (1, 2):
             try:
-                stored, created = yield from ops.create(job, request)
+                stored, created = yield from ops.create(job, sealed)
             except StoreError:
                 return unavailable(
                     "store-unavailable",
@@ -159,6 +183,30 @@ class Accepting(Status):
             if done is not None:
                 job = done
         return self.accepted(job, request.root_path, self.clock(), extra)
+
+    def _owner_cookie(self, request: CapturedRequest, value: bytes) -> bytes:
+        return owner_cookie_header(
+            value,
+            request.root_path + self.options.prefix,
+            int(self.options.ttl),
+            request.scheme == "https",
+        )
+
+    def _warn_anonymous(self, request: CapturedRequest, route: RouteOptions) -> None:
+        """Once per route: a job with no caller identity is a bearer capability."""
+        key = (request.method, id(route))
+        warned = self._anonymous_warned
+        if key in warned or len(warned) > 1000:
+            return
+        warned.add(key)
+        log.warning(
+            "async_accept: %s %s accepted a job from an anonymous caller (no credentials, "
+            "no identity): whoever holds its status URL can read and cancel it. If callers "
+            "authenticate, tell the middleware how (identity=..., identity_headers=[...], "
+            "session_cookies=[...]); to refuse such requests, pass anonymous='deny'.",
+            request.method,
+            request.path,
+        )
 
     def accepted(self, job: Job, root_path: str, now: float, extra: Headers) -> Response:
         token = self.token_for(job)

@@ -10,11 +10,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from werkzeug.http import parse_cookie
-
 from ..errors import StoreError
+from ..identity import (
+    DEFAULT_IDENTITY_HEADERS,
+    NOBODY,
+    Identity,
+    check_identity_result,
+    encode_parts,
+    owner_cookie_material,
+    read_identity,
+)
 from ..job import ACTIVE, CapturedRequest, Headers, Job, JobStatus
 from ..options import Options
+from ..sealing import RequestSealer
 from ..tokens import TokenError, TokenExpired, TokenSigner
 from ..tracing import Tracing
 from . import ops
@@ -46,30 +54,36 @@ class Status:
         self.signer = TokenSigner(options.secrets, options.ttl, lambda: self.clock())
         self.clock = clock
         self.tracing = Tracing(options.tracer_provider)
+        defaults = [h.encode("latin-1") for h in DEFAULT_IDENTITY_HEADERS]
+        self._identity_headers = tuple(dict.fromkeys([*defaults, *options.identity_headers]))
+        self._session_cookies = tuple(c.encode("utf-8") for c in options.session_cookies)
+        self.sealer = RequestSealer(options.secrets, self._identity_headers)
+        #: (method, route) pairs already warned about anonymous jobs
+        self._anonymous_warned: set[tuple[str, int]] = set()
 
     # -- identity ---------------------------------------------------------------
 
-    def identity_material(self, request: CapturedRequest) -> bytes:
-        """The credentials the job is bound to (hashed before storage)."""
+    def identify(self, request: CapturedRequest) -> Identity:
+        """Who is calling (see identity.py); never raises on malformed headers."""
         opts = self.options
         if opts.identity is not None:
-            ident = opts.identity(headers_dict(request))
-            if ident is None:
-                return b""
-            return ident.encode("utf-8") if isinstance(ident, str) else bytes(ident)
-        parts: list[bytes] = []
-        auth = request.header(b"authorization")
-        if auth:
-            parts.append(b"authorization=" + auth)
-        if opts.session_cookies:
-            cookie_values = [v for k, v in request.headers if k == b"cookie"]
-            if cookie_values:
-                cookies = parse_cookie(b"; ".join(cookie_values).decode("latin-1"))
-                for name in opts.session_cookies:
-                    value = cookies.get(name)
-                    if value:
-                        parts.append(f"cookie:{name}=".encode() + value.encode("utf-8"))
-        return b"\n".join(parts)
+            given = check_identity_result(opts.identity(headers_dict(request)))
+            material = encode_parts([(b"identity", given)]) if given else b""
+            return Identity(material, principal=True, session_only=False, cookie=None)
+        return read_identity(
+            request.headers, request.principal, self._identity_headers, self._session_cookies
+        )
+
+    def identity_material(self, request: CapturedRequest) -> bytes:
+        """The credentials the job is bound to (hashed before storage)."""
+        return self.identify(request).material
+
+    def owns(self, job: Job | None, who: Identity) -> bool:
+        """Whether ``who`` owns ``job``: the same work (and time) for no job at all."""
+        alt = owner_cookie_material(who.cookie) if who.cookie else None
+        return self.signer.owner_matches(
+            job.owner if job is not None else NOBODY, who.material, alt
+        ) and (job is not None)
 
     # -- URLs -----------------------------------------------------------------------
 
@@ -229,8 +243,11 @@ class Status:
                 "The job store is unavailable; retry later.",
                 self.retry_later(),
             )
-        if job is None or not self.signer.owner_matches(job.owner, self.identity_material(request)):
+        # An unknown id and another caller's job take the same path: one store
+        # read, the same HMAC work, one constant-time compare, the same 404.
+        if not self.owns(job, self.identify(request)):
             return not_found()
+        assert job is not None
         if not job.terminal:
             with contextlib.suppress(StoreError):
                 job = yield from self.apply_deadman(job, now)
@@ -269,7 +286,10 @@ class Status:
             return problem_response(
                 409, "no-result", "No result", "The job's stored response is gone."
             )
-        return Response(result.status, list(result.headers), result.body)
+        # The result is one caller's: no shared cache may keep it, whatever the handler said.
+        headers = [(k, v) for k, v in result.headers if k.lower() != b"cache-control"]
+        headers.append(NO_STORE)
+        return Response(result.status, headers, result.body)
 
     def _cancel(self, request: CapturedRequest, token: str) -> Gen[Response]:
         now = self.clock()
