@@ -34,7 +34,9 @@ from .job import TERMINAL, Job, JobStatus
 __all__ = ["main"]
 
 _ID_HELP = "the job id (one starting with '-' goes after '--': jobs show -- -AbC...)"
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+_SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key", "api-key"}
+)
 
 
 class _Fail(Exception):
@@ -98,12 +100,42 @@ def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip())
 
 
-def _redacted(headers: list[tuple[bytes, bytes]]) -> list[list[str]]:
+def _redacted(headers: list[tuple[bytes, bytes]], show: bool = False) -> list[list[str]]:
     out = []
     for k, v in headers:
         name = k.decode("latin-1")
-        out.append([name, "<redacted>" if name in _SECRET_HEADERS else v.decode("latin-1")])
+        secret = name in _SECRET_HEADERS and not show
+        out.append([name, "<redacted>" if secret else v.decode("latin-1")])
     return out
+
+
+def _redacted_query(query: bytes, show: bool) -> str:
+    """The query string with every value redacted (names kept), unless ``show``."""
+    text = query.decode("latin-1")
+    if show or not text:
+        return text
+    return "&".join(
+        name + ("=<redacted>" if eq else "")
+        for name, eq, _ in (part.partition("=") for part in text.split("&"))
+    )
+
+
+def _opened(runtime: Any, job_id: str, request: Any) -> Any:
+    """The request with its sealed credentials opened (the app's or the environment's key)."""
+    if runtime is not None:
+        return runtime.engine.sealer.open(job_id, request)
+    from .options import ENV_SECRET
+    from .sealing import RequestSealer
+    from .tokens import normalize_secrets
+
+    env = os.environ.get(ENV_SECRET, "")
+    keys = [k.strip() for k in env.split(",") if k.strip()]
+    if not keys:
+        raise ConfigurationError(
+            f"--show-secrets opens the sealed credentials with the app's key: give --app, "
+            f"or set {ENV_SECRET}"
+        )
+    return RequestSealer(normalize_secrets(keys)).open(job_id, request)
 
 
 # -- worker -----------------------------------------------------------------------------------
@@ -239,18 +271,21 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_show(args: argparse.Namespace) -> int:
-    store, _ = _store(args)
+    store, runtime = _store(args)
+    show = bool(args.show_secrets)
     job = store.get(args.id, time.time())
     if job is None:
         raise _Fail(f"no job {args.id}")
     out: dict[str, Any] = {"job": job.to_dict()}
     request = store.get_request(job.id)
     if request is not None:
+        if show:
+            request = _opened(runtime, job.id, request)
         out["request"] = {
             "method": request.method,
             "path": request.root_path + request.path,
-            "query": request.query_string.decode("latin-1"),
-            "headers": _redacted(request.headers),
+            "query": _redacted_query(request.query_string, show),
+            "headers": _redacted(request.headers, show),
             "body_bytes": len(request.body),
         }
     result = store.get_result(job.id) if job.result_status is not None else None
@@ -455,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_jobs_list)
     p = jsub.add_parser("show", help="one job, its request and result (secrets redacted)")
     p.add_argument("id", help=_ID_HELP)
+    p.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="print credentials and query values as captured (opened with the app's key)",
+    )
     _store_args(p)
     p.set_defaults(func=cmd_jobs_show)
     p = jsub.add_parser("retry", help="run a failed job again (a new attempt)")

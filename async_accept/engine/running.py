@@ -32,7 +32,8 @@ class Running(Status):
                     job_id, frozenset({JobStatus.PROCESSING}), now, deadline_error(job)
                 )
             )
-        request = yield from ops.get_request(job_id)
+        stored = yield from ops.get_request(job_id)
+        request = None if stored is None else self.sealer.open(job_id, stored)
         if request is None:
             return (
                 yield from ops.fail(

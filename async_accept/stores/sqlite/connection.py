@@ -41,8 +41,27 @@ if hasattr(os, "register_at_fork"):  # not on Windows
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _create_private(path: str) -> None:
+    """Create the database file mode 0600 if it does not exist yet.
+
+    SQLite gives its ``-wal`` and ``-shm`` files the database file's mode, so
+    the jobs (and whatever their requests hold) are readable by this user only.
+    A file that already exists keeps the mode its operator gave it.
+    """
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # a missing directory and the like: sqlite3.connect says what is wrong
+    os.close(fd)
+
+
 def connect(path: str, *, timeout: float, synchronous: str = "NORMAL") -> sqlite3.Connection:
     """A connection to ``path`` with the pragmas every user of the file relies on."""
+    _create_private(path)
     conn = sqlite3.connect(
         path,
         timeout=timeout,
