@@ -54,7 +54,9 @@ __all__ = [
 ]
 
 #: Headers that carry credentials: never sent to another origin than the status URL's.
-_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+_CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "cookie", "proxy-authorization", "x-api-key", "api-key"}
+)
 #: Answers from a status URL that mean "try again later" (proxies, rate limits, restarts).
 _TRANSIENT = frozenset({429, 502, 503, 504})
 _FIRST_BACKOFF = 1.0
@@ -211,9 +213,12 @@ class _Poll:
 
     # -- requests --------------------------------------------------------
 
+    def same_origin(self, url: httpx.URL) -> bool:
+        return self.creds_origin is None or _origin(url) == self.creds_origin
+
     def request_kwargs(self, url: httpx.URL) -> dict[str, Any]:
         """Headers and auth for ``url``: credentials only go to their own origin."""
-        if self.creds_origin is None or _origin(url) == self.creds_origin:
+        if self.same_origin(url):
             kwargs: dict[str, Any] = {"headers": self.headers}
             if self.auth is not None:
                 kwargs["auth"] = self.auth
@@ -222,6 +227,22 @@ class _Poll:
         # (a 201's resource on another host), so credentials stay home.
         safe = {k: v for k, v in self.headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
         return {"headers": safe, "auth": None}
+
+    def build(self, http: Any, method: str, url: httpx.URL) -> tuple[httpx.Request, Any]:
+        """The request for ``url`` and the auth to send it with.
+
+        Cross-origin, every credential header goes, the client's own default
+        headers and cookies included (httpx would merge those in).
+        """
+        kwargs = self.request_kwargs(url)
+        auth = kwargs.pop("auth", None) if "auth" in kwargs else self.httpx.USE_CLIENT_DEFAULT
+        request = http.build_request(method, url, **kwargs)
+        if not self.same_origin(url):
+            for name in _CREDENTIAL_HEADERS:
+                if name in request.headers:
+                    del request.headers[name]
+            auth = None
+        return request, auth
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -426,7 +447,8 @@ def poll(
                 return step.response
             if step.kind == "result":
                 assert step.url is not None
-                return http.get(step.url, **state.request_kwargs(step.url))
+                request, auth = state.build(http, "GET", step.url)
+                return http.send(request, auth=auth)
             delay = state.sleep_for(step)
             if delay > 0:
                 do_sleep(delay)
@@ -471,7 +493,8 @@ async def apoll(
                 return step.response
             if step.kind == "result":
                 assert step.url is not None
-                return await http.get(step.url, **state.request_kwargs(step.url))
+                request, auth = state.build(http, "GET", step.url)
+                return await http.send(request, auth=auth)
             delay = state.sleep_for(step)
             if delay > 0:
                 await do_sleep(delay)

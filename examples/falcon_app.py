@@ -61,6 +61,6 @@ api.add_route("/hello", Hello())
 
 app = wrap(
     api,
-    secret_key=os.environ.get("ASYNC_ACCEPT_SECRET_KEY", "dev-only-change-me-0123456789"),
+    secret_key=os.environ.get("ASYNC_ACCEPT_SECRET_KEY", "dev-only-change-me-0123456789abcdef"),
     store=os.environ.get("ASYNC_ACCEPT_STORE", "sqlite:///async_accept_jobs.db"),
 )

@@ -66,7 +66,7 @@ def hello() -> str:
 
 app.add_middleware(
     AsyncAcceptMiddleware,
-    secret_key=os.environ.get("ASYNC_ACCEPT_SECRET_KEY", "dev-only-change-me-0123456789"),
+    secret_key=os.environ.get("ASYNC_ACCEPT_SECRET_KEY", "dev-only-change-me-0123456789abcdef"),
     store=os.environ.get("ASYNC_ACCEPT_STORE", "sqlite:///async_accept_jobs.db"),
 )
 document_async_accept(app, include_status_routes=True)

@@ -30,7 +30,7 @@ from async_accept.flask import AsyncAccept
 
 app = Flask(__name__)
 app.config["SECRET_KEY"] = os.environ.get(
-    "ASYNC_ACCEPT_SECRET_KEY", "dev-only-change-me-0123456789"
+    "ASYNC_ACCEPT_SECRET_KEY", "dev-only-change-me-0123456789abcdef"
 )
 app.config["ASYNC_ACCEPT_STORE"] = os.environ.get(
     "ASYNC_ACCEPT_STORE", "sqlite:///async_accept_jobs.db"

@@ -64,7 +64,7 @@ app = Starlette(
     middleware=[
         Middleware(
             AsyncAcceptMiddleware,
-            secret_key=os.environ.get("ASYNC_ACCEPT_SECRET_KEY", "dev-only-change-me-0123456789"),
+            secret_key=os.environ.get("ASYNC_ACCEPT_SECRET_KEY", "dev-only-change-me-0123456789abcdef"),
             store=os.environ.get("ASYNC_ACCEPT_STORE", "sqlite:///async_accept_jobs.db"),
         )
     ],

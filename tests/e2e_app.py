@@ -21,7 +21,7 @@ def _options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """
     env = os.environ if env is None else env
     opts: dict[str, Any] = {
-        "secret_key": env.get("ASYNC_ACCEPT_SECRET_KEY", "e2e-secret-0123456789abcdef"),
+        "secret_key": env.get("ASYNC_ACCEPT_SECRET_KEY", "e2e-secret-0123456789abcdef-0123456"),
         "store": env["ASYNC_ACCEPT_STORE"],
     }
     namespace = env.get("ASYNC_ACCEPT_REDIS_NAMESPACE")

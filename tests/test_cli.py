@@ -21,7 +21,7 @@ from tests import apps
 from tests.services import require_redis
 from tests.test_distributed import wipe_redis
 
-SECRET = "cli-secret-0123456789abcdef"
+SECRET = "cli-secret-0123456789abcdef-0123456"
 
 #: Applications the CLI imports by path in these tests (set by fixtures).
 RQ_APP: Any = None

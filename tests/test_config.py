@@ -53,7 +53,7 @@ def test_bad_option_raises_configuration_error(
     """Each bad option is refused at construction, on both front doors, naming the fix."""
     monkeypatch.delenv("ASYNC_ACCEPT_SECRET_KEY", raising=False)
     monkeypatch.chdir(tmp_path)
-    opts = {"secret_key": "s" * 20, "store": "memory://", **options}
+    opts = {"secret_key": "s" * 32, "store": "memory://", **options}
     if "secret_key" in options and options["secret_key"] is None:
         del opts["secret_key"]
     if options == {}:
@@ -65,15 +65,16 @@ def test_bad_option_raises_configuration_error(
 
 def test_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """ASYNC_ACCEPT_SECRET_KEY is used when secret_key is not given (comma-separated rotation)."""
-    monkeypatch.setenv("ASYNC_ACCEPT_SECRET_KEY", "newkey-xxxxxxxxxxxx, oldkey-yyyyyyyyyyyy")
+    new, old = "newkey-" + "x" * 26, "oldkey-" + "y" * 26
+    monkeypatch.setenv("ASYNC_ACCEPT_SECRET_KEY", f"{new}, {old}")
     mw = WSGIMiddleware(wsgi_app, store="memory://")
-    assert mw.options.secrets == [b"newkey-xxxxxxxxxxxx", b"oldkey-yyyyyyyyyyyy"]
+    assert mw.options.secrets == [new.encode(), old.encode()]
 
 
 def test_asyncio_executor_refused_for_wsgi() -> None:
     """The asyncio executor can't serve a WSGI app: ConfigurationError suggests 'thread'."""
     with pytest.raises(ConfigurationError, match="thread"):
-        WSGIMiddleware(wsgi_app, secret_key="s" * 20, store="memory://", executor="asyncio")
+        WSGIMiddleware(wsgi_app, secret_key="s" * 32, store="memory://", executor="asyncio")
 
 
 def test_out_of_process_executor_refuses_memory_store() -> None:
@@ -89,16 +90,16 @@ def test_out_of_process_executor_refuses_memory_store() -> None:
         def shutdown(self, timeout: float) -> None: ...
 
     with pytest.raises(ConfigurationError, match="shared store"):
-        WSGIMiddleware(wsgi_app, secret_key="s" * 20, store="memory://", executor=Remote())
+        WSGIMiddleware(wsgi_app, secret_key="s" * 32, store="memory://", executor=Remote())
 
 
 def test_missing_app_is_refused() -> None:
     """The wrapped application is required."""
     with pytest.raises(ConfigurationError, match="application"):
-        ASGIMiddleware(None, secret_key="s" * 20)  # type: ignore[arg-type]
+        ASGIMiddleware(None, secret_key="s" * 32)  # type: ignore[arg-type]
 
 
 def test_missing_sqlite_directory_is_refused(tmp_path: Path) -> None:
     """A SQLite path in a folder that doesn't exist fails at start-up, not on first request."""
     with pytest.raises(ConfigurationError):
-        WSGIMiddleware(wsgi_app, secret_key="s" * 20, store=f"sqlite:///{tmp_path}/nope/jobs.db")
+        WSGIMiddleware(wsgi_app, secret_key="s" * 32, store=f"sqlite:///{tmp_path}/nope/jobs.db")

@@ -369,11 +369,11 @@ def test_expired_token_is_410(dep: Deployment) -> None:
 
 def test_rotated_secret_still_verifies(make_dep) -> None:  # type: ignore[no-untyped-def]
     """Tokens signed with an old key still verify after rotation (newest first)."""
-    d = make_dep("wsgi", "sqlite", secret_key="old-key-aaaaaaaaaaaaaaaa")
+    d = make_dep("wsgi", "sqlite", secret_key="old-key-aaaaaaaaaaaaaaaaaaaaaaaa")
     loc, _ = accept(d)
     d.finished(loc)
     d.middleware.runtime.engine.signer.__init__(
-        [b"new-key-bbbbbbbbbbbbbbbbb", b"old-key-aaaaaaaaaaaaaaaa"], 86400, d.clock
+        [b"new-key-bbbbbbbbbbbbbbbbb", b"old-key-aaaaaaaaaaaaaaaaaaaaaaaa"], 86400, d.clock
     )
     assert d.get(loc).status_code == 303
     loc2, _ = accept(d)

@@ -460,20 +460,20 @@ def test_routes_setting_marks_undecorated_views() -> None:
 def test_secret_falls_back_to_django_secret_key_with_rotation(tmp_path: Path) -> None:
     """Without ASYNC_ACCEPT secret_key, SECRET_KEY signs; SECRET_KEY_FALLBACKS still verify."""
     store = {**settings.ASYNC_ACCEPT, "store": f"sqlite:///{tmp_path / 'jobs.db'}"}
-    with override_settings(ASYNC_ACCEPT=store, SECRET_KEY="first-secret-0123456789abcdef"):
+    with override_settings(ASYNC_ACCEPT=store, SECRET_KEY="first-secret-0123456789abcdef-0123"):
         client = Client()
         loc = accept(client, "/slow/")
         assert finish(client, loc).status_code == 303
-    with override_settings(ASYNC_ACCEPT=store, SECRET_KEY="second-secret-0123456789abcdef"):
+    with override_settings(ASYNC_ACCEPT=store, SECRET_KEY="second-secret-0123456789abcdef-0123"):
         assert Client().get(loc, headers=ALICE).status_code == 404
     with override_settings(
         ASYNC_ACCEPT=store,
-        SECRET_KEY="second-secret-0123456789abcdef",
-        SECRET_KEY_FALLBACKS=["first-secret-0123456789abcdef"],
+        SECRET_KEY="second-secret-0123456789abcdef-0123",
+        SECRET_KEY_FALLBACKS=["first-secret-0123456789abcdef-0123"],
     ):
         assert Client().get(loc, headers=ALICE).status_code == 303
-    explicit = {**store, "secret_key": "first-secret-0123456789abcdef"}
-    with override_settings(ASYNC_ACCEPT=explicit, SECRET_KEY="third-secret-0123456789abcdef"):
+    explicit = {**store, "secret_key": "first-secret-0123456789abcdef-0123"}
+    with override_settings(ASYNC_ACCEPT=explicit, SECRET_KEY="third-secret-0123456789abcdef-0123"):
         assert Client().get(loc, headers=ALICE).status_code == 303
 
 

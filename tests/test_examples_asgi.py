@@ -45,7 +45,7 @@ def start_example(name: str, tmp_path: Path, servers: list[Server], workers: int
     pytest.importorskip(module)
     env = base_env(
         ASYNC_ACCEPT_STORE=f"sqlite:///{tmp_path / 'jobs.db'}",
-        ASYNC_ACCEPT_SECRET_KEY="example-secret-0123456789abcdef",
+        ASYNC_ACCEPT_SECRET_KEY="example-secret-0123456789abcdef-0123",
     )
     server = uvicorn(app, env, tmp_path / "server.log", workers=workers)
     servers.append(server)

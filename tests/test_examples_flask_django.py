@@ -54,7 +54,7 @@ def test_example_runs_the_whole_flow(name: str, tmp_path: Path, servers: list[Se
     start, app, path, plain, plain_says = EXAMPLES[name]
     env = base_env(
         ASYNC_ACCEPT_STORE=f"sqlite:///{tmp_path / 'jobs.db'}",
-        ASYNC_ACCEPT_SECRET_KEY="example-secret-0123456789abcdef",
+        ASYNC_ACCEPT_SECRET_KEY="example-secret-0123456789abcdef-0123",
     )
     env.pop("DJANGO_SETTINGS_MODULE", None)  # the example's own wsgi/asgi module sets it
     server = start(app, env, tmp_path / "server.log", workers=2)

@@ -26,7 +26,7 @@ from async_accept.routes import RouteOptions
 from async_accept.wsgi import AsyncAcceptMiddleware
 from tests import apps
 
-SECRET = "flask-test-secret-0123456789abcdef"
+SECRET = "flask-test-secret-0123456789abcdef-0123"
 ALICE = {"Authorization": "Bearer alice"}
 BOB = {"Authorization": "Bearer bob"}
 BINARY = bytes(range(256))
@@ -376,11 +376,11 @@ def test_keyword_options_win_over_app_config(tmp_path: Path) -> None:
 
 def test_secret_comes_from_config_then_flask_secret_key(make: Callable[..., Any]) -> None:
     """ASYNC_ACCEPT_SECRET_KEY wins over SECRET_KEY; SECRET_KEY alone is enough."""
-    app, ext = make(ASYNC_ACCEPT_SECRET_KEY="own-secret-0123456789abcdef")
+    app, ext = make(ASYNC_ACCEPT_SECRET_KEY="own-secret-0123456789abcdef-0123")
     client = app.test_client()
     loc = client.post("/below", headers=ALICE).headers["Location"]
     assert wait_for(lambda u: client.get(u, headers=ALICE), loc, done).status_code == 303
-    assert ext.middleware.options.secrets == [b"own-secret-0123456789abcdef"]
+    assert ext.middleware.options.secrets == [b"own-secret-0123456789abcdef-0123"]
     _, fallback = make()
     assert fallback.middleware.options.secrets == [SECRET.encode()]
 

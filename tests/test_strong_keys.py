@@ -41,7 +41,6 @@ def _wsgi(**options: Any) -> Any:
 
 
 @pytest.mark.parametrize("key", ["x", "change-me", "a" * 31, b"\x00" * 31, ["k" * 32, "short"]])
-@pytest.mark.xfail(strict=True, reason="issue 13: short secret keys are accepted")
 def test_short_secret_key_is_refused(key: Any) -> None:
     """A secret_key (or any rotated key) under 32 bytes is a ConfigurationError naming the fix."""
     with pytest.raises(ConfigurationError, match="python -m async_accept secret"):
@@ -55,7 +54,6 @@ def test_secret_key_of_32_bytes_or_more_is_taken(key: Any) -> None:
     mw.runtime.shutdown()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: no `python -m async_accept secret` yet")
 def test_module_prints_a_fresh_secret() -> None:
     """`python -m async_accept secret` prints a new random key of at least 32 bytes."""
     out = subprocess.run(
@@ -78,7 +76,6 @@ def test_module_prints_a_fresh_secret() -> None:
 
 
 @pytest.mark.parametrize("nbytes", [1, 16, 23])
-@pytest.mark.xfail(strict=True, reason="issue 13: short webhook secrets are accepted")
 def test_short_webhook_secret_is_refused(nbytes: int) -> None:
     """A webhook secret under 24 bytes is refused (Standard Webhooks asks for 24 to 64)."""
     secret = "whsec_" + base64.b64encode(b"s" * nbytes).decode()
@@ -92,7 +89,6 @@ def test_webhook_secret_of_24_bytes_is_taken() -> None:
     _wsgi(webhook_secret=secret, webhook_url="https://hooks.example/x").runtime.shutdown()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: /result has no Cache-Control: no-store")
 def test_result_is_never_cached() -> None:
     """The stored response at /result answers with Cache-Control: no-store."""
     mw = _wsgi()
@@ -146,7 +142,6 @@ def test_client_keeps_credentials_at_their_origin(headers: dict[str, str]) -> No
     assert name not in seen[-1].headers
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: X-API-Key and client-level headers leak")
 @pytest.mark.parametrize("where", ["X-API-Key", "Api-Key", "client-default"])
 def test_client_strips_every_credential_cross_origin(where: str) -> None:
     """API keys, and credentials set on the httpx client itself, stay at the job's origin."""

@@ -50,6 +50,22 @@ def decode_secret(secret: Secret) -> bytes:
     return key
 
 
+#: the shortest webhook secret a middleware takes (Standard Webhooks: 24 to 64 bytes)
+MIN_SECRET_BYTES = 24
+
+
+def check_secret(secret: Secret) -> bytes:
+    """The key of a middleware's ``webhook_secret``; ConfigurationError when under 24 bytes."""
+    key = decode_secret(secret)
+    if len(key) < MIN_SECRET_BYTES:
+        raise ConfigurationError(
+            f"the webhook secret is {len(key)} bytes: it must be at least {MIN_SECRET_BYTES} "
+            "random bytes (Standard Webhooks); make one with "
+            "async_accept.webhooks.generate_secret()"
+        )
+    return key
+
+
 def generate_secret(nbytes: int = 32) -> str:
     """A new random secret in the ``whsec_<base64>`` form."""
     return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(nbytes)).decode("ascii")
