@@ -17,11 +17,12 @@ value), so no two different sets of credentials can give the same bytes.
 Only an HMAC of it is ever stored (:mod:`async_accept.tokens`).
 
 A caller identified by a session cookie alone also gets an *owner cookie* at
-accept: a random value, ``HttpOnly``, ``SameSite=Lax``, limited to the job
-URLs' path. A job accepted with it answers whoever presents the same owner
-cookie, so a session cookie the app rewrites (Flask's signed session after a
-``flash()``, Starlette's ``SessionMiddleware``, Django's key rotation at
-login) keeps the user's access, while another browser never gets it.
+accept: a random value, ``HttpOnly``, ``SameSite=Lax``, for the app's path
+(one per browser: it comes back at the next accepts and is reused). A job
+accepted with it answers whoever presents the same owner cookie, so a session
+cookie the app rewrites (Flask's signed session after a ``flash()``,
+Starlette's ``SessionMiddleware``, Django's key rotation at login) keeps the
+user's access, while another browser never gets it.
 """
 
 from __future__ import annotations

@@ -182,7 +182,6 @@ def test_starlette_session_rewrite_keeps_access(starlette_client: Any) -> None:
     assert status.status_code in (200, 303), status.text
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13: the owner is the Authorization bytes")
 def test_starlette_principal_keeps_access_across_a_token_refresh(starlette_client: Any) -> None:
     """scope["user"] is the owner: a new token of the same user reads, another user doesn't."""
     client = starlette_client(_starlette_app(with_auth=True))
@@ -309,3 +308,37 @@ def test_anonymous_job_warns_once_per_route(wsgi: Any, caplog: pytest.LogCapture
     warnings = [r for r in caplog.records if "anonymous" in r.getMessage()]
     assert len(warnings) == 1
     assert "identity" in warnings[0].getMessage()
+
+
+def test_owner_cookie_is_http_only_and_one_per_browser(flask_app: Any) -> None:
+    """The owner cookie handed out at accept: HttpOnly, SameSite=Lax, reused by later jobs."""
+    client = flask_app.test_client()
+    client.post("/login/alice")
+    first = client.post("/work")
+    cookie = next(v for v in first.headers.getlist("Set-Cookie") if "async_accept_owner" in v)
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie
+    second = client.post("/work")  # the browser sent it back: no new cookie
+    assert not any("async_accept_owner" in v for v in second.headers.getlist("Set-Cookie"))
+    client.get("/page")  # the session cookie is rewritten; both jobs stay readable
+    for accepted in (first, second):
+        assert client.get(accepted.headers["Location"]).status_code in (200, 303)
+
+
+def test_api_callers_get_no_owner_cookie(wsgi: Any) -> None:
+    """A caller known by a credential header gets no cookie: its header is the owner."""
+    _, client = wsgi()
+    accepted = client.post("/work", headers={"Authorization": "Bearer a"})
+    assert "set-cookie" not in accepted.headers
+
+
+def test_django_principal_is_the_user_model_and_pk() -> None:
+    """request.user (authenticated) is the principal: model label and primary key."""
+    from types import SimpleNamespace
+
+    from async_accept.identity import django_principal
+
+    user = SimpleNamespace(is_authenticated=True, pk=7, _meta=SimpleNamespace(label_lower="a.u"))
+    assert django_principal(SimpleNamespace(user=user)) == "django:a.u:7"
+    anonymous = SimpleNamespace(is_authenticated=False, pk=None)
+    assert django_principal(SimpleNamespace(user=anonymous)) is None
+    assert django_principal(SimpleNamespace()) is None

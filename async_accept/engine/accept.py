@@ -102,7 +102,8 @@ class Accepting(Status):
             # owner cookie (one per browser, reused) keeps this caller's access.
             cookie = who.cookie or new_owner_cookie()
             owner += " " + self.signer.owner_hash(owner_cookie_material(cookie))
-            extra.append((b"set-cookie", self._owner_cookie(request, cookie)))
+            if who.cookie is None:
+                extra.append((b"set-cookie", self._owner_cookie(request, cookie)))
 
         sla = route.sla if route.sla is not None else opts.sla
         job = Job(
@@ -185,9 +186,11 @@ class Accepting(Status):
         return self.accepted(job, request.root_path, self.clock(), extra)
 
     def _owner_cookie(self, request: CapturedRequest, value: bytes) -> bytes:
+        # Path: the app's mount, not the prefix: the browser must send it back at
+        # its next accept too, so that one owner cookie serves all its jobs.
         return owner_cookie_header(
             value,
-            request.root_path + self.options.prefix,
+            request.root_path or "/",
             int(self.options.ttl),
             request.scheme == "https",
         )
