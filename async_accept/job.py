@@ -39,6 +39,10 @@ TERMINAL: frozenset[JobStatus] = frozenset(
     {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED}
 )
 ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.PROCESSING})
+#: Ends after which a job never runs again: the store deletes its captured
+#: request (and the credentials in it) there. A failed job keeps it until its
+#: TTL, for a route's retries and ``async-accept jobs retry``.
+DROP_REQUEST_ON: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.CANCELED})
 
 
 class _RandomPool:

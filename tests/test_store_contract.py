@@ -333,7 +333,25 @@ def test_result_round_trips_byte_for_byte(
     done = store.finish(job.id, "w1", now + 1, JobStatus.COMPLETED, response=response)
     assert done is not None and done.result_status == response.status
     assert store.get_result(job.id) == response
-    assert store.get_request(job.id) == REQUEST
+    assert store.get_request(job.id) is None  # a completed job's request is gone
+
+
+def test_request_is_kept_only_while_the_job_may_run(store: Store, now: float) -> None:
+    """Completed or canceled: the captured request is deleted; failed: kept for a retry."""
+    done = claimed(store, now)
+    store.finish(done.id, "w1", now + 1, JobStatus.COMPLETED, response=RESPONSE)
+    assert store.get_request(done.id) is None
+    queued = created(store, now)
+    after, changed = store.cancel(queued.id, now + 1)
+    assert changed and after is not None and after.status is JobStatus.CANCELED
+    assert store.get_request(queued.id) is None
+    running = claimed(store, now)
+    store.cancel(running.id, now + 1)
+    store.finish(running.id, "w1", now + 2, JobStatus.CANCELED)
+    assert store.get_request(running.id) is None
+    failed = claimed(store, now)
+    store.finish(failed.id, "w1", now + 1, JobStatus.FAILED, error=ERROR)
+    assert store.get_request(failed.id) == REQUEST
 
 
 def test_returned_objects_are_copies(store: Store, now: float) -> None:
@@ -1161,7 +1179,8 @@ def test_sqlite_data_survives_reopening_the_file(tmp_path: Path, now: float) -> 
     first = SQLiteStore(path)
     try:
         job = claimed(first, now)
-        done = first.finish(job.id, "w1", now, JobStatus.COMPLETED, RESPONSE)
+        # A failed job keeps its request (a completed one's is deleted at once).
+        done = first.finish(job.id, "w1", now, JobStatus.FAILED, RESPONSE, error=ERROR)
     finally:
         first.close()
     second = SQLiteStore(path)

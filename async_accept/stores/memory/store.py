@@ -15,7 +15,7 @@ from dataclasses import fields
 from operator import itemgetter
 from typing import Any
 
-from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
+from ...job import DROP_REQUEST_ON, CapturedRequest, CapturedResponse, Job, JobStatus
 from ..base import WORKER_RETENTION, Outcome, Progress, StoreBase
 from ..outbox_base import Outbox
 from .outbox import MemoryOutbox
@@ -147,6 +147,8 @@ class MemoryStore(StoreBase):
             if status is JobStatus.COMPLETED:
                 job.percent = 100.0
                 job.eta = None
+            if status in DROP_REQUEST_ON:
+                self._requests.pop(job_id, None)
             return self._put(job)
 
     def fail(
@@ -172,6 +174,7 @@ class MemoryStore(StoreBase):
                 job.cancel_requested = True
                 job.finished_at = now
                 job.updated_at = now
+                self._requests.pop(job_id, None)
                 return self._put(job), True
             if job.status is JobStatus.PROCESSING and not job.cancel_requested:
                 job.cancel_requested = True

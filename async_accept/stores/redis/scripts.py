@@ -142,6 +142,10 @@ if ARGV[4] == 'completed' then
   redis.call('HSET', k, 'percent', '100.0')
   redis.call('HDEL', k, 'eta')
 end
+-- A job that can't run again: its captured request (credentials) goes.
+if ARGV[4] == 'completed' or ARGV[4] == 'canceled' then
+  redis.call('HDEL', k, 'req_meta', 'req_body')
+end
 return meta(k)
 """,
     # KEYS: job. ARGV: ns, now, error json, expected status, ...
@@ -164,6 +168,7 @@ local r = redis.call('HMGET', k, 'status', 'cancel_requested')
 if r[1] == 'queued' then
   setstatus(k, 'canceled')
   redis.call('HSET', k, 'cancel_requested', '1', 'finished_at', ARGV[2], 'updated_at', ARGV[2])
+  redis.call('HDEL', k, 'req_meta', 'req_body')
   return {1, meta(k)}
 end
 if r[1] == 'processing' and r[2] ~= '1' then

@@ -9,10 +9,19 @@ import sqlite3
 from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
-from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
+from ...job import DROP_REQUEST_ON, CapturedRequest, CapturedResponse, Job, JobStatus
 from ..base import Outcome, Progress
 from .groupcommit import GroupCommit
-from .schema import _INSERT_BODY, _INSERT_JOB, _RETURNING, _SELECT, _dumps, _immediate, _row_to_job
+from .schema import (
+    _DELETE_REQUEST,
+    _INSERT_BODY,
+    _INSERT_JOB,
+    _RETURNING,
+    _SELECT,
+    _dumps,
+    _immediate,
+    _row_to_job,
+)
 
 T = TypeVar("T")
 
@@ -195,15 +204,19 @@ class SQLiteOps(GroupCommit):
             "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?"
         )
         args += (job_id, worker_id, now)
-        if response is None:
+        drop = status in DROP_REQUEST_ON
+        if response is None and not drop:
             return self._cas_op(job_id, sql, args)
-        body = (job_id, "result", response.meta_json(), response.body)
+        body = None if response is None else (job_id, "result", response.meta_json(), response.body)
 
         def q(conn: sqlite3.Connection) -> Job | None:
             with _immediate(conn):
                 job = self._cas(conn, job_id, sql, args)
                 if job is not None:
-                    conn.execute(_INSERT_BODY, body)
+                    if body is not None:
+                        conn.execute(_INSERT_BODY, body)
+                    if drop:  # the job can't run again: its request (credentials) goes
+                        conn.execute(_DELETE_REQUEST, (job_id,))
             return job
 
         return q

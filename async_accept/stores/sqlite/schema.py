@@ -48,6 +48,7 @@ _INSERT_JOB = (
     # The id is 128 random bits: an existing one means this create is being repeated.
     "ON CONFLICT (id) DO NOTHING"
 )
+_DELETE_REQUEST = "DELETE FROM job_bodies WHERE job_id = ? AND kind = 'request'"
 _INSERT_BODY = "INSERT OR REPLACE INTO job_bodies (job_id, kind, meta, body) VALUES (?, ?, ?, ?)"
 
 _SCHEMA = (

@@ -44,6 +44,7 @@ from .connection import SYNCHRONOUS_LEVELS, Connections
 from .ops import SQLiteOps
 from .outbox import SQLiteOutbox
 from .schema import (
+    _DELETE_REQUEST,
     _SCHEMA,
     _SELECT,
     SCHEMA_VERSION,
@@ -197,6 +198,8 @@ class SQLiteStore(SQLiteOps, StoreBase):
             (now, now, job_id, now),
         )
         if job is not None:
+            if job.status is JobStatus.CANCELED:  # it never runs: its request goes
+                self._run(lambda conn: conn.execute(_DELETE_REQUEST, (job_id,)) and None)
             return job, True
         return self.get(job_id, now), False
 
