@@ -346,7 +346,15 @@ def _check_allowed(app_path: str) -> None:
     if allowed is None:
         env = os.environ.get(ALLOWED_ENV, "")
         if not env.strip():
-            return
+            # No allow-list: only an application this process already has (nothing
+            # to import) may run; a message can't make it import anything.
+            if app_path in _loaded or app_path.partition(":")[0] in sys.modules:
+                return
+            raise ConfigurationError(
+                f"a message asks this worker to run jobs of {app_path!r}, and it was started "
+                f"without a list of the applications it runs: set {ALLOWED_ENV}={app_path} "
+                f"(comma-separated) or start it with async-accept worker --app {app_path}"
+            )
         allowed = frozenset(p.strip() for p in env.split(",") if p.strip())
     if app_path not in allowed:
         raise ConfigurationError(

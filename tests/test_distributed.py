@@ -1017,6 +1017,11 @@ def test_worker_runs_only_the_apps_it_was_started_for(monkeypatch: pytest.Monkey
     with pytest.raises(ConfigurationError, match="only"):
         worker.run_job("no_such_module:app", "job")
     assert "no_such_module" not in sys.modules
+    # No list at all: nothing this process has not imported yet runs either.
+    monkeypatch.delenv(worker.ALLOWED_ENV)
+    with pytest.raises(ConfigurationError, match=worker.ALLOWED_ENV):
+        worker.run_job("no_such_module_either:app", "job")
+    assert "no_such_module_either" not in sys.modules
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
