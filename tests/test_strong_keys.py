@@ -156,3 +156,24 @@ def test_client_strips_every_credential_cross_origin(where: str) -> None:
         poll("https://api.example/_jobs/tok", client=client, headers=headers)
     assert name in seen[0].headers
     assert name not in seen[-1].headers
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example/cb/..;/admin",
+        "https://hooks.example/cb/%2e%2e/admin",
+        "https://hooks.example/cb/%2F..%2Fadmin",
+        "https://hooks.example/cb/..%2Fadmin",
+        "https://hooks.example/cb/%252e%252e/admin",
+        "https://hooks.example/cb/.%2e;x=1/admin",
+        "https://hooks.example/cb/..%5Cadmin",
+    ],
+)
+def test_callback_allow_list_prefix_cannot_be_walked_out_of(url: str) -> None:
+    """An allowed URL prefix never admits a path that a server could read as leaving it."""
+    from async_accept.webhooks import WebhookPolicy
+
+    policy = WebhookPolicy(allow=["https://hooks.example/cb"])
+    assert policy.allows("https://hooks.example/cb/order-7")
+    assert not policy.allows(url)

@@ -107,12 +107,29 @@ class _AllowRule:
             return False
         # "/hooks" allows "/hooks" and "/hooks/...", never "/hooksx"; dot
         # segments could climb out of the prefix on the receiving server.
-        if any(unquote(seg) in (".", "..") for seg in t.path.split("/")):
+        if any(_climbs(seg) for seg in t.path.split("/")):
             return False
         prefix = self.path
         if prefix.endswith("/"):
             return t.path.startswith(prefix)
         return t.path == prefix or t.path.startswith(prefix + "/")
+
+
+def _climbs(segment: str) -> bool:
+    """Whether a path segment could mean "." or ".." (or hide a slash) to some server.
+
+    Decoded as often as a server might (``%252e``), with a ``;`` parameter
+    dropped as Tomcat and others do (``..;``), with a decoded ``/`` or ``\\``.
+    """
+    seen = segment
+    for _ in range(3):
+        if "/" in seen or "\\" in seen or seen.split(";", 1)[0] in (".", ".."):
+            return True
+        decoded = unquote(seen)
+        if decoded == seen:
+            return False
+        seen = decoded
+    return True  # still encoded after three rounds: refuse rather than guess
 
 
 def _parse_rule(entry: str) -> _AllowRule:
