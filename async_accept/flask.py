@@ -166,6 +166,34 @@ def discover_url_map(app: Any) -> list[RoutePattern]:
     return found
 
 
+def _flask_login_principal(app: Any) -> Any:
+    """principal(environ): Flask-Login's ``current_user.get_id()``, when the app uses it.
+
+    The middleware answers before Flask routes the request, so the user is
+    loaded in a request context of its own (the app's user loader runs once
+    more for the job URLs and marked routes, never for other requests).
+    """
+
+    def principal(environ: dict[str, Any]) -> str | None:
+        if getattr(app, "login_manager", None) is None:
+            return None  # Flask-Login not set up (init_app may come later)
+        try:
+            from flask import g
+
+            with app.request_context(environ):
+                if "_login_user" not in g:  # what flask_login.current_user does
+                    app.login_manager._load_user()
+                user = g.get("_login_user")
+                if not getattr(user, "is_authenticated", False):
+                    return None
+                ident = user.get_id()
+        except Exception:  # a failing user loader: no principal, never a 500
+            return None
+        return None if ident in (None, "") else f"flask-login:{ident}"
+
+    return principal
+
+
 class AsyncAccept:
     """The Flask extension: ``AsyncAccept(app, **options)``, or
     ``AsyncAccept(**options)`` then ``init_app(app)`` (application factories).
@@ -191,6 +219,7 @@ class AsyncAccept:
             raise ConfigurationError(f"AsyncAccept.init_app({app!r}) was already called")
         opts = extension_options(app, self.options, discover_url_map)
         middleware = AsyncAcceptMiddleware(app.wsgi_app, **opts)
+        middleware.principal = _flask_login_principal(app)
         app.wsgi_app = middleware
         app.extensions["async_accept"] = self
         self._middlewares[app] = middleware

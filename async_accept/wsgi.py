@@ -50,6 +50,9 @@ class AsyncAcceptMiddleware(DoorMiddleware):
     def __init__(self, app: WSGIApp, **options: Unpack[OptionsKwargs]) -> None:
         super().__init__(app, "wsgi", options)
         self.app = app
+        #: principal(environ) -> the authenticated user's id or None (set by an
+        #: integration that knows the framework's user, e.g. Flask-Login)
+        self.principal: Callable[[WSGIEnviron], str | None] | None = None
 
     def start(self) -> None:
         """Start the executor and sweeper now (else on the first request);
@@ -88,18 +91,24 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         if not self.runtime.started:
             self.runtime.start()
         if isinstance(plan, Serve):
-            request = _capture(environ, path, b"")
+            request = self._capture(environ, path, b"")
             response = self.runtime.drive(door.engine.serve(request, plan.subpath))
         elif isinstance(plan, Accept):
             try:
                 body = self._read_body(environ)
             except _TooLarge:
                 return _respond(start_response, door.too_large(), method)
-            request = _capture(environ, path, body)
+            request = self._capture(environ, path, body)
             response = self.runtime.drive(door.engine.accept(request, plan.route))
         else:
             response = plan
         return _respond(start_response, response, method)
+
+    def _capture(self, environ: WSGIEnviron, path: str, body: bytes) -> CapturedRequest:
+        request = _capture(environ, path, body)
+        if self.principal is not None:
+            request.principal = self.principal(environ)
+        return request
 
     def _read_body(self, environ: WSGIEnviron) -> bytes:
         """The body (its Content-Length already checked by the front door)."""

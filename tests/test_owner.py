@@ -342,3 +342,46 @@ def test_django_principal_is_the_user_model_and_pk() -> None:
     anonymous = SimpleNamespace(is_authenticated=False, pk=None)
     assert django_principal(SimpleNamespace(user=anonymous)) is None
     assert django_principal(SimpleNamespace()) is None
+
+
+def test_flask_login_user_is_the_owner() -> None:
+    """Flask-Login's current_user is the owner: a new session of the same user reads the job."""
+    pytest.importorskip("flask_login")
+    from flask import Flask
+    from flask_login import LoginManager, UserMixin, login_user
+
+    from async_accept.flask import AsyncAccept
+
+    class User(UserMixin):
+        def __init__(self, uid: str) -> None:
+            self.id = uid
+
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = SECRET
+    manager = LoginManager(app)
+    manager.user_loader(User)
+
+    @app.post("/login/<name>")
+    def login(name: str) -> str:
+        login_user(User(name))
+        return "in"
+
+    @app.post("/work")
+    @long_running
+    def work() -> str:
+        return "done"
+
+    AsyncAccept(app, **{"secret_key": SECRET, **FAST})
+    try:
+        first, again, other = app.test_client(), app.test_client(), app.test_client()
+        first.post("/login/alice")
+        accepted = first.post("/work")
+        assert accepted.status_code == 202
+        assert "async_accept_owner" not in accepted.headers.get("Set-Cookie", "")
+        again.post("/login/alice")  # another session (other cookie) of the same user
+        other.post("/login/bob")
+        url = accepted.headers["Location"]
+        assert again.get(url).status_code in (200, 303)
+        assert other.get(url).status_code == 404
+    finally:
+        app.extensions["async_accept"].middleware.runtime.shutdown()
