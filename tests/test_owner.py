@@ -385,3 +385,15 @@ def test_flask_login_user_is_the_owner() -> None:
         assert other.get(url).status_code == 404
     finally:
         app.extensions["async_accept"].middleware.runtime.shutdown()
+
+
+def test_identity_that_raises_means_no_identity(wsgi: Any) -> None:
+    """identity= raising (a token that doesn't decode) is no identity: 401 with deny, never 500."""
+
+    def owner(headers: Any) -> str:
+        raise ValueError("bad token")
+
+    _, client = wsgi(identity=owner, anonymous="deny")
+    r = client.post("/work", headers={"Authorization": "Bearer garbage"})
+    assert r.status_code == 401
+    assert r.headers["content-type"] == "application/problem+json"

@@ -5,6 +5,7 @@ switch lives here too: every status read applies it."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -44,6 +45,8 @@ from .responses import (
     worker_lost_error,
 )
 
+log = logging.getLogger("async_accept")
+
 
 class Status:
     """The engine's base: identity, status URLs and their JSON, the deadman
@@ -67,7 +70,14 @@ class Status:
         """Who is calling (see identity.py); never raises on malformed headers."""
         opts = self.options
         if opts.identity is not None:
-            given = check_identity_result(opts.identity(headers_dict(request)))
+            try:
+                returned = opts.identity(headers_dict(request))
+            except Exception:  # a token that doesn't decode: no identity, never a 500
+                log.debug(
+                    "async_accept: identity() raised; the caller has no identity", exc_info=True
+                )
+                returned = None
+            given = check_identity_result(returned)
             material = encode_parts([(b"identity", given)]) if given else b""
             return Identity(material, principal=True, session_only=False, cookie=None)
         return read_identity(
