@@ -52,7 +52,9 @@ def build_app(db_path: str) -> Starlette:
         middleware=[
             Middleware(
                 AsyncAcceptMiddleware,
-                secret_key=os.environ.get("ASYNC_ACCEPT_SECRET_KEY", "demo-secret-change-me-0123456789abcdef"),
+                secret_key=os.environ.get(
+                    "ASYNC_ACCEPT_SECRET_KEY", "demo-secret-change-me-0123456789abcdef"
+                ),
                 store=f"sqlite:///{db_path}",
                 heartbeat_interval=0.5,
             )

@@ -64,7 +64,9 @@ app = Starlette(
     middleware=[
         Middleware(
             AsyncAcceptMiddleware,
-            secret_key=os.environ.get("ASYNC_ACCEPT_SECRET_KEY", "dev-only-change-me-0123456789abcdef"),
+            secret_key=os.environ.get(
+                "ASYNC_ACCEPT_SECRET_KEY", "dev-only-change-me-0123456789abcdef"
+            ),
             store=os.environ.get("ASYNC_ACCEPT_STORE", "sqlite:///async_accept_jobs.db"),
         )
     ],
