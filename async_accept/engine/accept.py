@@ -97,13 +97,15 @@ class Accepting(Status):
         if isinstance(scope, Response):
             return scope
         idem_key, fingerprint = scope
+        # Only the 202 carries it: a direct answer is the handler's own response.
+        set_owner: Headers = []
         if who.session_only:
             # Known by a session cookie alone, which the app may rewrite: the
             # owner cookie (one per browser, reused) keeps this caller's access.
             cookie = who.cookie or new_owner_cookie()
             owner += " " + self.signer.owner_hash(owner_cookie_material(cookie))
             if who.cookie is None:
-                extra.append((b"set-cookie", self._owner_cookie(request, cookie)))
+                set_owner.append((b"set-cookie", self._owner_cookie(request, cookie)))
 
         sla = route.sla if route.sla is not None else opts.sla
         job = Job(
@@ -183,7 +185,7 @@ class Accepting(Status):
                     return direct
             if done is not None:
                 job = done
-        return self.accepted(job, request.root_path, self.clock(), extra)
+        return self.accepted(job, request.root_path, self.clock(), [*extra, *set_owner])
 
     def _owner_cookie(self, request: CapturedRequest, value: bytes) -> bytes:
         # Path: the app's mount, not the prefix: the browser must send it back at
