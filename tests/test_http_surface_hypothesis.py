@@ -464,17 +464,6 @@ def paths(draw: st.DrawFn, work: str) -> str:
     return kind + query
 
 
-#: what still fails, per door (issue 13): each mark goes once the behaviour lands
-XFAIL_RANDOM: dict[str, str] = {}
-XFAIL_LOWER: dict[str, str] = {}
-XFAIL_COOKIE_EXISTING: str | None = None
-
-
-def _xfail(request: pytest.FixtureRequest, reason: str | None) -> None:
-    if reason:
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason=reason))
-
-
 def _is_ours(path: str) -> bool:
     p = path.partition("?")[0]
     return p == PREFIX or p.startswith(PREFIX + "/")
@@ -482,11 +471,8 @@ def _is_ours(path: str) -> bool:
 
 @SETTINGS
 @given(data=st.data())
-def test_random_requests_never_break_the_middleware(
-    door: Door, data: st.DataObject, request: pytest.FixtureRequest
-) -> None:
+def test_random_requests_never_break_the_middleware(door: Door, data: st.DataObject) -> None:
     """No 500, problem+json errors, no job unless 202, no marked handler outside a job."""
-    _xfail(request, XFAIL_RANDOM.get(door.name))
     work = WORK.get(door.name, "/work")
     method = data.draw(METHODS, label="method")
     path = data.draw(paths(work), label="path")
@@ -513,21 +499,17 @@ def test_random_requests_never_break_the_middleware(
 @pytest.mark.parametrize("cookie", [b"session=\xff", b"session=\xff; sessionid=\xfe", b"a=\x80"])
 @pytest.mark.parametrize("which", ["existing", "unknown"])
 def test_malformed_cookie_on_a_status_url_is_the_plain_404(
-    door: Door, cookie: bytes, which: str, request: pytest.FixtureRequest
+    door: Door, cookie: bytes, which: str
 ) -> None:
     """A malformed cookie never raises: the status URL of a job, existing or not, is the 404."""
-    _xfail(request, XFAIL_COOKIE_EXISTING if which == "existing" else None)
     reply = door.call("GET", f"{PREFIX}/{door.tokens[which]}", [(b"cookie", cookie)], b"")
     assert reply.status == 404, (reply.status, reply.body[:200])
     assert reply.header(b"content-type") == b"application/problem+json"
 
 
 @pytest.mark.parametrize("method", ["post", "Post"])
-def test_lower_case_method_on_a_marked_route_is_never_run_inline(
-    door: Door, method: str, request: pytest.FixtureRequest
-) -> None:
+def test_lower_case_method_on_a_marked_route_is_never_run_inline(door: Door, method: str) -> None:
     """A lower-case method the server passes on either makes a job or is refused, never runs."""
-    _xfail(request, XFAIL_LOWER.get(door.name))
     work = WORK.get(door.name, "/work")
     before = len(door.accepted)
     reply = door.call(method, work, CREDS, b"{}")
