@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .engine.responses import Response
+from .engine.waiting import EventStream
 from .frontdoor import Accept, DoorMiddleware, Pass, Serve
 from .identity import starlette_principal
 from .job import CapturedRequest
@@ -185,7 +188,38 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         await self._ensure_started()
         request = self._capture(scope, path, b"")
         response = await self.runtime.adrive(self._door.engine.serve(request, subpath))
+        if isinstance(response, EventStream):
+            await self._stream(receive, send, response)
+            return
         await _send(send, response, scope["method"])
+
+    async def _stream(self, receive: Receive, send: Send, stream: EventStream) -> None:
+        """Send an event stream until its final event, or until the client leaves."""
+        await send(
+            {"type": "http.response.start", "status": stream.status, "headers": stream.headers}
+        )
+        left = asyncio.ensure_future(_disconnected(receive))
+        try:
+            while True:
+                step = asyncio.ensure_future(self.runtime.adrive(stream.next_chunk()))
+                await asyncio.wait({step, left}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():  # the client went away: stop waiting for it
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await step
+                    return
+                chunk = step.result()
+                if chunk is None:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            left.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _send(send: Send, response: Response, method: str) -> None:

@@ -62,8 +62,9 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
 from .engine.ops import Gen
 from .engine.responses import Response
+from .engine.waiting import EventStream
 from .errors import ConfigurationError, MissingDependencyError
-from .frontdoor import Accept, FrontDoor, Pass, Serve
+from .frontdoor import Accept, FrontDoor, Pass, Serve, blocking_stream
 from .identity import django_principal
 from .job import CapturedRequest
 from .options import ENV_SECRET, build_options
@@ -423,9 +424,14 @@ def to_django(response: Response, method: str) -> Any:
     Repeated headers are joined with commas, except Set-Cookie, which goes
     through the response's cookies (Django sends one header per cookie).
     """
-    from django.http import HttpResponse
+    from django.http import HttpResponse, StreamingHttpResponse
 
-    out = HttpResponse(b"" if method == "HEAD" else response.body, status=response.status)
+    if isinstance(response, EventStream):
+        out: Any = StreamingHttpResponse(
+            blocking_stream(get_front_door().runtime, response), status=response.status
+        )
+    else:
+        out = HttpResponse(b"" if method == "HEAD" else response.body, status=response.status)
     del out["Content-Type"]  # only what the core (or the handler) said
     for k, v in response.headers:
         name, value = k.decode("latin-1"), v.decode("latin-1")
@@ -435,7 +441,7 @@ def to_django(response: Response, method: str) -> Any:
             out.headers[name] = f"{out.headers[name]}, {value}"
         else:
             out.headers[name] = value
-    if "Content-Length" not in out.headers:
+    if "Content-Length" not in out.headers and not isinstance(response, EventStream):
         out.headers["Content-Length"] = str(len(response.body))
     return out
 

@@ -7,13 +7,15 @@ the few facts the decision needs. No framework is imported here."""
 from __future__ import annotations
 
 import threading
+import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .engine import Engine
 from .engine.responses import Response, problem_response
+from .engine.waiting import SSE_KEEPALIVE, EventStream
 from .errors import ConfigurationError
 from .executors import resolve_executor
 from .options import Options, build_options, check_route_webhook
@@ -76,6 +78,10 @@ class FrontDoor:
                 "such as 'redis://localhost:6379/0'"
             )
         self.engine = Engine(self.options)
+        if kind == "wsgi":
+            # A held status read or event stream holds a server thread: its own cap.
+            self.engine.status_wait_cap = min(self.options.max_wait, self.options.wsgi_max_wait)
+            self.engine.stream_limit = self.options.wsgi_max_wait
         self.runtime = Runtime(self.engine, self.store, self.executor, kind)
         self.runtime.app = app
         self.routes = RouteTable(self.options.routes)
@@ -188,6 +194,23 @@ class FrontDoor:
 
     def bad_request(self, detail: str) -> Response:
         return problem_response(400, "bad-request", "Bad Request", detail)
+
+
+def blocking_stream(runtime: Runtime, stream: EventStream) -> Iterator[bytes]:
+    """An event stream's chunks driven with blocking calls (WSGI, Django): it holds
+    one thread, for at most ``stream.limit`` seconds; the client then reconnects
+    with ``Last-Event-ID`` and goes on where it was."""
+    deadline = None if stream.limit is None else time.monotonic() + stream.limit
+    while True:
+        wait = SSE_KEEPALIVE
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                return
+        chunk = runtime.drive(stream.next_chunk(wait))
+        if chunk is None:
+            return
+        yield chunk
 
 
 class DoorMiddleware:

@@ -209,6 +209,13 @@ class Options:
     max_wait: float = field(
         metadata=option(25.0, "longest Prefer: wait honoured, in seconds", _non_negative)
     )
+    wsgi_max_wait: float = field(
+        metadata=option(
+            5.0,
+            "WSGI: longest a status read or event stream holds its thread, in seconds",
+            _non_negative,
+        )
+    )
     max_body_size: int = field(
         metadata=option(
             10 * 1024 * 1024, "largest request body accepted as a job, in bytes", _max_body_size
@@ -364,6 +371,7 @@ class OptionsKwargs(TypedDict, total=False):
     sla: float
     wait: float | None
     max_wait: float
+    wsgi_max_wait: float
     max_body_size: int
     identity: IdentityFunc | None
     session_cookies: Iterable[str]

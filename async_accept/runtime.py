@@ -1,5 +1,6 @@
 """The runtime: drives the core's generators (blocking or awaited), runs jobs
-with heartbeats and progress, waits for hybrid answers and sweeps zombies.
+with heartbeats and progress, waits for changes (through the process's change
+feed) and sweeps zombies.
 
 One Runtime per middleware instance (per process). Remote workers build one
 too, around the imported application.
@@ -21,12 +22,14 @@ from typing import Any, Literal, TypeVar
 from ._observer import Observer
 from .context import JobContext, loop_waker, reset_current, set_current
 from .engine import Engine, WorkerShutdown
-from .engine.ops import ExecutorCall, Gen, Op, Replay, StoreCall, WaitFor
+from .engine.ops import ExecutorCall, Gen, Op, Replay, StoreCall, WaitChange, WaitFor
 from .errors import JobCanceled, StoreError
 from .executors.base import Executor
-from .job import CapturedResponse, Job
+from .feed import ChangeFeed, signal_for
+from .job import CapturedResponse, Job, JobStatus
 from .replay import replay_asgi, replay_wsgi
 from .stores import AsyncStore, Store, as_async
+from .timings import RunTimes
 
 log = logging.getLogger("async_accept")
 
@@ -78,8 +81,10 @@ class Runtime:
             asyncio.AbstractEventLoop,
             tuple[asyncio.Future[None], asyncio.Event, Callable[[], None]],
         ] = {}
-        self._waiters: dict[str, list[Callable[[], None]]] = {}
-        self._waiters_lock = threading.Lock()
+        #: every waiter of this process (long-polls, event streams, hybrid accepts)
+        self.feed = ChangeFeed(lambda job_id: store.get(job_id, engine.clock()), self._signal)
+        #: each route's learned run time, for Retry-After (the engine reads it)
+        self.run_times = engine.run_times = RunTimes(store)
         self._started = False
         self._start_lock = threading.Lock()
         self._pid = os.getpid()
@@ -96,6 +101,9 @@ class Runtime:
         if self._astore is None:
             self._astore = as_async(self.store)
         return self._astore
+
+    def _signal(self) -> Any:
+        return signal_for(self.store)
 
     # -- drivers ---------------------------------------------------------------------
 
@@ -134,6 +142,7 @@ class Runtime:
     def _do_sync(self, op: Op) -> Any:
         if isinstance(op, StoreCall):
             op.result = result = op.run(self.store)
+            self.feed.saw_result(result)
             event = op.event(result) if op.event is not None else None
             if event is not None:
                 ended = self.observer.after_call(event)
@@ -144,6 +153,8 @@ class Runtime:
             if op.cancel:
                 return self.cancel_local(op.job_id)
             return self.executor.submit(op.job_id)
+        if isinstance(op, WaitChange):
+            return self.feed.wait(op.job, op.timeout)
         if isinstance(op, WaitFor):
             return self._wait_sync(op.job_id, op.timeout)
         if isinstance(op, Replay):
@@ -153,6 +164,7 @@ class Runtime:
     async def _do_async(self, op: Op) -> Any:
         if isinstance(op, StoreCall):
             op.result = result = await op.arun(self.astore)
+            self.feed.saw_result(result)
             event = op.event(result) if op.event is not None else None
             if event is not None:
                 ended = self.observer.after_call(event)
@@ -163,6 +175,8 @@ class Runtime:
             if op.cancel:
                 return self.cancel_local(op.job_id)
             return self.executor.submit(op.job_id)
+        if isinstance(op, WaitChange):
+            return await self.feed.await_change(op.job, op.timeout)
         if isinstance(op, WaitFor):
             return await self._wait_async(op.job_id, op.timeout)
         if isinstance(op, Replay):
@@ -173,23 +187,43 @@ class Runtime:
 
     def run_job(self, job_id: str) -> Job | None:
         """Run one job in this thread (thread executors, remote workers)."""
+        job = None
         try:
-            return self.drive(self.engine.run(job_id, self.worker_id))
+            job = self.drive(self.engine.run(job_id, self.worker_id))
+            return job
         except StoreError:
             log.exception("async_accept: store error while running job %s", job_id)
             return None
         finally:
-            self.notify_finished(job_id)
+            self.feed.poke(job_id)
+            self._learn(job)
 
     async def arun_job(self, job_id: str) -> Job | None:
         """Run one job as a task on the running loop (asyncio executor)."""
+        job = None
         try:
-            return await self.adrive(self.engine.run(job_id, self.worker_id))
+            job = await self.adrive(self.engine.run(job_id, self.worker_id))
+            return job
         except StoreError:
             log.exception("async_accept: store error while running job %s", job_id)
             return None
         finally:
-            self.notify_finished(job_id)
+            self.feed.poke(job_id)
+            if job is not None and job.started_at is not None:
+                if self.store.blocking:
+                    await asyncio.to_thread(self._learn, job)
+                else:
+                    self._learn(job)
+
+    def _learn(self, job: Job | None) -> None:
+        """A job that ran to completion teaches its route's run time."""
+        if job is None or job.started_at is None or job.finished_at is None:
+            return
+        if job.status is JobStatus.COMPLETED:
+            try:
+                self.run_times.record(job.route, job.finished_at - job.started_at)
+            except StoreError:
+                log.warning("async_accept: run time of job %s not saved", job.id, exc_info=True)
 
     def cancel_local(self, job_id: str) -> None:
         ctx = self._local.get(job_id)
@@ -256,6 +290,7 @@ class Runtime:
                     now = self.engine.clock()
                     if progress is not None:
                         job = self.store.set_progress(ctx.id, self.worker_id, now, *progress)
+                        self.feed.saw(job)
                     else:
                         job = self.store.heartbeat(ctx.id, self.worker_id, now)
                 except StoreError:
@@ -270,7 +305,9 @@ class Runtime:
         if progress is None:
             return
         try:
-            self.store.set_progress(ctx.id, self.worker_id, self.engine.clock(), *progress)
+            self.feed.saw(
+                self.store.set_progress(ctx.id, self.worker_id, self.engine.clock(), *progress)
+            )
         except StoreError:
             log.warning("async_accept: progress of job %s was not saved", ctx.id, exc_info=True)
 
@@ -330,8 +367,10 @@ class Runtime:
         progress = ctx.take_progress()
         if progress is not None:
             try:
-                await self.astore.set_progress(
-                    ctx.id, self.worker_id, self.engine.clock(), *progress
+                self.feed.saw(
+                    await self.astore.set_progress(
+                        ctx.id, self.worker_id, self.engine.clock(), *progress
+                    )
                 )
             except StoreError:
                 log.warning("async_accept: progress of job %s was not saved", ctx.id)
@@ -370,6 +409,7 @@ class Runtime:
                             job = await self.astore.set_progress(
                                 ctx.id, self.worker_id, now, *progress
                             )
+                            self.feed.saw(job)
                         else:
                             job = await self.astore.heartbeat(ctx.id, self.worker_id, now)
                     except StoreError:
@@ -384,67 +424,26 @@ class Runtime:
 
     # -- waiting for a hybrid answer ----------------------------------------------------
 
-    def notify_finished(self, job_id: str) -> None:
-        with self._waiters_lock:
-            callbacks = self._waiters.pop(job_id, [])
-        for cb in callbacks:
-            cb()
-
-    def _add_waiter(self, job_id: str, cb: Callable[[], None]) -> None:
-        with self._waiters_lock:
-            self._waiters.setdefault(job_id, []).append(cb)
-
-    def _remove_waiter(self, job_id: str, cb: Callable[[], None]) -> None:
-        with self._waiters_lock:
-            cbs = self._waiters.get(job_id)
-            if cbs and cb in cbs:
-                cbs.remove(cb)
-                if not cbs:
-                    del self._waiters[job_id]
-
-    def _poll_step(self) -> float:
-        # A remote worker can't notify this process: poll the store, gently.
-        return 0.05 if getattr(self.executor, "out_of_process", False) else 3600.0
-
     def _wait_sync(self, job_id: str, timeout: float) -> Job | None:
-        event = threading.Event()
-        self._add_waiter(job_id, event.set)
-        try:
-            deadline = time.monotonic() + timeout
-            step = self._poll_step()
-            while True:
-                job = self.store.get(job_id, self.engine.clock())
-                if job is None or job.terminal:
-                    return job
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return job
-                event.wait(min(left, step))
-                step = min(step * 1.5, 0.5) if step < 3600 else step
-        finally:
-            self._remove_waiter(job_id, event.set)
+        """The job once it has ended, or as it is after ``timeout`` s (None: gone)."""
+        deadline = time.monotonic() + timeout
+        job = self.store.get(job_id, self.engine.clock())
+        while job is not None and not job.terminal:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            job = self.feed.wait(job, left)
+        return job
 
     async def _wait_async(self, job_id: str, timeout: float) -> Job | None:
-        loop = asyncio.get_running_loop()
-        event = asyncio.Event()
-        waker = loop_waker(loop, event)
-        self._add_waiter(job_id, waker)
-        try:
-            deadline = time.monotonic() + timeout
-            step = self._poll_step()
-            while True:
-                job = await self.astore.get(job_id, self.engine.clock())
-                if job is None or job.terminal:
-                    return job
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return job
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(left, step))
-                event.clear()
-                step = min(step * 1.5, 0.5) if step < 3600 else step
-        finally:
-            self._remove_waiter(job_id, waker)
+        deadline = time.monotonic() + timeout
+        job = await self.astore.get(job_id, self.engine.clock())
+        while job is not None and not job.terminal:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            job = await self.feed.await_change(job, left)
+        return job
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -479,6 +478,7 @@ class Runtime:
                 return
             self.executor.start(self, None)
             self.observer.start()
+            self._load_run_times()
             self._started = True
             self._stop.clear()  # a restart after shutdown()
             self._sweeper_thread = threading.Thread(
@@ -495,10 +495,17 @@ class Runtime:
             self.loop = asyncio.get_running_loop()
             self.executor.start(self, self.loop)
             self.observer.start()
+            self._load_run_times()  # one small read, once per process
             self._started = True
             self._stop.clear()  # a restart after ashutdown()
         self._sweeper_wake = asyncio.Event()
         self._sweeper_task = asyncio.ensure_future(self._asweep_forever())
+
+    def _load_run_times(self) -> None:
+        try:
+            self.run_times.load()
+        except StoreError:
+            log.warning("async_accept: learned run times not loaded", exc_info=True)
 
     def is_pending(self, job_id: str) -> bool:
         if job_id in self._local:

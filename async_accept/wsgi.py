@@ -7,7 +7,8 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from .engine.responses import Response
-from .frontdoor import Accept, DoorMiddleware, Pass, Serve
+from .engine.waiting import EventStream
+from .frontdoor import Accept, DoorMiddleware, Pass, Serve, blocking_stream
 from .job import CapturedRequest
 from .replay import REPLAY_KEY
 
@@ -102,6 +103,9 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             response = self.runtime.drive(door.engine.accept(request, plan.route))
         else:
             response = plan
+        if isinstance(response, EventStream):
+            start_response(_status_line(response.status), _str_headers(response))
+            return blocking_stream(self.runtime, response)
         return _respond(start_response, response, method)
 
     def _capture(self, environ: WSGIEnviron, path: str, body: bytes) -> CapturedRequest:
@@ -196,8 +200,12 @@ def _capture(environ: WSGIEnviron, path: str, body: bytes) -> CapturedRequest:
     )
 
 
+def _str_headers(response: Response) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
+
+
 def _respond(start_response: StartResponse, response: Response, method: str) -> list[bytes]:
-    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers]
+    headers = _str_headers(response)
     if not any(k == b"content-length" for k, _ in response.headers):
         headers.append(("Content-Length", str(len(response.body))))
     start_response(_status_line(response.status), headers)

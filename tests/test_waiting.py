@@ -115,9 +115,9 @@ def wmake(
 
 @pytest.fixture(params=WAIT_COMBOS, ids=["-".join(c) for c in WAIT_COMBOS])
 def wdep(request: pytest.FixtureRequest, wmake: Callable[..., Deployment]) -> Deployment:
-    """Each door x store, with the waiting routes."""
+    """Each door x store, with the waiting routes (WSGI reads may be held 20 s)."""
     door, store = request.param
-    return wmake(door, store)
+    return wmake(door, store, **({"wsgi_max_wait": 20} if door == "wsgi" else {}))
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -477,10 +477,13 @@ def test_200_waiters_cost_the_store_no_more_than_one(
     counted: tuple[Deployment, CountingStore],
 ) -> None:
     """200 concurrent long-polls on one process: store calls while they wait and wake are
-    bounded by a constant, not by the number of waiters."""
+    bounded by a constant (over the running job's own heartbeats), not by the waiters."""
     dep, counter = counted
     waiters = 200
     loc = running_steps(dep, "f")
+    before = counter.calls
+    time.sleep(1.0)  # no waiter: the heartbeats' own calls
+    baseline = counter.calls - before
     before = counter.calls
     pool = ThreadPoolExecutor(waiters)
     try:
@@ -503,6 +506,9 @@ def test_200_waiters_cost_the_store_no_more_than_one(
         pool.shutdown(wait=True)
     wake_calls = counter.calls - parked - idle_calls
     assert all(a.status_code == 200 and a.json()["percent_complete"] == 50 for a in answers)
-    assert idle_calls <= 25, f"{idle_calls} store calls in 1 s of {waiters} idle waiters"
+    # Per-waiter polling would be hundreds a second; the feed reads per watched job.
+    assert idle_calls <= baseline + 20, (
+        f"{idle_calls} store calls in 1 s of {waiters} idle waiters ({baseline} without)"
+    )
     assert wake_calls <= 25, f"{wake_calls} store calls to wake {waiters} waiters"
     assert took < 5.0

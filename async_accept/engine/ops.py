@@ -58,6 +58,16 @@ class WaitFor:
 
 
 @dataclass(slots=True)
+class WaitChange:
+    """Wait up to ``timeout`` seconds for ``job`` to change as its client sees it
+    (state, progress); yields the changed Job, ``job`` itself after the timeout,
+    or None once the job is gone. Answered by the process's change feed."""
+
+    job: Job
+    timeout: float
+
+
+@dataclass(slots=True)
 class Replay:
     """Run the captured request against the app; yields the CapturedResponse."""
 
@@ -65,7 +75,7 @@ class Replay:
     job: Job
 
 
-Op = StoreCall[Any] | ExecutorCall | WaitFor | Replay
+Op = StoreCall[Any] | ExecutorCall | WaitFor | WaitChange | Replay
 Gen = Generator[Op, Any, T]
 
 
@@ -185,6 +195,11 @@ def cancel_local(job_id: str) -> Gen[None]:
 def wait_for(job_id: str, timeout: float) -> Gen[Job | None]:
     job: Job | None = yield WaitFor(job_id, timeout)
     return job
+
+
+def wait_change(job: Job, timeout: float) -> Gen[Job | None]:
+    changed: Job | None = yield WaitChange(job, timeout)
+    return changed
 
 
 def replay(request: CapturedRequest, job: Job) -> Gen[CapturedResponse]:

@@ -24,9 +24,10 @@ from ..identity import (
 from ..job import ACTIVE, CapturedRequest, Headers, Job, JobStatus
 from ..options import Options
 from ..sealing import RequestSealer
+from ..timings import RunTimes
 from ..tokens import TokenError, TokenExpired, TokenSigner
 from ..tracing import Tracing
-from . import ops
+from . import ops, waiting
 from .health import serve_health
 from .ops import Gen
 from .responses import (
@@ -63,6 +64,12 @@ class Status:
         self.sealer = RequestSealer(options.secrets, self._identity_headers)
         #: (method, route) pairs already warned about anonymous jobs
         self._anonymous_warned: set[tuple[str, int]] = set()
+        #: each route's learned run time (the runtime puts the store-backed one here)
+        self.run_times = RunTimes(None)
+        #: the longest a status read may be held (``Prefer: wait``); WSGI lowers it
+        self.status_wait_cap = options.max_wait
+        #: how long an event stream may stay open (None: until the job ends); WSGI caps it
+        self.stream_limit: float | None = None
 
     # -- identity ---------------------------------------------------------------
 
@@ -117,12 +124,32 @@ class Status:
             elapsed = max(0.0, (job.progress_at or now) - job.started_at)
             total = elapsed * 100.0 / job.percent
             return max(0.0, total - (now - job.started_at))
+        return self.learned_remaining(job, now)
+
+    def learned_remaining(self, job: Job, now: float) -> float | None:
+        """Seconds left by the route's learned run time: to its mean, or for a job
+        past that, to its 90th percentile; None when nothing is learned or both passed."""
+        learned = self.run_times.get(job.route)
+        if learned is None:
+            return None
+        if job.status is JobStatus.QUEUED:
+            return learned.mean
+        if job.status is not JobStatus.PROCESSING or job.started_at is None:
+            return None
+        for total in (learned.mean, learned.high):
+            left = job.started_at + total - now
+            if left > 0:
+                return left
         return None
 
     def retry_after(self, job: Job, now: float) -> int:
         """Integer seconds >= 1: from progress, else expected duration, else poll interval."""
         opts = self.options
         rem = self.remaining(job, now)
+        if rem is None and job.status is JobStatus.QUEUED:
+            rem = self.learned_remaining(job, now)
+        if rem is None and self.run_times.get(job.route) is not None:
+            rem = opts.poll_interval  # overran what was learned: look again soon
         if rem is None:
             expected_end = (job.started_at or job.created_at) + job.sla
             rem = expected_end - now if expected_end > now else None
@@ -131,6 +158,8 @@ class Status:
                 rem = min(rem, max(opts.poll_interval, job.sla / 4))
         if rem is None:
             rem = opts.poll_interval
+        # Never past the deadman's deadline: by then the job has an answer.
+        rem = min(rem, max(0.0, job.deadline_at - now))
         return max(1, min(math.ceil(rem), math.ceil(opts.max_retry_after)))
 
     def retry_later(self) -> int:
@@ -268,6 +297,11 @@ class Status:
         job = yield from self._authorized_job(request, token, now)
         if isinstance(job, Response):
             return job
+        if request.method == "GET" and waiting.wants_events(request):
+            return waiting.open_stream(self, request, token, job)
+        asked = waiting.asked_wait(self, request)
+        if asked is not None:
+            return (yield from waiting.long_poll(self, request, token, job, *asked))
         return self.status_response(job, request.root_path, token, now)
 
     def _result(self, request: CapturedRequest, token: str) -> Gen[Response]:
