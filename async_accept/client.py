@@ -8,10 +8,12 @@
     result = poll(response, headers=auth, timeout=600)      # the final response
 
 :func:`poll` (and :func:`apoll`, its awaitable twin) follows the status URL
-from the ``Location`` of a 202, waits as each answer's ``Retry-After`` says
-(delta-seconds or an HTTP date; a growing backoff when there is none), hands
-every status JSON to ``on_progress``, and on ``303 See Other`` fetches the
-result with the same credentials. A failed, canceled, unknown or expired job
+from the ``Location`` of a 202. Each status read long-polls (``Prefer: wait=N``,
+RFC 7240): a server that applies it answers as soon as the job changes, and the
+next read follows at once; a server that doesn't is read again after its
+``Retry-After`` (delta-seconds or an HTTP date; a growing backoff when there is
+none). Every status JSON goes to ``on_progress``; on ``303 See Other`` the
+result is fetched with the same credentials. A failed, canceled, unknown or expired job
 raises a typed :class:`ClientError` carrying the problem object.
 
 httpx is optional (``pip install 'async-accept[client]'``) and imported only
@@ -60,6 +62,10 @@ _CREDENTIAL_HEADERS = frozenset(
 #: Answers from a status URL that mean "try again later" (proxies, rate limits, restarts).
 _TRANSIENT = frozenset({429, 502, 503, 504})
 _FIRST_BACKOFF = 1.0
+#: seconds a status read asks the server to hold it (below common 30-s proxy timeouts)
+DEFAULT_WAIT = 25.0
+#: read timeout kept beyond the asked wait, for the answer to travel
+_WAIT_SLACK = 1.0
 _BACKOFF_FACTOR = 1.5
 
 
@@ -195,11 +201,15 @@ class _Poll:
         timeout: float | None,
         max_interval: float,
         on_progress: Callable[[dict[str, Any]], object] | None,
+        wait: float | None = None,
     ) -> None:
         if not max_interval > 0:
             raise ValueError(f"max_interval={max_interval!r} must be > 0")
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"timeout={timeout!r} must be >= 0")
+        if wait is not None and not wait >= 0:
+            raise ValueError(f"wait={wait!r} must be >= 0 (0 or None: no long-poll)")
+        self.wait = wait or 0.0
         self.httpx = _httpx()
         self.headers: dict[str, str] = dict(headers or {})
         self.auth = auth
@@ -243,6 +253,22 @@ class _Poll:
                     del request.headers[name]
             auth = None
         return request, auth
+    def status_kwargs(self, url: httpx.URL, client_timeout: Any) -> dict[str, Any]:
+        """``request_kwargs`` for a status read, plus ``Prefer: wait=N``: N whole
+        seconds, within the poll's own timeout and below the client's read timeout
+        (which is the caller's to set; :func:`poll` makes its own client's long enough)."""
+        kwargs = self.request_kwargs(url)
+        wait = self.wait
+        remaining = self.remaining()
+        if remaining is not None:
+            wait = min(wait, remaining)
+        read = getattr(client_timeout, "read", None)
+        if read is not None:
+            wait = min(wait, read - _WAIT_SLACK)
+        n = int(wait)
+        if n >= 1:
+            kwargs["headers"] = {**kwargs["headers"], "prefer": f"wait={n}"}
+        return kwargs
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -290,6 +316,8 @@ class _Poll:
         self.url = url
         if self.creds_origin is None:
             self.creds_origin = _origin(url)
+        if self.wait >= 1:
+            return _Step("wait", 0.0)  # a long-poll read waits on the server's side
         return _Step("wait", self._delay(response))
 
     def interpret(self, response: httpx.Response) -> _Step:
@@ -340,10 +368,13 @@ class _Poll:
                 location = response.headers.get("location")
                 if location:
                     self.url = url.join(location)
-                return _Step("wait", self._delay(response))
+                return _Step("wait", 0.0 if _applied_wait(response) else self._delay(response))
             if status is None:
                 # A 200 that is not a status document: the status URL served the result.
                 return _Step("done", response=response)
+            if _applied_wait(response):
+                # The server held the read until a change (or its wait): read again now.
+                return _Step("wait", 0.0)
             return _Step("wait", self._delay(response))
         if code == 404:
             raise JobNotFound(
@@ -394,6 +425,17 @@ class _Poll:
         return min(step.delay, remaining)
 
 
+def _own_timeout(wait: float | None) -> float:
+    """The timeout of the client :func:`poll` makes: httpx's 5 s, or longer than the wait."""
+    return max(5.0, (wait or 0.0) + 5.0)
+
+
+def _applied_wait(response: httpx.Response) -> bool:
+    """Whether the server applied ``Prefer: wait`` to this read."""
+    applied = response.headers.get("preference-applied", "")
+    return any(p.strip().lower().startswith("wait=") for p in applied.split(","))
+
+
 def _request_url(response: httpx.Response) -> httpx.URL | None:
     try:
         return response.request.url
@@ -411,6 +453,7 @@ def poll(
     max_interval: float = 30.0,
     on_progress: Callable[[dict[str, Any]], object] | None = None,
     sleep: Callable[[float], object] | None = None,
+    wait: float | None = DEFAULT_WAIT,
 ) -> httpx.Response:
     """Wait for a job and return its final response.
 
@@ -419,9 +462,12 @@ def poll(
     is, since the server answered directly) or a status URL. ``headers`` and
     ``auth`` go with every request; when neither is given and a response is
     passed, its request's ``Authorization`` and ``Cookie`` are reused for the
-    same origin. Waits honour ``Retry-After``, capped at ``max_interval``
-    seconds. ``timeout`` bounds the whole wait (checked between requests; each
-    request keeps the client's own timeout) and raises :class:`PollTimeout`.
+    same origin. Each status read asks the server to hold it until the job
+    changes, up to ``wait`` seconds (``Prefer: wait``; its read timeout is
+    raised to match; ``wait=None`` turns this off); a server that doesn't apply
+    it is polled after each ``Retry-After``, capped at ``max_interval`` seconds.
+    ``timeout`` bounds the whole wait (the asked wait never exceeds what is
+    left; checked between requests) and raises :class:`PollTimeout`.
     ``sleep`` replaces :func:`time.sleep` (tests, custom schedulers).
 
     Raises :class:`JobFailed`, :class:`JobCanceledError`, :class:`JobNotFound`,
@@ -434,12 +480,13 @@ def poll(
         timeout=timeout,
         max_interval=max_interval,
         on_progress=on_progress,
+        wait=wait,
     )
     hx = state.httpx
     do_sleep = time.sleep if sleep is None else sleep
     step = state.start(url_or_response)
     own = client is None
-    http: httpx.Client = hx.Client() if client is None else client
+    http: httpx.Client = hx.Client(timeout=_own_timeout(wait)) if client is None else client
     try:
         while True:
             if step.kind == "done":
@@ -454,7 +501,7 @@ def poll(
                 do_sleep(delay)
             assert state.url is not None
             response = http.get(
-                state.url, follow_redirects=False, **state.request_kwargs(state.url)
+                state.url, follow_redirects=False, **state.status_kwargs(state.url, http.timeout)
             )
             step = state.interpret(response)
     finally:
@@ -472,6 +519,7 @@ async def apoll(
     max_interval: float = 30.0,
     on_progress: Callable[[dict[str, Any]], object] | None = None,
     sleep: Callable[[float], Awaitable[object]] | None = None,
+    wait: float | None = DEFAULT_WAIT,
 ) -> httpx.Response:
     """:func:`poll`, awaitable, over an :class:`httpx.AsyncClient`."""
     state = _Poll(
@@ -480,12 +528,15 @@ async def apoll(
         timeout=timeout,
         max_interval=max_interval,
         on_progress=on_progress,
+        wait=wait,
     )
     hx = state.httpx
     do_sleep = asyncio.sleep if sleep is None else sleep
     step = state.start(url_or_response)
     own = client is None
-    http: httpx.AsyncClient = hx.AsyncClient() if client is None else client
+    http: httpx.AsyncClient = (
+        hx.AsyncClient(timeout=_own_timeout(wait)) if client is None else client
+    )
     try:
         while True:
             if step.kind == "done":
@@ -500,7 +551,7 @@ async def apoll(
                 await do_sleep(delay)
             assert state.url is not None
             response = await http.get(
-                state.url, follow_redirects=False, **state.request_kwargs(state.url)
+                state.url, follow_redirects=False, **state.status_kwargs(state.url, http.timeout)
             )
             step = state.interpret(response)
     finally:

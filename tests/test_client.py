@@ -281,6 +281,7 @@ def test_poll_follows_a_202_through_retry_after_to_the_result(
         max_interval=7,
         on_progress=progress.append,
         sleep=sleeps,
+        wait=None,  # plain polling: Retry-After from the first answer on
     )
     assert result.status_code == 200
     assert result.text == "result of ok"
@@ -563,6 +564,7 @@ def test_apoll_follows_the_same_flow(status: tuple[str, StatusApp]) -> None:
                 max_interval=5,
                 on_progress=lambda s: progress.append(s["status"]),
                 sleep=sleeps.asleep,
+                wait=None,  # plain polling
             )
 
     result = asyncio.run(main())

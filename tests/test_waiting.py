@@ -33,7 +33,6 @@ WAIT_COMBOS = [
     ("wsgi", "sqlite"),
     ("wsgi", "redis"),
 ]
-NOT_YET = "issue 14: not built yet"
 
 _BUILD_STARLETTE = apps.build_starlette
 
@@ -192,7 +191,6 @@ class Later:
 # --- long-poll: Prefer: wait on the status URL ----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (status reads ignore Prefer: wait)")
 def test_long_poll_answers_when_progress_changes(wdep: Deployment) -> None:
     """Prefer: wait=10 on a running job answers as soon as it reports progress."""
     loc = running_steps(wdep, "p")
@@ -208,7 +206,6 @@ def test_long_poll_answers_when_progress_changes(wdep: Deployment) -> None:
     apps.GATES.gate("p-2").set()
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (status reads ignore Prefer: wait)")
 def test_long_poll_answers_when_the_job_ends(wdep: Deployment) -> None:
     """Prefer: wait=10 answers the 303 as soon as the job completes, not after 10 s."""
     loc = running_steps(wdep, "e")
@@ -225,7 +222,6 @@ def test_long_poll_answers_when_the_job_ends(wdep: Deployment) -> None:
     assert arrived - opened < 3.0
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (status reads ignore Prefer: wait)")
 def test_long_poll_without_a_change_answers_after_the_wait(wdep: Deployment) -> None:
     """With no change, Prefer: wait=1 answers the current status after about 1 s."""
     loc = running_steps(wdep, "q")
@@ -237,7 +233,6 @@ def test_long_poll_without_a_change_answers_after_the_wait(wdep: Deployment) -> 
     assert 0.9 <= took < 5.0
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (no max_wait / wsgi_max_wait cap on reads)")
 @pytest.mark.parametrize("door", ["asgi", "wsgi"])
 def test_long_poll_is_capped(door: str, wmake: Callable[..., Deployment]) -> None:
     """Prefer: wait=30 is capped: by max_wait on ASGI, by the smaller wsgi_max_wait on WSGI."""
@@ -250,7 +245,6 @@ def test_long_poll_is_capped(door: str, wmake: Callable[..., Deployment]) -> Non
     assert 0.9 <= took < 5.0
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (no wsgi_max_wait option)")
 def test_wsgi_long_poll_default_cap_is_smaller_than_max_wait(
     wmake: Callable[..., Deployment],
 ) -> None:
@@ -290,7 +284,6 @@ def test_long_poll_keeps_the_404_and_410_rules(wdep: Deployment) -> None:
 # --- Server-Sent Events -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (no text/event-stream on the status URL)")
 def test_sse_streams_each_change_then_a_final_event(wdep: Deployment) -> None:
     """Accept: text/event-stream streams status/progress events with ids, then the end."""
     loc = running_steps(wdep, "s")
@@ -316,7 +309,6 @@ def test_sse_streams_each_change_then_a_final_event(wdep: Deployment) -> None:
     assert data["links"]["result"] == loc + "/result"
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (no text/event-stream on the status URL)")
 def test_sse_on_an_ended_job_sends_the_final_event_and_ends(wdep: Deployment) -> None:
     """A stream opened after the end carries just the final event and closes."""
     loc = accept(wdep, "/fail")
@@ -329,7 +321,6 @@ def test_sse_on_an_ended_job_sends_the_final_event_and_ends(wdep: Deployment) ->
     assert data["status"] == "failed" and data["error"]["type"].endswith("handler-error")
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (no text/event-stream on the status URL)")
 def test_sse_last_event_id_resumes(wdep: Deployment) -> None:
     """Last-Event-ID of the final event ends reconnection (204); an older one resends it."""
     loc = accept(wdep, "/slow")
@@ -366,7 +357,6 @@ def run_timed(dep: Deployment, seconds: float, count: int) -> None:
         assert dep.finished(loc).status_code == 303
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (Retry-After is min(remaining, sla/4))")
 def test_first_retry_after_is_learned_from_past_runs(wdep: Deployment) -> None:
     """After a few 1-s runs on an sla=30 route, the first Retry-After is near 1 s, not 8."""
     run_timed(wdep, 1.0, 3)
@@ -380,7 +370,6 @@ def test_first_retry_after_is_learned_from_past_runs(wdep: Deployment) -> None:
         assert int(status.headers["retry-after"]) <= 2
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (no learned run time in the store)")
 def test_learned_run_time_is_kept_in_the_store(
     wmake: Callable[..., Deployment],
 ) -> None:
@@ -472,7 +461,6 @@ def counted(wdep: Deployment) -> Iterator[tuple[Deployment, CountingStore]]:
     yield wdep, counter
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (status reads ignore Prefer: wait)")
 def test_200_waiters_cost_the_store_no_more_than_one(
     counted: tuple[Deployment, CountingStore],
 ) -> None:
@@ -487,7 +475,10 @@ def test_200_waiters_cost_the_store_no_more_than_one(
     before = counter.calls
     pool = ThreadPoolExecutor(waiters)
     try:
-        futures = [pool.submit(long_poll, dep, loc, 20) for _ in range(waiters)]
+        futures = []
+        for _ in range(waiters):  # all parked together, their arrival spread over ~1 s
+            futures.append(pool.submit(long_poll, dep, loc, 20))
+            time.sleep(0.005)
         deadline = time.monotonic() + 60
         # Each waiter reads its job once (the owner check) before it parks.
         while counter.calls - before < waiters and time.monotonic() < deadline:
@@ -496,7 +487,10 @@ def test_200_waiters_cost_the_store_no_more_than_one(
         parked = counter.calls
         time.sleep(1.0)  # idle: nobody polls the store per waiter
         idle_calls = counter.calls - parked
-        assert not any(f.done() for f in futures), "a waiter answered without a change"
+        early = [f.result() for f in futures if f.done()]
+        assert not early, (
+            f"{len(early)} answered without a change: {early[0].text if early else None}"
+        )
         opened = time.monotonic()
         apps.GATES.gate("f-1").set()
         answers = [f.result(30) for f in futures]

@@ -15,7 +15,6 @@ from async_accept.client import apoll, poll
 from tests import apps
 from tests.conftest import ALICE, Deployment
 
-NOT_YET = "issue 14: poll() does not long-poll yet"
 STATUS = "http://testserver/_jobs/tok"
 
 
@@ -52,7 +51,6 @@ class FakeServer:
         return httpx.Response(200, headers=headers, json=status_json("processing"))
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_poll_sends_prefer_wait_and_does_not_sleep() -> None:
     """poll() asks Prefer: wait on every status read; a server that applies it costs no sleep."""
     server = FakeServer(long_polls=True)
@@ -65,7 +63,6 @@ def test_poll_sends_prefer_wait_and_does_not_sleep() -> None:
     assert server.status_reads[0].headers["prefer"].startswith("wait=")
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_poll_asks_no_longer_than_its_timeout() -> None:
     """With timeout=5 the wait asked of the server is at most the time left (5 s)."""
     server = FakeServer(long_polls=True)
@@ -86,7 +83,6 @@ def test_poll_falls_back_to_retry_after() -> None:
     assert len(server.status_reads) == 3
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_apoll_sends_prefer_wait_and_does_not_sleep() -> None:
     """apoll() long-polls by default too."""
     server = FakeServer(long_polls=True)
@@ -121,7 +117,6 @@ def test_apoll_falls_back_to_retry_after() -> None:
     assert slept == [2.0]
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (and status reads ignore Prefer: wait)")
 @pytest.mark.parametrize("door", ["asgi", "wsgi"])
 def test_poll_knows_at_once_against_the_middleware(
     door: str, make_dep: Callable[..., Deployment]

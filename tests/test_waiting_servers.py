@@ -19,7 +19,6 @@ pytestmark = pytest.mark.slow
 
 ALICE = {"Authorization": "Bearer alice"}
 ASYNC = {**ALICE, "Prefer": "respond-async"}
-NOT_YET = "issue 14: not built yet"
 
 
 @pytest.fixture
@@ -39,7 +38,6 @@ def store_env(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> dic
     return base_env(ASYNC_ACCEPT_STORE=url, ASYNC_ACCEPT_REDIS_NAMESPACE=namespace)
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (no text/event-stream on the status URL)")
 def test_sse_events_arrive_while_the_job_runs(
     tmp_path: Path, servers: list[Server], request: pytest.FixtureRequest
 ) -> None:
@@ -68,7 +66,6 @@ def test_sse_events_arrive_while_the_job_runs(
     assert ended - arrivals[-1][0] < 1.0, "the stream did not close after the final event"
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET + " (status reads ignore Prefer: wait)")
 @pytest.mark.parametrize("store", ["sqlite", "redis"])
 def test_long_poll_hears_of_a_job_that_ended_in_another_process(
     store: str, tmp_path: Path, servers: list[Server], request: pytest.FixtureRequest

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ..errors import StoreError
 from ..feed import change_id
@@ -21,8 +21,22 @@ from . import ops
 from .ops import Gen
 from .responses import NO_STORE, Response, json_body, not_found
 
-if TYPE_CHECKING:
-    from .status import Status
+
+class Status(Protocol):
+    """What waiting needs of the engine (its base, ``status.Status``)."""
+
+    status_wait_cap: float
+    stream_limit: float | None
+    clock: Callable[[], float]
+
+    def apply_deadman(self, job: Job, now: float) -> Gen[Job]: ...
+
+    def status_json(self, job: Job, root_path: str, token: str, now: float) -> dict[str, Any]: ...
+
+    def status_response(
+        self, job: Job, root_path: str, token: str, now: float, code: int | None = None
+    ) -> Response: ...
+
 
 #: how long a browser waits before reconnecting a dropped stream (ms)
 SSE_RETRY_MS = 2000

@@ -42,6 +42,7 @@ class MemoryStore(StoreBase):
         self._results: dict[str, bytes] = {}
         self._idem: dict[str, str] = {}
         self._workers: dict[str, dict[str, Any]] = {}
+        self._run_times: dict[str, str] = {}
 
     def _live(self, job_id: str, now: float) -> Job | None:
         """A private copy of the job, if it exists and has not expired."""
@@ -268,6 +269,14 @@ class MemoryStore(StoreBase):
     def delete(self, job_id: str) -> bool:
         with self._lock:
             return self._drop(job_id)
+
+    def load_run_times(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._run_times)
+
+    def save_run_time(self, route: str, data: str) -> None:
+        with self._lock:
+            self._run_times[route] = data
 
     def worker_heartbeat(self, worker_id: str, now: float, info: dict[str, Any]) -> None:
         entry = copy.deepcopy(info)

@@ -22,6 +22,8 @@ local function live(k, now)
   return e and tonumber(e) > now
 end
 local function skey(s) return P .. ':status:' .. s end
+-- Tells every process watching (their change feeds) that this job changed.
+local function changed(k) redis.call('PUBLISH', P .. ':changes', string.sub(k, #P + 6)) end
 local function jkey(id) return P .. ':job:' .. id end
 local function idof(m) return string.sub(m, 18) end
 local function setstatus(k, to)
@@ -104,6 +106,7 @@ setstatus(k, 'processing')
 redis.call('HSET', k, 'worker_id', ARGV[2], 'started_at', ARGV[3],
   'heartbeat_at', ARGV[3], 'updated_at', ARGV[3])
 redis.call('HINCRBY', k, 'attempts', 1)
+changed(k)
 return meta(k)
 """,
     # KEYS: job. ARGV: ns, worker, now.
@@ -121,6 +124,7 @@ put(k, 'percent', ARGV[4])
 put(k, 'message', ARGV[5])
 put(k, 'eta', ARGV[6])
 redis.call('HSET', k, 'progress_at', ARGV[3], 'updated_at', ARGV[3], 'heartbeat_at', ARGV[3])
+changed(k)
 return meta(k)
 """,
     # KEYS: job. ARGV: ns, worker, now, status, res_meta?, res_body?,
@@ -146,6 +150,7 @@ end
 if ARGV[4] == 'completed' or ARGV[4] == 'canceled' then
   redis.call('HDEL', k, 'req_meta', 'req_body')
 end
+changed(k)
 return meta(k)
 """,
     # KEYS: job. ARGV: ns, now, error json, expected status, ...
@@ -158,6 +163,7 @@ for i = 4, #ARGV do if ARGV[i] == st then ok = true end end
 if not ok then return false end
 setstatus(k, 'failed')
 redis.call('HSET', k, 'error', ARGV[3], 'finished_at', ARGV[2], 'updated_at', ARGV[2])
+changed(k)
 return meta(k)
 """,
     # KEYS: job. ARGV: ns, now. Returns false (unknown) or {changed, job}.
@@ -169,10 +175,12 @@ if r[1] == 'queued' then
   setstatus(k, 'canceled')
   redis.call('HSET', k, 'cancel_requested', '1', 'finished_at', ARGV[2], 'updated_at', ARGV[2])
   redis.call('HDEL', k, 'req_meta', 'req_body')
+  changed(k)
   return {1, meta(k)}
 end
 if r[1] == 'processing' and r[2] ~= '1' then
   redis.call('HSET', k, 'cancel_requested', '1', 'updated_at', ARGV[2])
+  changed(k)
   return {1, meta(k)}
 end
 return {0, meta(k)}
@@ -190,6 +198,7 @@ else
 end
 redis.call('HDEL', k, 'worker_id', 'heartbeat_at')
 redis.call('HSET', k, 'updated_at', ARGV[3])
+changed(k)
 return meta(k)
 """,
     # ARGV: ns, limit, max score, status, ... Returns the first `limit` live jobs
@@ -287,6 +296,7 @@ redis.call('HDEL', k, 'worker_id', 'heartbeat_at', 'started_at', 'finished_at', 
   'res_body', 'dispatched_at')
 local deadline = string.format('%.17g', tonumber(ARGV[2]) + 2 * tonumber(r[3]))
 redis.call('HSET', k, 'updated_at', ARGV[2], 'deadline_at', deadline)
+changed(k)
 return meta(k)
 """,
 }

@@ -38,6 +38,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from ...errors import ConfigurationError, MissingDependencyError, StoreError
+from ...feed import RedisSignal
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
 from ..base import Outcome, Progress, StoreBase
 from ..outbox_base import Outbox
@@ -234,6 +235,23 @@ class RedisStore(StoreBase):
     def list_workers(self, now: float) -> list[dict[str, Any]]:
         return self._run(self._layout.list_workers(now))
 
+    def load_run_times(self) -> dict[str, str]:
+        try:
+            raw = self._client.hgetall(f"{self._layout.ns}:run_times")
+        except (RedisError, OSError) as exc:
+            raise _store_error(exc) from exc
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def save_run_time(self, route: str, data: str) -> None:
+        try:
+            self._client.hset(f"{self._layout.ns}:run_times", route, data)
+        except (RedisError, OSError) as exc:
+            raise _store_error(exc) from exc
+
+    def change_signal(self) -> RedisSignal:
+        """The ids every state change publishes (the store's scripts), subscribed once."""
+        return RedisSignal(self._client, f"{self._layout.ns}:changes")
+
     def default_outbox(self) -> Outbox:
         """The webhook outbox beside this store's keys, on the same client."""
         return RedisOutbox.for_store(self)
@@ -251,3 +269,7 @@ class RedisStore(StoreBase):
         self.aio._close_from_sync()
         self._client.close()
         self._client.connection_pool.disconnect()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -110,6 +110,13 @@ _SCHEMA = (
         info TEXT NOT NULL DEFAULT '{}'
     ) WITHOUT ROWID
     """,
+    # Each route's learned run time (a JSON text, see timings.py).
+    """
+    CREATE TABLE IF NOT EXISTS run_times (
+        route TEXT PRIMARY KEY,
+        data TEXT NOT NULL
+    ) WITHOUT ROWID
+    """,
 )
 
 

@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 from ...errors import ConfigurationError, StoreError
+from ...feed import DataVersionSignal
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
 from ..adapters import ForwardingAsyncStore, ThreadedAsyncStore
 from ..base import WORKER_RETENTION, AsyncStore, Outcome, Progress, StoreBase
@@ -308,6 +309,26 @@ class SQLiteStore(SQLiteOps, StoreBase):
             return out
 
         return self._run(q, write=False)
+
+    def load_run_times(self) -> dict[str, str]:
+        def q(conn: sqlite3.Connection) -> dict[str, str]:
+            return dict(conn.execute("SELECT route, data FROM run_times").fetchall())
+
+        return self._run(q, write=False)
+
+    def save_run_time(self, route: str, data: str) -> None:
+        def q(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO run_times (route, data) VALUES (?, ?) "
+                "ON CONFLICT (route) DO UPDATE SET data = excluded.data",
+                (route, data),
+            )
+
+        self._run(q)
+
+    def change_signal(self) -> DataVersionSignal:
+        """Other connections' commits, seen through ``PRAGMA data_version``."""
+        return DataVersionSignal(self.path)
 
     def default_outbox(self) -> Outbox:
         """The webhook outbox in this store's file (its own tables)."""
