@@ -5,6 +5,7 @@
     async-accept worker --app mysite.asgi:application [--executor rq|celery]
     async-accept jobs list [--status failed] --store redis://localhost:6379/0
     async-accept jobs show --store ... -- ID
+    async-accept jobs watch --store ... -- ID     (live progress; exit 0 if completed)
     async-accept jobs retry --app mysite.asgi:application -- ID
     async-accept jobs purge --status failed | --expired --store ...
     async-accept webhooks dead --outbox redis://localhost:6379/0
@@ -299,6 +300,52 @@ def cmd_jobs_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_watch(args: argparse.Namespace) -> int:
+    from .feed import ChangeFeed, signal_for
+
+    store, _ = _store(args)
+    job = store.get(args.id, time.time())
+    if job is None:
+        raise _Fail(f"no job {args.id}")
+    feed = ChangeFeed(lambda job_id: store.get(job_id, time.time()), lambda: signal_for(store))
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    tty = sys.stdout.isatty()
+    _show(job, tty)
+    while not job.terminal:
+        left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+        if left <= 0:
+            print(file=sys.stdout)
+            raise _Fail(f"job {job.id} is still {job.status.value} after {args.timeout:g} s")
+        changed = feed.wait(job, left)
+        if changed is None:
+            raise _Fail(f"job {args.id} is gone")
+        if changed is not job:
+            job = changed
+            _show(job, tty)
+    if tty:
+        print()
+    error = job.error or {}
+    detail = f": {error.get('title')}: {error.get('detail')}" if error else ""
+    print(f"{job.id} {job.status.value}{detail}")
+    return 0 if job.status is JobStatus.COMPLETED else 1
+
+
+def _show(job: Job, tty: bool) -> None:
+    """One line per change; on a terminal, one line redrawn in place."""
+    pct = job.percent
+    width = 30
+    filled = 0 if pct is None else round(width * max(0.0, min(pct, 100.0)) / 100)
+    bar = "#" * filled + "-" * (width - filled)
+    text = f"[{bar}] {'' if pct is None else f'{pct:.0f}%'} {job.status.value}"
+    if job.message:
+        text += f" {job.message}"
+    if tty:
+        sys.stdout.write("\r" + text.ljust(79))
+        sys.stdout.flush()
+    else:
+        print(text)
+
+
 def cmd_jobs_retry(args: argparse.Namespace) -> int:
     store, runtime = _store(args)
     now = time.time()
@@ -497,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _store_args(p)
     p.set_defaults(func=cmd_jobs_show)
+    p = jsub.add_parser("watch", help="follow a job's progress until it ends (exit 0: completed)")
+    p.add_argument("id", help=_ID_HELP)
+    p.add_argument("--timeout", type=float, help="give up after this many seconds (exit 1)")
+    _store_args(p)
+    p.set_defaults(func=cmd_jobs_watch)
     p = jsub.add_parser("retry", help="run a failed job again (a new attempt)")
     p.add_argument("id", help=_ID_HELP)
     _store_args(p)

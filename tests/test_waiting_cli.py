@@ -14,8 +14,6 @@ from async_accept.cli import main
 from async_accept.job import CapturedResponse, JobStatus
 from tests.test_cli import make_job
 
-NOT_YET = "issue 14: no 'jobs watch' command yet"
-
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store_and_args(
@@ -41,7 +39,6 @@ def store_and_args(
         wipe_redis_namespace(url, namespace)
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_watch_follows_progress_and_exits_0_on_completion(
     store_and_args: tuple[Any, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -68,7 +65,6 @@ def test_watch_follows_progress_and_exits_0_on_completion(
     assert took < 2.5
 
 
-@pytest.mark.xfail(strict=True, reason=NOT_YET)
 def test_watch_exits_1_for_a_failed_job(
     store_and_args: tuple[Any, list[str]], capsys: pytest.CaptureFixture[str]
 ) -> None:
