@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from tests.test_distributed import queued_jobs, recording
 
 
@@ -19,7 +17,6 @@ def published_after(executor: object, job_id: str, since: float, timeout: float 
     raise AssertionError(f"job {job_id} was never published")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14: the sender always waits flush_interval")
 def test_a_lone_job_is_published_without_the_flush_interval() -> None:
     """With flush_interval=0.5, one job submitted to an idle sender goes out well before 0.5 s."""
     with recording(flush_interval=0.5) as (executor, store):

@@ -80,8 +80,10 @@ class RemoteExecutor(BaseExecutor):
     ``batch_size``
         At most this many jobs per publish round.
     ``flush_interval``
-        Seconds the sender waits after the first job of a burst, so that the
-        jobs accepted meanwhile go out in the same round.
+        Seconds the sender waits while a burst is forming (several jobs
+        waiting, or a round sent just before), so that the jobs accepted
+        meanwhile go out in the same round. A lone job to an idle sender goes
+        at once.
     ``redispatch_after``
         A queued job dispatched less than this many seconds ago is not sent
         again by a sweeper (the broker still holds it). Keep it well below
@@ -274,6 +276,7 @@ class RemoteExecutor(BaseExecutor):
 
     def _send_forever(self) -> None:
         backoff = 0.0
+        last_round = 0.0
         while True:
             if backoff:
                 self._stop.wait(backoff)
@@ -281,8 +284,13 @@ class RemoteExecutor(BaseExecutor):
                 self._wake.wait()
             self._wake.clear()
             closing = self._stop.is_set()
-            if self.flush_interval and not closing and len(self._buffer) < self.batch_size:
-                time.sleep(self.flush_interval)  # let the rest of a burst join this round
+            # A lone job to an idle sender goes at once (no batching delay); only a
+            # burst already forming (several waiting, or a round just sent) waits
+            # flush_interval for the rest of it to join this round.
+            waiting = len(self._buffer)
+            forming = waiting > 1 or time.monotonic() - last_round < self.flush_interval
+            if forming and not closing and self.flush_interval > 0 and waiting < self.batch_size:
+                time.sleep(self.flush_interval)
             failed = False
             while True:
                 batch = self._take()
@@ -302,6 +310,7 @@ class RemoteExecutor(BaseExecutor):
                         exc_info=True,
                     )
                     break
+            last_round = time.monotonic()
             if not failed:
                 backoff = 0.0
             if self._cancels:
