@@ -125,6 +125,17 @@ def claim(job_id: str, worker_id: str, now: float) -> Gen[Job | None]:
     )
 
 
+def claim_with_request(
+    job_id: str, worker_id: str, now: float
+) -> Gen[tuple[Job, CapturedRequest | None] | None]:
+    return _store(
+        StoreCall(
+            lambda s: s.claim_with_request(job_id, worker_id, now),
+            lambda s: s.claim_with_request(job_id, worker_id, now),
+        )
+    )
+
+
 def finish(
     job_id: str,
     worker_id: str,

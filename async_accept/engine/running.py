@@ -23,16 +23,16 @@ class Running(Status):
     def run(self, job_id: str, worker_id: str) -> Gen[Job | None]:
         """Claim the job, replay its request, store the outcome."""
         now = self.clock()
-        job = yield from ops.claim(job_id, worker_id, now)
-        if job is None:
+        claimed = yield from ops.claim_with_request(job_id, worker_id, now)
+        if claimed is None:
             return None  # canceled, taken by another worker, or gone
+        job, stored = claimed
         if now >= job.deadline_at:
             return (
                 yield from ops.fail(
                     job_id, frozenset({JobStatus.PROCESSING}), now, deadline_error(job)
                 )
             )
-        stored = yield from ops.get_request(job_id)
         request = None if stored is None else self.sealer.open(job_id, stored)
         if request is None:
             return (

@@ -50,6 +50,11 @@ class ForwardingAsyncStore(AsyncStoreBase):
     async def claim(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return await self._call(self._store.claim, job_id, worker_id, now)
 
+    async def claim_with_request(
+        self, job_id: str, worker_id: str, now: float
+    ) -> tuple[Job, CapturedRequest | None] | None:
+        return await self._call(self._store.claim_with_request, job_id, worker_id, now)
+
     async def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return await self._call(self._store.heartbeat, job_id, worker_id, now)
 

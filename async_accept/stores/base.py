@@ -21,7 +21,7 @@ contract suites' fixtures (``tests/test_store_contract.py``: ``STORES``;
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
 from .outbox_base import Outbox
@@ -67,6 +67,13 @@ class Store(Protocol):
         Sets ``started_at`` and ``heartbeat_at`` to ``now`` and increments
         ``attempts``. Returns the updated job, or None when it was not queued.
         """
+        ...
+
+    def claim_with_request(
+        self, job_id: str, worker_id: str, now: float
+    ) -> tuple[Job, CapturedRequest | None] | None:
+        """:meth:`claim`, and the claimed job's captured request with it (a worker
+        needs both): one round trip where the backend can (StoreBase: two calls)."""
         ...
 
     def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
@@ -199,6 +206,9 @@ class AsyncStore(Protocol):
     async def get_request(self, job_id: str) -> CapturedRequest | None: ...
     async def get_result(self, job_id: str) -> CapturedResponse | None: ...
     async def claim(self, job_id: str, worker_id: str, now: float) -> Job | None: ...
+    async def claim_with_request(
+        self, job_id: str, worker_id: str, now: float
+    ) -> tuple[Job, CapturedRequest | None] | None: ...
     async def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None: ...
     async def set_progress(
         self,
@@ -265,6 +275,13 @@ class StoreBase:
     shared: bool = True
     blocking: bool = True
 
+    def claim_with_request(
+        self, job_id: str, worker_id: str, now: float
+    ) -> tuple[Job, CapturedRequest | None] | None:
+        store = cast("Store", self)
+        job = store.claim(job_id, worker_id, now)
+        return None if job is None else (job, store.get_request(job_id))
+
     def set_progress(
         self,
         job_id: str,
@@ -309,6 +326,13 @@ class StoreBase:
 class AsyncStoreBase:
     """What every awaitable face shares: ``set_progress`` and ``finish`` written
     once, over the face's ``_set_progress`` and ``_finish`` (as in :class:`StoreBase`)."""
+
+    async def claim_with_request(
+        self, job_id: str, worker_id: str, now: float
+    ) -> tuple[Job, CapturedRequest | None] | None:
+        store = cast("AsyncStore", self)
+        job = await store.claim(job_id, worker_id, now)
+        return None if job is None else (job, await store.get_request(job_id))
 
     async def set_progress(
         self,

@@ -230,6 +230,11 @@ class AsyncRedisStore(AsyncStoreBase):
     async def claim(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return await self._run(self._layout.claim(job_id, worker_id, now))
 
+    async def claim_with_request(
+        self, job_id: str, worker_id: str, now: float
+    ) -> tuple[Job, CapturedRequest | None] | None:
+        return await self._run(self._layout.claim_with_request(job_id, worker_id, now))
+
     async def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return await self._run(self._layout.heartbeat(job_id, worker_id, now))
 

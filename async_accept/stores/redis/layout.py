@@ -109,6 +109,22 @@ class _Layout:
     def claim(self, job_id: str, worker_id: str, now: float) -> _Call[Job | None]:
         return _Call("claim", [self.job_key(job_id)], [self.ns, worker_id, _f(now)], _job)
 
+    def claim_with_request(
+        self, job_id: str, worker_id: str, now: float
+    ) -> _Call[tuple[Job, CapturedRequest | None] | None]:
+        def parse(raw: Any) -> tuple[Job, CapturedRequest | None] | None:
+            job = _job(raw[0]) if raw else None
+            if job is None:
+                return None
+            meta, body = raw[1]
+            request = (
+                None if meta is None else CapturedRequest.from_meta_json(meta.decode(), body or b"")
+            )
+            return job, request
+
+        args: list[str | bytes] = [self.ns, worker_id, _f(now)]
+        return _Call("claim_request", [self.job_key(job_id)], args, parse)
+
     def heartbeat(self, job_id: str, worker_id: str, now: float) -> _Call[Job | None]:
         return _Call("heartbeat", [self.job_key(job_id)], [self.ns, worker_id, _f(now)], _job)
 

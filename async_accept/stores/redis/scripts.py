@@ -301,6 +301,11 @@ return meta(k)
 """,
 }
 
+# claim, returning the job and its captured request: a worker's first round trip.
+_SCRIPTS["claim_request"] = _SCRIPTS["claim"].replace(
+    "return meta(k)", "return {meta(k), redis.call('HMGET', k, 'req_meta', 'req_body')}"
+)
+
 # The worker registry (health): {ns}:workers, a hash id -> info JSON, and
 # {ns}:workers:seen, a sorted set id -> last heartbeat.
 # ARGV: ns, id, now, info.

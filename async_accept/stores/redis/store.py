@@ -181,6 +181,11 @@ class RedisStore(StoreBase):
     def claim(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return self._run(self._layout.claim(job_id, worker_id, now))
 
+    def claim_with_request(
+        self, job_id: str, worker_id: str, now: float
+    ) -> tuple[Job, CapturedRequest | None] | None:
+        return self._run(self._layout.claim_with_request(job_id, worker_id, now))
+
     def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return self._run(self._layout.heartbeat(job_id, worker_id, now))
 
