@@ -33,6 +33,7 @@ SCENARIOS: dict[str, Callable[[scenarios.Ctx], None]] = {
     "accept": scenarios.accept,
     "poll": scenarios.poll,
     "e2e": scenarios.end_to_end,
+    "waiting": scenarios.waiting,
     "peers": scenarios.peers,
     "loop": scenarios.loop_health,
     "scale": scenarios.scale,

@@ -471,6 +471,72 @@ def end_to_end(ctx: Ctx) -> None:
 APP_PATH = "benchmarks.apps.app:asgi"
 
 
+WAIT_GOAL_MS = {"long-poll": (20.0, 100.0), "sse": (20.0, 100.0)}
+
+
+def _sse_until_done(client: Any, url: str) -> None:
+    """Read the status URL's event stream until its final event, then the result."""
+    headers = {**HEADERS, "Accept": "text/event-stream"}
+    result = None
+    with client.stream("GET", url, headers=headers) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:") and '"links"' in line:
+                data = json.loads(line[5:])
+                if data["status"] in ("completed", "failed", "canceled"):
+                    result = data["links"].get("result")
+                    break
+    if result is None:
+        raise RuntimeError(f"{url}: the stream ended without a final event")
+    client.get(result, headers=HEADERS)
+
+
+def waiting(ctx: Ctx) -> None:
+    """Time to know a job ended: when the client holds the result, minus the job's
+    run time, p50/p99; poll() (long-poll), an event stream, plain Retry-After polling."""
+    why = middleware_missing()
+    if why:
+        ctx.report.skip("waiting", why)
+        return
+    import httpx
+
+    from async_accept.client import poll as client_poll
+
+    runs = {0.05: 20 if ctx.quick else 50, 2.0: 3 if ctx.quick else 10}
+    if ctx.full:
+        runs[20.0] = 3
+    section = "Waiting: client holds the result - job run time"
+    for label, store in _stores(ctx, "waiting"):
+        for seconds, n in runs.items():
+            if label == "redis":
+                flush_redis()
+            # A server per job length: the route learns that length's run time.
+            with asgi_server(ctx, f"waiting-{label}", mw=True, store=store) as p:
+                base = f"http://127.0.0.1:{p.port}"
+                with httpx.Client(base_url=base, headers=HEADERS, timeout=60) as c:
+                    for mode in ("long-poll", "sse", "retry-after"):
+                        lags: list[float] = []
+                        for _ in range(n):
+                            t0 = time.perf_counter()
+                            r = c.post(f"/sleep?s={seconds}", content=b"{}", headers=POST_HEADERS)
+                            if mode == "long-poll":
+                                client_poll(r, client=c)
+                            elif mode == "retry-after":
+                                client_poll(r, client=c, wait=None)
+                            else:
+                                _sse_until_done(c, r.headers["location"])
+                            lags.append(time.perf_counter() - t0 - seconds)
+                        p50, p99 = pct(lags, 50) * 1000, pct(lags, 99) * 1000
+                        cols = {"jobs": str(n), "p50 ms": fmt_ms(p50), "p99 ms": fmt_ms(p99)}
+                        if mode in WAIT_GOAL_MS:
+                            g50, g99 = WAIT_GOAL_MS[mode]
+                            cols["goal"] = f"p50 <= {g50:g}, p99 <= {g99:g} ms"
+                            cols["met"] = "yes" if p50 <= g50 and p99 <= g99 else "**no**"
+                        elif seconds >= 2:
+                            cols["goal"] = f"p50 <= 25% of {seconds:g} s"
+                            cols["met"] = "yes" if p50 <= 250 * seconds else "**no**"
+                        ctx.report.add(section, f"{label}, {seconds:g} s job, {mode}", **cols)
+
+
 def remote_executor_missing(kind: str) -> str | None:
     return middleware_missing() or redis_store_missing() or executor_missing(kind)
 

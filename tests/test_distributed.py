@@ -488,14 +488,18 @@ class ExecutorContract:
             assert self.broker_depth(remote, idle) == 6
 
     def test_jobs_per_message_groups_a_round_evenly(self, remote: Setup) -> None:
-        """jobs_per_message=4: ten jobs of one round go out as three messages, not ten."""
+        """jobs_per_message=4: ten jobs of one round go out as three messages, not ten
+        (a lone job to an idle sender goes at once, in a message of its own)."""
         idle = remote.queue + "-grouped"  # nobody consumes it
         env = remote.env(APPS["wsgi"], queue=idle, jobs_per_message="4", flush_interval="0.3")
         with web_app("wsgi", env) as web:
-            for i in range(10):
+            web.accept(content=b"lone")
+            assert web.runtime.executor.flush(5)
+            assert self.broker_depth(remote, idle) == 1
+            for i in range(10):  # right after a round: a burst forming, batched
                 web.accept(content=f"g{i}".encode())
             assert web.runtime.executor.flush(5)
-            assert self.broker_depth(remote, idle) == 3
+            assert self.broker_depth(remote, idle) == 1 + 3
 
     def test_grouped_messages_run_every_job_once(self, remote: Setup) -> None:
         """Jobs sent several to a message all run, once each, in the worker."""

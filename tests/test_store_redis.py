@@ -742,6 +742,7 @@ def every_call(job: Job) -> list[tuple[str, Callable[[Any], Any]]]:
         ("get_request", lambda s: s.get_request(job.id)),
         ("get_result", lambda s: s.get_result(job.id)),
         ("claim", lambda s: s.claim(job.id, "w", NOW)),
+        ("claim_with_request", lambda s: s.claim_with_request(job.id, "w", NOW)),
         ("heartbeat", lambda s: s.heartbeat(job.id, "w", NOW)),
         ("set_progress", lambda s: s.set_progress(job.id, "w", NOW, 5.0, "m", 1.0)),
         ("finish", lambda s: s.finish(job.id, "w", NOW, JobStatus.COMPLETED, RESPONSE)),

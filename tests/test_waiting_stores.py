@@ -49,13 +49,15 @@ def test_the_change_signal_names_a_changed_job(store: Store, now: float) -> None
     job = make_job(now)
     store.create(job, REQUEST)
     wake = threading.Event()
+    writer = threading.Timer(0.2, lambda: store.claim(job.id, "w1", time.time()))
     try:
         signal.changed([job.id], 0.5, wake)  # the first call settles (subscribes, reads)
-        threading.Timer(0.2, lambda: store.claim(job.id, "w1", time.time())).start()
+        writer.start()
         seen: set[str] = set()
         deadline = time.monotonic() + 5
         while job.id not in seen and time.monotonic() < deadline:
             seen.update(signal.changed([job.id], 0.5, wake))
         assert job.id in seen
     finally:
+        writer.join()  # the claim's reply may come after its published change
         signal.close()
