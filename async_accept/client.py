@@ -253,6 +253,7 @@ class _Poll:
                     del request.headers[name]
             auth = None
         return request, auth
+
     def status_kwargs(self, url: httpx.URL, client_timeout: Any) -> dict[str, Any]:
         """``request_kwargs`` for a status read, plus ``Prefer: wait=N``: N whole
         seconds, within the poll's own timeout and below the client's read timeout
