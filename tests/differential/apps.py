@@ -56,7 +56,7 @@ async def _lifespan(app: Any) -> AsyncIterator[dict[str, str]]:
     yield dict(STATE)
 
 
-# --- Starlette / FastAPI --------------------------------------------------------------------
+# --- Starlette / FastAPI ---
 
 
 def _starlette_response(body: bytes) -> Any:
@@ -110,7 +110,7 @@ def build_fastapi(mode: Mode) -> Built:
     return Built(app, "asgi")
 
 
-# --- Litestar --------------------------------------------------------------------------------
+# --- Litestar ---
 
 
 async def _litestar_handler(request: Any) -> Any:
@@ -153,7 +153,7 @@ def build_litestar(mode: Mode) -> Built:
     return Built(app, "asgi")
 
 
-# --- Quart ------------------------------------------------------------------------------------
+# --- Quart ---
 
 
 def build_quart(mode: Mode) -> Built:
@@ -181,7 +181,7 @@ def build_quart(mode: Mode) -> Built:
     return Built(app, "asgi")
 
 
-# --- Falcon --------------------------------------------------------------------------------------
+# --- Falcon ---
 
 
 def _falcon_answer(resp: Any, body: bytes) -> None:
@@ -238,7 +238,7 @@ def build_falcon_wsgi(mode: Mode) -> Built:
     return Built(wrapped, "wsgi", wrapped.runtime.shutdown)
 
 
-# --- Flask --------------------------------------------------------------------------------------
+# --- Flask ---
 
 
 def build_flask(mode: Mode) -> Built:
@@ -266,7 +266,7 @@ def build_flask(mode: Mode) -> Built:
     return Built(app, "wsgi", ext.middleware.runtime.shutdown)
 
 
-# --- Django ---------------------------------------------------------------------------------------
+# --- Django ---
 
 DJANGO_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

@@ -101,7 +101,7 @@ class Resp:
         return self.status, headers, self.body
 
 
-# --- raw ASGI ----------------------------------------------------------------------------
+# --- raw ASGI ---
 
 
 def asgi_scope(req: Req, state: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -183,7 +183,7 @@ async def asgi_lifespan(app: Any) -> AsyncIterator[dict[str, Any]]:
             await asyncio.wait_for(task, 10)
 
 
-# --- raw WSGI ------------------------------------------------------------------------------
+# --- raw WSGI ---
 
 
 def wsgi_environ(req: Req) -> dict[str, Any]:
@@ -243,7 +243,7 @@ def wsgi_call(app: Any, req: Req) -> Resp:
     return Resp(got["status"], got["headers"], body)
 
 
-# --- following a job to its end --------------------------------------------------------------
+# --- following a job to its end ---
 
 
 def follow_up(req: Req, url: bytes) -> Req:
@@ -320,7 +320,7 @@ def _active(answer: Resp) -> bool:
     return b'"status":"queued"' in answer.body or b'"status":"processing"' in answer.body
 
 
-# --- what the handler saw ----------------------------------------------------------------------
+# --- what the handler saw ---
 
 
 def asgi_seen(scope: Any, body: bytes, **framework: Any) -> dict[str, Any]:
@@ -378,7 +378,7 @@ def answer_body(seen_body: bytes) -> bytes:
     return b"\x00\xff" + hashlib.sha256(seen_body).digest() + bytes(range(256))
 
 
-# --- hypothesis strategies -------------------------------------------------------------------
+# --- hypothesis strategies ---
 
 _SAFE = "abcXYZ019-._~"
 _segment = st.lists(
