@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .routes import RouteOptions, RoutePattern, marker_of, parse_route
+from .routes import RouteOptions, RoutePattern, marker_of, method_marks, parse_route
 
 __all__ = ["discover_routes", "flat_routes"]
 
@@ -32,22 +32,21 @@ def _endpoint_marks(route: Any) -> list[tuple[frozenset[str] | None, RouteOption
     endpoint = getattr(route, "endpoint", None)
     if endpoint is None:
         return []
-    methods = getattr(route, "methods", None)
-    method_set = frozenset(m.upper() for m in methods) if methods else None
+    methods = {m.upper() for m in getattr(route, "methods", None) or ()}
     if inspect.isclass(endpoint):
         # HTTPEndpoint: the class, or one of its method handlers, carries the mark.
-        out: list[tuple[frozenset[str] | None, RouteOptions]] = []
-        whole = marker_of(endpoint)
-        if whole is not None:
-            out.append((method_set, whole))
-        for m in _HTTP_METHODS:
-            handler = getattr(endpoint, m.lower(), None)
-            opts = marker_of(handler) if handler is not None else None
-            if opts is not None and opts is not whole:
-                out.append((frozenset({m}), opts))
-        return out
-    opts = marker_of(endpoint)
-    return [(method_set, opts)] if opts is not None else []
+        def handler_of(method: str) -> Any:
+            handler = getattr(endpoint, method.lower(), None)
+            if handler is None and method == "HEAD":
+                handler = getattr(endpoint, "get", None)  # HTTPEndpoint answers HEAD with get
+            return handler
+
+        served = methods or {m for m in _HTTP_METHODS if handler_of(m) is not None}
+        marks = method_marks(served, marker_of(endpoint), handler_of)
+    else:
+        served = methods or {"GET", "HEAD"}  # Starlette's default for a function route
+        marks = method_marks(served, marker_of(endpoint), lambda _m: endpoint)
+    return [(frozenset(ms), opts) for opts, ms in marks.items()]
 
 
 def flat_routes(routes: list[Any]) -> list[Any]:

@@ -69,7 +69,7 @@ from .identity import django_principal
 from .job import CapturedRequest
 from .options import ENV_SECRET, build_options
 from .replay import REPLAY_KEY
-from .routes import RouteOptions, RoutePattern, marker_of
+from .routes import RouteOptions, RoutePattern, marker_of, method_marks
 from .wsgi import capture_environ, latin1
 
 try:
@@ -273,8 +273,9 @@ def _level(pattern: Any, endpoint: bool, index: int) -> tuple[str, str, str | No
     return _piece(pattern.regex.pattern, endpoint, index), _unanchored_end(shown)[0], None
 
 
-def _closure_mark(handler: Any) -> RouteOptions | None:
-    """DRF's ``@api_view`` makes a class whose handlers call the function in a closure."""
+def _closure_function(handler: Any) -> Any:
+    """DRF's ``@api_view`` makes a class whose handlers call the function in a
+    closure: that marked function (what the mark and the pre-check are on), or None."""
     if "api_view.<locals>" not in getattr(handler, "__qualname__", ""):
         return None
     for cell in getattr(handler, "__closure__", None) or ():
@@ -282,10 +283,8 @@ def _closure_mark(handler: Any) -> RouteOptions | None:
             value = cell.cell_contents
         except ValueError:  # pragma: no cover - an empty cell
             continue
-        if callable(value):
-            opts = marker_of(value)
-            if opts is not None:
-                return opts
+        if callable(value) and marker_of(value) is not None:
+            return value
     return None
 
 
@@ -333,24 +332,26 @@ def _handlers(cls: Any, actions: Mapping[str, str] | None) -> Iterator[tuple[str
 
 
 def view_marks(callback: Any) -> dict[RouteOptions, list[str]]:
-    """Which HTTP methods of a URL pattern's view are long-running, by options."""
-    out: dict[RouteOptions, list[str]] = {}
+    """Which HTTP methods of a URL pattern's view are long-running, by options
+    (the marking rule of :func:`async_accept.routes.method_marks`)."""
     cls = getattr(callback, "view_class", None) or getattr(callback, "cls", None)
     whole = marker_of(callback)
     if cls is None:
-        if whole is not None:
-            allowed = _required_methods(callback)
-            out[whole] = [m for m in _FUNCTION_VIEW_METHODS if allowed is None or m in allowed]
-        return out
+        if whole is None:
+            return {}
+        allowed = _required_methods(callback)
+        served = [m for m in _FUNCTION_VIEW_METHODS if allowed is None or m in allowed]
+        return method_marks(served, whole, lambda _method: callback)
+    handlers = dict(_handlers(cls, getattr(callback, "actions", None)))
+    functions = {m: _closure_function(h) for m, h in handlers.items()}
     whole = whole or marker_of(cls)
-    for method, handler in _handlers(cls, getattr(callback, "actions", None)):
-        opts = None
-        if handler is not None:
-            opts = marker_of(handler) or _closure_mark(handler)
-        opts = opts or whole
-        if opts is not None:
-            out.setdefault(opts, []).append(method)
-    return out
+    if whole is None:  # an @api_view function: the function is the view
+        whole = next((marker_of(f) for f in functions.values() if f is not None), None)
+
+    def handler_of(method: str) -> Any:
+        return functions.get(method) or handlers.get(method)
+
+    return method_marks(handlers, whole, handler_of)
 
 
 def _walk(

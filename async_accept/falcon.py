@@ -34,7 +34,7 @@ from typing import Any
 
 from . import asgi, wsgi
 from ._integrations import path_template
-from .routes import RouteOptions, RoutePattern, marker_of, parse_route
+from .routes import RoutePattern, marker_of, method_marks, parse_route
 
 __all__ = ["AsyncAcceptMiddleware", "AsyncAcceptWSGIMiddleware", "discover_routes", "wrap"]
 
@@ -66,14 +66,14 @@ def discover_routes(app: Any) -> list[RoutePattern]:
         if not isinstance(template, str) or resource is None or not method_map:
             continue
         whole = marker_of(resource)
-        by_options: dict[RouteOptions, list[str]] = {}
-        for method, responder in method_map.items():
-            if getattr(responder, "__self__", None) is not resource or method == "OPTIONS":
-                continue  # Falcon's default responders (405, OPTIONS), never jobs
-            opts = marker_of(responder) or whole
-            if opts is not None:
-                by_options.setdefault(opts, []).append(str(method).upper())
-        for opts, methods in by_options.items():
+        own = {
+            str(method).upper(): responder
+            for method, responder in method_map.items()
+            # Falcon's default responders (405, OPTIONS) are not the resource's: never jobs
+            if getattr(responder, "__self__", None) is resource
+        }
+        marks = method_marks(own, whole, own.get)
+        for opts, methods in marks.items():
             found.append(parse_route(f"{','.join(sorted(methods))} {_template(template)}", opts))
     return found
 

@@ -44,7 +44,7 @@ from ._imports import import_optional
 from ._integrations import CONFIG_PREFIX as CONFIG_PREFIX
 from ._integrations import extension_options, options_from_config
 from .errors import ConfigurationError
-from .routes import RouteOptions, RoutePattern, marker_of, parse_route
+from .routes import RouteOptions, RoutePattern, marker_of, method_marks, parse_route
 from .wsgi import AsyncAcceptMiddleware
 
 if TYPE_CHECKING:
@@ -127,23 +127,21 @@ def rule_pattern(rule: Any, methods: Iterable[str], options: RouteOptions) -> Ro
 
 def _view_marks(view: Any, methods: Iterable[str]) -> dict[RouteOptions, list[str]]:
     """Which of ``methods`` the view marks long-running, grouped by options."""
-    out: dict[RouteOptions, list[str]] = {}
     view_class = getattr(view, "view_class", None)
     whole = marker_of(view)
     if whole is None and view_class is not None:
         # The class itself, or View.dispatch_request (a plain View has no get/post).
         whole = marker_of(view_class) or marker_of(getattr(view_class, "dispatch_request", None))
-    for method in methods:
-        opts = None
-        if view_class is not None:
-            handler = getattr(view_class, method.lower(), None)
-            if handler is None and method == "HEAD":
-                handler = getattr(view_class, "get", None)  # MethodView answers HEAD with get
-            opts = marker_of(handler) if handler is not None else None
-        opts = opts or whole
-        if opts is not None:
-            out.setdefault(opts, []).append(method)
-    return out
+
+    def handler_of(method: str) -> Any:
+        if view_class is None:
+            return view
+        handler = getattr(view_class, method.lower(), None)
+        if handler is None and method == "HEAD":
+            handler = getattr(view_class, "get", None)  # MethodView answers HEAD with get
+        return handler or getattr(view_class, "dispatch_request", None)
+
+    return method_marks(methods, whole, handler_of)
 
 
 def discover_url_map(app: Any) -> list[RoutePattern]:

@@ -25,12 +25,12 @@ Litestar.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import asgi
 from ._integrations import path_template
-from .routes import RoutePattern, marker_of, parse_route
+from .routes import RoutePattern, marker_of, method_marks, parse_route
 
 __all__ = ["AsyncAcceptMiddleware", "discover_routes"]
 
@@ -57,15 +57,18 @@ def discover_routes(app: Any) -> list[RoutePattern]:
         if not isinstance(path, str) or not handlers:
             continue
         for handler in handlers:
-            opts = marker_of(handler) or marker_of(getattr(handler, "fn", None))
-            methods = [
-                m
-                for m in _method_names(getattr(handler, "http_methods", None) or ())
-                if m != "OPTIONS"  # CORS preflights are never jobs
-            ]
-            if opts is not None and methods:
-                found.append(parse_route(f"{','.join(methods)} {_template(path)}", opts))
+            fn = getattr(handler, "fn", None)
+            whole = marker_of(handler) or marker_of(fn)
+            if whole is None:
+                continue
+            served = _method_names(getattr(handler, "http_methods", None) or ())
+            for opts, methods in method_marks(served, whole, _constant(fn)).items():
+                found.append(parse_route(f"{','.join(sorted(methods))} {_template(path)}", opts))
     return found
+
+
+def _constant(value: Any) -> Callable[[str], Any]:
+    return lambda _method: value
 
 
 class AsyncAcceptMiddleware(asgi.AsyncAcceptMiddleware):

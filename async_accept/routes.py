@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -12,6 +14,14 @@ from .errors import ConfigurationError
 F = TypeVar("F")
 
 MARKER = "__async_accept__"
+#: set on the wrapper ``@long_running`` puts around a handler (the app decides first)
+WRAPPER = "__async_accept_wrapper__"
+
+#: the methods a mark covers on a view that serves several (GET only when it is the only one)
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_HTTP_VERBS = ("get", "head", "post", "put", "patch", "delete")
+#: DRF viewset actions a class mark covers (the unsafe ones; list/retrieve are GETs)
+_UNSAFE_ACTIONS = ("create", "update", "partial_update", "destroy")
 
 IdempotencyMode = Literal["optional", "required", "ignore"]
 _IDEMPOTENCY_MODES = ("optional", "required", "ignore")
@@ -26,6 +36,10 @@ class RouteOptions:
     max_wait: float | None = None
     idempotency: IdempotencyMode = "optional"
     webhook: str | None = None
+    #: the methods an explicit ``methods=[...]`` marks (None: the marking rule decides)
+    methods: frozenset[str] | None = None
+    #: the app decides first: run its stack in the request, accept at the handler
+    precheck: bool = False
 
     def __post_init__(self) -> None:
         for name in ("sla", "wait", "max_wait"):
@@ -62,6 +76,8 @@ def long_running(
     max_wait: float | None = ...,
     idempotency: IdempotencyMode = ...,
     webhook: str | None = ...,
+    methods: Iterable[str] | None = ...,
+    precheck: bool = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -74,21 +90,50 @@ def long_running(
     max_wait: float | None = None,
     idempotency: IdempotencyMode = "optional",
     webhook: str | None = None,
+    methods: Iterable[str] | None = None,
+    precheck: bool = True,
 ) -> Any:
-    """Mark an endpoint long-running and return it unchanged.
+    """Mark an endpoint long-running.
 
-    Works above or below a framework's route decorator (it only sets an
-    attribute on the function object), on sync and async functions, on
-    methods of class-based views and on the classes themselves. Usable bare
-    (``@long_running``) or with options (``@long_running(sla=30, wait=5)``).
+    Usable bare (``@long_running``) or with options (``@long_running(sla=30,
+    wait=5)``), on sync and async functions, on methods of class-based views
+    and on the classes themselves.
 
     ``sla`` is the expected duration in seconds (the deadman switch fails the
     job at 2 x sla); ``wait`` answers directly when the job finishes within
     that many seconds; ``max_wait`` caps a client's ``Prefer: wait=N``;
     ``idempotency`` is ``"optional"``, ``"required"`` or ``"ignore"``.
+
+    Which methods: on a view that serves several, the unsafe ones (POST, PUT,
+    PATCH, DELETE); GET only when it is the view's only method; HEAD follows
+    GET; OPTIONS never. ``methods=["GET", "POST"]`` says exactly.
+
+    The app decides first: the returned function is a wrapper that, in the
+    request cycle, tells the middleware "accept now" instead of running the
+    body, so the app's own stack (middleware, authentication, validation,
+    decorators above the mark) answers first; the body runs in the job. Put the
+    mark directly on the function, below the route decorator: above it, the
+    framework keeps the bare function and the route is accepted on arrival.
+    On a class, its handler methods (``get``/``post``/..., Falcon's
+    ``on_<method>``, DRF's unsafe viewset actions) are wrapped in place.
+    ``precheck=False`` accepts on arrival and returns the function unchanged.
     """
+    explicit = None
+    if methods is not None:
+        if isinstance(methods, str):
+            raise ConfigurationError(f"methods={methods!r} must be a list, e.g. [{methods!r}]")
+        explicit = frozenset(str(m).upper() for m in methods)
+        bad = [m for m in explicit if not _HTTP_TOKEN_METHOD.match(m)]
+        if bad or not explicit:
+            raise ConfigurationError(f"methods={list(methods)!r} is not a list of HTTP methods")
     options = RouteOptions(
-        sla=sla, wait=wait, max_wait=max_wait, idempotency=idempotency, webhook=webhook
+        sla=sla,
+        wait=wait,
+        max_wait=max_wait,
+        idempotency=idempotency,
+        webhook=webhook,
+        methods=explicit,
+        precheck=bool(precheck),
     )
 
     def mark(target: F) -> F:
@@ -99,11 +144,139 @@ def long_running(
                 f"@long_running cannot mark {target!r}: it does not accept attributes. "
                 "Mark the route with a pattern in routes=[...] instead."
             ) from exc
+        if not options.precheck:
+            return target
+        if inspect.isclass(target):
+            _wrap_handlers(target, options)
+            return target
+        if inspect.isfunction(target):
+            return _wrap(target, options)  # type: ignore[return-value]
         return target
 
     if func is not None:
         return mark(func)
     return mark
+
+
+def _wrap(func: Callable[..., Any], options: RouteOptions) -> Callable[..., Any]:
+    """``func`` behind the pre-check: in the request cycle (a middleware's gate
+    open) it signals "accept now"; in a job, or with no middleware, it runs."""
+    from .precheck import stop_here
+
+    if getattr(func, WRAPPER, False):
+        return func
+    wrapper: Callable[..., Any]
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def awrapper(*args: Any, **kwargs: Any) -> Any:
+            stop_here(options)
+            return await func(*args, **kwargs)
+
+        wrapper = awrapper
+    else:
+
+        @functools.wraps(func)
+        def swrapper(*args: Any, **kwargs: Any) -> Any:
+            stop_here(options)
+            return func(*args, **kwargs)
+
+        wrapper = swrapper
+    setattr(wrapper, WRAPPER, True)
+    setattr(wrapper, MARKER, options)
+    return wrapper
+
+
+def _handler_names(cls: type) -> dict[str, list[str]]:
+    """HTTP method -> the names of the class's handlers for it (``get``, Falcon's
+    ``on_get``/``on_get_item``, DRF's unsafe viewset actions)."""
+    out: dict[str, list[str]] = {}
+    for verb in _HTTP_VERBS:
+        if callable(getattr(cls, verb, None)):
+            out.setdefault(verb.upper(), []).append(verb)
+    for name in dir(cls):
+        if name.startswith("on_") and callable(getattr(cls, name, None)):
+            verb = name[3:].split("_", 1)[0]
+            if verb in _HTTP_VERBS or verb == "options":
+                out.setdefault(verb.upper(), []).append(name)
+    actions = {"create": "POST", "update": "PUT", "partial_update": "PATCH", "destroy": "DELETE"}
+    for name in _UNSAFE_ACTIONS:
+        if callable(getattr(cls, name, None)):
+            out.setdefault(actions[name], []).append(name)
+    return out
+
+
+def _wrap_handlers(cls: type, options: RouteOptions) -> None:
+    """Wrap, in place, the handler methods of ``cls`` that the mark covers."""
+    names = _handler_names(cls)
+    covered = marked_methods(names, options.methods)
+    for method, attrs in names.items():
+        if method not in covered:
+            continue
+        for attr in attrs:
+            fn = getattr(cls, attr)
+            if inspect.isfunction(fn) and marker_of(fn) is None:
+                setattr(cls, attr, _wrap(fn, options))
+
+
+def marked_methods(served: Iterable[str], explicit: frozenset[str] | None = None) -> frozenset[str]:
+    """The methods a mark covers on a view serving ``served``: the unsafe ones;
+    GET only when it is the only method; HEAD follows GET; OPTIONS never.
+    ``explicit`` (``methods=[...]``) says exactly (HEAD still follows GET)."""
+    have = {m.upper() for m in served}
+    if explicit is not None:
+        out = set(explicit)
+    else:
+        out = have & UNSAFE_METHODS
+        if have - {"HEAD", "OPTIONS"} == {"GET"}:
+            out.add("GET")
+    if "GET" in out:
+        out.add("HEAD")
+    out.discard("OPTIONS")
+    return frozenset(out)
+
+
+def method_marks(
+    served: Iterable[str], whole: RouteOptions | None, handler_of: Callable[[str], Any]
+) -> dict[RouteOptions, list[str]]:
+    """Which of the ``served`` methods of one view are long-running, by options.
+
+    ``whole`` is the view's own mark (the function, or the class), covering
+    what :func:`marked_methods` says; a mark on one method's handler
+    (``post``, ``on_post``, an action) covers that method, HEAD following GET.
+    ``handler_of(method)`` is what the framework calls for it: the options
+    keep the pre-check only when a ``@long_running`` wrapper is on that way.
+    """
+    methods = sorted({m.upper() for m in served} - {"OPTIONS"})
+    covered = marked_methods(methods, whole.methods) if whole is not None else frozenset()
+    out: dict[RouteOptions, list[str]] = {}
+    for method in methods:
+        handler = handler_of(method)
+        own = marker_of(handler) if handler is not None else None
+        if own is not None and own is not whole:
+            opts = own
+        elif whole is not None and method in covered:
+            opts = whole
+        else:
+            continue
+        out.setdefault(for_handler(opts, handler), []).append(method)
+    return out
+
+
+def for_handler(options: RouteOptions, handler: Any) -> RouteOptions:
+    """``options`` as they apply to a route whose framework calls ``handler``:
+    without the pre-check when no ``@long_running`` wrapper is on its way (a
+    mark above the route decorator, on an object that can't be wrapped)."""
+    if not options.precheck:
+        return options
+    seen = 0
+    obj = handler
+    while obj is not None and seen < 10:
+        if getattr(obj, WRAPPER, False):
+            return options
+        obj = getattr(obj, "__wrapped__", None) or getattr(obj, "__func__", None)
+        seen += 1
+    return replace(options, precheck=False)
 
 
 def marker_of(obj: Any) -> RouteOptions | None:

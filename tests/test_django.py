@@ -185,7 +185,6 @@ def test_handler_sees_the_whole_request_in_a_job() -> None:
         ("post", "/items/7/render/", "render_item", {"pk": 7}),
         ("post", "/legacy/2024/", "legacy", {"year": "2024"}),
         ("post", "/cbv/", "cbv", {}),
-        ("get", "/cbv-whole/", "whole", {}),
         ("post", "/cbv-whole/", "whole", {}),
         ("post", "/api/reports/", "api", {}),
         ("post", "/api/fn-below/", "api_below", {}),
@@ -213,17 +212,17 @@ def test_discovery_patterns() -> None:
     """Discovery yields one pattern per marked view and method set, in readable form."""
     specs = {p.spec: p for p in aa_django.discover_urlconf()}
     assert "POST /cbv/" in specs  # only the marked method
-    assert "GET,HEAD,POST /cbv-whole/" in specs
-    assert "DELETE,GET,HEAD,PATCH,POST,PUT /slow/" in specs  # a function view: any method
-    assert specs["POST /cbv/"].options == RouteOptions(sla=30)
+    assert "POST /cbv-whole/" in specs  # a whole class: its unsafe methods
+    assert "DELETE,PATCH,POST,PUT /slow/" in specs  # a function view: the unsafe methods
+    assert specs["POST /cbv/"].options == RouteOptions(sla=30, precheck=True)
     assert "POST /api/jobs/" in specs and "GET /api/jobs/" not in specs
     rerun = specs["POST /api/jobs/(?P<pk>[^/.]+)/rerun/"]
     assert rerun.matches("POST", "/api/jobs/12/rerun/")
     assert not rerun.matches("POST", "/api/jobs/1.2/rerun/")
-    items = specs["DELETE,GET,HEAD,PATCH,POST,PUT /items/<int:pk>/render/"]
+    items = specs["DELETE,PATCH,POST,PUT /items/<int:pk>/render/"]
     assert items.matches("POST", "/items/3/render/")
     assert not items.matches("POST", "/items/x/render/")
-    localized = specs["DELETE,GET,HEAD,PATCH,POST,PUT /{lang}/localized/"]
+    localized = specs["DELETE,PATCH,POST,PUT /{lang}/localized/"]
     assert localized.matches("POST", "/fr/localized/") and localized.matches("POST", "/localized/")
     assert not localized.matches("POST", "/en/localized/")  # the default language has no prefix
 

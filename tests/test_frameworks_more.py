@@ -431,7 +431,8 @@ def test_quart_reads_config_blueprints_and_method_views(tmp_path: Path) -> None:
 
 
 def test_falcon_discovery_reads_the_router() -> None:
-    """Falcon: marked responders (suffixed too) and marked resources; converters with args."""
+    """Falcon: marked responders (suffixed too) and marked resources (their unsafe
+    responders); converters with args."""
     falcon = pytest.importorskip("falcon")
     from async_accept.falcon import AsyncAcceptMiddleware, AsyncAcceptWSGIMiddleware, wrap
 
@@ -446,7 +447,7 @@ def test_falcon_discovery_reads_the_router() -> None:
 
     found = discover_routes(app)
     assert [(p.spec, p.options) for p in found] == [
-        ("GET,PUT /whole/{n:int}/{when}", RouteOptions(sla=9))
+        ("PUT /whole/{n:int}/{when}", RouteOptions(sla=9, precheck=True))
     ]
     specs = {p.spec for p in discover_routes(falcon_wsgi_app(True))}
     assert specs == {"POST /reports", "POST /reports/{rid:int}/render"}

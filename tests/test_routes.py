@@ -14,18 +14,32 @@ from async_accept.routes import RouteOptions, RouteTable, marker_of, parse_route
 SEGMENT = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=10)
 
 
-def test_decorator_returns_the_same_function_bare_and_called() -> None:
-    """@long_running and @long_running(...) return the function itself, marked."""
+def test_decorator_returns_the_function_behind_its_precheck() -> None:
+    """@long_running and @long_running(...) return a wrapper that, outside a middleware's
+    pre-check, runs the function (same name, signature and sync/async kind), marked;
+    ``precheck=False`` returns the function itself, marked."""
+    import inspect
 
-    def f() -> None: ...
+    def f(x: int) -> int:
+        return x + 1
 
-    async def g() -> None: ...
+    async def g() -> str:
+        return "g"
 
-    assert long_running(f) is f
-    assert marker_of(f) == RouteOptions()
-    assert long_running(sla=5, wait=1)(g) is g
-    assert marker_of(g) == RouteOptions(sla=5, wait=1)
-    assert asyncio.iscoroutinefunction(g)
+    wf = long_running(f)
+    assert wf is not f
+    assert wf.__wrapped__ is f  # type: ignore[attr-defined]
+    assert (wf(1), wf.__name__, inspect.signature(wf)) == (2, "f", inspect.signature(f))
+    assert marker_of(wf) == marker_of(f) == RouteOptions(precheck=True)
+    wg = long_running(sla=5, wait=1)(g)
+    assert asyncio.iscoroutinefunction(wg)
+    assert asyncio.run(wg()) == "g"
+    assert marker_of(wg) == RouteOptions(sla=5, wait=1, precheck=True)
+
+    def h() -> None: ...
+
+    assert long_running(precheck=False)(h) is h
+    assert marker_of(h) == RouteOptions()
 
 
 def test_decorator_on_classes_and_methods() -> None:
@@ -39,9 +53,10 @@ def test_decorator_on_classes_and_methods() -> None:
         @long_running
         def post(self) -> None: ...
 
-    assert marker_of(View) == RouteOptions(sla=9)
-    assert marker_of(Other.post) == RouteOptions()
-    assert marker_of(Other().post) == RouteOptions()
+    assert marker_of(View) == RouteOptions(sla=9, precheck=True)
+    assert marker_of(View.post) == RouteOptions(sla=9, precheck=True)  # wrapped in place
+    assert marker_of(Other.post) == RouteOptions(precheck=True)
+    assert marker_of(Other().post) == RouteOptions(precheck=True)
 
 
 def test_decorator_rejects_bad_options() -> None:

@@ -10,8 +10,6 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from async_accept import long_running
 from tests.differential.harness import SECRET, Req, Resp, asgi_call, asgi_lifespan, wsgi_call
 
@@ -22,11 +20,6 @@ ALL = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 FORM_AND_CREATE = {"GET": False, "HEAD": False, "POST": True, "OPTIONS": False}
 #: a view whose only method is GET
 GET_ONLY = {"GET": True, "HEAD": True, "OPTIONS": False}
-RULE = pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: marking a view marks every method it serves (GET form pages, "
-    "HEAD, OPTIONS preflights become jobs)",
-)
 
 
 def _request(method: str, path: bytes) -> Req:
@@ -58,7 +51,6 @@ def accepted_wsgi(
 # --- Flask (and MethodView) ---
 
 
-@RULE
 def test_flask_view_serving_the_form_and_the_create() -> None:
     """Flask: a marked view serving GET (the form) and POST (the create): only POST is a job."""
     from flask import Flask
@@ -96,7 +88,6 @@ def test_flask_get_only_view_is_marked_with_head() -> None:
     )
 
 
-@RULE
 def test_flask_methodview_marked_whole() -> None:
     """Flask: a ``MethodView`` marked as a class: its POST/PUT/DELETE are jobs, GET not."""
     from flask import Flask
@@ -125,7 +116,6 @@ def test_flask_methodview_marked_whole() -> None:
 # --- Starlette / FastAPI ---
 
 
-@RULE
 def test_starlette_httpendpoint_marked_whole() -> None:
     """Starlette: a marked ``HTTPEndpoint`` with get and post: POST is a job; GET,
     HEAD and a CORS preflight OPTIONS are answered by the app."""
@@ -150,7 +140,6 @@ def test_starlette_httpendpoint_marked_whole() -> None:
     assert accepted_asgi(app, b"/posts", list(FORM_AND_CREATE)) == FORM_AND_CREATE
 
 
-@RULE
 def test_starlette_route_with_get_and_post() -> None:
     """Starlette: a marked function route with ``methods=["GET", "POST"]``: only POST."""
     from starlette.applications import Starlette
@@ -187,7 +176,6 @@ def test_fastapi_get_only_route_marked_with_head() -> None:
     assert accepted_asgi(app, b"/export", list(want)) == want
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: @long_running has no methods= option yet")
 def test_explicit_methods_say_exactly() -> None:
     """``@long_running(methods=["GET", "POST"])`` marks exactly GET (and its HEAD) and POST."""
     from starlette.applications import Starlette
@@ -200,7 +188,7 @@ def test_explicit_methods_say_exactly() -> None:
     async def posts(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
-    marked = long_running(methods=["GET", "POST"])(posts)  # type: ignore[call-overload]
+    marked = long_running(methods=["GET", "POST"])(posts)
     route = Route("/posts", marked, methods=["GET", "POST", "PUT"])
     app = Starlette(routes=[route])
     app.add_middleware(AsyncAcceptMiddleware, **OPTS, executor="asyncio")
@@ -230,7 +218,6 @@ def _django_accepted(view: Any, methods: list[str]) -> dict[str, bool]:
         return {m: wsgi_call(app, _request(m, b"/posts")).status == 202 for m in methods}
 
 
-@RULE
 def test_django_function_view() -> None:
     """Django: a marked function view (any method): POST/PUT/PATCH/DELETE are jobs,
     GET (the form page) and HEAD are not."""
@@ -246,7 +233,6 @@ def test_django_function_view() -> None:
     assert _django_accepted(posts, list(want)) == want
 
 
-@RULE
 def test_django_class_view_marked_whole() -> None:
     """Django: a marked class-based view with get and post: only POST is a job."""
     from django.http import HttpResponse
@@ -269,7 +255,6 @@ def test_django_class_view_marked_whole() -> None:
 # --- Litestar, Quart, Falcon ---
 
 
-@RULE
 def test_litestar_handler_with_get_and_post() -> None:
     """Litestar: a marked handler for GET and POST: only POST is a job."""
     from litestar import Litestar, route
@@ -286,7 +271,6 @@ def test_litestar_handler_with_get_and_post() -> None:
     assert accepted_asgi(app, b"/posts", list(want)) == want
 
 
-@RULE
 def test_quart_view_serving_the_form_and_the_create() -> None:
     """Quart: a marked view serving GET and POST: only POST is a job."""
     from quart import Quart
@@ -304,7 +288,6 @@ def test_quart_view_serving_the_form_and_the_create() -> None:
     assert accepted_asgi(app, b"/posts/new", list(FORM_AND_CREATE)) == FORM_AND_CREATE
 
 
-@RULE
 def test_falcon_resource_marked_whole() -> None:
     """Falcon: a marked resource with on_get and on_post: only POST is a job."""
     import falcon

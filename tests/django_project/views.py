@@ -143,7 +143,7 @@ class ReportView(View):
 @long_running
 @method_decorator(csrf_exempt, name="dispatch")
 class WholeView(View):
-    """The whole class is long-running: every method it answers."""
+    """The whole class is long-running: its unsafe methods (GET serves the page)."""
 
     def get(self, request: HttpRequest) -> JsonResponse:
         return answer("whole", request)
