@@ -12,6 +12,7 @@ from .engine.waiting import EventStream
 from .frontdoor import Accept, DoorMiddleware, Pass, Serve
 from .identity import starlette_principal
 from .job import CapturedRequest
+from .precheck import accept_signal, open_gate
 from .replay import REPLAY_KEY
 from .routes import RouteOptions
 
@@ -179,8 +180,42 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         except _Disconnected:
             return
         request = self._capture(scope, path, body)
+        if route.precheck:
+            reached = await self._precheck(scope, receive, send, body)
+            if reached is None:
+                return  # the app answered before the handler: its answer stands, no job
+            route = reached
         response = await self.runtime.adrive(self._door.engine.accept(request, route))
         await _send(send, response, scope["method"])
+
+    async def _precheck(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes
+    ) -> RouteOptions | None:
+        """Run the app on the request with the gate open (see :mod:`async_accept.precheck`):
+        the options of the marked handler it reached, or None when the app answered
+        itself (that answer is sent as it is)."""
+        pending = [body]
+        started = False
+
+        async def again() -> Message:
+            if pending:  # the body, read already, once more
+                return {"type": "http.request", "body": pending.pop(), "more_body": False}
+            return await receive()
+
+        async def answer(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        with open_gate():
+            try:
+                await self.app(scope, again, answer)
+            except BaseException as exc:
+                signal = accept_signal(exc)
+                if signal is None or started:
+                    raise
+                return signal.options
+        return None
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, subpath: str, path: str

@@ -68,6 +68,7 @@ from .frontdoor import Accept, FrontDoor, Pass, Serve, blocking_stream
 from .identity import django_principal
 from .job import CapturedRequest
 from .options import ENV_SECRET, build_options
+from .precheck import accept_signal, open_gate
 from .replay import REPLAY_KEY
 from .routes import RouteOptions, RoutePattern, marker_of, method_marks
 from .wsgi import capture_environ, latin1
@@ -455,7 +456,7 @@ def _is_replay(request: Any) -> bool:
     return isinstance(ext, Mapping) and REPLAY_KEY in ext
 
 
-def _plan(door: FrontDoor, request: Any) -> Gen[Response] | Response | None:
+def _plan(door: FrontDoor, request: Any) -> Gen[Response] | Response | _Check | None:
     """The front door's decision as what this middleware does: None (pass the
     request on), an answer now, or an engine generator to drive."""
     if not door._discovered:
@@ -477,8 +478,23 @@ def _plan(door: FrontDoor, request: Any) -> Gen[Response] | Response | None:
         body: bytes = request.body  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django answers 400
         if len(body) > door.max_body:
             return door.too_large()
-        return door.engine.accept(capture(request, path, body), plan.route)
+        captured = capture(request, path, body)
+        if plan.route.precheck:
+            return _Check(captured)
+        return door.engine.accept(captured, plan.route)
     return plan
+
+
+class _Check:
+    """A view marked with the decorator: the app decides first (the rest of
+    MIDDLEWARE and the view's decorators run; the view's wrapper stops the call
+    with AcceptNow, which Django's ``convert_exception_to_response`` lets pass:
+    it catches ``Exception``)."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: CapturedRequest) -> None:
+        self.request = request
 
 
 class AsyncAcceptMiddleware:
@@ -509,6 +525,15 @@ class AsyncAcceptMiddleware:
         plan = _plan(door, request)
         if plan is None:
             return self._pass(door, self.get_response(request))
+        if isinstance(plan, _Check):
+            with open_gate():
+                try:
+                    return self.get_response(request)  # the app answered: no job
+                except BaseException as exc:
+                    signal = accept_signal(exc)
+                    if signal is None:
+                        raise
+                    plan = door.engine.accept(plan.request, signal.options)
         if isinstance(plan, Response):
             return to_django(plan, request.method)
         if not door.runtime.started:
@@ -522,6 +547,15 @@ class AsyncAcceptMiddleware:
         plan = _plan(door, request)
         if plan is None:
             return self._pass(door, await self.get_response(request))
+        if isinstance(plan, _Check):
+            with open_gate():
+                try:
+                    return await self.get_response(request)  # the app answered: no job
+                except BaseException as exc:
+                    signal = accept_signal(exc)
+                    if signal is None:
+                        raise
+                    plan = door.engine.accept(plan.request, signal.options)
         if isinstance(plan, Response):
             return to_django(plan, request.method)
         if not door.runtime.started:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -10,7 +11,9 @@ from .engine.responses import Response
 from .engine.waiting import EventStream
 from .frontdoor import Accept, DoorMiddleware, Pass, Serve, blocking_stream
 from .job import CapturedRequest
+from .precheck import accept_signal, open_gate
 from .replay import REPLAY_KEY
+from .routes import RouteOptions
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -100,7 +103,13 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             except _TooLarge:
                 return _respond(start_response, door.too_large(), method)
             request = self._capture(environ, path, body)
-            response = self.runtime.drive(door.engine.accept(request, plan.route))
+            route = plan.route
+            if route.precheck:
+                reached = self._precheck(environ, start_response, body)
+                if not isinstance(reached, RouteOptions):
+                    return reached  # the app answered before the handler: no job
+                route = reached
+            response = self.runtime.drive(door.engine.accept(request, route))
         else:
             response = plan
         if isinstance(response, EventStream):
@@ -113,6 +122,21 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         if self.principal is not None:
             request.principal = self.principal(environ)
         return request
+
+    def _precheck(
+        self, environ: WSGIEnviron, start_response: StartResponse, body: bytes
+    ) -> RouteOptions | Iterable[bytes]:
+        """Run the app on the request with the gate open (see :mod:`async_accept.precheck`):
+        the options of the marked handler it reached, or the app's own answer."""
+        environ["wsgi.input"] = io.BytesIO(body)  # the body, read already, once more
+        with open_gate():
+            try:
+                return self.app(environ, start_response)
+            except BaseException as exc:
+                signal = accept_signal(exc)
+                if signal is None:
+                    raise
+                return signal.options
 
     def _read_body(self, environ: WSGIEnviron) -> bytes:
         """The body (its Content-Length already checked by the front door)."""

@@ -20,11 +20,6 @@ H = (b"host", b"testserver")
 ALICE = (b"authorization", b"Bearer alice")
 JSON = (b"content-type", b"application/json")
 OPTS: dict[str, Any] = {"secret_key": SECRET, "store": "memory://", "health": "on"}
-#: the issue's phase-1 verdict: today every marked request is a job before the app looks
-PRECHECK = pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: a marked request is accepted before the app's own checks run",
-)
 
 RAN: list[str] = []
 
@@ -71,7 +66,6 @@ def _clear() -> None:
 # --- Starlette and FastAPI ---
 
 
-@PRECHECK
 def test_starlette_requires_above_the_mark() -> None:
     """Starlette: ``@requires("authenticated")`` above the mark answers its own 403
     at once for an anonymous caller (no job); an authenticated call is a job."""
@@ -115,7 +109,6 @@ def test_starlette_requires_above_the_mark() -> None:
     assert jobs == 1
 
 
-@PRECHECK
 def test_fastapi_validation_and_dependencies_answer_first() -> None:
     """FastAPI: an invalid body gets FastAPI's own 422 and a failing ``Depends``
     its 401, synchronously and without a job; a valid call is a job."""
@@ -135,13 +128,13 @@ def test_fastapi_validation_and_dependencies_answer_first() -> None:
 
     app = FastAPI()
 
-    @long_running
     async def create(order: Order, who: str = Depends(user)) -> dict[str, Any]:
         RAN.append("create")
         return {"ok": order.item}
 
+    # Resolved here: FastAPI reads the annotations, which this module keeps as strings.
     create.__annotations__ = {"order": Order, "who": str, "return": dict[str, Any]}
-    app.post("/orders")(create)
+    app.post("/orders")(long_running(create))
     app.add_middleware(AsyncAcceptMiddleware, **OPTS, executor="asyncio")
     good = json.dumps({"item": "x", "qty": 2}).encode()
     (invalid, anon, ok), jobs = run_asgi(
@@ -177,7 +170,6 @@ def _login_required(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@PRECHECK
 def test_flask_login_required_and_before_request() -> None:
     """Flask: a login decorator above the mark redirects an anonymous caller to the
     login page and a ``before_request`` hook's 403 stands, both without a job."""
@@ -212,7 +204,6 @@ def test_flask_login_required_and_before_request() -> None:
     assert jobs == 1
 
 
-@PRECHECK
 def test_quart_before_request_answers_first() -> None:
     """Quart: a ``before_request`` hook's 401 is the answer, with no job."""
     from quart import Quart, abort, request
@@ -242,7 +233,6 @@ def test_quart_before_request_answers_first() -> None:
 # --- Litestar and Falcon ---
 
 
-@PRECHECK
 def test_litestar_guard_answers_first() -> None:
     """Litestar: a guard's 401 is the answer, with no job."""
     from litestar import Litestar, post
@@ -269,7 +259,6 @@ def test_litestar_guard_answers_first() -> None:
     assert jobs == 1
 
 
-@PRECHECK
 def test_falcon_hook_answers_first() -> None:
     """Falcon: a ``@falcon.before`` hook's 401 is the answer, with no job."""
     import falcon
@@ -335,7 +324,6 @@ def _django(
         return [wsgi_call(wsgi, r) for r in reqs], _jobs(wsgi_call(wsgi, HEALTH))
 
 
-@PRECHECK
 @pytest.mark.parametrize("asgi", [False, True], ids=["wsgi", "asgi"])
 def test_django_csrf_answers_first(asgi: bool) -> None:
     """Django: a POST without a CSRF token gets Django's own 403 (no job); an
@@ -365,7 +353,6 @@ def test_django_csrf_answers_first(asgi: bool) -> None:
     assert jobs == 1
 
 
-@PRECHECK
 def test_drf_authentication_and_permissions_answer_first() -> None:
     """DRF: an anonymous caller gets DRF's own 401/403 from its authentication and
     permission classes (no job); an authenticated call is a job."""
@@ -433,3 +420,54 @@ def test_pattern_marked_routes_keep_accepting_on_arrival() -> None:
     (anon,), jobs = run_asgi(app, [_post(b"/reports")])
     assert anon.status == 202
     assert jobs == 1
+
+
+def test_precheck_false_accepts_on_arrival() -> None:
+    """``@long_running(precheck=False)`` keeps accepting on arrival: the app's checks
+    run only in the job (an anonymous caller gets a 202)."""
+    from starlette.applications import Starlette
+    from starlette.authentication import requires
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from async_accept.asgi import AsyncAcceptMiddleware
+
+    @requires("authenticated")
+    @long_running(precheck=False)
+    async def report(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("made")
+
+    app = Starlette(routes=[Route("/reports", report, methods=["POST"])])
+    app.add_middleware(AsyncAcceptMiddleware, **OPTS, executor="asyncio")
+    (anon,), jobs = run_asgi(app, [_post(b"/reports")])
+    assert anon.status == 202
+    assert jobs == 1
+
+
+def test_the_handler_body_runs_only_in_the_job() -> None:
+    """At accept the marked handler's body does not run (``current_job()`` is None
+    there); in the job it runs once, with ``current_job()`` set."""
+    from flask import Flask
+
+    from async_accept import current_job
+    from async_accept.flask import AsyncAccept
+    from tests.differential.harness import wsgi_flow
+
+    app = Flask(__name__)
+    calls: list[bool] = []
+
+    @app.post("/work")
+    @long_running
+    def work() -> str:
+        calls.append(current_job() is not None)
+        return "done"
+
+    ext = AsyncAccept(app, **{**OPTS, "executor": "thread"})
+    try:
+        flow = wsgi_flow(app, _post(b"/work", ALICE))
+    finally:
+        ext.middleware.runtime.shutdown()
+    assert flow.first.status == 202
+    assert flow.final is not None and flow.final.body == b"done"
+    assert calls == [True]
