@@ -214,7 +214,8 @@ class AsyncAcceptMiddleware(DoorMiddleware):
                 signal = accept_signal(exc)
                 if signal is None or started:
                     raise
-                return signal.options
+                reached: RouteOptions = signal.options
+                return reached
         return None
 
     async def _serve(

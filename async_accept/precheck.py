@@ -33,12 +33,12 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .context import current_job
 
-if TYPE_CHECKING:
-    from .routes import RouteOptions
+#: the marked handler's ``RouteOptions`` (typed loosely: routes.py imports this module)
+RouteOptions = Any
 
 __all__ = ["AcceptNow", "Gate", "accept_signal", "open_gate", "stop_here"]
 

@@ -136,7 +136,8 @@ class AsyncAcceptMiddleware(DoorMiddleware):
                 signal = accept_signal(exc)
                 if signal is None:
                     raise
-                return signal.options
+                reached: RouteOptions = signal.options
+                return reached
 
     def _read_body(self, environ: WSGIEnviron) -> bytes:
         """The body (its Content-Length already checked by the front door)."""
