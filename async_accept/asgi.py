@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -166,6 +167,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             server=(str(server[0]), int(server[1])) if server and server[1] is not None else None,
             client=(str(client[0]), int(client[1])) if client else None,
             principal=starlette_principal(scope["user"]) if "user" in scope else None,
+            extensions=_replayable_extensions(scope),
         )
 
     async def _accept(
@@ -256,6 +258,25 @@ class AsyncAcceptMiddleware(DoorMiddleware):
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+#: scope extensions a job's replay carries: they describe the request (the
+#: connection's TLS), not the server's abilities (``http.response.*`` sends)
+_REQUEST_EXTENSIONS = ("tls",)
+
+
+def _replayable_extensions(scope: Scope) -> dict[str, Any] | None:
+    ext = scope.get("extensions")
+    if not ext:
+        return None
+    out: dict[str, Any] = {}
+    for name in _REQUEST_EXTENSIONS:
+        if name in ext:
+            try:  # stored as JSON: a value that isn't JSON stays behind
+                out[name] = json.loads(json.dumps(ext[name]))
+            except (TypeError, ValueError):
+                continue
+    return out or None
 
 
 async def _send(send: Send, response: Response, method: str) -> None:

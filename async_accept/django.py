@@ -417,6 +417,10 @@ def capture(request: Any, path: str, body: bytes) -> CapturedRequest:
         http_version=http_version,
     )
     captured.principal = django_principal(request)
+    if body and captured.header(b"content-length") is None:
+        # A chunked body (ASGI reads it whole): the job replays through Django's WSGI
+        # handler, which reads exactly CONTENT_LENGTH bytes.
+        captured.headers.append((b"content-length", str(len(body)).encode()))
     return captured
 
 

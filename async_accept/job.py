@@ -132,7 +132,10 @@ class CapturedRequest(_HeaderLookup):
     scheme: str = "http"
     http_version: str = "1.1"
     server: tuple[str, int] | None = None
-    client: tuple[str, int] | None = None
+    #: (host, port); the port is None when a WSGI server sent REMOTE_ADDR alone
+    client: tuple[str, int | None] | None = None
+    #: ASGI scope extensions replayed as they came (``tls``), JSON values only
+    extensions: dict[str, Any] | None = None
     #: the principal the framework authenticated (see identity.py); never stored
     principal: str | None = field(default=None, compare=False, repr=False)
 
@@ -150,6 +153,7 @@ class CapturedRequest(_HeaderLookup):
                 "http_version": self.http_version,
                 "server": list(self.server) if self.server else None,
                 "client": list(self.client) if self.client else None,
+                **({"extensions": self.extensions} if self.extensions else {}),
             },
             separators=(",", ":"),
         )
@@ -171,7 +175,8 @@ class CapturedRequest(_HeaderLookup):
             scheme=d.get("scheme", "http"),
             http_version=d.get("http_version", "1.1"),
             server=(server[0], int(server[1])) if server else None,
-            client=(client[0], int(client[1])) if client else None,
+            client=(client[0], None if client[1] is None else int(client[1])) if client else None,
+            extensions=d.get("extensions") or None,
         )
 
     def to_json(self) -> str:

@@ -12,6 +12,7 @@ import io
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from .job import CapturedRequest, CapturedResponse, Headers
 
@@ -45,7 +46,7 @@ def asgi_scope(
         "headers": list(request.headers),
         "server": request.server,
         "client": request.client,
-        "extensions": {REPLAY_KEY: {"job_id": job_id}},
+        "extensions": {**(request.extensions or {}), REPLAY_KEY: {"job_id": job_id}},
     }
     if state is not None:
         scope["state"] = dict(state)
@@ -97,12 +98,26 @@ async def replay_asgi(
     return CapturedResponse(status=status, headers=headers, body=b"".join(chunks))
 
 
+def _path_info(request: CapturedRequest, script_name: str) -> str:
+    """PATH_INFO as the server gave it: the captured bytes (``%FF`` stays one byte),
+    else the decoded path in UTF-8."""
+    if request.raw_path is not None:
+        full = unquote_to_bytes(request.raw_path)
+        script = script_name.encode("latin-1")
+        # Only bytes that are the captured path (decoded as the front door decodes).
+        same = full.decode("utf-8", "replace") == request.root_path + request.path
+        if same and full.startswith(script):
+            return full[len(script) :].decode("latin-1")
+    return request.path.encode("utf-8").decode("latin-1")
+
+
 def wsgi_environ(request: CapturedRequest, job_id: str) -> dict[str, Any]:
     server_name, server_port = request.server or ("localhost", 80)
+    script_name = request.root_path.encode("utf-8").decode("latin-1")
     environ: dict[str, Any] = {
         "REQUEST_METHOD": request.method,
-        "SCRIPT_NAME": request.root_path.encode("utf-8").decode("latin-1"),
-        "PATH_INFO": request.path.encode("utf-8").decode("latin-1"),
+        "SCRIPT_NAME": script_name,
+        "PATH_INFO": _path_info(request, script_name),
         "QUERY_STRING": request.query_string.decode("latin-1"),
         "SERVER_NAME": server_name,
         "SERVER_PORT": str(server_port),
@@ -114,12 +129,14 @@ def wsgi_environ(request: CapturedRequest, job_id: str) -> dict[str, Any]:
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
-        "CONTENT_LENGTH": str(len(request.body)),
+        # The body is complete in memory: readable to its end, whatever the framing.
+        "wsgi.input_terminated": True,
         REPLAY_KEY: job_id,
     }
     if request.client:
         environ["REMOTE_ADDR"] = request.client[0]
-        environ["REMOTE_PORT"] = str(request.client[1])
+        if request.client[1] is not None:
+            environ["REMOTE_PORT"] = str(request.client[1])
     for name, value in request.headers:
         key = name.decode("latin-1").upper().replace("-", "_")
         val = value.decode("latin-1")
@@ -127,13 +144,18 @@ def wsgi_environ(request: CapturedRequest, job_id: str) -> dict[str, Any]:
             environ["CONTENT_TYPE"] = val
             continue
         if key == "CONTENT_LENGTH":
-            continue  # the body we replay is complete: its length is authoritative
+            continue  # set below from the body we replay: its length is authoritative
         wkey = "HTTP_" + key
         if wkey in environ:
             sep = "; " if key == "COOKIE" else ","
             environ[wkey] = environ[wkey] + sep + val
         else:
             environ[wkey] = val
+    # A request sent without Content-Length replays without it: chunked (the input
+    # is terminated) or without a body. Any other body states its length.
+    chunked = b"chunked" in (request.header(b"transfer-encoding") or b"").lower()
+    if request.header(b"content-length") is not None or (request.body and not chunked):
+        environ["CONTENT_LENGTH"] = str(len(request.body))
     return environ
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote_from_bytes
 
 from .engine.responses import Response
 from .engine.waiting import EventStream
@@ -184,8 +186,13 @@ def capture_environ(
     root_path: str,
     scheme: str,
     http_version: str | None = None,
+    path_bytes: bool = False,
 ) -> CapturedRequest:
-    """The engine's view of a WSGI environ (or Django's ``request.META``)."""
+    """The engine's view of a WSGI environ (or Django's ``request.META``).
+
+    ``path_bytes``: SCRIPT_NAME and PATH_INFO are the server's bytes (PEP 3333),
+    kept exactly (as ``raw_path``, percent-encoded) so that a replay gives the
+    app the same bytes, ``%FF`` included."""
     headers: list[tuple[bytes, bytes]] = []
     for key, value in environ.items():
         if key.startswith("HTTP_"):
@@ -199,6 +206,12 @@ def capture_environ(
         http_version = protocol.split("/", 1)[-1] if "/" in protocol else "1.1"
     port = str(environ.get("SERVER_PORT") or "80")
     remote, remote_port = environ.get("REMOTE_ADDR"), str(environ.get("REMOTE_PORT", ""))
+    raw_path = None
+    if path_bytes:
+        full = str(environ.get("SCRIPT_NAME", "") or "") + str(environ.get("PATH_INFO", "") or "")
+        with contextlib.suppress(UnicodeEncodeError):  # not bytes as latin-1: keep the text
+            raw = quote_from_bytes(full.encode("latin-1"), safe="/:@!$&'()*+,;=")
+            raw_path = raw.encode("ascii")
     return CapturedRequest(
         method=method,
         path=path,
@@ -206,11 +219,13 @@ def capture_environ(
         headers=headers,
         body=body,
         root_path=root_path,
-        raw_path=None,
+        raw_path=raw_path,
         scheme=scheme,
         http_version=http_version,
         server=(str(environ.get("SERVER_NAME", "localhost")), int(port) if port.isdigit() else 80),
-        client=(str(remote), int(remote_port)) if remote and remote_port.isdigit() else None,
+        client=(str(remote), int(remote_port) if remote_port.isdigit() else None)
+        if remote
+        else None,
     )
 
 
@@ -222,6 +237,7 @@ def _capture(environ: WSGIEnviron, path: str, body: bytes) -> CapturedRequest:
         method=str(environ.get("REQUEST_METHOD", "GET")).upper(),
         root_path=_decode_path(environ.get("SCRIPT_NAME", "") or ""),
         scheme=environ.get("wsgi.url_scheme", "http"),
+        path_bytes=True,
     )
 
 

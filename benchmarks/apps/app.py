@@ -4,6 +4,10 @@
 - ``BENCH_STORE``: the store URL (default ``memory://``).
 - ``BENCH_EXECUTOR``: the executor (default ``asyncio`` for ASGI, ``thread`` for WSGI).
 - ``BENCH_SECRET``: the secret key.
+- ``BENCH_MARK``: how ``POST /work`` is marked on ASGI: ``routes`` (default, a pattern
+  in ``routes=[...]``: accepted on arrival) or ``decorator`` (``@long_running``: the
+  app decides first, its stack runs once in the request before the 202).
+- ``BENCH_FRAMEWORK``: ``starlette`` (default) or ``fastapi`` for the ASGI app.
 
 Routes (the same on ASGI and WSGI):
 
@@ -34,14 +38,19 @@ SECRET = os.environ.get("BENCH_SECRET", "benchmark-secret-not-for-production")
 WITH_MW = os.environ.get("BENCH_MW", "0") == "1"
 STORE = os.environ.get("BENCH_STORE", "memory://")
 ROUTES = {"POST /work": {}, "POST /sleep": {"sla": 3600}}
+DECORATOR = os.environ.get("BENCH_MARK", "routes") == "decorator"
+FASTAPI = os.environ.get("BENCH_FRAMEWORK", "starlette") == "fastapi"
 
 
-def _options(default_executor: str) -> dict[str, Any]:
+def _options(default_executor: str, asgi: bool = False) -> dict[str, Any]:
+    routes = dict(ROUTES)
+    if asgi and DECORATOR:
+        del routes["POST /work"]  # marked by the decorator instead
     return {
         "secret_key": SECRET,
         "store": STORE,
         "executor": os.environ.get("BENCH_EXECUTOR", default_executor),
-        "routes": ROUTES,
+        "routes": routes,
         "shutdown_timeout": 1,
     }
 
@@ -63,12 +72,34 @@ async def sleep(request: Request) -> Response:
     return JSONResponse({"slept": True})
 
 
-bare_asgi = Starlette(
-    routes=[
-        Route("/hello", hello),
-        Route("/work", work, methods=["POST"]),
-        Route("/sleep", sleep, methods=["POST"]),
-    ]
+def _marked_work() -> Any:
+    if not (WITH_MW and DECORATOR):
+        return work
+    from async_accept import long_running
+
+    return long_running(work)
+
+
+def _fastapi_app() -> Any:
+    from fastapi import FastAPI
+
+    api = FastAPI()
+    api.get("/hello")(hello)
+    api.post("/work")(_marked_work())
+    api.post("/sleep")(sleep)
+    return api
+
+
+bare_asgi: Any = (
+    _fastapi_app()
+    if FASTAPI
+    else Starlette(
+        routes=[
+            Route("/hello", hello),
+            Route("/work", _marked_work(), methods=["POST"]),
+            Route("/sleep", sleep, methods=["POST"]),
+        ]
+    )
 )
 
 
@@ -77,7 +108,7 @@ def _wrap_asgi(app: Any) -> Any:
         return app
     from async_accept.asgi import AsyncAcceptMiddleware
 
-    return AsyncAcceptMiddleware(app, **_options("asyncio"))
+    return AsyncAcceptMiddleware(app, **_options("asyncio", asgi=True))
 
 
 # -- WSGI ---------------------------------------------------------------------------

@@ -42,13 +42,7 @@ _SETTINGS = settings(
 
 
 def _params() -> list[object]:
-    out: list[object] = []
-    for name in FRAMEWORKS:
-        marks = []
-        if name in XFAIL:
-            marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[name]))
-        out.append(pytest.param(name, id=name, marks=marks))
-    return out
+    return [pytest.param(name, id=name) for name in FRAMEWORKS]
 
 
 #: Falcon's ASGI app routes on the whole path: a server's root_path is not a mount there
@@ -70,34 +64,8 @@ def _known_params() -> list[object]:
         for case, req in KNOWN.items():
             if not _applies(framework, req):
                 continue
-            reason = KNOWN_XFAIL.get((framework, case))
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            out.append(pytest.param(framework, case, id=f"{framework}-{case}", marks=marks))
+            out.append(pytest.param(framework, case, id=f"{framework}-{case}"))
     return out
-
-
-_TLS = "issue 11: the ASGI tls extension is dropped from the replayed scope"
-_FF = "issue 11: %FF in PATH_INFO replays as U+FFFD (decoded as UTF-8, re-encoded)"
-_CHUNKED = "issue 11: a chunked body replays with Transfer-Encoding but no input: 0 bytes"
-_ADDR = "issue 11: REMOTE_ADDR is dropped when the server sent no REMOTE_PORT"
-_LENGTH = "issue 11: a request without a body replays with CONTENT_LENGTH='0' added"
-#: (framework, case) pairs that fail today, and why
-KNOWN_XFAIL: dict[tuple[str, str], str] = {
-    **{(fw, "tls-extension"): _TLS for fw in ("starlette", "fastapi", "litestar", "quart")},
-    ("falcon-asgi", "tls-extension"): _TLS,
-    **{(fw, "ff-in-path"): _FF for fw in ("flask", "falcon-wsgi")},
-    **{(fw, "chunked-body"): _CHUNKED for fw in ("flask", "falcon-wsgi")},
-    **{(fw, "addr-without-port"): _ADDR for fw in ("flask", "falcon-wsgi", "django-wsgi")},
-    **{(fw, case): _LENGTH for fw in ("flask", "falcon-wsgi") for case in ("duplicates", "mount")},
-}
-
-
-#: what fails today, framework by framework (each reason names what the handler misses)
-XFAIL: dict[str, str] = {
-    "flask": f"{_FF}; {_CHUNKED}; {_ADDR}; {_LENGTH}",
-    "falcon-wsgi": f"{_FF}; {_CHUNKED}; {_ADDR}; {_LENGTH}",
-    "django-wsgi": _ADDR,
-}
 
 
 @pytest.mark.parametrize(("framework", "case"), _known_params())

@@ -357,13 +357,14 @@ def _freeze_request(r: CapturedRequest) -> bytes:
             r.http_version,
             r.server,
             r.client,
+            r.extensions,
         )
     )
 
 
 def _thaw_request(blob: bytes) -> CapturedRequest:
-    (method, path, qs, headers, body, root, raw, scheme, version, server, client) = marshal.loads(
-        blob
+    (method, path, qs, headers, body, root, raw, scheme, version, server, client, ext) = (
+        marshal.loads(blob)
     )
     return CapturedRequest(
         method=method,
@@ -377,6 +378,7 @@ def _thaw_request(blob: bytes) -> CapturedRequest:
         http_version=version,
         server=server,
         client=client,
+        extensions=ext,
     )
 
 
