@@ -84,10 +84,9 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             path = path[len(root_path) :]
         prefer = None
         if door.prefer_async:
-            for k, v in scope["headers"]:
-                if k == b"prefer":
-                    prefer = v
-                    break
+            # Several Prefer lines mean one list (RFC 7240, RFC 9110 section 5.3).
+            lines = [v for k, v in scope["headers"] if k == b"prefer"]
+            prefer = b", ".join(lines) if lines else None
         plan = door.plan(scope["method"].upper(), path, prefer)
         if isinstance(plan, Pass):
             await self.app(scope, receive, _vary_prefer(send) if plan.vary_prefer else send)

@@ -112,11 +112,15 @@ def report_progress(
     percent: float | None = None, *, message: str | None = None, eta: float | None = None
 ) -> None:
     """Report progress from inside a job: ``percent`` 0-100, a ``message``,
-    ``eta`` seconds remaining. A no-op outside a job.
+    ``eta`` seconds remaining. A no-op outside a job (its arguments unchecked
+    there, so a helper shared with non-job code never raises for them).
 
     It is also a cancellation point: in a job whose cancel was requested it
     raises :class:`~async_accept.JobCanceled` and the job ends ``canceled``.
     """
+    ctx = _current.get()
+    if ctx is None:
+        return  # outside a job: nothing to report, whatever the arguments
     if percent is not None:
         if (
             isinstance(percent, bool)
@@ -136,9 +140,6 @@ def report_progress(
         eta = float(eta)
     if message is not None and not isinstance(message, str):
         raise ValueError("message must be a string")
-    ctx = _current.get()
-    if ctx is None:
-        return
     if ctx.cancel_requested or ctx.lost:
         ctx.cancel_raised = True
         raise JobCanceled(ctx.id)

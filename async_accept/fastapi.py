@@ -108,6 +108,14 @@ JOB_SCHEMAS: dict[str, dict[str, Any]] = {
             "estimated_time_remaining": _nullable(
                 {"type": "number", "minimum": 0, "description": "Seconds."}
             ),
+            "result_status": _nullable(
+                {
+                    "type": "integer",
+                    "minimum": 100,
+                    "maximum": 599,
+                    "description": "The handler's HTTP status, once the job has a response.",
+                }
+            ),
             "links": {"$ref": _REF + "AsyncAcceptJobLinks"},
             "cancel_requested": {
                 "type": "boolean",
@@ -129,6 +137,7 @@ JOB_SCHEMAS: dict[str, dict[str, Any]] = {
             "percent_complete",
             "message",
             "estimated_time_remaining",
+            "result_status",
             "links",
         ],
     },

@@ -181,7 +181,10 @@ class Accepting(Status):
             if done is not None and done.terminal:
                 direct = yield from self._direct_answer(done)
                 if direct is not None:
-                    direct.headers.extend(extra)
+                    # Answered synchronously: respond-async was not applied, wait was.
+                    direct.headers.append((b"vary", b"Prefer"))
+                    if wait_applied is not None:
+                        direct.headers.append((b"preference-applied", wait_applied))
                     return direct
             if done is not None:
                 job = done

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from werkzeug.http import parse_date, parse_etags, unquote_etag
+
 from ..errors import StoreError
 from ..identity import (
     DEFAULT_IDENTITY_HEADERS,
@@ -47,6 +49,37 @@ from .responses import (
 )
 
 log = logging.getLogger("async_accept")
+
+
+#: what a 304 carries of the response it stands for (RFC 9110 section 15.4.5)
+_NOT_MODIFIED_KEEPS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary", b"last-modified"}
+)
+
+
+def not_modified(request: CapturedRequest, status: int, headers: Headers) -> bool:
+    """Whether a GET/HEAD of the stored ``200`` response with these validators
+    answers ``304``: ``If-None-Match`` against its ``ETag`` (weak comparison),
+    else ``If-Modified-Since`` against its ``Last-Modified`` (RFC 9110 section 13)."""
+    if status != 200 or request.method not in ("GET", "HEAD"):
+        return False
+    asked = headers_dict(request)
+    stored = {k: v.decode("latin-1") for k, v in headers}
+    inm = asked.get("if-none-match")
+    if inm is not None:
+        etag = stored.get(b"etag")
+        if etag is None:
+            return False
+        tag, _weak = unquote_etag(etag)
+        return tag is not None and parse_etags(inm).contains_weak(tag)
+    ims = parse_date(asked.get("if-modified-since"))
+    last = parse_date(stored.get(b"last-modified"))
+    return ims is not None and last is not None and last <= ims
+
+
+def _same_origin_path(location: str | None) -> bool:
+    """A Location that is a path on this origin (``/posts``), not another site's URL."""
+    return location is not None and location.startswith("/") and not location.startswith("//")
 
 
 class Status:
@@ -185,6 +218,7 @@ class Status:
             "percent_complete": job.percent,
             "message": job.message,
             "estimated_time_remaining": None if rem is None else round(rem, 3),
+            "result_status": job.result_status,
             "links": links,
         }
         if job.cancel_requested and not job.terminal:
@@ -301,8 +335,16 @@ class Status:
             return waiting.open_stream(self, request, token, job)
         asked = waiting.asked_wait(self, request)
         if asked is not None:
-            return (yield from waiting.long_poll(self, request, token, job, *asked))
-        return self.status_response(job, request.root_path, token, now)
+            response = yield from waiting.long_poll(self, request, token, job, *asked)
+        else:
+            response = self.status_response(job, request.root_path, token, now)
+        if response.status == 303 and _same_origin_path(job.result_location):
+            # The 303 leads to the handler's own Location: it carries the handler's
+            # cookies too (a flash-and-redirect flow), as the handler's 3xx would have.
+            result = yield from ops.get_result(job.id)
+            if result is not None:
+                response.headers.extend((k, v) for k, v in result.headers if k == b"set-cookie")
+        return response
 
     def _result(self, request: CapturedRequest, token: str) -> Gen[Response]:
         now = self.clock()
@@ -333,6 +375,8 @@ class Status:
         # The result is one caller's: no shared cache may keep it, whatever the handler said.
         headers = [(k, v) for k, v in result.headers if k.lower() != b"cache-control"]
         headers.append(NO_STORE)
+        if not_modified(request, result.status, result.headers):
+            return Response(304, [(k, v) for k, v in headers if k in _NOT_MODIFIED_KEEPS], b"")
         return Response(result.status, headers, result.body)
 
     def _cancel(self, request: CapturedRequest, token: str) -> Gen[Response]:
@@ -341,6 +385,11 @@ class Status:
         if isinstance(job, Response):
             return job
         if job.terminal:
+            if request.method == "DELETE":
+                # An ended job is deleted, its record and result (RFC 9110 section 9.3.5);
+                # POST .../cancel, which only cancels, stays a conflict.
+                yield from ops.delete(job.id)
+                return Response(204, [NO_STORE], b"")
             return problem_response(
                 409,
                 "job-finished",

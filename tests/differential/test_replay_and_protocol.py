@@ -58,9 +58,6 @@ def _run(app: Any, coro: Any) -> Any:
 # --- Set-Cookie on the 303 to the handler's Location ---
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 11: the 303 to the handler's Location drops its Set-Cookie"
-)
 def test_flask_flash_and_redirect_keeps_the_cookie() -> None:
     """Flask (flaskr): ``flash(...)`` then ``redirect(...)`` in a job: the 303 goes to the
     handler's Location carrying the handler's session cookie, so the page shows the
@@ -182,9 +179,6 @@ def test_background_task_error_leaves_the_job_completed() -> None:
 
 
 @pytest.mark.parametrize("args", [(120,), (-5,), ("half",), (None,), (float("nan"),)])
-@pytest.mark.xfail(
-    strict=True, reason="issue 11: report_progress validates (and raises) outside a job"
-)
 def test_report_progress_outside_a_job_is_a_no_op(args: tuple[Any, ...]) -> None:
     """Outside a job ``report_progress(...)`` does nothing, whatever its arguments."""
     assert current_job() is None
@@ -234,7 +228,6 @@ def test_current_job_inside_threads_the_handler_starts() -> None:
     assert want == SEEN_IN_THREADS
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: the status JSON has no result_status yet")
 def test_status_json_carries_result_status() -> None:
     """The status JSON has ``result_status``: the handler's HTTP status once the job
     has a response (a 4xx outcome is visible without fetching the result)."""
@@ -258,7 +251,6 @@ def test_status_json_carries_result_status() -> None:
 # --- Prefer, Preference-Applied ---
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: only the first Prefer header line is read (ASGI)")
 def test_prefer_over_several_lines_means_one_line() -> None:
     """``Prefer`` sent as two header lines means the same as one (RFC 7240):
     ``respond-async`` on the second line is honoured."""
@@ -276,9 +268,6 @@ def test_prefer_over_several_lines_means_one_line() -> None:
     assert answer.header(b"preference-applied") == b"respond-async"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="issue 11: a synchronous hybrid answer says respond-async was applied"
-)
 def test_preference_applied_lists_only_what_was_applied() -> None:
     """A hybrid answer that came back synchronously applied ``wait`` but not
     ``respond-async``: Preference-Applied says only ``wait``."""
@@ -316,7 +305,6 @@ def _ended_job(handler_headers: dict[str, str]) -> tuple[Any, Req]:
     return app, Req(raw_path=b"/make", headers=(H, ALICE))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: the result ignores If-None-Match")
 def test_result_honours_if_none_match() -> None:
     """``GET /result`` with the handler's ETag in ``If-None-Match`` answers 304 without a body."""
     app, req = _ended_job({"ETag": '"v1"'})
@@ -335,7 +323,6 @@ def test_result_honours_if_none_match() -> None:
     assert answer.header(b"etag") == b'"v1"'
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: DELETE of an ended job answers 409")
 def test_delete_of_an_ended_job_deletes_it() -> None:
     """``DELETE`` on a completed job deletes it: 204, then its status URL answers 404."""
     app, req = _ended_job({})
