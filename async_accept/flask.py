@@ -192,6 +192,14 @@ def _flask_login_principal(app: Any) -> Any:
     return principal
 
 
+def _proxy_fix(wsgi_app: Any) -> Any:
+    """Werkzeug's ``ProxyFix`` wrapping the app, or None (duck-typed: no import)."""
+    cls = type(wsgi_app)
+    if cls.__name__ == "ProxyFix" and cls.__module__.startswith("werkzeug."):
+        return wsgi_app if callable(getattr(wsgi_app, "app", None)) else None
+    return None
+
+
 class AsyncAccept:
     """The Flask extension: ``AsyncAccept(app, **options)``, or
     ``AsyncAccept(**options)`` then ``init_app(app)`` (application factories).
@@ -216,9 +224,17 @@ class AsyncAccept:
         if app in self._middlewares:
             raise ConfigurationError(f"AsyncAccept.init_app({app!r}) was already called")
         opts = extension_options(app, self.options, discover_url_map)
-        middleware = AsyncAcceptMiddleware(app.wsgi_app, **opts)
-        middleware.principal = _flask_login_principal(app)
-        app.wsgi_app = middleware
+        proxy_fix = _proxy_fix(app.wsgi_app)
+        if proxy_fix is not None:
+            # ProxyFix applied first (the order Flask's docs show): go inside it, so
+            # the URLs we emit see what the app sees (X-Forwarded-Prefix, -Proto, -Host).
+            middleware = AsyncAcceptMiddleware(proxy_fix.app, **opts)
+            middleware.principal = _flask_login_principal(app)
+            proxy_fix.app = middleware
+        else:
+            middleware = AsyncAcceptMiddleware(app.wsgi_app, **opts)
+            middleware.principal = _flask_login_principal(app)
+            app.wsgi_app = middleware
         app.extensions["async_accept"] = self
         self._middlewares[app] = middleware
         self._last = middleware

@@ -341,10 +341,6 @@ def test_delete_of_an_ended_job_deletes_it() -> None:
 # --- Flask behind ProxyFix ---
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: with ProxyFix applied before AsyncAccept, Location loses the prefix",
-)
 def test_flask_proxyfix_in_the_documented_order() -> None:
     """Flask: ``app.wsgi_app = ProxyFix(app.wsgi_app, x_prefix=1)`` then
     ``AsyncAccept(app)``: the 202's Location carries ``X-Forwarded-Prefix``."""
