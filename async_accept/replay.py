@@ -8,8 +8,11 @@ the replayed stack lets it through instead of accepting it again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import logging
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -17,6 +20,8 @@ from urllib.parse import unquote_to_bytes
 from .job import CapturedRequest, CapturedResponse, Headers
 
 REPLAY_KEY = "async_accept.replay"
+
+log = logging.getLogger("async_accept")
 
 ASGIApp = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -89,13 +94,84 @@ async def replay_asgi(
             if not message.get("more_body", False):
                 done.set()
 
+    # The app runs in its own task: once the response is complete, what it does
+    # after (Starlette's BackgroundTasks, anything after the last send) goes on
+    # after the job's response is recorded, as a server lets it go on after
+    # sending, neither delaying the answer nor changing the job's outcome.
+    task = asyncio.ensure_future(app(scope, receive, send))
+    finished = asyncio.ensure_future(done.wait())
     try:
-        await app(scope, receive, send)
-    finally:
-        done.set()
+        await asyncio.wait({task, finished}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        finished.cancel()
+        with contextlib.suppress(BaseException):  # let the app unwind before we go on
+            await asyncio.gather(task, return_exceptions=True)
+        raise
+    finished.cancel()
+    if not task.done():
+        if status is None:  # pragma: no cover - done is set only by a complete response
+            raise NoResponse("the application returned without sending a response")
+        _BACKGROUND.add(task)
+        task.add_done_callback(_after_response)
+        return CapturedResponse(status=status, headers=headers, body=b"".join(chunks))
+    done.set()
+    task.result()  # the app's own error, before its response was complete
     if status is None:
         raise NoResponse("the application returned without sending a response")
     return CapturedResponse(status=status, headers=headers, body=b"".join(chunks))
+
+
+#: apps still running after their response (background tasks): kept referenced
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+
+
+def _after_response(task: asyncio.Future[Any]) -> None:
+    _BACKGROUND.discard(task)
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        # Logged as a server logs an app's error after the response was sent.
+        log.error("Exception in the application after the job's response", exc_info=exc)
+
+
+def replay_asgi_blocking(
+    app: ASGIApp,
+    request: CapturedRequest,
+    job_id: str,
+    state: dict[str, Any] | None = None,
+) -> CapturedResponse:
+    """:func:`replay_asgi` from a thread, on an event loop of its own. The app's
+    work after its response (background tasks) finishes on that loop in a
+    daemon thread, after this returns."""
+    loop = asyncio.new_event_loop()
+    try:
+        response = loop.run_until_complete(replay_asgi(app, request, job_id, state))
+    except BaseException:
+        _close(loop)
+        raise
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not pending:
+        _close(loop)
+        return response
+
+    def finish() -> None:
+        try:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        finally:
+            _close(loop)
+
+    threading.Thread(target=finish, name="async-accept-after-response", daemon=True).start()
+    return response
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
 
 
 def _path_info(request: CapturedRequest, script_name: str) -> str:

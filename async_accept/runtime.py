@@ -27,7 +27,7 @@ from .errors import JobCanceled, StoreError
 from .executors.base import Executor
 from .feed import ChangeFeed, signal_for
 from .job import CapturedResponse, Job, JobStatus
-from .replay import replay_asgi, replay_wsgi
+from .replay import replay_asgi, replay_asgi_blocking, replay_wsgi
 from .stores import AsyncStore, Store, as_async
 from .timings import RunTimes
 
@@ -254,9 +254,7 @@ class Runtime:
             if self.kind == "wsgi":
                 response = replay_wsgi(self.app, op.request, ctx.id)
             else:
-                response = asyncio.run(
-                    replay_asgi(self.app, op.request, ctx.id, self.lifespan_state)
-                )
+                response = replay_asgi_blocking(self.app, op.request, ctx.id, self.lifespan_state)
         except Exception:
             if ctx.cancel_raised:
                 raise JobCanceled(ctx.id) from None

@@ -115,10 +115,6 @@ def test_flask_flash_and_redirect_keeps_the_cookie() -> None:
 BG: list[str] = []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: the hybrid answer waits for the response's background tasks",
-)
 def test_background_tasks_do_not_delay_the_hybrid_answer() -> None:
     """Starlette: a response's BackgroundTask runs after the job's response is recorded:
     the hybrid answer comes before the task ends."""
@@ -149,10 +145,6 @@ def test_background_tasks_do_not_delay_the_hybrid_answer() -> None:
     assert took < 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: a background task's error turns the job's sent 200 into 'failed'",
-)
 def test_background_task_error_leaves_the_job_completed() -> None:
     """Starlette: a background task that raises does not change the job's outcome:
     it stays ``completed`` with the handler's 200."""
