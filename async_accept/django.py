@@ -50,6 +50,7 @@ regexes match exactly as Django matches them; ``include()`` and
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -63,7 +64,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from .engine.ops import Gen
 from .engine.responses import Response
 from .engine.waiting import EventStream
-from .errors import ConfigurationError, MissingDependencyError
+from .errors import ConfigurationError, JobCanceled, MissingDependencyError
 from .frontdoor import Accept, FrontDoor, Pass, Serve, blocking_stream
 from .identity import django_principal
 from .job import CapturedRequest
@@ -424,11 +425,46 @@ def capture(request: Any, path: str, body: bytes) -> CapturedRequest:
     return captured
 
 
+class _RawCookie:
+    """A Set-Cookie value kept byte for byte in ``HttpResponse.cookies``: Django's
+    handlers emit each cookie with ``output(header="")``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def output(self, attrs: Any = None, header: str = "Set-Cookie:") -> str:
+        return f"{header} {self.value}"
+
+    def OutputString(self, attrs: Any = None) -> str:
+        return self.value
+
+
+def _add_cookie(jar: Any, line: str) -> None:
+    """One Set-Cookie line into ``HttpResponse.cookies``: as a Morsel when Django
+    would write it back the same (the test client and middleware read those by
+    name), else kept as it was sent: SimpleCookie.load drops what it can't parse
+    (``Partitioned``, a raw JSON value) without a word."""
+    from http.cookies import SimpleCookie
+
+    parsed: SimpleCookie = SimpleCookie()
+    with contextlib.suppress(Exception):
+        parsed.load(line)
+    if len(parsed) == 1:
+        name, morsel = next(iter(parsed.items()))
+        if name not in jar and morsel.output(header="").strip() == line:
+            jar[name] = morsel
+            return
+    dict.__setitem__(jar, f"{line.split('=', 1)[0]}\x00{len(jar)}", _RawCookie(line))
+
+
 def to_django(response: Response, method: str) -> Any:
     """The core's response as an HttpResponse (no body for HEAD, its length kept).
 
     Repeated headers are joined with commas, except Set-Cookie, which goes
-    through the response's cookies (Django sends one header per cookie).
+    through the response's cookies (Django sends one header per cookie), each
+    kept as it was sent.
     """
     from django.http import HttpResponse, StreamingHttpResponse
 
@@ -442,7 +478,7 @@ def to_django(response: Response, method: str) -> Any:
     for k, v in response.headers:
         name, value = k.decode("latin-1"), v.decode("latin-1")
         if name.lower() == "set-cookie":
-            out.cookies.load(value)
+            _add_cookie(out.cookies, value.strip())
         elif name in out.headers:
             out.headers[name] = f"{out.headers[name]}, {value}"
         else:
@@ -450,6 +486,26 @@ def to_django(response: Response, method: str) -> Any:
     if "Content-Length" not in out.headers and not isinstance(response, EventStream):
         out.headers["Content-Length"] = str(len(response.body))
     return out
+
+
+def _logged(response: Any, request: Any) -> Any:
+    """The middleware's own answer, logged as what it is. A 5xx here is a job's
+    stored result replayed (or the store refusing): not this request failing in
+    the app, so it is logged as a warning, never as Django's "Internal Server
+    Error" (which reaches ``mail_admins`` and error trackers). 4xx stay Django's
+    warnings."""
+    if response.status_code >= 500:
+        from django.utils.log import log_response
+
+        log_response(
+            "Job answer %s: %s",
+            response.status_code,
+            request.path,
+            response=response,
+            request=request,
+            level="warning",
+        )
+    return response
 
 
 def _is_replay(request: Any) -> bool:
@@ -539,10 +595,10 @@ class AsyncAcceptMiddleware:
                         raise
                     plan = door.engine.accept(plan.request, signal.options)
         if isinstance(plan, Response):
-            return to_django(plan, request.method)
+            return _logged(to_django(plan, request.method), request)
         if not door.runtime.started:
             door.runtime.start()
-        return to_django(door.runtime.drive(plan), request.method)
+        return _logged(to_django(door.runtime.drive(plan), request.method), request)
 
     async def __acall__(self, request: Any) -> Any:
         if _is_replay(request):
@@ -561,13 +617,24 @@ class AsyncAcceptMiddleware:
                         raise
                     plan = door.engine.accept(plan.request, signal.options)
         if isinstance(plan, Response):
-            return to_django(plan, request.method)
+            return _logged(to_django(plan, request.method), request)
         if not door.runtime.started:
             # Threads (executor, sweeper): jobs replay through the WSGI handler.
             import asyncio
 
             await asyncio.to_thread(door.runtime.start)
-        return to_django(await door.runtime.adrive(plan), request.method)
+        return _logged(to_django(await door.runtime.adrive(plan), request.method), request)
+
+    def process_exception(self, request: Any, exception: Exception) -> Any:
+        """A job's view stopped by a cancel (``report_progress`` raised JobCanceled):
+        the job ends ``canceled``; Django must not log it as a server error."""
+        if isinstance(exception, JobCanceled) and _is_replay(request):
+            from django.http import HttpResponse
+
+            response = HttpResponse(b"", status=409)
+            response._has_been_logged = True  # the job's outcome says it: canceled
+            return response
+        return None
 
     @staticmethod
     def _pass(door: FrontDoor, response: Any) -> Any:
