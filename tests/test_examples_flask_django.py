@@ -96,3 +96,37 @@ def test_example_runs_the_whole_flow(name: str, tmp_path: Path, servers: list[Se
             denied = httpx.get(base + url, headers=who, timeout=5)
             assert denied.status_code == 404
             assert denied.headers["content-type"] == "application/problem+json"
+
+
+def test_flaskr_example_under_gunicorn(tmp_path: Path, servers: list[Server]) -> None:
+    """flaskr under gunicorn (two workers): anonymous GET/POST /create get Flask's own
+    redirect to the login page at once (no job); logged in, the form page is served at
+    once; the POST is a 202 whose 303 goes to / with the flash cookie, and / shows it."""
+    env = base_env(
+        ASYNC_ACCEPT_STORE=f"sqlite:///{tmp_path / 'jobs.db'}",
+        ASYNC_ACCEPT_SECRET_KEY="example-secret-0123456789abcdef-0123",
+        FLASKR_DB=str(tmp_path / "flaskr.db"),
+    )
+    server = gunicorn("examples.flaskr_app:app", env, tmp_path / "server.log", workers=2)
+    servers.append(server)
+    server.start(ready_path="/auth/login")
+    with httpx.Client(base_url=server.base, timeout=5) as anon:
+        for method in ("GET", "POST"):
+            r = anon.request(method, "/create", data={"title": "x"})
+            assert (r.status_code, r.headers["location"]) == (302, "/auth/login")
+    with httpx.Client(base_url=server.base, timeout=5) as user:
+        assert user.post("/auth/login", data={"username": "alice"}).status_code == 302
+        form = user.get("/create")
+        assert form.status_code == 200 and "<form" in form.text  # not a job
+        r = user.post("/create", data={"title": "Hello async"})
+        assert r.status_code == 202, r.text
+        deadline = time.monotonic() + 30
+        while (status := user.get(r.headers["location"])).status_code == 200:
+            assert time.monotonic() < deadline, status.text
+            time.sleep(0.1)
+        assert status.status_code == 303
+        assert status.headers["location"] == "/"
+        assert "session=" in status.headers.get("set-cookie", "")  # the flash rides along
+        page = user.get("/")
+        assert "Post created" in page.text and "Hello async" in page.text
+        assert "Post created" not in user.get("/").text  # flashed once, as in flaskr
