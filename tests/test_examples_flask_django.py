@@ -130,3 +130,40 @@ def test_flaskr_example_under_gunicorn(tmp_path: Path, servers: list[Server]) ->
         page = user.get("/")
         assert "Post created" in page.text and "Hello async" in page.text
         assert "Post created" not in user.get("/").text  # flashed once, as in flaskr
+
+
+@pytest.mark.parametrize("start", [gunicorn, uvicorn], ids=["gunicorn", "uvicorn"])
+def test_drf_token_auth_example(
+    start: Callable[..., Server], tmp_path: Path, servers: list[Server]
+) -> None:
+    """DRF with token auth under gunicorn and uvicorn: no token or a wrong one gets DRF's
+    own 401 at once (no job); with a token the POST is a 202 whose result is the 201."""
+    env = base_env(
+        ASYNC_ACCEPT_STORE=f"sqlite:///{tmp_path / 'jobs.db'}",
+        ASYNC_ACCEPT_SECRET_KEY="example-secret-0123456789abcdef-0123",
+        EXAMPLE_API_TOKENS="k-alice:alice",
+    )
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    app = "examples.django_app.wsgi:application"
+    if start is uvicorn:
+        app = "examples.django_app.asgi:application"
+    server = start(app, env, tmp_path / "server.log", workers=2)
+    servers.append(server)
+    server.start(ready_path="/reports/")
+    url = server.base + "/api/snippets/"
+    body = {"title": "hi", "code": "print(1)"}
+    for headers in ({}, {"Authorization": "Token nope"}):
+        r = httpx.post(url, json=body, headers=headers, timeout=5)
+        assert r.status_code == 401, r.text
+        assert r.headers["www-authenticate"] == "Token"
+    token = {"Authorization": "Token k-alice"}
+    r = httpx.post(url, json=body, headers=token, timeout=5)
+    assert r.status_code == 202, r.text
+    loc = server.base + r.headers["location"]
+    deadline = time.monotonic() + 30
+    while (status := httpx.get(loc, headers=token, timeout=5)).status_code == 200:
+        assert time.monotonic() < deadline, status.text
+        time.sleep(0.1)
+    assert status.status_code == 303
+    result = httpx.get(server.base + status.headers["location"], headers=token, timeout=5)
+    assert (result.status_code, result.json()) == (201, {**body, "owner": "alice"})

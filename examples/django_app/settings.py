@@ -19,6 +19,13 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
 ]
 
+# Django REST framework without a database: JSON only, no anonymous user object.
+REST_FRAMEWORK = {
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+}
+
 # async_accept's options (all optional; the secret falls back to SECRET_KEY).
 ASYNC_ACCEPT = {
     "store": os.environ.get("ASYNC_ACCEPT_STORE", "sqlite:///async_accept_jobs.db"),
