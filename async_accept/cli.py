@@ -142,12 +142,35 @@ def _opened(runtime: Any, job_id: str, request: Any) -> Any:
 # -- worker -----------------------------------------------------------------------------------
 
 
+class PrintedOnce(logging.Filter):
+    """On the worker's root handler: let a record through only when no logger on
+    its way up already prints it (Django's ``LOGGING`` gives ``django`` a console
+    handler that propagates: without this, every Django line showed twice)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and logger is not logging.getLogger():
+            for handler in logger.handlers:
+                if (
+                    isinstance(handler, logging.StreamHandler)
+                    and record.levelno >= handler.level
+                    and handler.filter(record)
+                ):
+                    return False
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        return True
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from . import worker
 
     logging.basicConfig(
         level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(PrintedOnce())
     app_paths = list(dict.fromkeys(args.app))
     runtime = worker.load_runtime(app_paths[0])
     executor: Any = runtime.executor  # celery or rq (checked by name below): has .queue
