@@ -153,6 +153,15 @@ def build_litestar(mode: Mode) -> Built:
     return Built(app, "asgi")
 
 
+def _werkzeug_answer(response: Any) -> Any:
+    """Quart's and Flask's response (both werkzeug's) with the handler's headers."""
+    response.headers["X-Handler"] = "yes"
+    response.content_type = "application/octet-stream"
+    response.set_cookie(COOKIES[0][0], COOKIES[0][1], path="/", httponly=True, samesite="Lax")
+    response.set_cookie(COOKIES[1][0], COOKIES[1][1], path="/d", max_age=600, secure=True)
+    return response
+
+
 # --- Quart ---
 
 
@@ -169,11 +178,7 @@ def build_quart(mode: Mode) -> Built:
         assert isinstance(body, bytes)
         SEEN.append(asgi_seen(request.scope, body, url=request.url, rest=rest))
         response = await make_response(answer_body(body), 200)
-        response.headers["X-Handler"] = "yes"
-        response.content_type = "application/octet-stream"
-        response.set_cookie(COOKIES[0][0], COOKIES[0][1], path="/", httponly=True, samesite="Lax")
-        response.set_cookie(COOKIES[1][0], COOKIES[1][1], path="/d", max_age=600, secure=True)
-        return response
+        return _werkzeug_answer(response)
 
     app.add_url_rule("/d/<path:rest>", view_func=mark(handler, mode), methods=list(METHODS))
     if mode is not None:
@@ -253,11 +258,7 @@ def build_flask(mode: Mode) -> Built:
         body = request.get_data()
         SEEN.append(wsgi_seen(request.environ, body, url=request.url, remote=request.remote_addr))
         response = make_response(answer_body(body), 200)
-        response.headers["X-Handler"] = "yes"
-        response.content_type = "application/octet-stream"
-        response.set_cookie(COOKIES[0][0], COOKIES[0][1], path="/", httponly=True, samesite="Lax")
-        response.set_cookie(COOKIES[1][0], COOKIES[1][1], path="/d", max_age=600, secure=True)
-        return response
+        return _werkzeug_answer(response)
 
     app.add_url_rule("/d/<path:rest>", view_func=mark(handler, mode), methods=list(METHODS))
     if mode is None:
