@@ -58,7 +58,7 @@ def duration(seconds: float | None) -> str:
 
 
 STYLE = """
-:root{color-scheme:light;color:#1b1b1b;background:#fff;
+:root{color-scheme:light;color:#1b1b1b;background:#ffffff;
   font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif}
 body{margin:0 auto;max-width:78rem;padding:1rem 1.25rem 3rem}
 h1{font-size:1.5rem;margin:.2rem 0}h2{font-size:1.15rem;margin:1.6rem 0 .5rem}
@@ -71,7 +71,7 @@ a{color:#1d4ed8}
 table{border-collapse:collapse;width:100%;font-size:.92rem}
 caption{text-align:left;color:#4a4a4a;padding:.2rem 0}
 th,td{text-align:left;padding:.35rem .5rem;border-bottom:1px solid #dedede;vertical-align:top}
-th{background:#f3f4f6}
+th{background:#f3f4f6;color:#1b1b1b}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 code{font-size:.85rem;word-break:break-all}
 .badge{display:inline-block;padding:0 .45rem;border-radius:.3rem;font-size:.85rem}
@@ -83,8 +83,8 @@ svg{vertical-align:middle}
 progress{width:8rem;height:.9rem}
 form{display:inline;margin:0}
 button{font:inherit;font-size:.85rem;padding:.2rem .7rem;border-radius:.3rem;
-  border:1px solid #1e40af;background:#1e40af;color:#fff;cursor:pointer}
-button.danger{background:#b91c1c;border-color:#b91c1c}
+  border:1px solid #1e40af;background:#1e40af;color:#ffffff;cursor:pointer}
+button.danger{background:#b91c1c;color:#ffffff;border-color:#b91c1c}
 .notice{border:1px solid #15803d;background:#f0fdf4;color:#14532d;
   padding:.5rem .8rem;border-radius:.4rem}
 .login{max-width:24rem;margin:4rem auto}
@@ -492,7 +492,8 @@ def dashboard_page(
         f'<p>Checked at <span id="checked">{esc(when(snap.now))}</span> · '
         f'<a href="{esc(base)}">Refresh</a> '
         '<label id="auto-label" hidden><input type="checkbox" id="auto" checked> '
-        f"refresh every {REFRESH_SECONDS} s</label></p></header>"
+        f"refresh every {REFRESH_SECONDS} s</label> · "
+        f"{_action(base, '/logout', csrf, 'Sign out', 'Sign out of the dashboard')}</p></header>"
         f'<main id="main">{note}{_overview(snap)}{_routes(snap)}'
         f"{_running(snap, base, csrf)}{_queued(snap, base, csrf)}"
         f"{_failures(snap, base, csrf)}{_workers(snap)}{_dead(snap, base, csrf, webhooks)}"
