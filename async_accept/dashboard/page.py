@@ -62,7 +62,7 @@ STYLE = """
   font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif}
 body{margin:0 auto;max-width:78rem;padding:1rem 1.25rem 3rem}
 h1{font-size:1.5rem;margin:.2rem 0}h2{font-size:1.15rem;margin:1.6rem 0 .5rem}
-header p,.muted{color:#4a4a4a}
+.muted{color:#4a4a4a}
 a{color:#1d4ed8}
 :focus-visible{outline:3px solid #1d4ed8;outline-offset:2px}
 .tiles{display:flex;flex-wrap:wrap;gap:.6rem;margin:0;padding:0}
@@ -79,7 +79,8 @@ code{font-size:.85rem;word-break:break-all}
 .s-completed{background:#dcfce7;color:#14532d}.s-failed{background:#fee2e2;color:#7f1d1d}
 .s-canceled{background:#e5e7eb;color:#374151}
 h3.sub{font-size:.95rem;font-weight:500;color:#4a4a4a;margin:.8rem 0 .2rem}
-svg{vertical-align:middle}
+svg{vertical-align:middle}svg.chart{max-width:100%;height:auto}
+.status-line{color:#4a4a4a;margin:.3rem 0}
 progress{width:8rem;height:.9rem}
 form{display:inline;margin:0}
 button{font:inherit;font-size:.85rem;padding:.2rem .7rem;border-radius:.3rem;
@@ -189,7 +190,8 @@ def _chart(snap: Snapshot) -> str:
     total_c = sum(c for _, c, _ in snap.buckets)
     total_f = sum(f for _, _, f in snap.buckets)
     parts = [
-        f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" '
+        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" class="chart" '
+        'role="img" '
         'aria-labelledby="chart-title chart-desc" id="chart">'
         f'<title id="chart-title">Jobs finished per {int(BUCKET // 60)} minutes, last hour'
         "</title>"
@@ -489,11 +491,11 @@ def dashboard_page(
     )
     body = (
         "<header><h1>Jobs</h1>"
-        f'<p>Checked at <span id="checked">{esc(when(snap.now))}</span> · '
+        f'<div class="status-line">Checked at <span id="checked">{esc(when(snap.now))}</span> · '
         f'<a href="{esc(base)}">Refresh</a> '
         '<label id="auto-label" hidden><input type="checkbox" id="auto" checked> '
         f"refresh every {REFRESH_SECONDS} s</label> · "
-        f"{_action(base, '/logout', csrf, 'Sign out', 'Sign out of the dashboard')}</p></header>"
+        f"{_action(base, '/logout', csrf, 'Sign out', 'Sign out of the dashboard')}</div></header>"
         f'<main id="main">{note}{_overview(snap)}{_routes(snap)}'
         f"{_running(snap, base, csrf)}{_queued(snap, base, csrf)}"
         f"{_failures(snap, base, csrf)}{_workers(snap)}{_dead(snap, base, csrf, webhooks)}"
