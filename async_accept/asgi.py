@@ -223,7 +223,16 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         self, scope: Scope, receive: Receive, send: Send, subpath: str, path: str
     ) -> None:
         await self._ensure_started()
-        request = self._capture(scope, path, b"")
+        body = b""
+        if scope["method"] == "POST":  # the dashboard's forms; nothing else below reads one
+            try:
+                body = await self._read_body(scope, receive)
+            except _TooLarge:
+                await _send(send, self._door.too_large(), scope["method"])
+                return
+            except _Disconnected:
+                return
+        request = self._capture(scope, path, body)
         response = await self.runtime.adrive(self._door.engine.serve(request, subpath))
         if isinstance(response, EventStream):
             await self._stream(receive, send, response)

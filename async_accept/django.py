@@ -533,7 +533,9 @@ def _plan(door: FrontDoor, request: Any) -> Gen[Response] | Response | _Check | 
     if isinstance(plan, Pass):
         return None
     if isinstance(plan, Serve):
-        return door.engine.serve(capture(request, path, b""), plan.subpath)
+        # POST: the dashboard's forms (nothing else below the prefix reads a body).
+        form: bytes = request.body if request.method == "POST" else b""
+        return door.engine.serve(capture(request, path, form), plan.subpath)
     if isinstance(plan, Accept):
         body: bytes = request.body  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django answers 400
         if len(body) > door.max_body:

@@ -298,6 +298,7 @@ def _status_paths(
         "503": _problem(_UNAVAILABLE, Retry_After=copy.deepcopy(_RETRY_AFTER)),
     }
     return {
+        f"{prefix}/": {"get": _list_op(tags)},
         f"{prefix}/{{token}}": {
             "get": status_op("async_accept_job_status", "Job status"),
             "head": status_op("async_accept_job_status_head", "Job status (headers only)"),
@@ -323,6 +324,70 @@ def _status_paths(
                 cancel_responses(),
                 "Same as DELETE on the status URL.",
             )
+        },
+    }
+
+
+def _list_op(tags: list[str]) -> dict[str, Any]:
+    """``GET {prefix}/``: the caller's own jobs (PROTOCOL.md section 12)."""
+
+    def query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": description,
+            "schema": schema,
+        }
+
+    time = {"type": "string", "format": "date-time"}
+    states = ["queued", "processing", "completed", "failed", "canceled"]
+    return {
+        "tags": list(tags),
+        "summary": "My jobs",
+        "description": "The jobs created with the caller's credentials, newest first (an "
+        'anonymous caller sees none). Pages follow Link: <...>; rel="next".',
+        "operationId": "async_accept_job_list",
+        "parameters": [
+            query("status", "Only jobs in this state.", {"type": "string", "enum": states}),
+            query("route", "Only jobs of this route, as 'METHOD /path'.", {"type": "string"}),
+            query("created_after", "Only jobs created after this time.", dict(time)),
+            query("created_before", "Only jobs created before this time.", dict(time)),
+            query(
+                "limit",
+                "Jobs per page.",
+                {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+            ),
+            query(
+                "cursor",
+                "Where the page starts (from the previous page's next link).",
+                {"type": "string"},
+            ),
+        ],
+        "responses": {
+            "200": {
+                "description": "A page of the caller's jobs.",
+                "headers": {
+                    "Link": {
+                        "description": 'The next page: <url>; rel="next" (absent on the last).',
+                        "schema": {"type": "string"},
+                    }
+                },
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["jobs", "next"],
+                            "properties": {
+                                "jobs": {"type": "array", "items": _ref("AsyncAcceptJob")},
+                                "next": _nullable({"type": "string", "format": "uri-reference"}),
+                            },
+                        }
+                    }
+                },
+            },
+            "400": _problem("A filter, limit or cursor is not valid."),
+            "503": _problem(_UNAVAILABLE, Retry_After=copy.deepcopy(_RETRY_AFTER)),
         },
     }
 

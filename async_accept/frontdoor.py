@@ -13,11 +13,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .engine import Engine
+from .dashboard import guard_for, serve_dashboard
+from .engine import Engine, Gen
 from .engine.responses import Response, problem_response
 from .engine.waiting import SSE_KEEPALIVE, EventStream
 from .errors import ConfigurationError
 from .executors import resolve_executor
+from .job import CapturedRequest
 from .options import Options, build_options, check_route_webhook
 from .routes import RouteOptions, RoutePattern, RouteTable
 from .runtime import AppKind, Runtime
@@ -84,6 +86,7 @@ class FrontDoor:
             self.engine.stream_limit = self.options.wsgi_max_wait
         self.runtime = Runtime(self.engine, self.store, self.executor, kind)
         self.runtime.app = app
+        self._mount_dashboard()
         self.routes = RouteTable(self.options.routes)
         self.prefix = self.options.prefix
         self.prefix_len = len(self.prefix)
@@ -94,6 +97,20 @@ class FrontDoor:
         self._discovered = False
         self._discover_lock = threading.Lock()
         FRONT_DOORS.add(self)
+
+    def _mount_dashboard(self) -> None:
+        """Route ``{prefix}/dashboard`` to the dashboard when it is on."""
+        opts = self.options
+        guard = guard_for(opts.dashboard, opts.health, opts.health_token)
+        if guard is None:
+            return
+        engine, observer = self.engine, self.runtime.observer
+
+        def dashboard(request: CapturedRequest) -> Gen[Response]:
+            # The dispatcher is looked up per request: a forked child makes its own.
+            return serve_dashboard(engine, request, observer.dispatcher, guard)
+
+        engine.dashboard = dashboard
 
     # -- marked routes --------------------------------------------------------------
 

@@ -26,6 +26,8 @@ DiscoverFunc = Callable[[], Iterable[RoutePattern]]
 EventListener = Callable[..., None]
 #: "off", "on", "auth" (Bearer health_token) or check(headers) -> bool
 HealthMode = Literal["off", "on", "auth"] | Callable[[Mapping[str, str]], bool]
+#: "off", "auth" (behind the health guard: its token or its check) or check(headers) -> bool
+DashboardMode = Literal["off", "auth"] | Callable[[Mapping[str, str]], bool]
 Check = Callable[[str, Any], Any]
 
 ENV_SECRET = "ASYNC_ACCEPT_SECRET_KEY"
@@ -149,6 +151,15 @@ def _health(name: str, value: Any) -> Any:
         raise ConfigurationError(
             f"health={value!r} must be 'off', 'on', 'auth' (Authorization: Bearer "
             "<health_token>) or a callable(headers) -> bool"
+        )
+    return value
+
+
+def _dashboard(name: str, value: Any) -> Any:
+    if value not in ("off", "auth") and not callable(value):
+        raise ConfigurationError(
+            f"{name}={value!r} must be 'off', 'auth' (behind the health endpoint's "
+            "health_token or health=check) or a callable(headers) -> bool"
         )
     return value
 
@@ -338,6 +349,15 @@ class Options:
             None, "seconds without progress before health reports a stall", _optional_positive
         )
     )
+    # The operator dashboard (async_accept.dashboard)
+    dashboard: DashboardMode = field(
+        metadata=option(
+            "off",
+            "operator dashboard at {prefix}/dashboard: 'off', 'auth' (the health guard) "
+            "or check(headers)",
+            _dashboard,
+        )
+    )
     # Observability
     on_event: EventListener | None = field(
         metadata=option(
@@ -400,6 +420,7 @@ class OptionsKwargs(TypedDict, total=False):
     health: HealthMode
     health_token: str | None
     health_stall_after: float | None
+    dashboard: DashboardMode
     on_event: EventListener | None
     tracer_provider: Any
 
@@ -443,11 +464,21 @@ def _check_health_token(values: dict[str, Any], given: Mapping[str, Any]) -> Non
         )
 
 
+def _check_dashboard(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+    health, token = values["health"], values["health_token"]
+    if values["dashboard"] == "auth" and not callable(health) and not (health == "auth" and token):
+        raise ConfigurationError(
+            "dashboard='auth' is never open without a guard: set health_token='...' "
+            "(with health='auth'), health=check(headers), or pass dashboard=check(headers)"
+        )
+
+
 #: Checks of several options together, run once the named field is checked.
 _CHECKS_AFTER: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], None]] = {
     "worker_lost_after": _check_lost,
     "callback_header": _check_webhooks,
     "health_token": _check_health_token,
+    "dashboard": _check_dashboard,
 }
 
 

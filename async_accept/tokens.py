@@ -181,6 +181,17 @@ class TokenSigner:
         mac.update(material)
         return mac.hexdigest()
 
+    def owner_hashes(self, material: bytes) -> list[str]:
+        """The owner hash of ``material`` under every key, newest first (a job made
+        before a key rotation is stored under an older key's hash)."""
+        out: list[str] = []
+        for template in self._owner_macs:
+            mac = template.copy()
+            mac.update(material)
+            if (digest := mac.hexdigest()) not in out:
+                out.append(digest)
+        return out
+
     def owner_matches(self, stored: str, material: bytes, alt: bytes | None = None) -> bool:
         """Constant-time check of a caller against a stored owner (any key).
 

@@ -97,7 +97,13 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         if not self.runtime.started:
             self.runtime.start()
         if isinstance(plan, Serve):
-            request = self._capture(environ, path, b"")
+            body = b""
+            if method == "POST":  # the dashboard's forms; nothing else below reads one
+                try:
+                    body = self._read_body(environ)
+                except _TooLarge:
+                    return _respond(start_response, door.too_large(), method)
+            request = self._capture(environ, path, body)
             response = self.runtime.drive(door.engine.serve(request, plan.subpath))
         elif isinstance(plan, Accept):
             try:

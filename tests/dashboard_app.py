@@ -76,62 +76,15 @@ def build(**options: Any) -> Any:
     opts: dict[str, Any] = {
         "secret_key": SECRET,
         "health_token": TOKEN,
+        "dashboard": "auth",
         "heartbeat_interval": 0.2,
         "requeue_after": 3600,  # a seeded queued job stays queued
         "executor": "asyncio",
     }
     opts.update(options)
-    guard = opts.pop("dashboard_guard", "token")
-    inner = Starlette(routes=routes, middleware=[Middleware(AsyncAcceptMiddleware, **opts)])
-    return _Dashboard(inner, guard)
-
-
-class _Dashboard:
-    """Serves ``/_jobs/dashboard`` in front of the app with the middleware's own
-    runtime and engine (the harness until the middleware routes it itself)."""
-
-    def __init__(self, app: Any, guard: Any) -> None:
-        self.app = app
-        self.guard = guard
-        self.routes = app.routes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/_jobs/dashboard"):
-            await self.app(scope, receive, send)
-            return
-        from async_accept.dashboard import Guard, serve_dashboard
-        from async_accept.job import CapturedRequest
-        from tests.conftest import find_middleware
-
-        mw = find_middleware(self.app)
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        client = scope.get("client")
-        request = CapturedRequest(
-            method=scope["method"],
-            path=scope["path"],
-            query_string=scope.get("query_string", b""),
-            headers=[(bytes(k).lower(), bytes(v)) for k, v in scope["headers"]],
-            body=b"".join(chunks),
-            root_path=scope.get("root_path", ""),
-            scheme=scope.get("scheme", "http"),
-            client=(str(client[0]), int(client[1])) if client else None,
-        )
-        guard = Guard(token=TOKEN) if self.guard == "token" else Guard(check=self.guard)
-        runtime = mw.runtime
-        response = await runtime.adrive(
-            serve_dashboard(
-                runtime.engine, request, dead_letters=runtime.observer.dispatcher, guard=guard
-            )
-        )
-        headers = [*response.headers, (b"content-length", str(len(response.body)).encode())]
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        body = b"" if scope["method"] == "HEAD" else response.body
-        await send({"type": "http.response.body", "body": body})
+    if opts["dashboard"] is None:
+        del opts["dashboard"]  # the middleware's default
+    return Starlette(routes=routes, middleware=[Middleware(AsyncAcceptMiddleware, **opts)])
 
 
 def _from_env() -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from async_accept.dashboard import Guard, guard_for, serve_dashboard
+from async_accept.dashboard import Guard, guard_for
 from async_accept.dashboard.data import (
     hour_buckets,
     percentile,
@@ -106,7 +106,7 @@ def make_dash() -> Iterator[Callable[..., Dash]]:
         client = TestClient(app, follow_redirects=False)
         client.__enter__()
         client.get("/hello")  # builds the middleware stack
-        mw = find_middleware(app.app)
+        mw = find_middleware(app)
         stack.append((client, mw))
         return Dash(client, mw)
 
@@ -176,7 +176,7 @@ def test_a_forged_session_cookie_is_refused(dash: Dash) -> None:
 
 def test_a_check_guard_decides_per_request(make_dash: Callable[..., Dash]) -> None:
     """With check(headers) the app decides: 403 when it says no, the page when yes."""
-    d = make_dash(dashboard_guard=lambda h: h.get("x-operator") == "yes")
+    d = make_dash(dashboard=lambda h: h.get("x-operator") == "yes")
     assert d.client.get(BASE).status_code == 403
     assert d.client.post(BASE + "/login", data={"token": "x"}).status_code == 404
     r = d.client.get(BASE, headers={"X-Operator": "yes"})
@@ -199,13 +199,29 @@ def test_the_dashboard_is_off_unless_a_guard_exists() -> None:
     assert guard_for(check, "auth", None) == Guard(check=check)
 
 
-def test_an_engine_without_a_dashboard_option_answers_404(dash: Dash) -> None:
-    """serve_dashboard with no guard configured gives the same 404 as an unknown job."""
-    runtime = dash.mw.runtime
-    request = CapturedRequest("GET", BASE, headers=[(b"authorization", b"Bearer x")])
-    response = runtime.drive(serve_dashboard(runtime.engine, request))
-    assert response.status == 404
-    assert b"no job at this URL" in response.body
+def test_the_dashboard_is_off_by_default_and_then_404(make_dash: Callable[..., Dash]) -> None:
+    """Without dashboard= (or with "off") every dashboard URL is the 404 of an unknown job."""
+    bearer = {"Authorization": f"Bearer {dashboard_app.TOKEN}"}
+    for d in (make_dash(dashboard="off"), make_dash(dashboard=None)):
+        r = d.client.get(BASE, headers=bearer)
+        assert r.status_code == 404
+        assert "no job at this URL" in r.json()["detail"]
+        assert (
+            d.client.post(BASE + "/login", data={"token": dashboard_app.TOKEN}).status_code == 404
+        )
+
+
+def test_dashboard_auth_without_a_guard_fails_at_construction() -> None:
+    """dashboard="auth" with neither health_token nor a health check is a ConfigurationError."""
+    from starlette.applications import Starlette
+
+    from async_accept.asgi import AsyncAcceptMiddleware
+    from async_accept.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="health_token"):
+        AsyncAcceptMiddleware(Starlette(), secret_key="s" * 32, store="memory://", dashboard="auth")
+    with pytest.raises(ConfigurationError, match="dashboard="):
+        AsyncAcceptMiddleware(Starlette(), secret_key="s" * 32, store="memory://", dashboard="on")
 
 
 def test_the_page_sends_a_nonce_csp_and_is_never_cached(dash: Dash) -> None:

@@ -485,6 +485,23 @@ def test_status_routes_documented_when_asked() -> None:
     assert get["tags"] == ["async-accept"]
 
 
+def test_the_callers_job_list_is_documented_with_the_status_routes() -> None:
+    """include_status_routes documents GET {prefix}/: filters, limit <= 100, Link, job items."""
+    app = with_middleware(idiomatic_app(), prefix="/tasks")
+    assert "/tasks/" not in openapi_of(app)["paths"]
+    op = openapi_of(app, include_status_routes=True)["paths"]["/tasks/"]["get"]
+    names = [p["name"] for p in op["parameters"]]
+    assert names == ["status", "route", "created_after", "created_before", "limit", "cursor"]
+    assert all(p["in"] == "query" and not p["required"] for p in op["parameters"])
+    limit = op["parameters"][4]["schema"]
+    assert (limit["minimum"], limit["maximum"]) == (1, 100)
+    ok = op["responses"]["200"]
+    assert "Link" in ok["headers"]
+    items = ok["content"]["application/json"]["schema"]["properties"]["jobs"]["items"]
+    assert items == {"$ref": "#/components/schemas/AsyncAcceptJob"}
+    assert "application/problem+json" in op["responses"]["400"]["content"]
+
+
 def test_status_routes_follow_the_middlewares_prefix_and_style() -> None:
     """The documented status URL uses the middleware's prefix; OData style adds a 202."""
     app = with_middleware(idiomatic_app(), prefix="/tasks", status_code_running=202)

@@ -8,15 +8,10 @@ import re
 from urllib.parse import quote
 
 import httpx
-import pytest
 
 from tests.conftest import ALICE, BOB, Deployment
 
 LIST = "/_jobs/"
-
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="issue 16: GET {prefix}/ lists the caller's own jobs (not built yet)"
-)
 
 
 def ids(r: httpx.Response) -> list[str]:
@@ -116,10 +111,3 @@ def test_the_list_answers_only_get_and_head(dep: Deployment) -> None:
     r = dep.post(LIST)
     assert r.status_code == 405
     assert "GET" in r.headers["allow"]
-
-
-@pytest.mark.parametrize("path", ["/_jobs", "/_jobs/"])
-def test_the_list_is_served_with_and_without_the_slash(dep: Deployment, path: str) -> None:
-    """``/_jobs`` and ``/_jobs/`` are the same list."""
-    job = accept(dep)
-    assert ids(dep.get(path)) == [job]

@@ -862,6 +862,68 @@ def test_list_jobs_keeps_creation_order_for_equal_timestamps(store: Store, now: 
     assert [j.id for j in store.list_jobs(JobStatus.QUEUED)] == [j.id for j in jobs]
 
 
+def test_list_owned_is_one_owners_live_jobs_newest_first(store: Store, now: float) -> None:
+    """list_owned() reads only the owner's live jobs, newest first, and obeys limit."""
+    mine = [created(store, now + i, owner="alice") for i in (2, 0, 3, 1)]
+    created(store, now + 5, owner="bob")
+    created(store, now - TTL - 1, owner="alice", ttl=TTL)  # expired by now
+    newest = sorted(mine, key=lambda j: j.created_at, reverse=True)
+    assert [j.id for j in store.list_owned("alice", now)] == [j.id for j in newest]
+    assert [j.id for j in store.list_owned("alice", now, limit=2)] == [j.id for j in newest[:2]]
+    assert store.list_owned("alice", now, limit=0) == []
+    assert store.list_owned("nobody", now) == []
+    assert store.list_owned("alice", now)[0] == store.get(newest[0].id, now)
+
+
+def test_list_owned_pages_with_a_cursor_through_equal_times(store: Store, now: float) -> None:
+    """The (created_at, id) cursor continues after the last job seen, ties by id descending."""
+    jobs = [created(store, now, owner="alice") for _ in range(5)]
+    jobs += [created(store, now - 1, owner="alice") for _ in range(2)]
+    expected = sorted(jobs, key=lambda j: (j.created_at, j.id), reverse=True)
+    seen: list[str] = []
+    before: tuple[float, str] | None = None
+    while True:
+        page = store.list_owned("alice", now, limit=3, before=before)
+        if not page:
+            break
+        seen += [j.id for j in page]
+        before = (page[-1].created_at, page[-1].id)
+    assert seen == [j.id for j in expected]
+
+
+def test_list_owned_filters_by_state_route_and_creation_time(store: Store, now: float) -> None:
+    """status=, route= and created_after (inclusive) / created_before (exclusive) narrow it."""
+    a = created(store, now, owner="o", route="POST /a")
+    b = created(store, now + 1, owner="o", route="POST /b")
+    c = created(store, now + 2, owner="o", route="POST /a")
+    store.claim(b.id, "w1", now)
+    ids = lambda found: [j.id for j in found]  # noqa: E731
+    assert ids(store.list_owned("o", now, status=JobStatus.PROCESSING)) == [b.id]
+    assert ids(store.list_owned("o", now, status=JobStatus.QUEUED)) == [c.id, a.id]
+    assert ids(store.list_owned("o", now, route="POST /a")) == [c.id, a.id]
+    assert ids(store.list_owned("o", now, route="POST /zzz")) == []
+    assert ids(store.list_owned("o", now, created_after=now + 1)) == [c.id, b.id]
+    assert ids(store.list_owned("o", now, created_before=now + 1)) == [a.id]
+    assert ids(
+        store.list_owned("o", now, created_after=now, created_before=now + 2, route="POST /a")
+    ) == [a.id]
+    assert ids(store.list_owned("o", now, before=(c.created_at, c.id), created_before=now + 5)) == [
+        b.id,
+        a.id,
+    ]
+
+
+def test_list_owned_forgets_deleted_and_purged_jobs(store: Store, now: float) -> None:
+    """A deleted or purged job leaves the owner's list."""
+    kept = created(store, now, owner="o")
+    gone = created(store, now + 1, owner="o")
+    short = created(store, now + 2, owner="o", ttl=10)
+    assert store.delete(gone.id)
+    assert store.purge_expired(now + 20) == 1
+    assert [j.id for j in store.list_owned("o", now + 20)] == [kept.id]
+    assert short.id not in [j.id for j in store.list_owned("o", now)]
+
+
 def test_count_by_status_has_every_state(store: Store, now: float) -> None:
     """count_by_status() names every JobStatus, zeros included, and counts each job once."""
     assert store.count_by_status() == dict.fromkeys(JobStatus, 0)

@@ -212,18 +212,6 @@ def replay_dead(dead: DeadLetters, delivery_id: str, now: float) -> Gen[Any]:
     return (yield from _blocking(lambda: dead.replay(delivery_id, now)))
 
 
-def retry(job_id: str, now: float) -> Gen[Job | None]:
-    """Put a failed job back in the queue (``Store.retry``)."""
-
-    async def aretry(astore: Any) -> Job | None:
-        result: Job | None = await astore.retry(job_id, now)
-        return result
-
-    call: StoreCall[Job | None] = StoreCall(lambda s: s.retry(job_id, now), aretry)
-    yield call
-    return call.result
-
-
 def snapshot(
     now: float,
     worker_lost_after: float,

@@ -36,7 +36,7 @@ from ..engine.responses import (
 )
 from ..errors import StoreError
 from ..job import CapturedRequest, Headers, Job, JobStatus
-from .data import DeadLetters, replay_dead, retry, snapshot
+from .data import DeadLetters, replay_dead, snapshot
 from .gate import Guard, Sessions, bearer_matches, check_allows, guard_for, token_matches
 from .page import dashboard_page, login_page
 
@@ -126,7 +126,7 @@ def serve_dashboard(
     """
     opts = engine.options
     if guard is None:
-        guard = guard_for(getattr(opts, "dashboard", "off"), opts.health, opts.health_token)
+        guard = guard_for(opts.dashboard, opts.health, opts.health_token)
     if guard is None:
         return not_found()  # off, or "auth" with nothing to check: never open
     base = f"{request.root_path}{opts.prefix}/dashboard"
@@ -227,7 +227,7 @@ def _cancel(job_id: str, now: float) -> Gen[str]:
 
 
 def _retry(job_id: str, now: float) -> Gen[str]:
-    again = yield from retry(job_id, now)
+    again = yield from ops.retry(job_id, now)
     if again is None:
         return "unchanged"
     yield from ops.submit(again.id)

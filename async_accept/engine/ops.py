@@ -180,6 +180,24 @@ def list_jobs(status: JobStatus, limit: int, created_before: float | None) -> Ge
     )
 
 
+def list_owned(
+    owner: str,
+    now: float,
+    limit: int,
+    before: tuple[float, str] | None,
+    status: JobStatus | None,
+    route: str | None,
+    created_after: float | None,
+    created_before: float | None,
+) -> Gen[list[Job]]:
+    args = (owner, now, limit, before, status, route, created_after, created_before)
+    return _store(StoreCall(lambda s: s.list_owned(*args), lambda s: s.list_owned(*args)))
+
+
+def retry(job_id: str, now: float) -> Gen[Job | None]:
+    return _store(StoreCall(lambda s: s.retry(job_id, now), lambda s: s.retry(job_id, now)))
+
+
 def count_by_status() -> Gen[dict[JobStatus, int]]:
     return _store(StoreCall(lambda s: s.count_by_status(), lambda s: s.count_by_status()))
 

@@ -31,6 +31,7 @@ from ..tokens import TokenError, TokenExpired, TokenSigner
 from ..tracing import Tracing
 from . import ops, waiting
 from .health import serve_health
+from .listing import serve_list
 from .ops import Gen
 from .responses import (
     JSON,
@@ -85,6 +86,10 @@ def _same_origin_path(location: str | None) -> bool:
 class Status:
     """The engine's base: identity, status URLs and their JSON, the deadman
     switch, and the answers below the prefix (status, result, cancel, health)."""
+
+    #: Answers below ``{prefix}/dashboard``; set by the front door when the dashboard
+    #: is on (the dashboard package sits above the engine, which never imports it).
+    dashboard: Callable[[CapturedRequest], Gen[Response]] | None = None
 
     def __init__(self, options: Options, clock: Callable[[], float] = time.time) -> None:
         self.options = options
@@ -278,8 +283,14 @@ class Status:
         """Answer a request below the prefix (``subpath`` starts with '/' or is '')."""
         parts = subpath.split("/")[1:] if subpath else []
         method = request.method
-        if parts == ["health"]:  # no token is "health": tokens hold dots
+        if parts == ["health"]:  # no token is "health" or "dashboard": tokens hold dots
             return (yield from serve_health(self, request))
+        if parts == [""]:  # "{prefix}/" (the bare prefix stays a 404)
+            return (yield from serve_list(self, request))
+        if parts and parts[0] == "dashboard":
+            if self.dashboard is None:
+                return not_found()
+            return (yield from self.dashboard(request))
         if len(parts) == 1 and parts[0]:
             if method in ("GET", "HEAD"):
                 return (yield from self._status(request, parts[0]))

@@ -33,6 +33,7 @@ _ASYNC_METHODS = (
     "cancel",
     "requeue",
     "list_jobs",
+    "list_owned",
     "count_by_status",
     "purge_expired",
     "delete",

@@ -92,6 +92,29 @@ class ForwardingAsyncStore(AsyncStoreBase):
     ) -> list[Job]:
         return await self._call(self._store.list_jobs, status, limit, created_before)
 
+    async def list_owned(
+        self,
+        owner: str,
+        now: float,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+        status: JobStatus | None = None,
+        route: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[Job]:
+        return await self._call(
+            self._store.list_owned,
+            owner,
+            now,
+            limit,
+            before,
+            status,
+            route,
+            created_after,
+            created_before,
+        )
+
     async def count_by_status(self) -> dict[JobStatus, int]:
         return await self._call(self._store.count_by_status)
 

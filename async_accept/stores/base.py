@@ -169,6 +169,28 @@ class Store(Protocol):
         """Live jobs, oldest first, optionally filtered by state and creation time."""
         ...
 
+    def list_owned(
+        self,
+        owner: str,
+        now: float,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+        status: JobStatus | None = None,
+        route: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[Job]:
+        """Live jobs of ``owner`` (its hash, as stored), newest first: ``created_at``
+        descending, then the job id descending. ``before`` is a cursor, the
+        ``(created_at, id)`` of the last job of the previous page: only jobs
+        strictly after it in that order. Optionally only one ``status``, one
+        ``route``, and ``created_after <= created_at < created_before``.
+
+        Read through an index by owner (``GET {prefix}/`` calls it), so its cost
+        follows the owner's jobs, not the store's size.
+        """
+        ...
+
     def count_by_status(self) -> dict[JobStatus, int]:
         """How many live jobs are in each state (every state present, zeros included)."""
         ...
@@ -237,6 +259,18 @@ class AsyncStore(Protocol):
     async def list_jobs(
         self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
     ) -> list[Job]: ...
+    async def list_owned(
+        self,
+        owner: str,
+        now: float,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+        status: JobStatus | None = None,
+        route: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[Job]: ...
+    async def retry(self, job_id: str, now: float) -> Job | None: ...
     async def count_by_status(self) -> dict[JobStatus, int]: ...
     async def purge_expired(self, now: float) -> int: ...
     async def delete(self, job_id: str) -> bool: ...

@@ -41,6 +41,8 @@ class MemoryStore(StoreBase):
         self._requests: dict[str, bytes] = {}
         self._results: dict[str, bytes] = {}
         self._idem: dict[str, str] = {}
+        #: owner hash -> ids of its jobs (GET {prefix}/ reads one owner's jobs)
+        self._by_owner: dict[str, set[str]] = {}
         self._workers: dict[str, dict[str, Any]] = {}
         self._run_times: dict[str, str] = {}
 
@@ -73,6 +75,7 @@ class MemoryStore(StoreBase):
                 return _thaw(rec), True
             self._jobs[job.id] = rec
             self._requests[job.id] = _freeze_request(request)
+            self._by_owner.setdefault(job.owner, set()).add(job.id)
             if key is not None:
                 self._idem[key] = job.id
             return _thaw(rec), True
@@ -242,6 +245,33 @@ class MemoryStore(StoreBase):
         recs.sort(key=itemgetter(_CREATED))  # stable: creation order for equal times
         return [_thaw(r) for r in recs[: max(0, limit)]]
 
+    def list_owned(
+        self,
+        owner: str,
+        now: float,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+        status: JobStatus | None = None,
+        route: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[Job]:
+        want = None if status is None else JobStatus(status).value
+        with self._lock:
+            recs = [self._jobs[i] for i in self._by_owner.get(owner, ())]
+        recs = [
+            r
+            for r in recs
+            if r[_EXPIRES] > now
+            and (want is None or r[_STATUS] == want)
+            and (route is None or r[_ROUTE] == route)
+            and (created_after is None or r[_CREATED] >= created_after)
+            and (created_before is None or r[_CREATED] < created_before)
+            and (before is None or (r[_CREATED], r[_ID]) < before)
+        ]
+        recs.sort(key=itemgetter(_CREATED, _ID), reverse=True)
+        return [_thaw(r) for r in recs[: max(0, limit)]]
+
     def count_by_status(self) -> dict[JobStatus, int]:
         with self._lock:
             values = [r[_STATUS] for r in self._jobs.values()]
@@ -261,6 +291,12 @@ class MemoryStore(StoreBase):
         rec = self._jobs.pop(job_id, None)
         self._requests.pop(job_id, None)
         self._results.pop(job_id, None)
+        if rec is not None:
+            mine = self._by_owner.get(rec[_OWNER])
+            if mine is not None:
+                mine.discard(job_id)
+                if not mine:
+                    del self._by_owner[rec[_OWNER]]
         key = rec[_IDEM] if rec is not None else None
         if key is not None and self._idem.get(key) == job_id:
             del self._idem[key]
@@ -315,6 +351,8 @@ _STATUS = _NAMES.index("status")
 _CREATED = _NAMES.index("created_at")
 _EXPIRES = _NAMES.index("expires_at")
 _IDEM = _NAMES.index("idempotency_key")
+_OWNER = _NAMES.index("owner")
+_ROUTE = _NAMES.index("route")
 _ERROR = _NAMES.index("error")
 _META = _NAMES.index("meta")
 _STATUSES: dict[str, JobStatus] = {s.value: s for s in JobStatus}

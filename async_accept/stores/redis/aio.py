@@ -274,6 +274,25 @@ class AsyncRedisStore(AsyncStoreBase):
     ) -> list[Job]:
         return await self._run(self._layout.list_jobs(status, limit, created_before))
 
+    async def list_owned(
+        self,
+        owner: str,
+        now: float,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+        status: JobStatus | None = None,
+        route: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[Job]:
+        if limit <= 0:
+            return []
+        return await self._run(
+            self._layout.list_owned(
+                owner, now, limit, before, status, route, created_after, created_before
+            )
+        )
+
     async def count_by_status(self) -> dict[JobStatus, int]:
         return await self._run(self._layout.count_by_status())
 

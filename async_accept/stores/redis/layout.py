@@ -70,6 +70,7 @@ class _Layout:
             json.dumps(pairs, ensure_ascii=False, separators=(",", ":")),
             request.meta_json(),
             request.body,
+            job.owner,
         ]
 
         def parse(raw: Any) -> tuple[Job, bool]:
@@ -201,6 +202,40 @@ class _Layout:
             return [job for job in map(_job, rows[:limit]) if job is not None]
 
         return _Call("list", [], args, parse)
+
+    def list_owned(
+        self,
+        owner: str,
+        now: float,
+        limit: int,
+        before: tuple[float, str] | None,
+        status: JobStatus | None,
+        route: str | None,
+        created_after: float | None,
+        created_before: float | None,
+    ) -> _Call[list[Job]]:
+        top, cursor = "+inf", None
+        if before is not None:
+            top, cursor = _f(before[0]), before[1]
+        if created_before is not None and (before is None or created_before <= before[0]):
+            top, cursor = "(" + _f(created_before), None
+        bottom = "-inf" if created_after is None else _f(created_after)
+        args: list[str | bytes] = [
+            self.ns,
+            owner,
+            _f(now),
+            str(max(0, int(limit))),
+            top,
+            _opt(cursor),
+            bottom,
+            _opt(None if status is None else JobStatus(status).value),
+            _opt(route),
+        ]
+
+        def parse(raw: Any) -> list[Job]:
+            return [job for job in map(_job, raw or []) if job is not None]
+
+        return _Call("owned", [], args, parse)
 
     def count_by_status(self) -> _Call[dict[JobStatus, int]]:
         def parse(raw: Any) -> dict[JobStatus, int]:

@@ -46,11 +46,12 @@ local function unindex(m, st)
   redis.call('ZREM', P .. ':expiry', m)
 end
 local function drop(k, m)
-  local r = redis.call('HMGET', k, 'status', 'idempotency_key', 'id')
+  local r = redis.call('HMGET', k, 'status', 'idempotency_key', 'id', 'owner')
   if r[2] then
     local ik = P .. ':idem:' .. r[2]
     if redis.call('GET', ik) == r[3] then redis.call('DEL', ik) end
   end
+  if r[4] then redis.call('ZREM', P .. ':owner:' .. r[4], r[3]) end
   unindex(m, r[1])
   redis.call('DEL', k)
 end
@@ -59,7 +60,7 @@ end
 
 _SCRIPTS: dict[str, str] = {
     # KEYS: job, [idempotency key]. ARGV: ns, id, created_at, expires_at, status,
-    # fields (a JSON array: field, value, ...), request meta, request body.
+    # fields (a JSON array: field, value, ...), request meta, request body, owner.
     # Returns {1} (created) or {0, existing job}. The fields travel as one
     # argument: redis-py encodes every argument in Python, ~2 us each.
     "create": """
@@ -89,6 +90,14 @@ local at = math.max(math.floor(tonumber(ARGV[4]) * 1000), srv + life, srv + 1000
 at = string.format('%d', at)
 redis.call('PEXPIREAT', k, at)
 if KEYS[2] then redis.call('SET', KEYS[2], ARGV[2], 'PXAT', at) end
+local ok = P .. ':owner:' .. ARGV[9]
+redis.call('ZADD', ok, ARGV[3], ARGV[2])
+-- The owner's index outlives its newest job by nothing (GT: never shortened).
+if redis.call('PTTL', ok) < 0 then
+  redis.call('PEXPIREAT', ok, at)
+else
+  redis.call('PEXPIREAT', ok, at, 'GT')
+end
 return {1}
 """,
     # KEYS: job. ARGV: ns. The job's fields (one short argument list to encode,
@@ -227,6 +236,48 @@ for i = 4, #ARGV do
   end
 end
 for _, m in ipairs(stale) do unindex(m, nil) end
+return out
+""",
+    # ARGV: ns, owner, now, limit, top score ('+inf', 'x' or '(x'), cursor id ('-'
+    # none, else '=id': skip ids >= it at score x), bottom score ('-inf' or 'x'),
+    # status ('-' any, else '=status'), route (same). Live jobs of the owner,
+    # newest first; index entries of jobs Redis already expired are dropped.
+    "owned": """
+local zk = P .. ':owner:' .. ARGV[2]
+local now, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
+local top, topn = ARGV[5], tonumber(ARGV[5])
+local cid = ARGV[6] ~= '-' and string.sub(ARGV[6], 2) or nil
+local want = ARGV[8] ~= '-' and string.sub(ARGV[8], 2) or nil
+local route = ARGV[9] ~= '-' and string.sub(ARGV[9], 2) or nil
+-- Byte order, as Redis orders equal scores and Python compares ids (not strcoll).
+local function lt(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local out, stale, offset = {}, {}, 0
+while #out < limit do
+  local batch = redis.call('ZREVRANGEBYSCORE', zk, top, ARGV[7], 'WITHSCORES', 'LIMIT', offset, 200)
+  if #batch == 0 then break end
+  for i = 1, #batch, 2 do
+    local id = batch[i]
+    if not (cid and tonumber(batch[i + 1]) == topn and not lt(id, cid)) then
+      local k = jkey(id)
+      local r = redis.call('HMGET', k, 'expires_at', 'status', 'route')
+      if not r[1] then
+        stale[#stale + 1] = id
+      elseif tonumber(r[1]) > now and (not want or r[2] == want)
+          and (not route or r[3] == route) then
+        out[#out + 1] = meta(k)
+        if #out >= limit then break end
+      end
+    end
+  end
+  offset = offset + #batch / 2
+end
+for _, id in ipairs(stale) do redis.call('ZREM', zk, id) end
 return out
 """,
     # ARGV: ns. Drops index entries of jobs Redis already expired, then counts.

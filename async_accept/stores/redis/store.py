@@ -15,6 +15,11 @@ Layout, under a namespace ``ns`` (default ``async_accept``):
 ``{ns}:expiry``
     A sorted set of the same members scored by ``expires_at``
     (``purge_expired``).
+``{ns}:owner:{owner}``
+    A sorted set per owner (the owner hash) of its job ids, scored by
+    ``created_at``: ``list_owned`` reads one owner's jobs newest first (equal
+    times in id order, as Redis orders equal scores). Entries whose job Redis
+    already expired are dropped as a read meets them.
 ``{ns}:idem:{key}``
     Idempotency key -> job id, living as long as the job.
 ``{ns}:seq``
@@ -220,6 +225,25 @@ class RedisStore(StoreBase):
         self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
     ) -> list[Job]:
         return self._run(self._layout.list_jobs(status, limit, created_before))
+
+    def list_owned(
+        self,
+        owner: str,
+        now: float,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+        status: JobStatus | None = None,
+        route: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[Job]:
+        if limit <= 0:
+            return []
+        return self._run(
+            self._layout.list_owned(
+                owner, now, limit, before, status, route, created_after, created_before
+            )
+        )
 
     def count_by_status(self) -> dict[JobStatus, int]:
         return self._run(self._layout.count_by_status())

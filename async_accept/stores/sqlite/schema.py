@@ -85,6 +85,9 @@ _SCHEMA = (
     # creation order for equal timestamps) reads the index in order, no sort.
     "CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at)",
     "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (expires_at)",
+    # One owner's jobs, newest first (GET {prefix}/): a range of this index.
+    # Added without a schema bump: a file of an older release gains it on open.
+    "CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, created_at, id)",
     # One live job per key: create() deletes an expired holder before taking it over.
     "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idempotency_key) "
     "WHERE idempotency_key IS NOT NULL",

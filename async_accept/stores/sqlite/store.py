@@ -251,6 +251,45 @@ class SQLiteStore(SQLiteOps, StoreBase):
 
         return self._run(q, write=False)
 
+    def list_owned(
+        self,
+        owner: str,
+        now: float,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+        status: JobStatus | None = None,
+        route: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> list[Job]:
+        where = ["owner = ?", "expires_at > ?"]
+        args: list[Any] = [owner, now]
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [before[0], before[0], before[1]]
+        if status is not None:
+            where.append("status = ?")
+            args.append(JobStatus(status).value)
+        if route is not None:
+            where.append("route = ?")
+            args.append(route)
+        if created_after is not None:
+            where.append("created_at >= ?")
+            args.append(created_after)
+        if created_before is not None:
+            where.append("created_at < ?")
+            args.append(created_before)
+        sql = (
+            f"{_SELECT} INDEXED BY jobs_owner_created WHERE {' AND '.join(where)} "
+            "ORDER BY created_at DESC, id DESC LIMIT ?"
+        )
+        args.append(max(0, int(limit)))
+
+        def q(conn: sqlite3.Connection) -> list[Job]:
+            return [_row_to_job(r) for r in conn.execute(sql, args).fetchall()]
+
+        return self._run(q, write=False)
+
     def count_by_status(self) -> dict[JobStatus, int]:
         def q(conn: sqlite3.Connection) -> dict[JobStatus, int]:
             counts = dict.fromkeys(JobStatus, 0)
