@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import parse_qs
 
-from ..config import Options
 from ..engine import ops
 from ..engine.ops import Gen
 from ..engine.responses import (
@@ -36,6 +35,7 @@ from ..engine.responses import (
 )
 from ..errors import StoreError
 from ..job import CapturedRequest, Headers, Job, JobStatus
+from ..options import Options
 from .data import DeadLetters, replay_dead, snapshot
 from .gate import Guard, Sessions, bearer_matches, check_allows, guard_for, token_matches
 from .page import dashboard_page, login_page

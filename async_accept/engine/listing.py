@@ -25,9 +25,9 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlencode
 
-from ..config import Options
 from ..errors import StoreError
 from ..job import CapturedRequest, Job, JobStatus
+from ..options import Options
 from ..tokens import TokenSigner
 from . import ops
 from .ops import Gen
