@@ -37,6 +37,7 @@ SCENARIOS: dict[str, Callable[[scenarios.Ctx], None]] = {
     "peers": scenarios.peers,
     "loop": scenarios.loop_health,
     "scale": scenarios.scale,
+    "owned": scenarios.owned,
     "memory": scenarios.memory,
     "profile": scenarios.profile,
 }

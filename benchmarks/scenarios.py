@@ -1024,3 +1024,73 @@ def profile(ctx: Ctx) -> None:
                         **{"self %": f"{pc:.1f}", "async_accept frame": iframe},
                         **{"incl. %": f"{ipc:.1f}"},
                     )
+
+
+def _owned_jobs(store: Any, n: int, mine: str, keep: int) -> None:
+    """``n`` queued jobs, ``keep`` of them owned by ``mine``, the rest by 1,000 others."""
+    from async_accept.job import CapturedRequest, Job, JobStatus, new_job_id
+
+    request = CapturedRequest("POST", "/work", body=b"{}")
+    every = max(1, n // keep)
+    base = time.time()
+    for i in range(n):
+        now = base + i * 1e-4
+        owner = mine if i % every == 0 else f"other-{i % 1000}"
+        job = Job(
+            id=new_job_id(),
+            status=JobStatus.QUEUED,
+            owner=owner,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + 86400,
+            deadline_at=now + 3600,
+            sla=1800,
+            route="POST /work",
+        )
+        store.create(job, request)
+
+
+def owned(ctx: Ctx) -> None:
+    """``Store.list_owned`` (what ``GET {prefix}/`` reads): one owner's first page and a
+    later page at 10k/100k (1M with --full) jobs in the store; flat when it is indexed."""
+    from async_accept.stores import resolve_store
+
+    stores = ["memory", "sqlite"]
+    if redis_store_missing() is None:
+        stores.append("redis")
+    else:
+        ctx.report.skip("owned (redis store)", str(redis_store_missing()))
+    section = "A caller's own jobs: Store.list_owned, one owner with 200 of N jobs"
+    for label in stores:
+        for n in scale_sizes(ctx):
+            if label == "redis":
+                flush_redis()
+            url = {
+                "memory": "memory://",
+                "sqlite": ctx.sqlite_url(f"owned-{n}"),
+                "redis": REDIS_URL,
+            }[label]
+            store = resolve_store(url)
+            try:
+                _owned_jobs(store, n, "bench-owner", 200)
+                now = time.time() + n * 1e-4 + 1
+                first = store.list_owned("bench-owner", now, 21)
+                cursor = (first[19].created_at, first[19].id)
+                timings: dict[str, list[float]] = {"first": [], "later": []}
+                for _ in range(200):
+                    t0 = time.perf_counter()
+                    store.list_owned("bench-owner", now, 21)
+                    timings["first"].append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    store.list_owned("bench-owner", now, 21, before=cursor)
+                    timings["later"].append(time.perf_counter() - t0)
+                row: dict[str, str] = {}
+                for name, values in timings.items():
+                    values.sort()
+                    row[f"{name} page p50 ms"] = fmt_ms(values[len(values) // 2] * 1e3)
+                    row[f"{name} page p99 ms"] = fmt_ms(values[int(len(values) * 0.99)] * 1e3)
+                ctx.report.add(section, f"{label}, {n:,} jobs", **row)
+            finally:
+                store.close()
+            if label == "redis":
+                flush_redis()

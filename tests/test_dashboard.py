@@ -544,3 +544,22 @@ def test_text_colours_meet_wcag_aa_contrast() -> None:
     for bg, fg in pairs:
         hi, lo = sorted((_luminance(bg), _luminance(fg)), reverse=True)
         assert (hi + 0.05) / (lo + 0.05) >= 4.5, (bg, fg)
+
+
+def test_the_dashboard_behind_the_wsgi_door(tmp_path: Any) -> None:
+    """The WSGI middleware routes the dashboard and reads its forms: sign in, then cancel."""
+    from tests.conftest import deploy
+
+    opts = {"dashboard": "auth", "health_token": dashboard_app.TOKEN}
+    with deploy("wsgi", "sqlite", "thread", tmp_path, **opts) as d:
+        assert d.client.get(BASE).status_code == 401
+        r = d.client.post(BASE + "/login", data={"token": dashboard_app.TOKEN})
+        assert r.status_code == 303
+        job_id = seed_queued(d.store)
+        html = d.client.get(BASE).text
+        assert f'id="job-{job_id}"' in html
+        m = re.search(r'name="csrf" value="([^"]+)"', html)
+        assert m
+        r = d.client.post(f"{BASE}/jobs/{job_id}/cancel", data={"csrf": m.group(1)})
+        assert r.headers["location"].endswith("done=canceled")
+        assert d.store.get(job_id, time.time()).status is JobStatus.CANCELED

@@ -43,8 +43,7 @@ def _chromium() -> tuple[str, str]:
     return browser, driver
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+def _driver(javascript: bool) -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -54,8 +53,27 @@ def browser() -> Iterator[Any]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(arg)
     options.add_argument("--window-size=1280,1800")
+    if not javascript:
+        options.add_experimental_option(
+            "prefs", {"profile.managed_default_content_settings.javascript": 2}
+        )
     driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
     driver.set_page_load_timeout(30)
+    return driver
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    driver = _driver(javascript=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def browser_without_js() -> Iterator[Any]:
+    driver = _driver(javascript=False)
     try:
         yield driver
     finally:
@@ -259,3 +277,21 @@ def test_the_page_refreshes_itself_and_is_keyboard_usable(browser: Any, site: Si
     assert focused.tag_name in ("a", "button", "input")
     outline = browser.execute_script("return getComputedStyle(document.activeElement).outlineStyle")
     assert outline not in ("none", "")
+
+
+def test_with_javascript_off_the_page_reads_and_its_forms_work(
+    browser_without_js: Any, site: Site
+) -> None:
+    """JS off: sign-in, the figures and the Cancel form all work; the refresh toggle stays hidden."""
+    from selenium.webdriver.common.by import By
+
+    driver = browser_without_js
+    queued = every_state(site)["queued"]
+    sign_in(driver, site)
+    # The page's script shows the refresh toggle: hidden, it did not run.
+    assert not driver.find_element(By.ID, "auto").is_displayed()
+    assert shown_counts(driver) == site.store.count_by_status()
+    row = driver.find_element(By.ID, f"job-{queued}")
+    row.find_element(By.CSS_SELECTOR, "button[aria-label^='Cancel job']").click()
+    assert wait_for(lambda: driver.find_elements(By.ID, "notice"))[0].text == "Job canceled."
+    assert site.store.get(queued, time.time()).status is JobStatus.CANCELED

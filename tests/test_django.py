@@ -515,3 +515,35 @@ def test_without_django_the_error_names_the_pip_line() -> None:
         "MissingDependencyError The Django integration needs the 'django' package: "
         "pip install 'async-accept[django]'"
     )
+
+
+def test_the_dashboard_under_django_signs_in_and_cancels_with_its_csrf_token() -> None:
+    """Under Django the dashboard's forms reach it (body read, Django's CSRF not in the way):
+    a wrong token is 401, the right one signs in, and Cancel needs the session's CSRF token."""
+    import re
+    from urllib.parse import urlencode
+
+    from tests.test_dashboard import seed_queued
+
+    def form(url: str, **fields: str) -> Any:  # what a browser's form sends
+        return client.post(url, urlencode(fields), content_type="application/x-www-form-urlencoded")
+
+    token = "django-dashboard-token-0123456789"
+    options = {"store": "memory://", "health_token": token, "dashboard": "auth"}
+    with override_settings(ASYNC_ACCEPT=options):
+        client = Client()
+        assert client.get("/_jobs/dashboard").status_code == 401
+        assert form("/_jobs/dashboard/login", token="wrong").status_code == 401
+        r = form("/_jobs/dashboard/login", token=token)
+        assert r.status_code == 303
+        job_id = seed_queued(aa_django.get_front_door().store)
+        page = client.get("/_jobs/dashboard")
+        assert page.status_code == 200 and f'id="job-{job_id}"' in page.content.decode()
+        m = re.search(r'name="csrf" value="([^"]+)"', page.content.decode())
+        assert m
+        url = f"/_jobs/dashboard/jobs/{job_id}/cancel"
+        assert form(url, csrf="forged").status_code == 403
+        r = form(url, csrf=m.group(1))
+        assert r.status_code == 303 and r.headers["Location"].endswith("done=canceled")
+        job = aa_django.get_front_door().store.get(job_id, time.time())
+        assert job is not None and job.status.value == "canceled"
