@@ -282,7 +282,7 @@ def test_the_page_refreshes_itself_and_is_keyboard_usable(browser: Any, site: Si
 def test_with_javascript_off_the_page_reads_and_its_forms_work(
     browser_without_js: Any, site: Site
 ) -> None:
-    """JS off: sign-in, the figures and the Cancel form all work; the refresh toggle stays hidden."""
+    """JS off: sign-in, the figures and the Cancel form work; the refresh toggle stays hidden."""
     from selenium.webdriver.common.by import By
 
     driver = browser_without_js
