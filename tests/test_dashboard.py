@@ -165,7 +165,7 @@ def test_the_session_cookie_is_http_only_strict_and_scoped(dash: Dash) -> None:
     assert cookie.startswith(COOKIE + "=")
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
     assert f"Path={BASE}" in cookie
-    assert r.headers["location"] == BASE
+    assert r.headers["location"] == BASE + "/"
 
 
 def test_a_forged_session_cookie_is_refused(dash: Dash) -> None:
@@ -363,7 +363,7 @@ def test_cancel_of_a_queued_job_needs_the_csrf_token(dash: Dash) -> None:
     assert dash.store.get(job_id, time.time()).status is JobStatus.QUEUED
     r = dash.client.post(url, data={"csrf": csrf})
     assert r.status_code == 303
-    assert r.headers["location"] == f"{BASE}?done=canceled"
+    assert r.headers["location"] == f"{BASE}/?done=canceled"
     assert dash.store.get(job_id, time.time()).status is JobStatus.CANCELED
     assert "Job canceled." in dash.client.get(r.headers["location"]).text
 

@@ -547,3 +547,38 @@ def test_the_dashboard_under_django_signs_in_and_cancels_with_its_csrf_token() -
         assert r.status_code == 303 and r.headers["Location"].endswith("done=canceled")
         job = aa_django.get_front_door().store.get(job_id, time.time())
         assert job is not None and job.status.value == "canceled"
+
+
+def test_the_dashboard_beside_the_admin_needs_no_model_and_checks_staff() -> None:
+    """dashboard_urls() serves the dashboard at /admin/jobs/ to whom allow(request) admits
+    (no model, no migration, the middleware's own dashboard left off); its Cancel works."""
+    import re
+    from urllib.parse import urlencode
+
+    from tests.test_dashboard import seed_queued
+
+    staff = {"X-Staff": "yes"}
+    with override_settings(
+        ROOT_URLCONF="tests.django_project.dashboard_urls",
+        ASYNC_ACCEPT={"store": "memory://"},
+    ):
+        client = Client()
+        assert client.get("/admin/jobs/").status_code == 403
+        assert client.get("/_jobs/dashboard", headers=staff).status_code == 404
+        job_id = seed_queued(aa_django.get_front_door().store)
+        page = client.get("/admin/jobs/", headers=staff)
+        assert page.status_code == 200
+        html = page.content.decode()
+        assert f'id="job-{job_id}"' in html
+        assert f'action="/admin/jobs/jobs/{job_id}/cancel"' in html
+        csrf = re.search(r'name="csrf" value="([^"]+)"', html)
+        assert csrf
+        r = client.post(
+            f"/admin/jobs/jobs/{job_id}/cancel",
+            urlencode({"csrf": csrf.group(1)}),
+            content_type="application/x-www-form-urlencoded",
+            headers=staff,
+        )
+        assert r.status_code == 303 and r.headers["Location"] == "/admin/jobs/?done=canceled"
+        job = aa_django.get_front_door().store.get(job_id, time.time())
+        assert job is not None and job.status.value == "canceled"

@@ -492,7 +492,7 @@ def dashboard_page(
     body = (
         "<header><h1>Jobs</h1>"
         f'<div class="status-line">Checked at <span id="checked">{esc(when(snap.now))}</span> · '
-        f'<a href="{esc(base)}">Refresh</a> '
+        f'<a href="{esc(base)}/">Refresh</a> '
         '<label id="auto-label" hidden><input type="checkbox" id="auto" checked> '
         f"refresh every {REFRESH_SECONDS} s</label> · "
         f"{_action(base, '/logout', csrf, 'Sign out', 'Sign out of the dashboard')}</div></header>"

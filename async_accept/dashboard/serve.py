@@ -118,20 +118,25 @@ def serve_dashboard(
     request: CapturedRequest,
     dead_letters: DeadLetters | None = None,
     guard: Guard | None = None,
+    mount: str | None = None,
 ) -> Gen[Response]:
     """Answer a request below ``{prefix}/dashboard``.
 
     ``guard`` defaults to the one the options describe (``dashboard=``);
-    ``dead_letters`` is the webhook dispatcher when webhooks are on.
+    ``dead_letters`` is the webhook dispatcher when webhooks are on;
+    ``mount`` is where the dashboard lives below the root path (default
+    ``{prefix}/dashboard``; the Django admin view mounts it elsewhere).
     """
     opts = engine.options
     if guard is None:
         guard = guard_for(opts.dashboard, opts.health, opts.health_token)
     if guard is None:
         return not_found()  # off, or "auth" with nothing to check: never open
-    base = f"{request.root_path}{opts.prefix}/dashboard"
-    sub = request.path[len(opts.prefix) + len("/dashboard") :]
-    if not request.path.startswith(opts.prefix + "/dashboard") or (sub and sub[0] != "/"):
+    if mount is None:
+        mount = f"{opts.prefix}/dashboard"
+    base = f"{request.root_path}{mount}"
+    sub = request.path[len(mount) :]
+    if not request.path.startswith(mount) or (sub and sub[0] != "/"):
         return not_found()
     sessions = Sessions(opts.secrets, guard)
     sid = sessions.read(request)
@@ -148,7 +153,7 @@ def serve_dashboard(
             return _refused(guard, request, base, wrong=True)
         sid, value = sessions.new()
         log.info("async_accept dashboard: sign-in from %s", _who(request))
-        return _redirect(base, sessions.cookie(value, base, secure))
+        return _redirect(base + "/", sessions.cookie(value, base, secure))
 
     if guard.token is not None:
         allowed = sid is not None or bearer_matches(request, guard.token)
@@ -168,7 +173,7 @@ def serve_dashboard(
             return method_not_allowed(b"POST")
         if not sessions.csrf_ok(sid, _form(request).get("csrf")):
             return _csrf_refused(request, "logout")
-        return _redirect(base, sessions.cookie("", base, secure, max_age=0))
+        return _redirect(base + "/", sessions.cookie("", base, secure, max_age=0))
 
     parts = sub.split("/")[1:]
     if len(parts) != 3 or parts[0] not in ("jobs", "dead") or not parts[1]:
@@ -203,7 +208,7 @@ def serve_dashboard(
         done,
         _who(request),
     )
-    return _redirect(f"{base}?done={done}")
+    return _redirect(f"{base}/?done={done}")
 
 
 def _csrf_refused(request: CapturedRequest, what: str) -> Response:
