@@ -750,6 +750,7 @@ def every_call(job: Job) -> list[tuple[str, Callable[[Any], Any]]]:
         ("cancel", lambda s: s.cancel(job.id, NOW)),
         ("requeue", lambda s: s.requeue(job.id, "w", NOW)),
         ("list_jobs", lambda s: s.list_jobs()),
+        ("list_owned", lambda s: s.list_owned(job.owner, NOW)),
         ("count_by_status", lambda s: s.count_by_status()),
         ("purge_expired", lambda s: s.purge_expired(NOW)),
         ("delete", lambda s: s.delete(job.id)),
