@@ -1054,6 +1054,7 @@ def owned(ctx: Ctx) -> None:
     """``Store.list_owned`` (what ``GET {prefix}/`` reads): one owner's first page and a
     later page at 10k/100k (1M with --full) jobs in the store; flat when it is indexed."""
     from async_accept.stores import resolve_store
+    from async_accept.stores.base import OwnedQuery
 
     stores = ["memory", "sqlite"]
     if redis_store_missing() is None:
@@ -1074,15 +1075,16 @@ def owned(ctx: Ctx) -> None:
             try:
                 _owned_jobs(store, n, "bench-owner", 200)
                 now = time.time() + n * 1e-4 + 1
-                first = store.list_owned("bench-owner", now, 21)
-                cursor = (first[19].created_at, first[19].id)
+                page = OwnedQuery(limit=21)
+                first = store.list_owned("bench-owner", now, page)
+                later = OwnedQuery(limit=21, before=(first[19].created_at, first[19].id))
                 timings: dict[str, list[float]] = {"first": [], "later": []}
                 for _ in range(200):
                     t0 = time.perf_counter()
-                    store.list_owned("bench-owner", now, 21)
+                    store.list_owned("bench-owner", now, page)
                     timings["first"].append(time.perf_counter() - t0)
                     t0 = time.perf_counter()
-                    store.list_owned("bench-owner", now, 21, before=cursor)
+                    store.list_owned("bench-owner", now, later)
                     timings["later"].append(time.perf_counter() - t0)
                 row: dict[str, str] = {}
                 for name, values in timings.items():

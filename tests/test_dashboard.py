@@ -59,20 +59,29 @@ class Dash:
         return m.group(1)
 
     def job(self, path: str, **kw: Any) -> str:
-        """POST a long-running request; the job id."""
-        kw.setdefault("headers", ALICE)
-        r = self.client.post(path, **kw)
-        assert r.status_code == 202, r.text
-        return str(r.json()["id"])
+        return post_job(self.client, path, **kw)
 
     def wait(self, job_id: str, until: Callable[[Job], bool], timeout: float = 10.0) -> Job:
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.store.get(job_id, time.time())
-            if job is not None and until(job):
-                return job
-            assert time.monotonic() < deadline, f"job {job_id} is {job}"
-            time.sleep(0.02)
+        return wait_job(self.store, job_id, until, timeout)
+
+
+def post_job(client: httpx.Client, path: str, **kw: Any) -> str:
+    """POST a long-running request (as Alice unless told); the job id."""
+    kw.setdefault("headers", ALICE)
+    r = client.post(path, **kw)
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+def wait_job(store: Any, job_id: str, until: Callable[[Job], bool], timeout: float) -> Job:
+    """The job once ``until(job)`` holds (read from the store)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = store.get(job_id, time.time())
+        if job is not None and until(job):
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} is {job}"
+        time.sleep(0.02)
 
 
 def seed_queued(store: Any, route: str = "POST /ok") -> str:

@@ -23,6 +23,7 @@ from async_accept.stores.sqlite import SQLiteStore
 from tests import dashboard_app
 from tests.servers import Server, base_env, uvicorn
 from tests.services import IN_CI
+from tests.test_dashboard import post_job, wait_job
 
 INSTALL = "apt-get install -y chromium chromium-driver"
 ALICE = {"Authorization": "Bearer alice"}
@@ -90,18 +91,10 @@ class Site:
         self.http = httpx.Client(base_url=server.base, timeout=10)
 
     def job(self, path: str) -> str:
-        r = self.http.post(path, headers=ALICE)
-        assert r.status_code == 202, r.text
-        return str(r.json()["id"])
+        return post_job(self.http, path, headers=ALICE)
 
     def wait(self, job_id: str, until: Callable[[Job], bool], timeout: float = 15.0) -> Job:
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.store.get(job_id, time.time())
-            if job is not None and until(job):
-                return job
-            assert time.monotonic() < deadline, f"job {job_id} is {job}"
-            time.sleep(0.05)
+        return wait_job(self.store, job_id, until, timeout)
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from async_accept.job import (
     new_job_id,
 )
 from async_accept.stores import AsyncStore, Store, as_async
-from async_accept.stores.base import WORKER_RETENTION
+from async_accept.stores.base import WORKER_RETENTION, OwnedQuery
 from async_accept.stores.memory import MemoryStore
 from async_accept.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 
@@ -869,8 +869,10 @@ def test_list_owned_is_one_owners_live_jobs_newest_first(store: Store, now: floa
     created(store, now - TTL - 1, owner="alice", ttl=TTL)  # expired by now
     newest = sorted(mine, key=lambda j: j.created_at, reverse=True)
     assert [j.id for j in store.list_owned("alice", now)] == [j.id for j in newest]
-    assert [j.id for j in store.list_owned("alice", now, limit=2)] == [j.id for j in newest[:2]]
-    assert store.list_owned("alice", now, limit=0) == []
+    assert [j.id for j in store.list_owned("alice", now, OwnedQuery(limit=2))] == [
+        j.id for j in newest[:2]
+    ]
+    assert store.list_owned("alice", now, OwnedQuery(limit=0)) == []
     assert store.list_owned("nobody", now) == []
     assert store.list_owned("alice", now)[0] == store.get(newest[0].id, now)
 
@@ -883,7 +885,7 @@ def test_list_owned_pages_with_a_cursor_through_equal_times(store: Store, now: f
     seen: list[str] = []
     before: tuple[float, str] | None = None
     while True:
-        page = store.list_owned("alice", now, limit=3, before=before)
+        page = store.list_owned("alice", now, OwnedQuery(limit=3, before=before))
         if not page:
             break
         seen += [j.id for j in page]
@@ -898,16 +900,20 @@ def test_list_owned_filters_by_state_route_and_creation_time(store: Store, now: 
     c = created(store, now + 2, owner="o", route="POST /a")
     store.claim(b.id, "w1", now)
     ids = lambda found: [j.id for j in found]  # noqa: E731
-    assert ids(store.list_owned("o", now, status=JobStatus.PROCESSING)) == [b.id]
-    assert ids(store.list_owned("o", now, status=JobStatus.QUEUED)) == [c.id, a.id]
-    assert ids(store.list_owned("o", now, route="POST /a")) == [c.id, a.id]
-    assert ids(store.list_owned("o", now, route="POST /zzz")) == []
-    assert ids(store.list_owned("o", now, created_after=now + 1)) == [c.id, b.id]
-    assert ids(store.list_owned("o", now, created_before=now + 1)) == [a.id]
+    assert ids(store.list_owned("o", now, OwnedQuery(status=JobStatus.PROCESSING))) == [b.id]
+    assert ids(store.list_owned("o", now, OwnedQuery(status=JobStatus.QUEUED))) == [c.id, a.id]
+    assert ids(store.list_owned("o", now, OwnedQuery(route="POST /a"))) == [c.id, a.id]
+    assert ids(store.list_owned("o", now, OwnedQuery(route="POST /zzz"))) == []
+    assert ids(store.list_owned("o", now, OwnedQuery(created_after=now + 1))) == [c.id, b.id]
+    assert ids(store.list_owned("o", now, OwnedQuery(created_before=now + 1))) == [a.id]
     assert ids(
-        store.list_owned("o", now, created_after=now, created_before=now + 2, route="POST /a")
+        store.list_owned(
+            "o", now, OwnedQuery(created_after=now, created_before=now + 2, route="POST /a")
+        )
     ) == [a.id]
-    assert ids(store.list_owned("o", now, before=(c.created_at, c.id), created_before=now + 5)) == [
+    assert ids(
+        store.list_owned("o", now, OwnedQuery(before=(c.created_at, c.id), created_before=now + 5))
+    ) == [
         b.id,
         a.id,
     ]

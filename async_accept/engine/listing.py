@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlencode
 from ..errors import StoreError
 from ..job import CapturedRequest, Job, JobStatus
 from ..options import Options
+from ..stores.base import OwnedQuery
 from ..tokens import TokenSigner
 from . import ops
 from .ops import Gen
@@ -116,6 +117,17 @@ class Query:
         cursor = q.get("cursor")
         self.before = None if cursor is None else decode_cursor(cursor)
 
+    def store_query(self) -> OwnedQuery:
+        """What the store reads: one more job than a page, to know if another follows."""
+        return OwnedQuery(
+            self.limit + 1,
+            self.before,
+            self.status,
+            self.route,
+            self.created_after,
+            self.created_before,
+        )
+
     def next_query(self, cursor: str) -> str:
         params = {k: v for k, v in self.raw.items() if k != "cursor"}
         params["cursor"] = cursor
@@ -139,16 +151,7 @@ def serve_list(engine: Engine, request: CapturedRequest) -> Gen[Response]:
     try:
         # Jobs made before a key rotation carry the owner hash of an older key.
         for owner in engine.signer.owner_hashes(material):
-            jobs += yield from ops.list_owned(
-                owner,
-                now,
-                query.limit + 1,
-                query.before,
-                query.status,
-                query.route,
-                query.created_after,
-                query.created_before,
-            )
+            jobs += yield from ops.list_owned(owner, now, query.store_query())
     except StoreError:
         return problem_response(
             503,

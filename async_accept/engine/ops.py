@@ -18,6 +18,7 @@ from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
 
 if TYPE_CHECKING:
     from ..stores import AsyncStore, Store
+    from ..stores.base import OwnedQuery
 
 T = TypeVar("T")
 
@@ -180,18 +181,12 @@ def list_jobs(status: JobStatus, limit: int, created_before: float | None) -> Ge
     )
 
 
-def list_owned(
-    owner: str,
-    now: float,
-    limit: int,
-    before: tuple[float, str] | None,
-    status: JobStatus | None,
-    route: str | None,
-    created_after: float | None,
-    created_before: float | None,
-) -> Gen[list[Job]]:
-    args = (owner, now, limit, before, status, route, created_after, created_before)
-    return _store(StoreCall(lambda s: s.list_owned(*args), lambda s: s.list_owned(*args)))
+def list_owned(owner: str, now: float, query: OwnedQuery) -> Gen[list[Job]]:
+    return _store(
+        StoreCall(
+            lambda s: s.list_owned(owner, now, query), lambda s: s.list_owned(owner, now, query)
+        )
+    )
 
 
 def retry(job_id: str, now: float) -> Gen[Job | None]:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
-from .base import AsyncStoreBase, Outcome, Progress, Store
+from .base import EVERY, AsyncStoreBase, Outcome, OwnedQuery, Progress, Store
 
 __all__ = ["ForwardingAsyncStore", "InlineAsyncStore", "ThreadedAsyncStore"]
 
@@ -92,28 +92,8 @@ class ForwardingAsyncStore(AsyncStoreBase):
     ) -> list[Job]:
         return await self._call(self._store.list_jobs, status, limit, created_before)
 
-    async def list_owned(
-        self,
-        owner: str,
-        now: float,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-        status: JobStatus | None = None,
-        route: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[Job]:
-        return await self._call(
-            self._store.list_owned,
-            owner,
-            now,
-            limit,
-            before,
-            status,
-            route,
-            created_after,
-            created_before,
-        )
+    async def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
+        return await self._call(self._store.list_owned, owner, now, query)
 
     async def count_by_status(self) -> dict[JobStatus, int]:
         return await self._call(self._store.count_by_status)

@@ -21,6 +21,7 @@ contract suites' fixtures (``tests/test_store_contract.py``: ``STORES``;
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, cast, runtime_checkable
 
 from ..job import CapturedRequest, CapturedResponse, Job, JobStatus
@@ -28,6 +29,36 @@ from .outbox_base import Outbox
 
 #: Seconds a silent process stays in the worker registry before it is forgotten.
 WORKER_RETENTION = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedQuery:
+    """Which of one owner's jobs :meth:`Store.list_owned` reads (by default, all)."""
+
+    limit: int = 100
+    #: the cursor: ``(created_at, id)`` of the previous page's last job; only
+    #: jobs after it (older, or as old with a smaller id) are read
+    before: tuple[float, str] | None = None
+    status: JobStatus | None = None
+    #: ``METHOD /path``, as the job recorded it
+    route: str | None = None
+    #: ``created_after <= created_at < created_before``
+    created_after: float | None = None
+    created_before: float | None = None
+
+    def admits(self, created_at: float, job_id: str, status: str, route: str | None) -> bool:
+        """Whether a job with these fields matches (for stores that filter in Python)."""
+        return (
+            (self.status is None or status == JobStatus(self.status).value)
+            and (self.route is None or route == self.route)
+            and (self.created_after is None or created_at >= self.created_after)
+            and (self.created_before is None or created_at < self.created_before)
+            and (self.before is None or (created_at, job_id) < self.before)
+        )
+
+
+#: Every job of the owner (up to 100): ``list_owned``'s default query.
+EVERY = OwnedQuery()
 
 
 @runtime_checkable
@@ -169,22 +200,10 @@ class Store(Protocol):
         """Live jobs, oldest first, optionally filtered by state and creation time."""
         ...
 
-    def list_owned(
-        self,
-        owner: str,
-        now: float,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-        status: JobStatus | None = None,
-        route: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[Job]:
-        """Live jobs of ``owner`` (its hash, as stored), newest first: ``created_at``
-        descending, then the job id descending. ``before`` is a cursor, the
-        ``(created_at, id)`` of the last job of the previous page: only jobs
-        strictly after it in that order. Optionally only one ``status``, one
-        ``route``, and ``created_after <= created_at < created_before``.
+    def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
+        """Live jobs of ``owner`` (its hash, as stored) that ``query`` admits, newest
+        first (``created_at`` descending, then the job id descending), at most
+        ``query.limit``.
 
         Read through an index by owner (``GET {prefix}/`` calls it), so its cost
         follows the owner's jobs, not the store's size.
@@ -259,17 +278,7 @@ class AsyncStore(Protocol):
     async def list_jobs(
         self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
     ) -> list[Job]: ...
-    async def list_owned(
-        self,
-        owner: str,
-        now: float,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-        status: JobStatus | None = None,
-        route: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[Job]: ...
+    async def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]: ...
     async def retry(self, job_id: str, now: float) -> Job | None: ...
     async def count_by_status(self) -> dict[JobStatus, int]: ...
     async def purge_expired(self, now: float) -> int: ...

@@ -16,7 +16,7 @@ from operator import itemgetter
 from typing import Any
 
 from ...job import DROP_REQUEST_ON, CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import WORKER_RETENTION, Outcome, Progress, StoreBase
+from ..base import EVERY, WORKER_RETENTION, Outcome, OwnedQuery, Progress, StoreBase
 from ..outbox_base import Outbox
 from .outbox import MemoryOutbox
 
@@ -245,32 +245,16 @@ class MemoryStore(StoreBase):
         recs.sort(key=itemgetter(_CREATED))  # stable: creation order for equal times
         return [_thaw(r) for r in recs[: max(0, limit)]]
 
-    def list_owned(
-        self,
-        owner: str,
-        now: float,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-        status: JobStatus | None = None,
-        route: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[Job]:
-        want = None if status is None else JobStatus(status).value
+    def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
         with self._lock:
             recs = [self._jobs[i] for i in self._by_owner.get(owner, ())]
         recs = [
             r
             for r in recs
-            if r[_EXPIRES] > now
-            and (want is None or r[_STATUS] == want)
-            and (route is None or r[_ROUTE] == route)
-            and (created_after is None or r[_CREATED] >= created_after)
-            and (created_before is None or r[_CREATED] < created_before)
-            and (before is None or (r[_CREATED], r[_ID]) < before)
+            if r[_EXPIRES] > now and query.admits(r[_CREATED], r[_ID], r[_STATUS], r[_ROUTE])
         ]
         recs.sort(key=itemgetter(_CREATED, _ID), reverse=True)
-        return [_thaw(r) for r in recs[: max(0, limit)]]
+        return [_thaw(r) for r in recs[: max(0, query.limit)]]
 
     def count_by_status(self) -> dict[JobStatus, int]:
         with self._lock:

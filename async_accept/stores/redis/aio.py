@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from ...errors import MissingDependencyError, StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import AsyncStoreBase, Outcome, Progress
+from ..base import EVERY, AsyncStoreBase, Outcome, OwnedQuery, Progress
 from .layout import _Call, _Layout, _store_error
 from .scripts import SOURCES
 
@@ -274,24 +274,10 @@ class AsyncRedisStore(AsyncStoreBase):
     ) -> list[Job]:
         return await self._run(self._layout.list_jobs(status, limit, created_before))
 
-    async def list_owned(
-        self,
-        owner: str,
-        now: float,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-        status: JobStatus | None = None,
-        route: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[Job]:
-        if limit <= 0:
+    async def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
+        if query.limit <= 0:
             return []
-        return await self._run(
-            self._layout.list_owned(
-                owner, now, limit, before, status, route, created_after, created_before
-            )
-        )
+        return await self._run(self._layout.list_owned(owner, now, query))
 
     async def count_by_status(self) -> dict[JobStatus, int]:
         return await self._run(self._layout.count_by_status())

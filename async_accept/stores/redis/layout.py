@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from ...errors import ConfigurationError, StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import WORKER_RETENTION, Outcome, Progress
+from ..base import WORKER_RETENTION, Outcome, OwnedQuery, Progress
 from .codec import _CREATED_AT, _FIELDS, STATUSES, _enc, _f, _job, _opt
 
 T = TypeVar("T")
@@ -203,33 +203,25 @@ class _Layout:
 
         return _Call("list", [], args, parse)
 
-    def list_owned(
-        self,
-        owner: str,
-        now: float,
-        limit: int,
-        before: tuple[float, str] | None,
-        status: JobStatus | None,
-        route: str | None,
-        created_after: float | None,
-        created_before: float | None,
-    ) -> _Call[list[Job]]:
+    def list_owned(self, owner: str, now: float, query: OwnedQuery) -> _Call[list[Job]]:
         top, cursor = "+inf", None
+        before, created_before = query.before, query.created_before
         if before is not None:
             top, cursor = _f(before[0]), before[1]
         if created_before is not None and (before is None or created_before <= before[0]):
             top, cursor = "(" + _f(created_before), None
-        bottom = "-inf" if created_after is None else _f(created_after)
+        bottom = "-inf" if query.created_after is None else _f(query.created_after)
+        status = None if query.status is None else JobStatus(query.status).value
         args: list[str | bytes] = [
             self.ns,
             owner,
             _f(now),
-            str(max(0, int(limit))),
+            str(max(0, int(query.limit))),
             top,
             _opt(cursor),
             bottom,
-            _opt(None if status is None else JobStatus(status).value),
-            _opt(route),
+            _opt(status),
+            _opt(query.route),
         ]
 
         def parse(raw: Any) -> list[Job]:

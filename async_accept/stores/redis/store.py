@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 from ...errors import ConfigurationError, MissingDependencyError, StoreError
 from ...feed import RedisSignal
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import Outcome, Progress, StoreBase
+from ..base import EVERY, Outcome, OwnedQuery, Progress, StoreBase
 from ..outbox_base import Outbox
 from .aio import AsyncRedisStore
 from .connection import (
@@ -226,24 +226,10 @@ class RedisStore(StoreBase):
     ) -> list[Job]:
         return self._run(self._layout.list_jobs(status, limit, created_before))
 
-    def list_owned(
-        self,
-        owner: str,
-        now: float,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-        status: JobStatus | None = None,
-        route: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[Job]:
-        if limit <= 0:
+    def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
+        if query.limit <= 0:
             return []
-        return self._run(
-            self._layout.list_owned(
-                owner, now, limit, before, status, route, created_after, created_before
-            )
-        )
+        return self._run(self._layout.list_owned(owner, now, query))
 
     def count_by_status(self) -> dict[JobStatus, int]:
         return self._run(self._layout.count_by_status())

@@ -39,7 +39,7 @@ from ...errors import ConfigurationError, StoreError
 from ...feed import DataVersionSignal
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
 from ..adapters import ForwardingAsyncStore, ThreadedAsyncStore
-from ..base import WORKER_RETENTION, AsyncStore, Outcome, Progress, StoreBase
+from ..base import EVERY, WORKER_RETENTION, AsyncStore, Outcome, OwnedQuery, Progress, StoreBase
 from ..outbox_base import Outbox
 from .connection import SYNCHRONOUS_LEVELS, Connections
 from .ops import SQLiteOps
@@ -251,39 +251,29 @@ class SQLiteStore(SQLiteOps, StoreBase):
 
         return self._run(q, write=False)
 
-    def list_owned(
-        self,
-        owner: str,
-        now: float,
-        limit: int = 100,
-        before: tuple[float, str] | None = None,
-        status: JobStatus | None = None,
-        route: str | None = None,
-        created_after: float | None = None,
-        created_before: float | None = None,
-    ) -> list[Job]:
+    def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
         where = ["owner = ?", "expires_at > ?"]
         args: list[Any] = [owner, now]
-        if before is not None:
+        if query.before is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
-            args += [before[0], before[0], before[1]]
-        if status is not None:
+            args += [query.before[0], query.before[0], query.before[1]]
+        if query.status is not None:
             where.append("status = ?")
-            args.append(JobStatus(status).value)
-        if route is not None:
+            args.append(JobStatus(query.status).value)
+        if query.route is not None:
             where.append("route = ?")
-            args.append(route)
-        if created_after is not None:
+            args.append(query.route)
+        if query.created_after is not None:
             where.append("created_at >= ?")
-            args.append(created_after)
-        if created_before is not None:
+            args.append(query.created_after)
+        if query.created_before is not None:
             where.append("created_at < ?")
-            args.append(created_before)
+            args.append(query.created_before)
         sql = (
             f"{_SELECT} INDEXED BY jobs_owner_created WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, id DESC LIMIT ?"
         )
-        args.append(max(0, int(limit)))
+        args.append(max(0, int(query.limit)))
 
         def q(conn: sqlite3.Connection) -> list[Job]:
             return [_row_to_job(r) for r in conn.execute(sql, args).fetchall()]
