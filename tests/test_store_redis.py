@@ -957,3 +957,24 @@ def test_any_text_in_job_fields_round_trips_through_create(
     finally:
         s.close()
         wipe(url, namespace)
+
+
+def test_an_owners_index_expires_with_its_longest_lived_job() -> None:
+    """The per-owner sorted set gets the TTL of the owner's latest-expiring job, never less."""
+    url = require_redis()
+    ns = f"owner-ttl-{time.time_ns()}"
+    store = RedisStore.from_url(url, namespace=ns)
+    client = redis.Redis.from_url(url)
+    try:
+        now = time.time()
+        store.create(make_job(now, 500, owner="o"), REQUEST)
+        first = client.pttl(f"{ns}:owner:o")
+        assert 400_000 < first <= 500_000
+        store.create(make_job(now, 100, owner="o"), REQUEST)
+        assert client.pttl(f"{ns}:owner:o") > 400_000  # a shorter-lived job doesn't shorten it
+        store.create(make_job(now, 900, owner="o"), REQUEST)
+        assert client.pttl(f"{ns}:owner:o") > 800_000
+    finally:
+        client.close()
+        store.close()
+        wipe(url, ns)

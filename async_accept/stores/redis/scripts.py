@@ -92,12 +92,10 @@ redis.call('PEXPIREAT', k, at)
 if KEYS[2] then redis.call('SET', KEYS[2], ARGV[2], 'PXAT', at) end
 local ok = P .. ':owner:' .. ARGV[9]
 redis.call('ZADD', ok, ARGV[3], ARGV[2])
--- The owner's index outlives its newest job by nothing (GT: never shortened).
-if redis.call('PTTL', ok) < 0 then
-  redis.call('PEXPIREAT', ok, at)
-else
-  redis.call('PEXPIREAT', ok, at, 'GT')
-end
+-- The owner's index lives as long as its longest-lived job: never shortened
+-- (compared here rather than with PEXPIREAT's GT flag, which needs Redis 7).
+local ttl = redis.call('PTTL', ok)
+if ttl < 0 or srv + ttl < tonumber(at) then redis.call('PEXPIREAT', ok, at) end
 return {1}
 """,
     # KEYS: job. ARGV: ns. The job's fields (one short argument list to encode,
