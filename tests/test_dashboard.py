@@ -572,3 +572,21 @@ def test_the_dashboard_behind_the_wsgi_door(tmp_path: Any) -> None:
         r = d.client.post(f"{BASE}/jobs/{job_id}/cancel", data={"csrf": m.group(1)})
         assert r.headers["location"].endswith("done=canceled")
         assert d.store.get(job_id, time.time()).status is JobStatus.CANCELED
+
+
+def test_the_chart_counts_the_last_hour_however_many_older_jobs_there_are(dash: Dash) -> None:
+    """The figures read the newest finished jobs: 2,100 finished hours ago don't hide one
+    that finished a minute ago."""
+    from async_accept.dashboard.data import SAMPLE
+
+    store = dash.store
+    old = time.time() - 3 * 3600
+    for _ in range(SAMPLE + 100):
+        job_id = seed_queued(store)
+        store.claim(job_id, "w", old)
+        store.finish(job_id, "w", old, JobStatus.COMPLETED)
+    recent = dash.job("/ok")
+    dash.wait(recent, lambda j: j.status is JobStatus.COMPLETED)
+    dash.login()
+    desc = re.search(r'<desc id="chart-desc">([^<]*)</desc>', dash.page())
+    assert desc and desc.group(1) == "1 completed and 0 failed in the last hour."

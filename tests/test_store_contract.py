@@ -930,6 +930,17 @@ def test_list_owned_forgets_deleted_and_purged_jobs(store: Store, now: float) ->
     assert short.id not in [j.id for j in store.list_owned("o", now)]
 
 
+def test_list_jobs_newest_first_is_the_reverse_order(store: Store, now: float) -> None:
+    """list_jobs(newest=True) reads from the newest end: reverse creation order, same filters."""
+    jobs = [created(store, now + i) for i in range(4)] + [created(store, now + 4) for _ in range(3)]
+    store.claim(jobs[1].id, "w1", now)
+    expected = [j.id for j in reversed(jobs) if j.id != jobs[1].id]
+    assert [j.id for j in store.list_jobs(JobStatus.QUEUED, 10, None, newest=True)] == expected
+    assert [j.id for j in store.list_jobs(JobStatus.QUEUED, 2, None, newest=True)] == expected[:2]
+    below = [j.id for j in store.list_jobs(JobStatus.QUEUED, 10, now + 4, newest=True)]
+    assert below == [jobs[3].id, jobs[2].id, jobs[0].id]
+
+
 def test_count_by_status_has_every_state(store: Store, now: float) -> None:
     """count_by_status() names every JobStatus, zeros included, and counts each job once."""
     assert store.count_by_status() == dict.fromkeys(JobStatus, 0)

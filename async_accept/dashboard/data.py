@@ -3,9 +3,9 @@
 Everything comes from the store protocol as every backend implements it
 (``count_by_status``, ``list_jobs``, ``list_workers``) and, when webhooks are
 on, the outbox's dead letters. Per-route figures and the last hour's chart are
-computed from the finished jobs the store still holds (up to ``SAMPLE`` of each
-terminal state; the store keeps them for their TTL), so they cost one bounded
-read per state rather than a second bookkeeping path on every job.
+computed from the newest finished jobs the store holds (up to ``SAMPLE`` of each
+terminal state), so they cost one bounded read per state rather than a second
+bookkeeping path on every job.
 
 Nothing of a captured request is read here: no headers, body or query string
 ever reaches the page. A job's ``route`` is its method and path.
@@ -222,8 +222,9 @@ def snapshot(
     counts = yield from ops.count_by_status()
     queued = yield from ops.list_jobs(JobStatus.QUEUED, SAMPLE, None)
     running = yield from ops.list_jobs(JobStatus.PROCESSING, SAMPLE, None)
-    completed = yield from ops.list_jobs(JobStatus.COMPLETED, SAMPLE, None)
-    failed = yield from ops.list_jobs(JobStatus.FAILED, SAMPLE, None)
+    # The newest finished jobs: the last hour's chart and the recent figures.
+    completed = yield from ops.list_jobs(JobStatus.COMPLETED, SAMPLE, None, newest=True)
+    failed = yield from ops.list_jobs(JobStatus.FAILED, SAMPLE, None, newest=True)
     workers: list[dict[str, Any]] | None
     try:
         workers = yield from ops.list_workers(now)

@@ -274,7 +274,7 @@ def _routes(snap: Snapshot) -> str:
             f"<td>{_sla_bar(r)}</td></tr>"
         )
     table = _table(
-        "Run time from start to end of the finished jobs the store still holds.",
+        "Run time from start to end of the newest finished jobs (up to 2,000 of each state).",
         [
             ("Route", False),
             ("Active", True),

@@ -172,11 +172,13 @@ def delete(job_id: str) -> Gen[bool]:
     return _store(StoreCall(lambda s: s.delete(job_id), lambda s: s.delete(job_id)))
 
 
-def list_jobs(status: JobStatus, limit: int, created_before: float | None) -> Gen[list[Job]]:
+def list_jobs(
+    status: JobStatus, limit: int, created_before: float | None, newest: bool = False
+) -> Gen[list[Job]]:
     return _store(
         StoreCall(
-            lambda s: s.list_jobs(status, limit, created_before),
-            lambda s: s.list_jobs(status, limit, created_before),
+            lambda s: s.list_jobs(status, limit, created_before, newest),
+            lambda s: s.list_jobs(status, limit, created_before, newest),
         )
     )
 

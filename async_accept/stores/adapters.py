@@ -88,9 +88,13 @@ class ForwardingAsyncStore(AsyncStoreBase):
         return await self._call(self._store.retry, job_id, now)
 
     async def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        created_before: float | None = None,
+        newest: bool = False,
     ) -> list[Job]:
-        return await self._call(self._store.list_jobs, status, limit, created_before)
+        return await self._call(self._store.list_jobs, status, limit, created_before, newest)
 
     async def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
         return await self._call(self._store.list_owned, owner, now, query)

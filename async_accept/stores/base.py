@@ -195,9 +195,14 @@ class Store(Protocol):
         ...
 
     def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        created_before: float | None = None,
+        newest: bool = False,
     ) -> list[Job]:
-        """Live jobs, oldest first, optionally filtered by state and creation time."""
+        """Live jobs, oldest first (equal times in creation order), or with ``newest``
+        in the reverse order; optionally filtered by state and creation time."""
         ...
 
     def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
@@ -276,7 +281,11 @@ class AsyncStore(Protocol):
     async def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]: ...
     async def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None: ...
     async def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        created_before: float | None = None,
+        newest: bool = False,
     ) -> list[Job]: ...
     async def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]: ...
     async def retry(self, job_id: str, now: float) -> Job | None: ...

@@ -232,7 +232,11 @@ class MemoryStore(StoreBase):
             return self._put(job)
 
     def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        created_before: float | None = None,
+        newest: bool = False,
     ) -> list[Job]:
         want = None if status is None else JobStatus(status).value
         with self._lock:
@@ -243,6 +247,8 @@ class MemoryStore(StoreBase):
                 and (created_before is None or r[_CREATED] < created_before)
             ]
         recs.sort(key=itemgetter(_CREATED))  # stable: creation order for equal times
+        if newest:
+            recs.reverse()
         return [_thaw(r) for r in recs[: max(0, limit)]]
 
     def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:

@@ -188,7 +188,7 @@ class _Layout:
         return _Call("retry", [self.job_key(job_id)], [self.ns, _f(now)], _job)
 
     def list_jobs(
-        self, status: JobStatus | None, limit: int, created_before: float | None
+        self, status: JobStatus | None, limit: int, created_before: float | None, newest: bool
     ) -> _Call[list[Job]]:
         limit = int(limit)
         statuses = STATUSES if status is None else (JobStatus(status).value,)
@@ -198,10 +198,11 @@ class _Layout:
         def parse(raw: Any) -> list[Job]:
             if limit <= 0:
                 return []
-            rows = sorted(raw, key=lambda r: (float(r[_CREATED_AT]), r[-1]))  # created_at, sequence
+            # created_at, then the creation sequence
+            rows = sorted(raw, key=lambda r: (float(r[_CREATED_AT]), r[-1]), reverse=newest)
             return [job for job in map(_job, rows[:limit]) if job is not None]
 
-        return _Call("list", [], args, parse)
+        return _Call("list_newest" if newest else "list", [], args, parse)
 
     def list_owned(self, owner: str, now: float, query: OwnedQuery) -> _Call[list[Job]]:
         top, cursor = "+inf", None

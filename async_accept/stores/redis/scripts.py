@@ -236,6 +236,32 @@ end
 for _, m in ipairs(stale) do unindex(m, nil) end
 return out
 """,
+    # The same, newest first (the dashboard's recent jobs).
+    "list_newest": """
+local limit = tonumber(ARGV[2])
+local out, stale = {}, {}
+for i = 4, #ARGV do
+  local zk = skey(ARGV[i])
+  local found, offset = 0, 0
+  while found < limit do
+    local want = limit - found
+    local ms = redis.call('ZREVRANGEBYSCORE', zk, ARGV[3], '-inf', 'LIMIT', offset, want)
+    for _, m in ipairs(ms) do
+      local jk = jkey(idof(m))
+      if redis.call('EXISTS', jk) == 1 then
+        out[#out + 1] = meta(jk)
+        found = found + 1
+      else
+        stale[#stale + 1] = m
+      end
+    end
+    offset = offset + #ms
+    if #ms < want then break end
+  end
+end
+for _, m in ipairs(stale) do unindex(m, nil) end
+return out
+""",
     # ARGV: ns, owner, now, limit, top score ('+inf', 'x' or '(x'), cursor id ('-'
     # none, else '=id': skip ids >= it at score x), bottom score ('-inf' or 'x'),
     # status ('-' any, else '=status'), route (same). Live jobs of the owner,

@@ -222,9 +222,13 @@ class RedisStore(StoreBase):
         return self._run(self._layout.retry(job_id, now))
 
     def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        created_before: float | None = None,
+        newest: bool = False,
     ) -> list[Job]:
-        return self._run(self._layout.list_jobs(status, limit, created_before))
+        return self._run(self._layout.list_jobs(status, limit, created_before, newest))
 
     def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
         if query.limit <= 0:

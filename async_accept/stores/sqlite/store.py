@@ -232,7 +232,11 @@ class SQLiteStore(SQLiteOps, StoreBase):
         return self._run(q)
 
     def list_jobs(
-        self, status: JobStatus | None = None, limit: int = 100, created_before: float | None = None
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        created_before: float | None = None,
+        newest: bool = False,
     ) -> list[Job]:
         where: list[str] = []
         args: list[Any] = []
@@ -243,7 +247,11 @@ class SQLiteStore(SQLiteOps, StoreBase):
             where.append("created_at < ?")
             args.append(created_before)
         sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created_at, rowid LIMIT ?"
+        sql += (
+            " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+            if newest
+            else " ORDER BY created_at, rowid LIMIT ?"
+        )
         args.append(max(0, int(limit)))
 
         def q(conn: sqlite3.Connection) -> list[Job]:
