@@ -5,9 +5,12 @@ filters, cursor pagination with ``Link: rel="next"``, never cached."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import httpx
+import pytest
 
 from tests.conftest import ALICE, BOB, Deployment
 
@@ -111,3 +114,32 @@ def test_the_list_answers_only_get_and_head(dep: Deployment) -> None:
     r = dep.post(LIST)
     assert r.status_code == 405
     assert "GET" in r.headers["allow"]
+
+
+@pytest.fixture
+def flask_app() -> Iterator[Any]:
+    """A Flask app with a session login, a page that rewrites the session, a marked route."""
+    pytest.importorskip("flask")
+    from tests.test_owner import _flask_app
+
+    app = _flask_app()
+    yield app
+    app.extensions["async_accept"].middleware.runtime.shutdown()
+
+
+def test_a_session_callers_list_survives_a_session_rewrite(flask_app: Any) -> None:
+    """Known by a session cookie alone, a caller still lists its jobs after the app rewrote
+    the cookie (the owner cookie carries it); another user's browser lists none of them."""
+    client = flask_app.test_client()
+    client.post("/login/alice")
+    accepted = client.post("/work")
+    assert accepted.status_code == 202
+    job_id = accepted.get_json()["id"]
+    before = client.get_cookie("session").value
+    client.get("/page")
+    assert client.get_cookie("session").value != before  # the cookie really changed
+    listed = client.get("/_jobs/")
+    assert [j["id"] for j in listed.get_json()["jobs"]] == [job_id]
+    bob = flask_app.test_client()
+    bob.post("/login/bob")
+    assert bob.get("/_jobs/").get_json()["jobs"] == []

@@ -919,6 +919,17 @@ def test_list_owned_filters_by_state_route_and_creation_time(store: Store, now: 
     ]
 
 
+def test_list_owned_matches_either_hash_of_a_two_part_owner(store: Store, now: float) -> None:
+    """An owner "<credential hash> <owner cookie hash>" is listed under each, not the pair."""
+    both = created(store, now, owner="cred-a cookie-b")
+    plain = created(store, now + 1, owner="cred-a")
+    assert [j.id for j in store.list_owned("cred-a", now)] == [plain.id, both.id]
+    assert [j.id for j in store.list_owned("cookie-b", now)] == [both.id]
+    assert store.list_owned("cred-a cookie-b", now) == []
+    assert store.delete(both.id)
+    assert store.list_owned("cookie-b", now) == []
+
+
 def test_list_owned_forgets_deleted_and_purged_jobs(store: Store, now: float) -> None:
     """A deleted or purged job leaves the owner's list."""
     kept = created(store, now, owner="o")

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlencode
 
 from ..errors import StoreError
+from ..identity import Identity, owner_cookie_material
 from ..job import CapturedRequest, Job, JobStatus
 from ..options import Options
 from ..stores.base import OwnedQuery
@@ -47,7 +48,8 @@ class Engine(Protocol):
     signer: TokenSigner
     clock: Callable[[], float]
 
-    def identity_material(self, request: CapturedRequest) -> bytes: ...
+    def identify(self, request: CapturedRequest) -> Identity: ...
+    def owns(self, job: Job | None, who: Identity) -> bool: ...
     def token_for(self, job: Job) -> str: ...
     def status_json(self, job: Job, root_path: str, token: str, now: float) -> dict[str, Any]: ...
     def apply_deadman(self, job: Job, now: float) -> Gen[Job]: ...
@@ -143,15 +145,22 @@ def serve_list(engine: Engine, request: CapturedRequest) -> Gen[Response]:
     except _BadQuery as exc:
         return _bad(str(exc))
     now = engine.clock()
-    material = engine.identity_material(request)
+    who = engine.identify(request)
     headers = [JSON, NO_STORE]
-    if not material:  # anonymous: its jobs are bearer capabilities, nobody's list
+    # The owner rule of a status URL: the credential's hash, or the owner cookie's
+    # (a session-cookie caller's jobs stay its own across session rewrites). Jobs
+    # made before a key rotation carry an older key's hashes.
+    owners = engine.signer.owner_hashes(who.material) if who.material else []
+    if who.material and who.cookie:
+        owners += engine.signer.owner_hashes(owner_cookie_material(who.cookie))
+    if not owners:  # anonymous: its jobs are bearer capabilities, nobody's list
         return Response(200, headers, json_body({"jobs": [], "next": None}))
-    jobs: list[Job] = []
+    found: dict[str, Job] = {}
     try:
-        # Jobs made before a key rotation carry the owner hash of an older key.
-        for owner in engine.signer.owner_hashes(material):
-            jobs += yield from ops.list_owned(owner, now, query.store_query())
+        for owner in owners:
+            for job in (yield from ops.list_owned(owner, now, query.store_query())):
+                if engine.owns(job, who):  # exactly the status URL's check
+                    found[job.id] = job
     except StoreError:
         return problem_response(
             503,
@@ -160,7 +169,7 @@ def serve_list(engine: Engine, request: CapturedRequest) -> Gen[Response]:
             "The job store is unavailable; retry later.",
             retry_after=engine.retry_later(),
         )
-    jobs.sort(key=lambda j: (j.created_at, j.id), reverse=True)
+    jobs = sorted(found.values(), key=lambda j: (j.created_at, j.id), reverse=True)
     page, more = jobs[: query.limit], len(jobs) > query.limit
     items = []
     for job in page:

@@ -206,9 +206,10 @@ class Store(Protocol):
         ...
 
     def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
-        """Live jobs of ``owner`` (its hash, as stored) that ``query`` admits, newest
-        first (``created_at`` descending, then the job id descending), at most
-        ``query.limit``.
+        """Live jobs of ``owner`` that ``query`` admits, newest first (``created_at``
+        descending, then the job id descending), at most ``query.limit``. A job's
+        ``owner`` field holds one hash, or two separated by a space (the
+        credential's and the owner cookie's): ``owner`` matching either lists it.
 
         Read through an index by owner (``GET {prefix}/`` calls it), so its cost
         follows the owner's jobs, not the store's size.

@@ -75,7 +75,8 @@ class MemoryStore(StoreBase):
                 return _thaw(rec), True
             self._jobs[job.id] = rec
             self._requests[job.id] = _freeze_request(request)
-            self._by_owner.setdefault(job.owner, set()).add(job.id)
+            for owner in job.owner.split():  # the credential's hash, the owner cookie's
+                self._by_owner.setdefault(owner, set()).add(job.id)
             if key is not None:
                 self._idem[key] = job.id
             return _thaw(rec), True
@@ -282,11 +283,12 @@ class MemoryStore(StoreBase):
         self._requests.pop(job_id, None)
         self._results.pop(job_id, None)
         if rec is not None:
-            mine = self._by_owner.get(rec[_OWNER])
-            if mine is not None:
-                mine.discard(job_id)
-                if not mine:
-                    del self._by_owner[rec[_OWNER]]
+            for owner in rec[_OWNER].split():
+                mine = self._by_owner.get(owner)
+                if mine is not None:
+                    mine.discard(job_id)
+                    if not mine:
+                        del self._by_owner[owner]
         key = rec[_IDEM] if rec is not None else None
         if key is not None and self._idem.get(key) == job_id:
             del self._idem[key]

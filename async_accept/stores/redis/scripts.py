@@ -51,7 +51,9 @@ local function drop(k, m)
     local ik = P .. ':idem:' .. r[2]
     if redis.call('GET', ik) == r[3] then redis.call('DEL', ik) end
   end
-  if r[4] then redis.call('ZREM', P .. ':owner:' .. r[4], r[3]) end
+  if r[4] then
+    for h in string.gmatch(r[4], '%S+') do redis.call('ZREM', P .. ':owner:' .. h, r[3]) end
+  end
   unindex(m, r[1])
   redis.call('DEL', k)
 end
@@ -90,12 +92,15 @@ local at = math.max(math.floor(tonumber(ARGV[4]) * 1000), srv + life, srv + 1000
 at = string.format('%d', at)
 redis.call('PEXPIREAT', k, at)
 if KEYS[2] then redis.call('SET', KEYS[2], ARGV[2], 'PXAT', at) end
-local ok = P .. ':owner:' .. ARGV[9]
-redis.call('ZADD', ok, ARGV[3], ARGV[2])
--- The owner's index lives as long as its longest-lived job: never shortened
--- (compared here rather than with PEXPIREAT's GT flag, which needs Redis 7).
-local ttl = redis.call('PTTL', ok)
-if ttl < 0 or srv + ttl < tonumber(at) then redis.call('PEXPIREAT', ok, at) end
+-- One index per hash the owner holds (the credential's, the owner cookie's).
+for h in string.gmatch(ARGV[9], '%S+') do
+  local ok = P .. ':owner:' .. h
+  redis.call('ZADD', ok, ARGV[3], ARGV[2])
+  -- It lives as long as its longest-lived job: never shortened (compared here
+  -- rather than with PEXPIREAT's GT flag, which needs Redis 7).
+  local ttl = redis.call('PTTL', ok)
+  if ttl < 0 or srv + ttl < tonumber(at) then redis.call('PEXPIREAT', ok, at) end
+end
 return {1}
 """,
     # KEYS: job. ARGV: ns. The job's fields (one short argument list to encode,

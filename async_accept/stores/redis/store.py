@@ -16,9 +16,10 @@ Layout, under a namespace ``ns`` (default ``async_accept``):
     A sorted set of the same members scored by ``expires_at``
     (``purge_expired``).
 ``{ns}:owner:{owner}``
-    A sorted set per owner (the owner hash) of its job ids, scored by
-    ``created_at``: ``list_owned`` reads one owner's jobs newest first (equal
-    times in id order, as Redis orders equal scores). Entries whose job Redis
+    A sorted set per owner hash of its job ids, scored by ``created_at`` (a job
+    whose owner holds two hashes, the credential's and the owner cookie's, is
+    in both): ``list_owned`` reads one owner's jobs newest first (equal times
+    in id order, as Redis orders equal scores). Entries whose job Redis
     already expired are dropped as a read meets them.
 ``{ns}:idem:{key}``
     Idempotency key -> job id, living as long as the job.

@@ -48,6 +48,12 @@ _INSERT_JOB = (
     # The id is 128 random bits: an existing one means this create is being repeated.
     "ON CONFLICT (id) DO NOTHING"
 )
+#: The two hashes a job's owner field may hold ("<credential> <owner cookie>"),
+#: as SQL expressions the owner indexes are built on (queries must repeat them).
+OWNER1 = (
+    "(CASE WHEN instr(owner, ' ') > 0 THEN substr(owner, 1, instr(owner, ' ') - 1) ELSE owner END)"
+)
+OWNER2 = "(CASE WHEN instr(owner, ' ') > 0 THEN substr(owner, instr(owner, ' ') + 1) ELSE '' END)"
 _DELETE_REQUEST = "DELETE FROM job_bodies WHERE job_id = ? AND kind = 'request'"
 _INSERT_BODY = "INSERT OR REPLACE INTO job_bodies (job_id, kind, meta, body) VALUES (?, ?, ?, ?)"
 
@@ -85,9 +91,11 @@ _SCHEMA = (
     # creation order for equal timestamps) reads the index in order, no sort.
     "CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at)",
     "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (expires_at)",
-    # One owner's jobs, newest first (GET {prefix}/): a range of this index.
-    # Added without a schema bump: a file of an older release gains it on open.
-    "CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, created_at, id)",
+    # One owner's jobs, newest first (GET {prefix}/): the owner field holds the
+    # credential's hash and, after a space, the owner cookie's; one index each.
+    # Added without a schema bump: a file of an older release gains them on open.
+    f"CREATE INDEX IF NOT EXISTS jobs_owner1_created ON jobs ({OWNER1}, created_at, id)",
+    f"CREATE INDEX IF NOT EXISTS jobs_owner2_created ON jobs ({OWNER2}, created_at, id)",
     # One live job per key: create() deletes an expired holder before taking it over.
     "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idempotency_key) "
     "WHERE idempotency_key IS NOT NULL",

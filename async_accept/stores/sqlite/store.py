@@ -48,6 +48,8 @@ from .schema import (
     _DELETE_REQUEST,
     _SCHEMA,
     _SELECT,
+    OWNER1,
+    OWNER2,
     SCHEMA_VERSION,
     _dumps,
     _immediate,
@@ -260,8 +262,8 @@ class SQLiteStore(SQLiteOps, StoreBase):
         return self._run(q, write=False)
 
     def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
-        where = ["owner = ?", "expires_at > ?"]
-        args: list[Any] = [owner, now]
+        where = ["expires_at > ?"]
+        args: list[Any] = [now]
         if query.before is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             args += [query.before[0], query.before[0], query.before[1]]
@@ -277,14 +279,21 @@ class SQLiteStore(SQLiteOps, StoreBase):
         if query.created_before is not None:
             where.append("created_at < ?")
             args.append(query.created_before)
-        sql = (
-            f"{_SELECT} INDEXED BY jobs_owner_created WHERE {' AND '.join(where)} "
-            "ORDER BY created_at DESC, id DESC LIMIT ?"
+        limit = max(0, int(query.limit))
+        # One page from each owner index (the credential's hash, the owner cookie's),
+        # each read in index order, then merged: never a scan of other owners' jobs.
+        order = "ORDER BY created_at DESC, id DESC"
+        rest = " AND ".join(where)
+        sql = " UNION ALL ".join(
+            f"SELECT * FROM ({_SELECT} INDEXED BY {index} WHERE {expr} = ? AND {rest} "
+            f"{order} LIMIT ?)"
+            for index, expr in (("jobs_owner1_created", OWNER1), ("jobs_owner2_created", OWNER2))
         )
-        args.append(max(0, int(query.limit)))
+        sql += f" {order} LIMIT ?"
+        params = [owner, *args, limit, owner, *args, limit, limit]
 
         def q(conn: sqlite3.Connection) -> list[Job]:
-            return [_row_to_job(r) for r in conn.execute(sql, args).fetchall()]
+            return [_row_to_job(r) for r in conn.execute(sql, params).fetchall()]
 
         return self._run(q, write=False)
 
