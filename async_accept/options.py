@@ -155,15 +155,6 @@ def _health(name: str, value: Any) -> Any:
     return value
 
 
-def _dashboard(name: str, value: Any) -> Any:
-    if value not in ("off", "auth") and not callable(value):
-        raise ConfigurationError(
-            f"{name}={value!r} must be 'off', 'auth' (behind the health endpoint's "
-            "health_token or health=check) or a callable(headers) -> bool"
-        )
-    return value
-
-
 def _health_token(name: str, value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or len(value) < 16):
         raise ConfigurationError(
@@ -349,15 +340,8 @@ class Options:
             None, "seconds without progress before health reports a stall", _optional_positive
         )
     )
-    # The operator dashboard (async_accept.dashboard)
-    dashboard: DashboardMode = field(
-        metadata=option(
-            "off",
-            "operator dashboard at {prefix}/dashboard: 'off', 'auth' (the health guard) "
-            "or check(headers)",
-            _dashboard,
-        )
-    )
+    # The operator dashboard at {prefix}/dashboard (async_accept.dashboard)
+    dashboard: DashboardMode = field(metadata=option("off", "'off', 'auth' or check(headers)"))
     # Observability
     on_event: EventListener | None = field(
         metadata=option(
@@ -465,11 +449,16 @@ def _check_health_token(values: dict[str, Any], given: Mapping[str, Any]) -> Non
 
 
 def _check_dashboard(values: dict[str, Any], given: Mapping[str, Any]) -> None:
-    health, token = values["health"], values["health_token"]
-    if values["dashboard"] == "auth" and not callable(health) and not (health == "auth" and token):
+    mode, health, token = values["dashboard"], values["health"], values["health_token"]
+    if mode not in ("off", "auth") and not callable(mode):
         raise ConfigurationError(
-            "dashboard='auth' is never open without a guard: set health_token='...' "
-            "(with health='auth'), health=check(headers), or pass dashboard=check(headers)"
+            f"dashboard={mode!r} must be 'off', 'auth' (behind the health endpoint's "
+            "health_token or health=check) or a callable(headers) -> bool"
+        )
+    if mode == "auth" and not callable(health) and not (health == "auth" and token):
+        raise ConfigurationError(  # never open without a guard
+            "dashboard='auth' needs health_token='...' (with health='auth') or "
+            "health=check(headers); or pass dashboard=check(headers)"
         )
 
 
