@@ -26,7 +26,6 @@ DiscoverFunc = Callable[[], Iterable[RoutePattern]]
 EventListener = Callable[..., None]
 #: "off", "on", "auth" (Bearer health_token) or check(headers) -> bool
 HealthMode = Literal["off", "on", "auth"] | Callable[[Mapping[str, str]], bool]
-#: "off", "auth" (behind the health guard: its token or its check) or check(headers) -> bool
 DashboardMode = Literal["off", "auth"] | Callable[[Mapping[str, str]], bool]
 Check = Callable[[str, Any], Any]
 
@@ -340,7 +339,6 @@ class Options:
             None, "seconds without progress before health reports a stall", _optional_positive
         )
     )
-    # The operator dashboard at {prefix}/dashboard (async_accept.dashboard)
     dashboard: DashboardMode = field(metadata=option("off", "'off', 'auth' or check(headers)"))
     # Observability
     on_event: EventListener | None = field(
@@ -449,16 +447,11 @@ def _check_health_token(values: dict[str, Any], given: Mapping[str, Any]) -> Non
 
 
 def _check_dashboard(values: dict[str, Any], given: Mapping[str, Any]) -> None:
-    mode, health, token = values["dashboard"], values["health"], values["health_token"]
-    if mode not in ("off", "auth") and not callable(mode):
-        raise ConfigurationError(
-            f"dashboard={mode!r} must be 'off', 'auth' (behind the health endpoint's "
-            "health_token or health=check) or a callable(headers) -> bool"
-        )
-    if mode == "auth" and not callable(health) and not (health == "auth" and token):
+    mode, health = values["dashboard"], values["health"]
+    guarded = callable(health) or (health == "auth" and values["health_token"])
+    if not (mode == "off" or callable(mode) or (mode == "auth" and guarded)):
         raise ConfigurationError(  # never open without a guard
-            "dashboard='auth' needs health_token='...' (with health='auth') or "
-            "health=check(headers); or pass dashboard=check(headers)"
+            f"dashboard={mode!r}: 'off', check(headers), or 'auth' with health_token/health=check"
         )
 
 
