@@ -172,6 +172,10 @@ class FrontDoor:
         doors that check the body as it streams in (ASGI).
         """
         if self.is_ours(path):
+            if method == "POST" and content_length is not None:  # the dashboard's forms
+                refused = self._length_refusal(content_length)
+                if refused is not None:
+                    return refused
             return Serve(path[self.prefix_len :])
         route = self.route_for(method, path, prefer)
         if route is None:

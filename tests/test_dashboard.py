@@ -590,3 +590,19 @@ def test_the_chart_counts_the_last_hour_however_many_older_jobs_there_are(dash: 
     dash.login()
     desc = re.search(r'<desc id="chart-desc">([^<]*)</desc>', dash.page())
     assert desc and desc.group(1) == "1 completed and 0 failed in the last hour."
+
+
+def test_a_bad_or_huge_content_length_below_the_prefix_is_refused_before_reading(
+    tmp_path: Any,
+) -> None:
+    """A POST below the prefix (a dashboard form) with a malformed Content-Length is 400 and
+    one over max_body_size is 413, as on a marked route, before anything is read."""
+    from tests.conftest import deploy
+
+    opts = {"dashboard": "auth", "health_token": dashboard_app.TOKEN, "max_body_size": 100}
+    with deploy("wsgi", "memory", "thread", tmp_path, **opts) as d:
+        url = BASE + "/login"
+        r = d.client.post(url, content=b"token=x", headers={"Content-Length": "\x00"})
+        assert r.status_code == 400
+        r = d.client.post(url, content=b"token=" + b"x" * 200)
+        assert r.status_code == 413
