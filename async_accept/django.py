@@ -533,8 +533,7 @@ def _plan(door: FrontDoor, request: Any) -> Gen[Response] | Response | _Check | 
     if isinstance(plan, Pass):
         return None
     if isinstance(plan, Serve):
-        # POST: the dashboard's forms (nothing else below the prefix reads a body).
-        form: bytes = request.body if request.method == "POST" else b""
+        form: bytes = request.body if request.method == "POST" else b""  # dashboard forms
         return door.engine.serve(capture(request, path, form), plan.subpath)
     if isinstance(plan, Accept):
         body: bytes = request.body  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django answers 400
@@ -645,65 +644,3 @@ class AsyncAcceptMiddleware:
 
             patch_vary_headers(response, ("Prefer",))
         return response
-
-
-# --- the dashboard in Django's admin -------------------------------------------------
-
-
-def _is_staff(request: Any) -> bool:
-    user = getattr(request, "user", None)
-    return bool(user is not None and user.is_active and user.is_staff)
-
-
-def dashboard_urls(allow: Callable[[Any], bool] | None = None) -> list[Any]:
-    """URL patterns serving the operator dashboard where Django operators look,
-    next to the admin. No model and no migration: the page reads the job store::
-
-        urlpatterns = [
-            path("admin/jobs/", include(dashboard_urls())),
-            path("admin/", admin.site.urls),
-        ]
-
-    ``allow(request)`` decides who may use it (default: an active staff user, as
-    the admin does; ``django.contrib.auth`` must be installed for that); others
-    get the admin's login redirect when ``django.contrib.admin`` is installed,
-    else ``403``. Its forms carry the dashboard's own CSRF token (bound to its
-    session cookie), so the view is exempt from Django's.
-    """
-    from django.http import HttpResponseForbidden
-    from django.urls import re_path
-    from django.views.decorators.csrf import csrf_exempt
-
-    from .dashboard import Guard, serve_dashboard
-
-    check = allow or _is_staff
-    anyone = Guard(check=lambda headers: True)  # the Django check below decided
-
-    def dashboard(request: Any, rest: str = "") -> Any:
-        if not check(request):
-            return _login_redirect(request) or HttpResponseForbidden()
-        door = get_front_door()
-        path: str = request.path_info
-        mount = path[: len(path) - len(rest)].rstrip("/")
-        body: bytes = request.body if request.method == "POST" else b""
-        gen = serve_dashboard(
-            door.engine,
-            capture(request, path, body),
-            door.runtime.observer.dispatcher,
-            anyone,
-            mount=mount,
-        )
-        return to_django(door.runtime.drive(gen), request.method)
-
-    return [re_path(r"^(?P<rest>.*)$", csrf_exempt(dashboard), name="async_accept_dashboard")]
-
-
-def _login_redirect(request: Any) -> Any:
-    from django.apps import apps as django_apps
-
-    if not django_apps.is_installed("django.contrib.admin"):
-        return None
-    from django.contrib.auth.views import redirect_to_login
-    from django.urls import reverse
-
-    return redirect_to_login(request.get_full_path(), reverse("admin:login"))

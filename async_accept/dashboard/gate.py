@@ -22,6 +22,7 @@ import hmac
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http.cookies import SimpleCookie
 from typing import Any
 
 from itsdangerous import BadData, TimestampSigner
@@ -116,17 +117,16 @@ class Sessions:
         return hmac.new(key, b"async_accept.dashboard-csrf:" + sid.encode(), "sha256").hexdigest()
 
     def cookie(self, value: str, path: str, secure: bool, max_age: int = SESSION_AGE) -> bytes:
-        """A ``Set-Cookie`` value for the session cookie."""
-        parts = [
-            f"{COOKIE}={value}",
-            f"Path={path}",
-            f"Max-Age={max_age}",
-            "HttpOnly",
-            "SameSite=Strict",
-        ]
+        """A ``Set-Cookie`` value for the session cookie, written as the standard
+        library writes it (so frameworks that re-parse Set-Cookie keep it as is)."""
+        jar: SimpleCookie = SimpleCookie()
+        jar[COOKIE] = value
+        morsel = jar[COOKIE]
+        morsel.update({"path": path, "max-age": str(max_age), "samesite": "Strict"})
+        morsel["httponly"] = True
         if secure:
-            parts.append("Secure")
-        return "; ".join(parts).encode("latin-1")
+            morsel["secure"] = True
+        return morsel.OutputString().encode("latin-1")
 
 
 def check_allows(check: Check, request: CapturedRequest) -> bool:

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.urls import include, path
 
-from async_accept.django import dashboard_urls
+from async_accept.django_admin import dashboard_urls
 from tests.django_project.urls import urlpatterns as project_urls
 
 
