@@ -87,10 +87,36 @@ def _poll_to_result(base: str, location: str, timeout: float = 60) -> httpx.Resp
         time.sleep(0.2)
 
 
-def test_the_readme_django_deployment_runs_a_job(tmp_path: Path, processes: list[Server]) -> None:
+CELERY_APP = """
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+app = Celery("mysite")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+"""
+
+
+def _executor_line(snippet: str, executor: str) -> str:
+    """The settings snippet with its RQ executor, or its commented Celery one instead."""
+    if executor == "rq":
+        return snippet
+    lines = snippet.splitlines()
+    rq = next(i for i, line in enumerate(lines) if line.strip().startswith('"executor": "rq'))
+    celery = next(i for i, line in enumerate(lines) if '"executor": "celery' in line)
+    lines[rq] = lines[celery].replace("# ", "", 1)
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("executor", ["rq", "celery"])
+def test_the_readme_django_deployment_runs_a_job(
+    tmp_path: Path, processes: list[Server], executor: str
+) -> None:
     """A fresh startproject with the README's settings, gunicorn.conf.py and commands
-    (gunicorn, uvicorn, an RQ worker on the Redis store) takes a job on either web
-    tier (202), runs it on the worker and answers 303 -> the result from the other."""
+    (gunicorn, uvicorn, a worker on the Redis store: RQ, or the project's own Celery
+    app) takes a job on either web tier (202), runs it on the worker and answers
+    303 -> the result from the other."""
     redis_url = require_redis()
     namespace = f"aa-django-deploy-{uuid.uuid4().hex[:8]}"
     site = tmp_path / "site"
@@ -99,7 +125,12 @@ def test_the_readme_django_deployment_runs_a_job(tmp_path: Path, processes: list
         [sys.executable, "-m", "django", "startproject", "mysite", str(site)], check=True
     )
     settings = site / "mysite" / "settings.py"
-    snippet = readme_block("django-settings").replace("redis://redis.internal:6379/0", redis_url)
+    snippet = _executor_line(readme_block("django-settings"), executor).replace(
+        "redis://redis.internal:6379/0", redis_url
+    )
+    if executor == "celery":
+        (site / "mysite" / "celery.py").write_text(CELERY_APP)
+        snippet += f"\nCELERY_BROKER_URL = {redis_url!r}\n"
     settings.write_text(
         settings.read_text()
         + "\n"
