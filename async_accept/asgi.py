@@ -95,7 +95,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         elif isinstance(plan, Accept):
             await self._accept(scope, receive, send, plan.route, path)
         else:
-            await _send(send, plan, scope["method"])
+            await _send(send, door.answer(plan), scope["method"])
 
     def _first_request(self, scope: Scope) -> None:
         app = scope.get("app")
@@ -176,7 +176,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         try:
             body = await self._read_body(scope, receive)
         except _TooLarge:
-            await _send(send, self._door.too_large(), scope["method"])
+            await _send(send, self._door.answer(self._door.too_large()), scope["method"])
             return
         except _Disconnected:
             return
@@ -187,7 +187,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
                 return  # the app answered before the handler: its answer stands, no job
             route = reached
         response = await self.runtime.adrive(self._door.engine.accept(request, route))
-        await _send(send, response, scope["method"])
+        await _send(send, self._door.answer(response), scope["method"])
 
     async def _precheck(
         self, scope: Scope, receive: Receive, send: Send, body: bytes
@@ -237,7 +237,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         if isinstance(response, EventStream):
             await self._stream(receive, send, response)
             return
-        await _send(send, response, scope["method"])
+        await _send(send, self._door.answer(response), scope["method"])
 
     async def _stream(self, receive: Receive, send: Send, stream: EventStream) -> None:
         """Send an event stream until its final event, or until the client leaves."""

@@ -596,10 +596,10 @@ class AsyncAcceptMiddleware:
                         raise
                     plan = door.engine.accept(plan.request, signal.options)
         if isinstance(plan, Response):
-            return _logged(to_django(plan, request.method), request)
+            return _logged(to_django(door.answer(plan), request.method), request)
         if not door.runtime.started:
             door.runtime.start()
-        return _logged(to_django(door.runtime.drive(plan), request.method), request)
+        return _logged(to_django(door.answer(door.runtime.drive(plan)), request.method), request)
 
     async def __acall__(self, request: Any) -> Any:
         if _is_replay(request):
@@ -618,13 +618,15 @@ class AsyncAcceptMiddleware:
                         raise
                     plan = door.engine.accept(plan.request, signal.options)
         if isinstance(plan, Response):
-            return _logged(to_django(plan, request.method), request)
+            return _logged(to_django(door.answer(plan), request.method), request)
         if not door.runtime.started:
             # Threads (executor, sweeper): jobs replay through the WSGI handler.
             import asyncio
 
             await asyncio.to_thread(door.runtime.start)
-        return _logged(to_django(await door.runtime.adrive(plan), request.method), request)
+        return _logged(
+            to_django(door.answer(await door.runtime.adrive(plan)), request.method), request
+        )
 
     def process_exception(self, request: Any, exception: Exception) -> Any:
         """A job's view stopped by a cancel (``report_progress`` raised JobCanceled):

@@ -11,11 +11,11 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from .dashboard import guard_for, serve_dashboard
 from .engine import Engine, Gen
-from .engine.responses import Response, problem_response
+from .engine.responses import Response, problem_response, rebase_problem
 from .engine.waiting import SSE_KEEPALIVE, EventStream
 from .errors import ConfigurationError
 from .executors import resolve_executor
@@ -24,6 +24,8 @@ from .options import Options, build_options, check_route_webhook
 from .routes import RouteOptions, RoutePattern, RouteTable
 from .runtime import AppKind, Runtime
 from .stores import resolve_store
+
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +217,13 @@ class FrontDoor:
 
     def bad_request(self, detail: str) -> Response:
         return problem_response(400, "bad-request", "Bad Request", detail)
+
+    def answer(self, response: _R) -> _R:
+        """What goes to the client: a problem answer with its ``type`` under the
+        app's ``problem_base`` (and its ``Link: rel="describedby"``)."""
+        if isinstance(response, Response):
+            return cast(_R, rebase_problem(response, self.options.problem_base))
+        return response
 
 
 def blocking_stream(runtime: Runtime, stream: EventStream) -> Iterator[bytes]:

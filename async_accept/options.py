@@ -163,6 +163,28 @@ def _health_token(name: str, value: Any) -> str | None:
     return value
 
 
+def _problem_base(name: str, value: Any) -> str:
+    from urllib.parse import urlsplit
+
+    from .engine.responses import PROBLEM_BASE
+
+    if value == PROBLEM_BASE:
+        return PROBLEM_BASE
+    parts = urlsplit(value) if isinstance(value, str) else None
+    if (
+        parts is None
+        or parts.scheme != "https"
+        or not parts.netloc
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigurationError(
+            f"{name}={value!r} must be an absolute https URL base, e.g."
+            " 'https://docs.example.com/problems/' (a problem's name is appended)"
+        )
+    return str(value)
+
+
 def _bool(name: str, value: Any) -> bool:
     return bool(value)
 
@@ -284,6 +306,13 @@ class Options:
             200, "status of a running job's status URL: 200 or 202", _status_code_running
         )
     )
+    problem_base: str = field(
+        metadata=option(
+            "urn:async-accept:problem:",
+            "problem types are <problem_base><name>; an https base adds Link: rel=describedby",
+            _problem_base,
+        )
+    )
     debug: bool = field(
         metadata=option(False, "put tracebacks in failed jobs' problem details", _bool)
     )
@@ -387,6 +416,7 @@ class OptionsKwargs(TypedDict, total=False):
     sweep_interval: float | None
     requeue_after: float
     status_code_running: int
+    problem_base: str
     debug: bool
     discover: DiscoverFunc | None
     shutdown_timeout: float

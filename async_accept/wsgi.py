@@ -109,7 +109,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             try:
                 body = self._read_body(environ)
             except _TooLarge:
-                return _respond(start_response, door.too_large(), method)
+                return _respond(start_response, door.answer(door.too_large()), method)
             request = self._capture(environ, path, body)
             route = plan.route
             if route.precheck:
@@ -123,7 +123,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         if isinstance(response, EventStream):
             start_response(_status_line(response.status), _str_headers(response))
             return blocking_stream(self.runtime, response)
-        return _respond(start_response, response, method)
+        return _respond(start_response, door.answer(response), method)
 
     def _capture(self, environ: WSGIEnviron, path: str, body: bytes) -> CapturedRequest:
         request = _capture(environ, path, body)

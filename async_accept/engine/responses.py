@@ -35,6 +35,14 @@ def problem_dict(
     return d
 
 
+def rebase_problem_type(problem: dict[str, Any], base: str) -> dict[str, Any]:
+    """``problem`` with its ``type`` under ``base`` (the app's ``problem_base``)."""
+    kind = problem.get("type")
+    if base == PROBLEM_BASE or not isinstance(kind, str) or not kind.startswith(PROBLEM_BASE):
+        return problem
+    return {**problem, "type": base + kind[len(PROBLEM_BASE) :]}
+
+
 def problem_body(problem: dict[str, Any]) -> bytes:
     return json.dumps(problem, separators=(",", ":")).encode("utf-8")
 
@@ -152,6 +160,17 @@ def worker_lost_error(
     detail: str = "The worker running the job stopped heartbeating.",
 ) -> dict[str, Any]:
     return problem_dict(500, "worker-lost", "Worker lost", detail)
+
+
+def rebase_problem(response: Response, base: str) -> Response:
+    """A problem answer's ``type`` under ``base``, with ``Link: <type>;
+    rel="describedby"`` when ``base`` is a documentation URL (https)."""
+    if base == PROBLEM_BASE or (b"content-type", PROBLEM_CONTENT_TYPE) not in response.headers:
+        return response
+    problem = rebase_problem_type(json.loads(response.body), base)
+    link = f'<{problem["type"]}>; rel="describedby"'.encode()
+    headers = [*response.headers, (b"link", link)]
+    return Response(response.status, headers, problem_body(problem))
 
 
 def headers_dict(request: CapturedRequest) -> dict[str, str]:

@@ -44,6 +44,7 @@ from .responses import (
     not_found,
     problem_dict,
     problem_response,
+    rebase_problem_type,
     rfc3339,
     unavailable,
     worker_lost_error,
@@ -229,8 +230,9 @@ class Status:
         if job.cancel_requested and not job.terminal:
             data["cancel_requested"] = True
         if job.status is JobStatus.FAILED:
-            data["error"] = job.error or problem_dict(
-                500, "job-failed", "Job failed", "The job failed."
+            data["error"] = rebase_problem_type(
+                job.error or problem_dict(500, "job-failed", "Job failed", "The job failed."),
+                self.options.problem_base,
             )
         return data
 
