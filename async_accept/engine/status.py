@@ -351,6 +351,10 @@ class Status:
             response = yield from waiting.long_poll(self, request, token, job, *asked)
         else:
             response = self.status_response(job, request.root_path, token, now)
+        if response.status == 303 and not job.terminal:
+            # The long poll saw the job complete: its outcome (the handler's Location)
+            # is on the fresh record, not on the one read before the wait.
+            job = (yield from ops.get(job.id, now)) or job
         if response.status == 303 and _same_origin_path(job.result_location):
             # The 303 leads to the handler's own Location: it carries the handler's
             # cookies too (a flash-and-redirect flow), as the handler's 3xx would have.

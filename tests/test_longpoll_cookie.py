@@ -1,0 +1,63 @@
+"""A long-poll status read (``Prefer: wait``) that sees the job complete answers
+its 303 to the handler's own Location with the handler's Set-Cookie, as a plain
+status read does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from async_accept import long_running
+
+SECRET = "test-secret-key-0123456789abcdef"
+
+
+def _app() -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import RedirectResponse
+    from starlette.routing import Route
+
+    from async_accept.asgi import AsyncAcceptMiddleware
+
+    @long_running
+    async def create(request: Request) -> RedirectResponse:
+        await asyncio.sleep(0.5)  # still running when the long poll starts
+        response = RedirectResponse("/posts", status_code=302)
+        response.set_cookie("flash", "created", httponly=True)
+        return response
+
+    app = Starlette(routes=[Route("/create", create, methods=["POST"])])
+    app.add_middleware(
+        AsyncAcceptMiddleware,
+        secret_key=SECRET,
+        store="memory://",
+        executor="asyncio",
+    )
+    return app
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_303_to_the_handlers_location_carries_its_cookie(wait: bool) -> None:
+    """The status read's 303 to the handler's Location brings its Set-Cookie, long poll or not."""
+    from starlette.testclient import TestClient
+
+    headers = {"authorization": "Bearer alice"}
+    with TestClient(_app(), follow_redirects=False) as client:
+        accepted = client.post("/create", headers={**headers, "prefer": "respond-async"})
+        assert accepted.status_code == 202
+        status_url = accepted.headers["location"]
+        if wait:
+            r = client.get(status_url, headers={**headers, "prefer": "wait=10"})
+        else:
+            for _ in range(200):
+                r = client.get(status_url, headers=headers)
+                if r.status_code == 303:
+                    break
+                time.sleep(0.02)
+        assert r.status_code == 303, r.text
+        assert r.headers["location"].endswith("/posts")
+        assert r.headers.get_list("set-cookie") == ["flash=created; HttpOnly; Path=/; SameSite=lax"]
