@@ -193,6 +193,29 @@ _PREFERENCE_APPLIED = {
 }
 
 
+#: The Idempotency-Key header's value: a bare token or an RFC 8941 string of
+#: printable ASCII (quoted and escaped: at most 2 x 255 + 2 characters).
+_IDEMPOTENCY_KEY = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 512,
+    "pattern": r'^(?:[!#-+\--:<-\[\]-~]{1,255}|"(?:[ !#-\[\]-~]|\\["\\]){1,255}")$',
+}
+
+
+def _any_content() -> dict[str, Any]:
+    """A replayed response: any media type (bytes as sent; generated clients read a file)."""
+    return {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "*/*": {"schema": {}},
+    }
+
+
+def _without_bodies(responses: dict[str, Any]) -> dict[str, Any]:
+    """The responses of a HEAD operation: the same statuses and headers, no content."""
+    return {code: {k: v for k, v in r.items() if k != "content"} for code, r in responses.items()}
+
+
 def _accepted_response() -> dict[str, Any]:
     return {
         "description": "Accepted: the request runs as a background job. Poll the status URL "
@@ -260,8 +283,10 @@ def _status_paths(
         }
         running["description"] = "The job failed or was canceled (see status)."
 
-    def cancel_responses() -> dict[str, Any]:
+    def cancel_responses(delete: bool) -> dict[str, Any]:
+        ended = {"204": {"description": "The job had ended: it is deleted (later reads 404)."}}
         return {
+            **(ended if delete else {}),
             "200": {"description": "The queued job was canceled.", "content": _job_content()},
             "202": {
                 "description": "Cancellation of the running job was requested "
@@ -269,7 +294,7 @@ def _status_paths(
                 "content": _job_content(),
             },
             "404": _problem(_NOT_FOUND),
-            "409": _problem("The job already finished."),
+            "409": _problem("The job already finished (or ended while being canceled)."),
             "410": _problem(_GONE),
             "503": _problem(_UNAVAILABLE, Retry_After=copy.deepcopy(_RETRY_AFTER)),
         }
@@ -286,7 +311,16 @@ def _status_paths(
         "200": {
             "description": "The handler's response, replayed as it was produced (status "
             "code, headers and body).",
-            "content": {"*/*": {"schema": {}}},
+            "content": _any_content(),
+        },
+        "304": {
+            "description": "Not Modified: If-None-Match / If-Modified-Since matched the "
+            "handler's own ETag / Last-Modified."
+        },
+        "default": {
+            "description": "The handler's response with its own status (a 201, a 4xx, ...), "
+            "replayed as it was produced.",
+            "content": _any_content(),
         },
         "404": _problem(_NOT_FOUND),
         "409": _problem(
@@ -305,24 +339,31 @@ def _status_paths(
             "delete": op(
                 "async_accept_job_cancel",
                 "Cancel the job",
-                cancel_responses(),
-                "Queued: canceled at once. Processing: cancellation is requested.",
+                cancel_responses(delete=True),
+                "Queued: canceled at once. Processing: cancellation is requested. "
+                "Ended: the job and its result are deleted.",
             ),
         },
         f"{prefix}/{{token}}/result": {
             "get": op(
                 "async_accept_job_result",
                 "Job result",
-                result_responses,
+                copy.deepcopy(result_responses),
                 "The stored response of the finished job.",
-            )
+            ),
+            "head": op(
+                "async_accept_job_result_head",
+                "Job result (headers only)",
+                _without_bodies(copy.deepcopy(result_responses)),
+                "The stored response's status and headers, without its body.",
+            ),
         },
         f"{prefix}/{{token}}/cancel": {
             "post": op(
                 "async_accept_job_cancel_post",
                 "Cancel the job",
-                cancel_responses(),
-                "Same as DELETE on the status URL.",
+                cancel_responses(delete=False),
+                "Same as DELETE on the status URL, except that an ended job answers 409.",
             )
         },
     }
@@ -501,9 +542,10 @@ def _document_operation(operation: dict[str, Any], opts: RouteOptions) -> None:
             "name": "Idempotency-Key",
             "in": "header",
             "required": required,
-            "description": "Repeats with the same key and payload get the same job "
-            '(an RFC 8941 string such as "abc", or a bare token; at most 255 characters).',
-            "schema": {"type": "string"},
+            "description": "Repeats with the same key and payload get the same job: "
+            "1 to 255 printable ASCII characters, as a bare token (no spaces, quotes, "
+            'backslashes, commas or semicolons) or an RFC 8941 string such as "a b".',
+            "schema": copy.deepcopy(_IDEMPOTENCY_KEY),
         },
     )
     responses.setdefault(

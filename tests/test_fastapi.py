@@ -460,7 +460,7 @@ def test_status_routes_documented_when_asked() -> None:
     paths = doc["paths"]
     status = paths["/_jobs/{token}"]
     assert set(status) == {"get", "head", "delete"}
-    assert set(paths["/_jobs/{token}/result"]) == {"get"}
+    assert set(paths["/_jobs/{token}/result"]) == {"get", "head"}
     assert set(paths["/_jobs/{token}/cancel"]) == {"post"}
     job_ref = {"$ref": "#/components/schemas/AsyncAcceptJob"}
     problem = {
