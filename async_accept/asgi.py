@@ -228,7 +228,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             try:
                 body = await self._read_body(scope, receive)
             except _TooLarge:
-                await _send(send, self._door.too_large(), scope["method"])
+                await _send(send, self._door.answer(self._door.too_large()), scope["method"])
                 return
             except _Disconnected:
                 return

@@ -102,7 +102,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
                 try:
                     body = self._read_body(environ)
                 except _TooLarge:
-                    return _respond(start_response, door.too_large(), method)
+                    return _respond(start_response, door.answer(door.too_large()), method)
             request = self._capture(environ, path, body)
             response = self.runtime.drive(door.engine.serve(request, plan.subpath))
         elif isinstance(plan, Accept):

@@ -56,6 +56,10 @@ def test_schemathesis_finds_no_mismatch(example_app: Any) -> None:
             @given(case=operation.as_strategy())
             def run(case: Any) -> None:
                 case.headers = {**(case.headers or {}), "Authorization": "Bearer me"}
+                if isinstance(case.query, dict):
+                    # The job list's cursor is opaque, handed out in Link: rel="next";
+                    # one a generator makes up is answered 400, as documented.
+                    case.query.pop("cursor", None)
                 case.call_and_validate(checks=every_check)
                 calls.append(case.method)
 
