@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypedDict
 
 from .errors import ConfigurationError
+from .problem_types import PROBLEM_BASE, check_problem_base
 from .routes import RouteOptions, RoutePattern, RouteSpecs, parse_routes
 from .tokens import normalize_secrets
 
@@ -50,8 +51,7 @@ def _seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
-def _positive(name: str, value: Any) -> float:
-    return _seconds(name, value)
+_positive: Check = _seconds
 
 
 def _non_negative(name: str, value: Any) -> float:
@@ -124,10 +124,6 @@ def _anonymous(name: str, value: Any) -> Literal["allow", "deny"]:
     return "allow" if value == "allow" else "deny"
 
 
-def _sweep_interval(name: str, value: Any) -> float | None:
-    return None if value in (None, 0) else _seconds(name, value)
-
-
 def _status_code_running(name: str, value: Any) -> Literal[200, 202]:
     if value not in (200, 202):
         raise ConfigurationError(
@@ -161,28 +157,6 @@ def _health_token(name: str, value: Any) -> str | None:
             "python -c 'import secrets; print(secrets.token_urlsafe(24))')"
         )
     return value
-
-
-def _problem_base(name: str, value: Any) -> str:
-    from urllib.parse import urlsplit
-
-    from .engine.responses import PROBLEM_BASE
-
-    if value == PROBLEM_BASE:
-        return PROBLEM_BASE
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if (
-        parts is None
-        or parts.scheme != "https"
-        or not parts.netloc
-        or parts.query
-        or parts.fragment
-    ):
-        raise ConfigurationError(
-            f"{name}={value!r} must be an absolute https URL base, e.g."
-            " 'https://docs.example.com/problems/' (a problem's name is appended)"
-        )
-    return str(value)
 
 
 def _bool(name: str, value: Any) -> bool:
@@ -293,7 +267,9 @@ class Options:
     )
     sweep_interval: float | None = field(
         metadata=option(
-            5.0, "seconds between sweeps for lost jobs (None or 0: no sweeper)", _sweep_interval
+            5.0,
+            "seconds between sweeps for lost jobs (None or 0: no sweeper)",
+            lambda name, value: None if value in (None, 0) else _seconds(name, value),
         )
     )
     requeue_after: float = field(
@@ -306,13 +282,7 @@ class Options:
             200, "status of a running job's status URL: 200 or 202", _status_code_running
         )
     )
-    problem_base: str = field(
-        metadata=option(
-            "urn:async-accept:problem:",
-            "problem types are <problem_base><name>; an https base adds Link: rel=describedby",
-            _problem_base,
-        )
-    )
+    problem_base: str = field(metadata=option(PROBLEM_BASE, "<base><name>", check_problem_base))
     debug: bool = field(
         metadata=option(False, "put tracebacks in failed jobs' problem details", _bool)
     )

@@ -11,8 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..job import CapturedRequest, Headers, Job
-
-PROBLEM_BASE = "urn:async-accept:problem:"
+from ..problem_types import PROBLEM_BASE as PROBLEM_BASE
 
 PROBLEM_CONTENT_TYPE = b"application/problem+json"
 
