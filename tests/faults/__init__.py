@@ -1,0 +1,1 @@
+"""Ledger-checked fault runs against real server processes (see harness.py)."""

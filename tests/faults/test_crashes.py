@@ -1,0 +1,33 @@
+"""kill -9 of a server worker mid-load: its jobs end (worker-lost), nothing else is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.faults.conftest import SIZES, Deployment
+from tests.faults.harness import assert_nothing_lost, spawned_workers, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_kill9_of_one_uvicorn_worker_loses_no_accepted_job(deploy: Deployment, n: int) -> None:
+    """kill -9 of one of two uvicorn workers (SQLite): every 202 ends, no job runs twice."""
+    server = deploy.uvicorn(workers=2, ASYNC_ACCEPT_EXECUTOR="asyncio?max_concurrency=4")
+    assert server.proc is not None
+    wait_until(lambda: len(spawned_workers(server.proc.pid)) >= 2, 30, "two uvicorn workers")
+    run = deploy.run(server)
+    first = run.submit("/work", n, query="sleep=1")
+    run.wait_for(first, ("processing",), at_least=2, timeout=20)
+    victim = max(spawned_workers(server.proc.pid))
+    os.kill(victim, signal.SIGKILL)
+    time.sleep(0.2)
+    # Load goes on while the survivor (and uvicorn's replacement worker) carry it.
+    run.submit("/work", n, query="sleep=0.2", prefix="after")
+    report = run.poll_all(timeout=60 + n * 0.5)
+    assert report.accepted >= n, report.summary()
+    assert_nothing_lost(report, allowed_errors={"worker-lost"})
