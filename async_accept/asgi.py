@@ -116,14 +116,22 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         if isinstance(state, dict):
             self.runtime.lifespan_state = state
 
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown" and self.runtime.started:
+                # Drain first: running jobs may still use what the app's own
+                # shutdown closes (pools, clients).
+                await self.runtime.ashutdown()
+            return message
+
         async def lifespan_send(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
                 await self._ensure_started()
-            elif message["type"] == "lifespan.shutdown.complete":
+            elif message["type"] == "lifespan.shutdown.complete" and self.runtime.started:
                 await self.runtime.ashutdown()
             await send(message)
 
-        await self.app(scope, receive, lifespan_send)
+        await self.app(scope, lifespan_receive, lifespan_send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self._door.max_body

@@ -28,17 +28,20 @@ class JobContext:
     __slots__ = (
         "_lock",
         "_wake",
+        "attempt",
         "cancel_raised",
         "cancel_requested",
         "dirty",
         "eta",
+        "handler_done",
         "id",
         "last_beat",
-        "loop_id",
+        "last_progress",
         "lost",
         "message",
         "on_cancel",
         "percent",
+        "response_started",
     )
 
     def __init__(self, job_id: str) -> None:
@@ -47,9 +50,14 @@ class JobContext:
         #: report_progress raised JobCanceled (the app may have turned it into a 500)
         self.cancel_raised = False
         self.lost = False
-        #: runtime bookkeeping: when the lease was last refreshed, which loop runs it
+        #: 1 on the first run, counting up when the job runs again (requeue, retry)
+        self.attempt = 1
+        #: runtime bookkeeping: when the lease was last written; whether the handler
+        #: returned or raised (a cancel then comes too late); whether it began answering
         self.last_beat = 0.0
-        self.loop_id = 0
+        self.last_progress = 0.0
+        self.handler_done = False
+        self.response_started = False
         self.percent: float | None = None
         self.message: str | None = None
         self.eta: float | None = None
@@ -60,7 +68,10 @@ class JobContext:
         self.on_cancel: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
-        return f"<JobContext {self.id} cancel_requested={self.cancel_requested}>"
+        return (
+            f"<JobContext {self.id} attempt={self.attempt} "
+            f"cancel_requested={self.cancel_requested}>"
+        )
 
     def set_waker(self, wake: Callable[[], None] | None) -> None:
         self._wake = wake
@@ -77,6 +88,19 @@ class JobContext:
         wake = self._wake
         if wake is not None:
             wake()
+
+    def mark_started(self) -> None:
+        """The handler began sending its response: a cancel now loses the race."""
+        self.response_started = True
+
+    def restore_progress(
+        self, percent: float | None, message: str | None, eta: float | None
+    ) -> None:
+        """Put back progress whose write failed, unless a newer report came meanwhile."""
+        with self._lock:
+            if not self.dirty:
+                self.percent, self.message, self.eta = percent, message, eta
+                self.dirty = True
 
     def take_progress(self) -> tuple[float | None, str | None, float | None] | None:
         """The progress to write, once (None when nothing changed)."""

@@ -116,6 +116,11 @@ JOB_SCHEMAS: dict[str, dict[str, Any]] = {
                     "description": "The handler's HTTP status, once the job has a response.",
                 }
             ),
+            "attempt": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "1 on the first run; counts up when the job runs again.",
+            },
             "links": {"$ref": _REF + "AsyncAcceptJobLinks"},
             "cancel_requested": {
                 "type": "boolean",
@@ -138,6 +143,7 @@ JOB_SCHEMAS: dict[str, dict[str, Any]] = {
             "message",
             "estimated_time_remaining",
             "result_status",
+            "attempt",
             "links",
         ],
     },

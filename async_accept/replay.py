@@ -63,8 +63,12 @@ async def replay_asgi(
     request: CapturedRequest,
     job_id: str,
     state: dict[str, Any] | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> CapturedResponse:
-    """Run ``request`` through the ASGI ``app`` and return what it answered."""
+    """Run ``request`` through the ASGI ``app`` and return what it answered.
+
+    ``on_start`` is called when the app begins its response (a cancel then comes
+    too late to stop the handler)."""
     scope = asgi_scope(request, job_id, state)
     body_sent = False
     done = asyncio.Event()
@@ -85,6 +89,8 @@ async def replay_asgi(
         nonlocal status, headers
         kind = message["type"]
         if kind == "http.response.start":
+            if on_start is not None:
+                on_start()
             status = int(message["status"])
             headers = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
         elif kind == "http.response.body":

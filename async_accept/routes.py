@@ -40,8 +40,44 @@ class RouteOptions:
     methods: frozenset[str] | None = None
     #: the app decides first: run its stack in the request, accept at the handler
     precheck: bool = False
+    #: how many times a job lost to a crashed worker (or failing with one of
+    #: ``retry_on``) runs again; 0: never (at-most-once)
+    retries: int = 0
+    #: seconds before a retry after a handler exception, doubling per attempt
+    retry_backoff: float = 0.0
+    #: handler exception classes that make a job run again (up to ``retries``)
+    retry_on: tuple[type[BaseException], ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ConfigurationError(f"retries={self.retries!r} must be a whole number >= 0")
+        if (
+            isinstance(self.retry_backoff, bool)
+            or not isinstance(self.retry_backoff, (int, float))
+            or self.retry_backoff < 0
+        ):
+            raise ConfigurationError(f"retry_backoff={self.retry_backoff!r} must be >= 0 seconds")
+        retry_on = self.retry_on
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        if not all(isinstance(c, type) and issubclass(c, BaseException) for c in retry_on):
+            raise ConfigurationError(
+                f"retry_on={self.retry_on!r} must be exception classes, e.g. (TimeoutError,)"
+            )
+        object.__setattr__(self, "retry_on", tuple(retry_on))
+        self._check_numbers()
+
+    def retry_meta(self) -> dict[str, Any]:
+        """What a job of this route carries so that any worker can apply its retries."""
+        if not self.retries:
+            return {}
+        return {
+            "retries": self.retries,
+            "retry_backoff": float(self.retry_backoff),
+            "retry_on": [exception_name(c) for c in self.retry_on],
+        }
+
+    def _check_numbers(self) -> None:
         for name in ("sla", "wait", "max_wait"):
             value = getattr(self, name)
             if value is None:
@@ -78,6 +114,9 @@ def long_running(
     webhook: str | None = ...,
     methods: Iterable[str] | None = ...,
     precheck: bool = ...,
+    retries: int = ...,
+    retry_backoff: float = ...,
+    retry_on: tuple[type[BaseException], ...] | type[BaseException] = ...,
 ) -> Callable[[F], F]: ...
 
 
@@ -92,6 +131,9 @@ def long_running(
     webhook: str | None = None,
     methods: Iterable[str] | None = None,
     precheck: bool = True,
+    retries: int = 0,
+    retry_backoff: float = 0.0,
+    retry_on: tuple[type[BaseException], ...] | type[BaseException] = (),
 ) -> Any:
     """Mark an endpoint long-running.
 
@@ -117,6 +159,11 @@ def long_running(
     On a class, its handler methods (``get``/``post``/..., Falcon's
     ``on_<method>``, DRF's unsafe viewset actions) are wrapped in place.
     ``precheck=False`` accepts on arrival and returns the function unchanged.
+
+    ``retries=N`` lets a job run again, up to N times, when its worker was lost
+    (killed, crashed) or when the handler raised one of ``retry_on`` (after
+    ``retry_backoff`` seconds, doubling per attempt); the handler sees the count
+    in ``current_job().attempt``. Without it a job runs at most once.
     """
     explicit = None
     if methods is not None:
@@ -134,6 +181,9 @@ def long_running(
         webhook=webhook,
         methods=explicit,
         precheck=bool(precheck),
+        retries=retries,
+        retry_backoff=retry_backoff,
+        retry_on=retry_on if isinstance(retry_on, tuple) else (retry_on,),
     )
 
     def mark(target: F) -> F:
@@ -277,6 +327,19 @@ def for_handler(options: RouteOptions, handler: Any) -> RouteOptions:
         obj = getattr(obj, "__wrapped__", None) or getattr(obj, "__func__", None)
         seen += 1
     return replace(options, precheck=False)
+
+
+def exception_name(cls: type[BaseException]) -> str:
+    """``module.QualName`` of an exception class, as jobs carry it in ``retry_on``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def retry_matches(exc: BaseException, names: Any) -> bool:
+    """Whether ``exc`` is an instance of a class named in ``names`` (its MRO counts)."""
+    if not isinstance(names, list) or not names:
+        return False
+    wanted = set(names)
+    return any(exception_name(c) in wanted for c in type(exc).__mro__)
 
 
 def marker_of(obj: Any) -> RouteOptions | None:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 from ._observer import Observer
-from .context import JobContext, loop_waker, reset_current, set_current
+from .context import JobContext, reset_current, set_current
 from .engine import Engine, WorkerShutdown
 from .engine.ops import ExecutorCall, Gen, Op, Replay, StoreCall, WaitChange, WaitFor
 from .errors import JobCanceled, StoreError
@@ -29,6 +29,17 @@ from .feed import ChangeFeed, signal_for
 from .job import CapturedResponse, Job, JobStatus
 from .replay import replay_asgi, replay_asgi_blocking, replay_wsgi
 from .stores import AsyncStore, Store, as_async
+from .supervision import (
+    DelayedSubmits,
+    HandlerExit,
+    Heartbeats,
+    adurable_call,
+    cancelled_from_outside,
+    durable_call,
+    in_main_thread,
+    waiting_on_thread,
+    watch_stop_signals,
+)
 from .timings import RunTimes
 
 log = logging.getLogger("async_accept")
@@ -39,19 +50,6 @@ AppKind = Literal["asgi", "wsgi"]
 
 def make_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def _beat_due(
-    ctx: JobContext, interval: float
-) -> tuple[bool, tuple[float | None, str | None, float | None] | None]:
-    """Whether the beater writes for ``ctx`` now, and the progress to write (None:
-    a bare heartbeat). Due when progress was reported or a beat is almost late."""
-    now_mono = time.monotonic()
-    progress = ctx.take_progress()
-    if progress is None and now_mono - ctx.last_beat < interval * 0.9:
-        return False, None
-    ctx.last_beat = now_mono
-    return True, progress
 
 
 class Runtime:
@@ -72,15 +70,13 @@ class Runtime:
         self.observer = Observer(engine, store)
         self._astore: AsyncStore | None = None
         self._local: dict[str, JobContext] = {}
-        self._sync_board: dict[str, JobContext] = {}
-        self._async_board: dict[str, JobContext] = {}
-        self._sync_wake = threading.Event()
-        self._sync_beater: threading.Thread | None = None
-        self._beater_lock = threading.Lock()
-        self._async_beaters: dict[
-            asyncio.AbstractEventLoop,
-            tuple[asyncio.Future[None], asyncio.Event, Callable[[], None]],
-        ] = {}
+        #: the jobs this process runs (claimed, not yet ended), for the drain
+        self._running: set[str] = set()
+        #: retries waiting for their backoff before they are handed to the executor
+        self._delayed = DelayedSubmits(self._submit_now, self._still_running)
+        self.heartbeats = Heartbeats(self, self._local, self.options.heartbeat_interval)
+        #: set at the first stop signal: from then on no queued job starts here
+        self._draining = threading.Event()
         #: every waiter of this process (long-polls, event streams, hybrid accepts)
         self.feed = ChangeFeed(lambda job_id: store.get(job_id, engine.clock()), self._signal)
         #: each route's learned run time, for Retry-After (the engine reads it)
@@ -93,6 +89,7 @@ class Runtime:
         self._sweeper_task: asyncio.Task[None] | None = None
         self._sweeper_wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
+        watch_stop_signals(self)
 
     # -- store faces ---------------------------------------------------------------
 
@@ -139,9 +136,43 @@ class Runtime:
             except Exception as exc:
                 value, error = None, exc
 
+    def _store_call(self, op: StoreCall[Any]) -> Any:
+        """A store op; a job's outcome is retried across transient store errors and
+        held in memory until written (the job stays on the heartbeat board meanwhile)."""
+        if op.durable:
+            return durable_call(lambda: op.run(self.store))
+        return op.run(self.store)
+
+    async def _astore_call(self, op: StoreCall[Any]) -> Any:
+        if op.durable:
+            return await adurable_call(lambda: op.arun(self.astore))
+        return await op.arun(self.astore)
+
+    def _executor_call(self, op: ExecutorCall) -> None:
+        if op.cancel:
+            self.cancel_local(op.job_id)
+            return None
+        if op.after <= 0 and not self._executor_has(op.job_id):
+            self.executor.submit(op.job_id)
+            return None
+        # A retry: the job waits queued for its backoff, and for its previous run to
+        # be over here (is_pending keeps the sweeper off it meanwhile).
+        self._delayed.add(op.job_id, op.after)
+        return None
+
+    def _executor_has(self, job_id: str) -> bool:
+        pending = getattr(self.executor, "is_pending", None)
+        return bool(pending(job_id)) if pending is not None else False
+
+    def _submit_now(self, job_id: str) -> None:
+        self.executor.submit(job_id)
+
+    def _still_running(self, job_id: str) -> bool:
+        return job_id in self._running or self._executor_has(job_id)
+
     def _do_sync(self, op: Op) -> Any:
         if isinstance(op, StoreCall):
-            op.result = result = op.run(self.store)
+            op.result = result = self._store_call(op)
             self.feed.saw_result(result)
             event = op.event(result) if op.event is not None else None
             if event is not None:
@@ -150,9 +181,7 @@ class Runtime:
                     self.observer.deliver(ended)
             return None
         if isinstance(op, ExecutorCall):
-            if op.cancel:
-                return self.cancel_local(op.job_id)
-            return self.executor.submit(op.job_id)
+            return self._executor_call(op)
         if isinstance(op, WaitChange):
             return self.feed.wait(op.job, op.timeout)
         if isinstance(op, WaitFor):
@@ -163,7 +192,7 @@ class Runtime:
 
     async def _do_async(self, op: Op) -> Any:
         if isinstance(op, StoreCall):
-            op.result = result = await op.arun(self.astore)
+            op.result = result = await self._astore_call(op)
             self.feed.saw_result(result)
             event = op.event(result) if op.event is not None else None
             if event is not None:
@@ -172,9 +201,7 @@ class Runtime:
                     await asyncio.to_thread(self.observer.deliver, ended)  # outbox I/O
             return None
         if isinstance(op, ExecutorCall):
-            if op.cancel:
-                return self.cancel_local(op.job_id)
-            return self.executor.submit(op.job_id)
+            return self._executor_call(op)
         if isinstance(op, WaitChange):
             return await self.feed.await_change(op.job, op.timeout)
         if isinstance(op, WaitFor):
@@ -184,10 +211,18 @@ class Runtime:
         raise TypeError(f"unknown op {op!r}")  # pragma: no cover
 
     # -- running jobs ------------------------------------------------------------------
+    #
+    # One supervisor per running job owns its end: run_job / arun_job drive the
+    # engine's run generator, which writes exactly one outcome. Whatever the handler
+    # raises, BaseException included, reaches the engine as an ordinary exception
+    # (handler-error), so neither the process nor a pool thread goes down with it.
+    # The job stays on the heartbeat board until its outcome is written, so its
+    # lease holds while a transient store error is retried.
 
     def run_job(self, job_id: str) -> Job | None:
         """Run one job in this thread (thread executors, remote workers)."""
         job = None
+        self._running.add(job_id)
         try:
             job = self.drive(self.engine.run(job_id, self.worker_id))
             return job
@@ -195,12 +230,15 @@ class Runtime:
             log.exception("async_accept: store error while running job %s", job_id)
             return None
         finally:
+            self._running.discard(job_id)
+            self._local.pop(job_id, None)
             self.feed.poke(job_id)
             self._learn(job)
 
     async def arun_job(self, job_id: str) -> Job | None:
         """Run one job as a task on the running loop (asyncio executor)."""
         job = None
+        self._running.add(job_id)
         try:
             job = await self.adrive(self.engine.run(job_id, self.worker_id))
             return job
@@ -208,6 +246,8 @@ class Runtime:
             log.exception("async_accept: store error while running job %s", job_id)
             return None
         finally:
+            self._running.discard(job_id)
+            self._local.pop(job_id, None)
             self.feed.poke(job_id)
             if job is not None and job.started_at is not None:
                 if self.store.blocking:
@@ -238,17 +278,18 @@ class Runtime:
             raise JobCanceled(ctx.id)
         return response
 
-    # Heartbeats: ONE beater per process side (a thread for jobs running in
-    # threads, a task for jobs on the loop), not one per job. It refreshes the
-    # lease of every local job each heartbeat_interval and writes progress as
-    # soon as a handler reports it (the waker), coalescing bursts.
+    def _register(self, job: Job) -> JobContext:
+        """The running job's context, on the heartbeat board from now on."""
+        ctx = JobContext(job.id)
+        ctx.attempt = max(1, job.attempts)
+        ctx.last_beat = time.monotonic()  # the claim just wrote the lease
+        self._local[ctx.id] = ctx
+        ctx.set_waker(self.heartbeats.wake.set)  # a progress report may be due at once
+        self.heartbeats.ensure_running()
+        return ctx
 
     def _replay_sync(self, op: Replay) -> CapturedResponse:
-        ctx = JobContext(op.job.id)
-        ctx.last_beat = time.monotonic()
-        self._local[ctx.id] = ctx
-        self._sync_board[ctx.id] = ctx
-        ctx.set_waker(self._ensure_sync_beater())
+        ctx = self._register(op.job)
         token = set_current(ctx)
         try:
             if self.kind == "wsgi":
@@ -259,80 +300,40 @@ class Runtime:
             if ctx.cancel_raised:
                 raise JobCanceled(ctx.id) from None
             raise
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit, ...
+            if ctx.cancel_raised:
+                raise JobCanceled(ctx.id) from None
+            if isinstance(exc, KeyboardInterrupt) and in_main_thread():
+                # A worker running jobs in its main thread (RQ, Celery solo) got Ctrl-C:
+                # the process is stopping, not the handler failing.
+                raise WorkerShutdown(
+                    "The worker was interrupted while the job was running."
+                ) from None
+            raise HandlerExit.of(exc) from exc
         finally:
             reset_current(token)
-            self._sync_board.pop(ctx.id, None)
-            self._local.pop(ctx.id, None)
+            ctx.handler_done = True
             self._flush_last_progress(ctx)
         return self._outcome(ctx, response)
-
-    def _ensure_sync_beater(self) -> Callable[[], None]:
-        with self._beater_lock:
-            if self._sync_beater is None or not self._sync_beater.is_alive():
-                self._sync_beater = threading.Thread(
-                    target=self._beat_sync_forever, name="async-accept-heartbeat", daemon=True
-                )
-                self._sync_beater.start()
-        return self._sync_wake.set
-
-    def _beat_sync_forever(self) -> None:
-        interval = self.options.heartbeat_interval
-        while True:
-            self._sync_wake.wait(interval)
-            self._sync_wake.clear()
-            for ctx in list(self._sync_board.values()):
-                due, progress = _beat_due(ctx, interval)
-                if not due:
-                    continue
-                try:
-                    now = self.engine.clock()
-                    if progress is not None:
-                        job = self.store.set_progress(ctx.id, self.worker_id, now, *progress)
-                        self.feed.saw(job)
-                    else:
-                        job = self.store.heartbeat(ctx.id, self.worker_id, now)
-                except StoreError:
-                    log.warning("async_accept: heartbeat of job %s failed", ctx.id, exc_info=True)
-                    continue
-                if ctx.id in self._sync_board:
-                    self._after_beat(ctx, job)
-
-    def _flush_last_progress(self, ctx: JobContext) -> None:
-        """The last report lands before the finish (the beater may not have run)."""
-        progress = ctx.take_progress()
-        if progress is None:
-            return
-        try:
-            self.feed.saw(
-                self.store.set_progress(ctx.id, self.worker_id, self.engine.clock(), *progress)
-            )
-        except StoreError:
-            log.warning("async_accept: progress of job %s was not saved", ctx.id, exc_info=True)
-
-    def _after_beat(self, ctx: JobContext, job: Job | None) -> None:
-        if job is None:
-            # Failed by the deadman switch (or otherwise taken away): stop the work.
-            ctx.lost = True
-            ctx.request_cancel()
-        elif job.cancel_requested:
-            ctx.request_cancel()
 
     async def _replay_async(self, op: Replay) -> CapturedResponse:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
-        ctx = JobContext(op.job.id)
-        ctx.last_beat = time.monotonic()
-        ctx.loop_id = id(loop)
-        self._local[ctx.id] = ctx
-        self._async_board[ctx.id] = ctx
-        ctx.set_waker(self._ensure_async_beater(loop))
+        ctx = self._register(op.job)
         cancelled_by_us: list[bool] = []
 
         def cancel_job() -> None:
             def do() -> None:
-                if task is not None and not task.done():
-                    cancelled_by_us.append(True)
-                    task.cancel()
+                if task is None or task.done() or ctx.handler_done or ctx.response_started:
+                    return  # the handler got there first: its result stands
+                if waiting_on_thread(task):
+                    # A sync handler in a thread can't be interrupted, and cancelling
+                    # the task now would throw away the response the thread is making:
+                    # ask again once the thread has returned.
+                    loop.call_later(0.02, do)
+                    return
+                cancelled_by_us.append(True)
+                task.cancel()
 
             with contextlib.suppress(RuntimeError):  # loop closed: nothing left to cancel
                 loop.call_soon_threadsafe(do)
@@ -343,7 +344,9 @@ class Runtime:
             if self.kind == "wsgi":  # pragma: no cover - refused at construction
                 response = await asyncio.to_thread(replay_wsgi, self.app, op.request, ctx.id)
             else:
-                response = await replay_asgi(self.app, op.request, ctx.id, self.lifespan_state)
+                response = await replay_asgi(
+                    self.app, op.request, ctx.id, self.lifespan_state, on_start=ctx.mark_started
+                )
         except asyncio.CancelledError:
             if cancelled_by_us and task is not None:
                 # Our own cancel (a client asked): take it back, the job goes on to record it.
@@ -352,16 +355,22 @@ class Runtime:
                     for _ in cancelled_by_us:
                         uncancel()
                 raise JobCanceled(ctx.id) from None
+            if task is not None and not cancelled_from_outside(task):
+                # The handler raised CancelledError itself: its own failure.
+                raise HandlerExit("the handler raised CancelledError") from None
             # Cancelled from outside: the server is shutting down.
             raise WorkerShutdown("The server shut down while the job was running.") from None
         except Exception:
             if ctx.cancel_raised:
                 raise JobCanceled(ctx.id) from None
             raise
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit, ...
+            if ctx.cancel_raised:
+                raise JobCanceled(ctx.id) from None
+            raise HandlerExit.of(exc) from exc
         finally:
             reset_current(token)
-            self._async_board.pop(ctx.id, None)
-            self._local.pop(ctx.id, None)
+            ctx.handler_done = True
         progress = ctx.take_progress()
         if progress is not None:
             try:
@@ -374,51 +383,28 @@ class Runtime:
                 log.warning("async_accept: progress of job %s was not saved", ctx.id)
         return self._outcome(ctx, response)
 
-    def _ensure_async_beater(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
-        beater = self._async_beaters.get(loop)
-        if beater is None:
-            event = asyncio.Event()
-            task = asyncio.ensure_future(self._beat_async_while_busy(loop, event))
-            beater = (task, event, loop_waker(loop, event))
-            self._async_beaters[loop] = beater
-        return beater[2]
+    def beat_write(
+        self, job_id: str, progress: tuple[float | None, str | None, float | None] | None
+    ) -> Job | None:
+        """One heartbeat (with the job's latest progress, when given), for Heartbeats."""
+        now = self.engine.clock()
+        if progress is not None:
+            job = self.store.set_progress(job_id, self.worker_id, now, *progress)
+            self.feed.saw(job)
+            return job
+        return self.store.heartbeat(job_id, self.worker_id, now)
 
-    async def _beat_async_while_busy(
-        self, loop: asyncio.AbstractEventLoop, event: asyncio.Event
-    ) -> None:
-        interval = self.options.heartbeat_interval
+    def _flush_last_progress(self, ctx: JobContext) -> None:
+        """The last report lands before the finish (the beater may not have run)."""
+        progress = ctx.take_progress()
+        if progress is None:
+            return
         try:
-            while True:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(event.wait(), interval)
-                event.clear()
-                board = [c for c in self._async_board.values() if c.loop_id == id(loop)]
-                if not board:
-                    # Idle: stop (no await before the finally below, so no job can
-                    # register in between); the next job on this loop starts a new one.
-                    return
-                for ctx in board:
-                    due, progress = _beat_due(ctx, interval)
-                    if not due:
-                        continue
-                    try:
-                        now = self.engine.clock()
-                        if progress is not None:
-                            job = await self.astore.set_progress(
-                                ctx.id, self.worker_id, now, *progress
-                            )
-                            self.feed.saw(job)
-                        else:
-                            job = await self.astore.heartbeat(ctx.id, self.worker_id, now)
-                    except StoreError:
-                        log.warning(
-                            "async_accept: heartbeat of job %s failed", ctx.id, exc_info=True
-                        )
-                        continue
-                    if ctx.id in self._async_board:
-                        self._after_beat(ctx, job)
-        finally:
-            self._async_beaters.pop(loop, None)
+            self.feed.saw(
+                self.store.set_progress(ctx.id, self.worker_id, self.engine.clock(), *progress)
+            )
+        except StoreError:
+            log.warning("async_accept: progress of job %s was not saved", ctx.id, exc_info=True)
 
     # -- waiting for a hybrid answer ----------------------------------------------------
 
@@ -457,12 +443,10 @@ class Runtime:
             self.worker_id = make_worker_id()
             self._stop = threading.Event()
             self._local.clear()
-            self._sync_board.clear()
-            self._async_board.clear()
-            self._async_beaters.clear()
-            self._sync_wake = threading.Event()
-            self._sync_beater = None
-            self._beater_lock = threading.Lock()
+            self._running = set()
+            self._delayed = DelayedSubmits(self._submit_now, self._still_running)
+            self.heartbeats = Heartbeats(self, self._local, self.options.heartbeat_interval)
+            self._draining = threading.Event()
             self.observer.after_fork()
             reset = getattr(self.executor, "after_fork", None)
             if reset is not None:
@@ -478,6 +462,7 @@ class Runtime:
             self.observer.start()
             self._load_run_times()
             self._started = True
+            watch_stop_signals(self)
             self._stop.clear()  # a restart after shutdown()
             self._sweeper_thread = threading.Thread(
                 target=self._sweep_forever, name="async-accept-sweeper", daemon=True
@@ -495,6 +480,7 @@ class Runtime:
             self.observer.start()
             self._load_run_times()  # one small read, once per process
             self._started = True
+            watch_stop_signals(self)
             self._stop.clear()  # a restart after ashutdown()
         self._sweeper_wake = asyncio.Event()
         self._sweeper_task = asyncio.ensure_future(self._asweep_forever())
@@ -506,7 +492,7 @@ class Runtime:
             log.warning("async_accept: learned run times not loaded", exc_info=True)
 
     def is_pending(self, job_id: str) -> bool:
-        if job_id in self._local:
+        if job_id in self._local or job_id in self._delayed:
             return True
         pending = getattr(self.executor, "is_pending", None)
         return bool(pending(job_id)) if pending is not None else False
@@ -599,19 +585,72 @@ class Runtime:
             if self._stop.is_set():
                 return
 
+    # -- graceful stop ----------------------------------------------------------------------
+    #
+    # A stop never fails a job: from the first signal no queued job starts here
+    # (they stay queued for the next process), running ones get ``shutdown_timeout``
+    # to finish, and what still runs then is handed back to the queue (requeued),
+    # so another process, or this one restarted, runs it again (attempt + 1).
+
+    @property
+    def draining(self) -> bool:
+        """True from the first stop signal on: executors start no queued job."""
+        return self._draining.is_set()
+
+    def begin_drain(self) -> None:
+        """Stop claiming jobs (a stop signal arrived, or shutdown began)."""
+        self._draining.set()
+
+    def _requeue_running(self) -> int:
+        """Hand the jobs still running here back to the queue; how many were."""
+        requeued = 0
+        for job_id in list(self._running):
+            try:
+                job = self.store.requeue(job_id, self.worker_id, self.engine.clock())
+            except StoreError:
+                log.warning("async_accept: could not requeue job %s", job_id, exc_info=True)
+                continue
+            if job is not None:
+                requeued += 1
+                log.warning(
+                    "async_accept: job %s still ran at the end of the drain: requeued", job_id
+                )
+        return requeued
+
+    @property
+    def busy(self) -> bool:
+        """Whether jobs run here now."""
+        return bool(self._running)
+
+    def drain_at_exit(self) -> None:
+        """At interpreter exit (a gunicorn worker leaving after its graceful stop):
+        let running jobs finish within ``shutdown_timeout``, requeue the rest."""
+        self.begin_drain()
+        deadline = time.monotonic() + self.options.shutdown_timeout
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._requeue_running()
+
     def shutdown(self) -> None:
+        self.begin_drain()
         self._stop.set()
         sweeper, self._sweeper_thread = self._sweeper_thread, None
         if sweeper is not None and sweeper is not threading.current_thread():
             # Its store calls must be over before anyone closes the store.
             sweeper.join(self.options.shutdown_timeout)
         if self._started:
-            self.executor.shutdown(self.options.shutdown_timeout)
+            deadline = time.monotonic() + self.options.shutdown_timeout
+            while self._running and time.monotonic() < deadline:
+                time.sleep(0.02)
+            self._requeue_running()
+            # Threads still in a handler can't be stopped; their jobs are requeued.
+            self.executor.shutdown(max(0.1, deadline - time.monotonic()))
             self.observer.stop(self.options.shutdown_timeout)
             self.beat("stopped")
         self._started = False
 
     async def ashutdown(self) -> None:
+        self.begin_drain()
         if self._sweeper_task is not None:
             # Ask first: a store call in a thread can't be cancelled, and must be over
             # before anyone closes the store.
@@ -624,12 +663,18 @@ class Runtime:
             self._sweeper_task = None
         if self._started:
             timeout = self.options.shutdown_timeout
+            deadline = time.monotonic() + timeout
+            while self._running and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if self._running:
+                await asyncio.to_thread(self._requeue_running)
+            left = max(0.1, deadline - time.monotonic())
             ashutdown = getattr(self.executor, "ashutdown", None)
             if ashutdown is not None:
-                await _bounded(ashutdown(timeout), 2 * timeout + 5, "the executor")
+                await _bounded(ashutdown(left), left + 5, "the executor")
             else:
                 await _bounded(
-                    asyncio.to_thread(self.executor.shutdown, timeout), timeout + 5, "the executor"
+                    asyncio.to_thread(self.executor.shutdown, left), left + 5, "the executor"
                 )
             await _bounded(
                 asyncio.to_thread(self.observer.stop, timeout), timeout + 5, "webhook delivery"

@@ -23,6 +23,7 @@ STATUS_FIELDS = {
     "message",
     "estimated_time_remaining",
     "result_status",
+    "attempt",
     "links",
 }
 

@@ -122,6 +122,7 @@ class Accepting(Status):
             fingerprint=fingerprint,
             meta={"accepting_until": now + wait} if wait > 0 else {},
         )
+        job.meta.update(route.retry_meta())
         carrier = span.carrier()
         if carrier is not None:
             job.meta[TRACE_META] = carrier

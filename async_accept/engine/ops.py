@@ -38,6 +38,9 @@ class StoreCall(Generic[T]):
     arun: Callable[[AsyncStore], Awaitable[T]]
     #: what the call's result says happened to a job (None: a read, nothing to report)
     event: Callable[[T], JobEvent | None] | None = None
+    #: a job's outcome (finish, fail, requeue by the worker running it): the driver
+    #: retries it with backoff across transient store errors, holding it until durable
+    durable: bool = False
     result: T = field(init=False)
 
 
@@ -48,6 +51,8 @@ class ExecutorCall:
 
     job_id: str
     cancel: bool = False
+    #: submit only after this many seconds (a retry's backoff)
+    after: float = 0.0
 
 
 @dataclass(slots=True)
@@ -147,17 +152,37 @@ def finish(
     location: str | None,
 ) -> Gen[Job | None]:
     args = (job_id, worker_id, now, status, response, error, location)
-    return _store(StoreCall(lambda s: s.finish(*args), lambda s: s.finish(*args), _ended))
+    return _store(
+        StoreCall(lambda s: s.finish(*args), lambda s: s.finish(*args), _ended, durable=True)
+    )
 
 
 def fail(
-    job_id: str, expected: frozenset[JobStatus], now: float, error: dict[str, Any]
+    job_id: str,
+    expected: frozenset[JobStatus],
+    now: float,
+    error: dict[str, Any],
+    *,
+    durable: bool = False,
 ) -> Gen[Job | None]:
     return _store(
         StoreCall(
             lambda s: s.fail(job_id, expected, now, error),
             lambda s: s.fail(job_id, expected, now, error),
             _ended,
+            durable=durable,
+        )
+    )
+
+
+def requeue(job_id: str, worker_id: str, now: float, *, durable: bool = True) -> Gen[Job | None]:
+    """Hand a job ``worker_id`` runs back to the queue (a canceled one ends canceled)."""
+    return _store(
+        StoreCall(
+            lambda s: s.requeue(job_id, worker_id, now),
+            lambda s: s.requeue(job_id, worker_id, now),
+            _ended,
+            durable=durable,
         )
     )
 
@@ -210,8 +235,8 @@ def list_workers(now: float) -> Gen[list[dict[str, Any]]]:
 # --- executor operations ------------------------------------------------------------
 
 
-def submit(job_id: str) -> Gen[None]:
-    yield ExecutorCall(job_id)
+def submit(job_id: str, after: float = 0.0) -> Gen[None]:
+    yield ExecutorCall(job_id, after=after)
 
 
 def cancel_local(job_id: str) -> Gen[None]:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin
 
 from ..errors import ExecutorError, JobCanceled
 from ..job import CapturedResponse, Job, JobStatus
+from ..routes import retry_matches
 from ..tracing import ExecuteSpan
 from . import ops
 from .ops import Gen
-from .responses import deadline_error, problem_dict, strip_hop_by_hop, worker_lost_error
-from .status import Status
+from .responses import deadline_error, problem_dict, strip_hop_by_hop
+from .status import Status, may_retry
 
 
 class Running(Status):
@@ -30,7 +32,11 @@ class Running(Status):
         if now >= job.deadline_at:
             return (
                 yield from ops.fail(
-                    job_id, frozenset({JobStatus.PROCESSING}), now, deadline_error(job)
+                    job_id,
+                    frozenset({JobStatus.PROCESSING}),
+                    now,
+                    deadline_error(job),
+                    durable=True,
                 )
             )
         request = None if stored is None else self.sealer.open(job_id, stored)
@@ -46,6 +52,7 @@ class Running(Status):
                         "Request missing",
                         "The captured request is gone from the store.",
                     ),
+                    durable=True,
                 )
             )
         self.tracing.record_queue_wait(job, request)
@@ -67,10 +74,21 @@ class Running(Status):
             response = yield from ops.replay(request, job)
         except JobCanceled:
             status = JobStatus.CANCELED
-        except WorkerShutdown as exc:
-            status = JobStatus.FAILED
-            error = worker_lost_error(str(exc))
+        except WorkerShutdown:
+            # A graceful stop: the job goes back to the queue, for another process (or
+            # this one restarted) to run again; a canceled one ends canceled.
+            return (yield from ops.requeue(job_id, worker_id, self.clock()))
         except Exception as exc:  # the handler's own error: the job fails
+            if may_retry(job) and retry_matches(exc, job.meta.get("retry_on")):
+                # The route asked for another run on this error: back to the queue,
+                # handed to the executor again after the backoff (doubling per attempt).
+                again = yield from ops.requeue(job_id, worker_id, self.clock())
+                if again is not None and again.status is JobStatus.QUEUED:
+                    backoff = float(job.meta.get("retry_backoff", 0.0))
+                    delay = backoff * 2 ** (max(1, job.attempts) - 1)
+                    with contextlib.suppress(ExecutorError):
+                        yield from ops.submit(job_id, after=delay)
+                return again
             status = JobStatus.FAILED
             detail = "The handler raised an exception."
             if self.options.debug:
@@ -136,7 +154,7 @@ class Running(Status):
         v = self.verdict(job, now)
         if v is None:
             return None
-        done = yield from ops.fail(job.id, v[0], now, v[1])
+        done = yield from self.deadman_end(job, now, v)
         return done is not None
 
 

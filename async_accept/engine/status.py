@@ -13,7 +13,7 @@ from typing import Any
 
 from werkzeug.http import parse_date, parse_etags, unquote_etag
 
-from ..errors import StoreError
+from ..errors import ExecutorError, StoreError
 from ..identity import (
     DEFAULT_IDENTITY_HEADERS,
     NOBODY,
@@ -82,6 +82,12 @@ def not_modified(request: CapturedRequest, status: int, headers: Headers) -> boo
 def _same_origin_path(location: str | None) -> bool:
     """A Location that is a path on this origin (``/posts``), not another site's URL."""
     return location is not None and location.startswith("/") and not location.startswith("//")
+
+
+def may_retry(job: Job) -> bool:
+    """Whether ``job``'s route allows it another run (``retries`` in its meta)."""
+    retries = job.meta.get("retries", 0)
+    return isinstance(retries, int) and max(1, job.attempts) <= retries
 
 
 class Status:
@@ -225,6 +231,7 @@ class Status:
             "message": job.message,
             "estimated_time_remaining": None if rem is None else round(rem, 3),
             "result_status": job.result_status,
+            "attempt": max(1, job.attempts),
             "links": links,
         }
         if job.cancel_requested and not job.terminal:
@@ -268,12 +275,28 @@ class Status:
             return frozenset({JobStatus.PROCESSING}), worker_lost_error()
         return None
 
+    def deadman_end(
+        self, job: Job, now: float, verdict: tuple[frozenset[JobStatus], dict[str, Any]]
+    ) -> Gen[Job | None]:
+        """End ``job`` as the deadman switch says: a job whose worker was lost on a
+        route that allows retries is requeued (and handed to the executor) while
+        attempts remain; else it fails. None when another process got there first."""
+        expected, error = verdict
+        lost = str(error.get("type", "")).endswith("worker-lost")
+        if lost and job.status is JobStatus.PROCESSING and job.worker_id and may_retry(job):
+            again = yield from ops.requeue(job.id, job.worker_id, now, durable=False)
+            if again is not None:
+                if again.status is JobStatus.QUEUED:
+                    with contextlib.suppress(ExecutorError):
+                        yield from ops.submit(job.id)
+                return again
+        return (yield from ops.fail(job.id, expected, now, error))
+
     def apply_deadman(self, job: Job, now: float) -> Gen[Job]:
         v = self.verdict(job, now)
         if v is None:
             return job
-        expected, error = v
-        failed = yield from ops.fail(job.id, expected, now, error)
+        failed = yield from self.deadman_end(job, now, v)
         if failed is not None:
             return failed
         fresh = yield from ops.get(job.id, now)

@@ -85,6 +85,8 @@ class AsyncioExecutor(BaseExecutor):
             self._sem = asyncio.Semaphore(self.max_concurrency)
         async with self._sem:
             assert self._runtime is not None
+            if self._runtime.draining:
+                return  # stopping: the job stays queued in the store for the next process
             await self._runtime.arun_job(job_id)
 
     def is_pending(self, job_id: str) -> bool:
@@ -105,5 +107,5 @@ class AsyncioExecutor(BaseExecutor):
         for t in pending:
             t.cancel()
         if pending:
-            # Cancelled jobs record their end (worker-lost); bounded so shutdown can't hang.
+            # Cancelled jobs are handed back to the queue; bounded so shutdown can't hang.
             await asyncio.wait(pending, timeout=max(1.0, timeout))

@@ -18,6 +18,11 @@ class JobHost(Protocol):
     engine: Engine
     store: Store
 
+    @property
+    def draining(self) -> bool:
+        """True once the process is stopping: start no queued job."""
+        ...
+
     def run_job(self, job_id: str) -> Job | None:
         """Run one job in the calling thread."""
         ...

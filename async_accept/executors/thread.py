@@ -80,9 +80,10 @@ class ThreadExecutor(BaseExecutor):
                 return
             runtime = self._runtime
             try:
-                if runtime is not None:
+                # Stopping: the job stays queued in the store for the next process.
+                if runtime is not None and not runtime.draining:
                     runtime.run_job(job_id)
-            except Exception:
+            except BaseException:  # the pool keeps its thread whatever happens
                 log.exception("async_accept: job %s crashed its worker thread", job_id)
             finally:
                 with self._lock:

@@ -165,6 +165,11 @@ def build_asgi() -> Any:
         record(job_input)
         return Response(job_input)
 
+    @long_running(sla=30, retries=2)
+    async def work_retry(request: Request) -> Response:
+        # Like /work, on a route that allows a job lost to a crash to run again.
+        return await work(request)
+
     @long_running(sla=30)
     def work_sync(request: Request) -> Response:
         # A sync endpoint: Starlette runs it in its thread pool.
@@ -205,6 +210,7 @@ def build_asgi() -> Any:
     return Starlette(
         routes=[
             Route("/work", work, methods=["POST"]),
+            Route("/work-retry", work_retry, methods=["POST"]),
             Route("/work-sync", work_sync, methods=["POST"]),
             Route("/exit", exit_, methods=["POST"]),
             Route("/block", block, methods=["POST"]),

@@ -31,3 +31,18 @@ def test_kill9_of_one_uvicorn_worker_loses_no_accepted_job(deploy: Deployment, n
     report = run.poll_all(timeout=60 + n * 0.5)
     assert report.accepted >= n, report.summary()
     assert_nothing_lost(report, allowed_errors={"worker-lost"})
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_kill9_with_retries_allowed_completes_every_job(deploy: Deployment, n: int) -> None:
+    """On a route with retries=2, the jobs of a killed uvicorn worker run again: all complete."""
+    server = deploy.uvicorn(workers=2, ASYNC_ACCEPT_EXECUTOR="asyncio?max_concurrency=4")
+    assert server.proc is not None
+    wait_until(lambda: len(spawned_workers(server.proc.pid)) >= 2, 30, "two uvicorn workers")
+    run = deploy.run(server)
+    subs = run.submit("/work-retry", n, query="sleep=1")
+    run.wait_for(subs, ("processing",), at_least=2, timeout=20)
+    os.kill(max(spawned_workers(server.proc.pid)), signal.SIGKILL)
+    report = run.poll_all(timeout=60 + n * 0.5)
+    assert report.completed == n, report.summary()
+    assert_nothing_lost(report, retries_allowed=True)

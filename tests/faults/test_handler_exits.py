@@ -10,10 +10,6 @@ from tests.faults.harness import assert_nothing_lost
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: a BaseException from the handler escapes the runner and stops uvicorn",
-)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("kind", ["systemexit", "keyboardinterrupt"])
 def test_uvicorn_survives_a_handler_that_exits(deploy: Deployment, kind: str, n: int) -> None:
@@ -30,10 +26,6 @@ def test_uvicorn_survives_a_handler_that_exits(deploy: Deployment, kind: str, n:
     assert server.proc is not None and server.proc.poll() is None, deploy.log()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: each SystemExit ends a pool thread for good; later jobs stay queued",
-)
 @pytest.mark.parametrize("n", SIZES)
 def test_thread_pool_survives_handlers_that_exit(deploy: Deployment, n: int) -> None:
     """More SystemExit jobs than max_workers leave the pool whole: later jobs all complete."""

@@ -13,11 +13,6 @@ from tests.faults.harness import assert_nothing_lost
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: heartbeats run on the handler's event loop; a blocked loop reads as "
-    "worker-lost",
-)
 @pytest.mark.parametrize("n", [pytest.param(1, id="short")])
 def test_a_handler_blocking_the_loop_is_not_worker_lost(deploy: Deployment, n: int) -> None:
     """A handler blocking the loop 3x worker_lost_after (sla=600) completes, not worker-lost."""
@@ -29,10 +24,6 @@ def test_a_handler_blocking_the_loop_is_not_worker_lost(deploy: Deployment, n: i
     assert_nothing_lost(report)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: every progress report is written at once (no per-interval throttle)",
-)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("door", ["uvicorn", "gunicorn"])
 def test_progress_writes_are_coalesced(deploy: Deployment, door: str, n: int) -> None:

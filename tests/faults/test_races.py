@@ -12,11 +12,6 @@ from tests.faults.harness import assert_nothing_lost
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: the cancel cancels the job's task while the sync handler's thread "
-    "finishes its side effect; the job ends canceled without its result",
-)
 @pytest.mark.parametrize("n", SIZES)
 def test_cancel_racing_a_finishing_sync_handler_keeps_completed(deploy: Deployment, n: int) -> None:
     """DELETE while a sync endpoint (in a thread) finishes: a handler that ran ends completed."""

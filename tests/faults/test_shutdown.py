@@ -12,11 +12,6 @@ from tests.faults.harness import assert_nothing_lost, restart
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: jobs still running at the end of the drain end worker-lost, "
-    "and queued ones are started during the drain",
-)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("door", ["uvicorn", "gunicorn"])
 def test_sigterm_under_load_loses_no_running_job(deploy: Deployment, door: str, n: int) -> None:

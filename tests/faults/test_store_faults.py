@@ -11,10 +11,6 @@ from tests.faults.harness import assert_nothing_lost
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: one StoreError on finish drops the outcome; the job ends worker-lost",
-)
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("door", ["uvicorn", "gunicorn"])
 def test_transient_finish_errors_still_write_the_outcome(

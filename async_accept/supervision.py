@@ -1,0 +1,285 @@
+"""What keeps a running job's end in one place: the handler's exceptions turned
+into its outcome, outcome writes made durable, heartbeats from one thread per
+process, and a graceful stop at the first signal.
+
+The runtime (runtime.py) drives jobs; this module holds the pieces it leans on
+that don't need the runtime itself, so each can be read (and tested) alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import logging
+import os
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from .context import JobContext
+from .errors import StoreError
+from .job import Job
+
+log = logging.getLogger("async_accept")
+
+T = TypeVar("T")
+
+#: how long a job's outcome (finish, fail, requeue) is retried across store errors
+#: before it is given up (the deadman switch then ends the job)
+OUTCOME_RETRY_FOR = 60.0
+
+
+class HandlerExit(Exception):
+    """The handler raised a BaseException (SystemExit, KeyboardInterrupt, its own
+    CancelledError, ...): for the job an ordinary handler error, for the process nothing."""
+
+    @classmethod
+    def of(cls, exc: BaseException) -> HandlerExit:
+        return cls(f"the handler raised {type(exc).__name__}: {exc}")
+
+
+def in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+#: coroutines that wait on a worker thread (anyio / Starlette, asyncio, asgiref / Django)
+_THREAD_WAITS = frozenset({"run_sync_in_worker_thread", "to_thread", "run_in_threadpool"})
+
+
+def waiting_on_thread(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` is suspended waiting for a sync function in a worker thread
+    (the innermost coroutine of its await chain is a thread hop)."""
+    coro: Any = task.get_coro()
+    last = None
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            last = frame.f_code
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    if last is None:
+        return False
+    return last.co_name in _THREAD_WAITS or last.co_filename.replace("\\", "/").endswith(
+        "asgiref/sync.py"
+    )
+
+
+def cancelled_from_outside(task: asyncio.Task[Any]) -> bool:
+    """True when someone called ``task.cancel()`` (Python < 3.11 can't tell: assume so)."""
+    cancelling: Callable[[], int] | None = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
+
+
+# -- outcome writes --------------------------------------------------------------------
+
+
+def durable_call(run: Callable[[], T]) -> T:
+    """``run()`` a job's outcome write, retried with backoff across transient store
+    errors (a held lock, a blip) for up to OUTCOME_RETRY_FOR seconds."""
+    give_up = time.monotonic() + OUTCOME_RETRY_FOR
+    delay = 0.05
+    while True:
+        try:
+            return run()
+        except StoreError as exc:
+            if time.monotonic() + delay > give_up:
+                raise
+            log.warning("async_accept: a job's outcome is not written yet (%s): retrying", exc)
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+async def adurable_call(run: Callable[[], Awaitable[T]]) -> T:
+    """The awaited twin of :func:`durable_call` (the loop is never blocked)."""
+    give_up = time.monotonic() + OUTCOME_RETRY_FOR
+    delay = 0.05
+    while True:
+        try:
+            return await run()
+        except StoreError as exc:
+            if time.monotonic() + delay > give_up:
+                raise
+            log.warning("async_accept: a job's outcome is not written yet (%s): retrying", exc)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+# -- retries waiting for their backoff ---------------------------------------------------
+
+
+class DelayedSubmits:
+    """Jobs to hand to the executor after a delay (a retry's backoff) and once their
+    previous run here is over; ``job_id in delayed`` keeps the sweeper off them."""
+
+    def __init__(self, submit: Callable[[str], None], busy: Callable[[str], bool]) -> None:
+        self._submit = submit
+        self._busy = busy
+        self._timers: dict[str, threading.Timer] = {}
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._timers
+
+    def add(self, job_id: str, delay: float) -> None:
+        timer = threading.Timer(delay, self._fire, (job_id,))
+        timer.daemon = True
+        self._timers[job_id] = timer
+        timer.start()
+
+    def _fire(self, job_id: str) -> None:
+        if self._busy(job_id):
+            self.add(job_id, 0.02)  # the previous run is still ending
+            return
+        self._timers.pop(job_id, None)
+        try:
+            self._submit(job_id)
+        except Exception:
+            log.warning("async_accept: retry of job %s not handed over", job_id, exc_info=True)
+
+
+# -- heartbeats ------------------------------------------------------------------------
+
+
+class BeatHost(Protocol):
+    """What the heartbeat thread needs of the runtime."""
+
+    worker_id: str
+
+    def beat_write(
+        self, job_id: str, progress: tuple[float | None, str | None, float | None] | None
+    ) -> Job | None:
+        """Refresh the job's lease, writing ``progress`` with it when given."""
+        ...
+
+
+class Heartbeats:
+    """ONE thread per process beats for every local job, whatever runs it (threads,
+    the event loop, a remote worker), so a handler blocking its loop or thread never
+    reads as a lost worker while the process lives. Each ``interval`` it refreshes
+    the lease of every job on ``board``, writing the job's latest progress instead
+    when there is some: at most one progress write per job per interval, however
+    often the handler reports (the first report at once; the runtime flushes the
+    last one when the handler returns)."""
+
+    def __init__(self, host: BeatHost, board: dict[str, JobContext], interval: float) -> None:
+        self._host = host
+        self._board = board
+        self._interval = interval
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.wake = threading.Event()
+
+    def ensure_running(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._forever, name="async-accept-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def _forever(self) -> None:
+        interval = self._interval
+        while True:
+            wait = interval
+            for ctx in list(self._board.values()):
+                try:
+                    wait = min(wait, self.beat_one(ctx))
+                except Exception:  # the beater must outlive any store trouble
+                    log.warning("async_accept: heartbeat of job %s failed", ctx.id, exc_info=True)
+            self.wake.wait(max(wait, 0.005))
+            self.wake.clear()
+
+    def beat_one(self, ctx: JobContext) -> float:
+        """Write for ``ctx`` if due; the seconds until it may need the next write."""
+        interval = self._interval
+        now_mono = time.monotonic()
+        progress_due = ctx.dirty and now_mono >= ctx.last_progress + interval
+        if not progress_due and now_mono < ctx.last_beat + interval:
+            next_at = ctx.last_beat + interval
+            if ctx.dirty:
+                next_at = min(next_at, ctx.last_progress + interval)
+            return next_at - now_mono
+        ctx.last_beat = now_mono
+        progress = ctx.take_progress() if progress_due else None
+        if progress is not None:
+            ctx.last_progress = now_mono
+        try:
+            job = self._host.beat_write(ctx.id, progress)
+        except StoreError:
+            if progress is not None:
+                ctx.restore_progress(*progress)
+            raise
+        if ctx.id in self._board and not ctx.handler_done:
+            if job is None:
+                # Failed by the deadman switch (or otherwise taken away): stop the work.
+                ctx.lost = True
+                ctx.request_cancel()
+            elif job.cancel_requested:
+                ctx.request_cancel()
+        return interval
+
+
+# -- graceful stop -----------------------------------------------------------------------
+
+
+class Drainable(Protocol):
+    """A runtime as the stop-signal watcher sees it."""
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    def begin_drain(self) -> None: ...
+
+    def drain_at_exit(self) -> None: ...
+
+
+#: the runtimes of this process, drained at the first stop signal and at exit
+_LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
+_watching_pid: int | None = None
+_atexit_registered = False
+
+
+def watch_stop_signals(runtime: Drainable) -> None:
+    """From the first SIGTERM/SIGINT on, ``runtime`` starts no queued job; at exit it
+    drains. Called when the middleware is built (gunicorn loads the app in its worker's
+    main thread, after installing its handlers) and when it starts. The handler found
+    in place (the server's own) still runs after ours."""
+    global _watching_pid, _atexit_registered
+    _LIVE.add(runtime)
+    if not _atexit_registered:
+        _atexit_registered = True
+        atexit.register(_drain_at_exit)
+    pid = os.getpid()
+    if _watching_pid == pid or not in_main_thread():
+        return
+    _watching_pid = pid
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous = signal.getsignal(sig)
+            signal.signal(sig, functools.partial(_on_stop_signal, previous))
+        except (ValueError, OSError):  # pragma: no cover - a subinterpreter
+            continue
+
+
+def _on_stop_signal(previous: Any, signum: int, frame: Any) -> None:
+    for runtime in list(_LIVE):
+        runtime.begin_drain()
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _drain_at_exit() -> None:
+    for runtime in list(_LIVE):
+        if runtime.started and runtime.busy:
+            try:
+                runtime.drain_at_exit()
+            except Exception:  # pragma: no cover - exiting anyway
+                log.warning("async_accept: drain at exit failed", exc_info=True)

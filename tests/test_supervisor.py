@@ -1,0 +1,286 @@
+"""One owner of a job's end: whatever the handler does, the job ends right and the
+process, its pool and its other jobs are untouched; a stop hands jobs back."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from async_accept import current_job, long_running, report_progress
+
+SECRET = "supervisor-secret-0123456789abcdef"
+OWNER = {"Authorization": "Bearer owner"}
+GATE = threading.Event()
+
+
+def _raise(kind: str) -> None:
+    if kind == "SystemExit":
+        raise SystemExit(2)
+    if kind == "KeyboardInterrupt":
+        raise KeyboardInterrupt
+    if kind == "GeneratorExit":
+        raise GeneratorExit
+    raise RuntimeError(kind)
+
+
+def build_asgi(**options: Any) -> Any:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    from async_accept.asgi import AsyncAcceptMiddleware
+
+    @long_running
+    async def exit_(request: Request) -> Response:
+        kind = request.query_params["kind"]
+        if kind == "CancelledError":
+            raise asyncio.CancelledError
+        _raise(kind)
+        return Response("unreachable")  # pragma: no cover
+
+    @long_running
+    async def attempt(request: Request) -> Response:
+        job = current_job()
+        assert job is not None
+        return JSONResponse({"attempt": job.attempt})
+
+    @long_running(retries=2, retry_on=TimeoutError)
+    async def flaky(request: Request) -> Response:
+        job = current_job()
+        assert job is not None
+        if job.attempt < int(request.query_params["succeed_at"]):
+            raise TimeoutError("upstream timed out")
+        return JSONResponse({"attempt": job.attempt})
+
+    async def hello(request: Request) -> Response:
+        return Response("hello")
+
+    return Starlette(
+        routes=[
+            Route("/exit", exit_, methods=["POST"]),
+            Route("/attempt", attempt, methods=["POST"]),
+            Route("/flaky", flaky, methods=["POST"]),
+            Route("/hello", hello),
+        ],
+        middleware=[Middleware(AsyncAcceptMiddleware, secret_key=SECRET, **options)],
+    )
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    path = environ["PATH_INFO"]
+    if path == "/exit":
+        _raise(environ["QUERY_STRING"].split("=", 1)[1])
+    elif path == "/gated":
+        assert GATE.wait(10)
+    elif path == "/progress":
+        for i in range(1, 101):
+            report_progress(i * 0.9, message=f"step {i}")
+            time.sleep(0.005)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"done"]
+
+
+def build_wsgi(**options: Any) -> Any:
+    from async_accept.wsgi import AsyncAcceptMiddleware
+
+    routes = {"POST /exit": {}, "POST /gated": {}, "POST /ok": {}, "POST /progress": {}}
+    return AsyncAcceptMiddleware(wsgi_app, secret_key=SECRET, routes=routes, **options)
+
+
+@pytest.fixture
+def wsgi() -> Iterator[Callable[..., tuple[Any, httpx.Client]]]:
+    made: list[tuple[Any, httpx.Client]] = []
+    GATE.clear()
+
+    def make(**options: Any) -> tuple[Any, httpx.Client]:
+        options.setdefault("store", "memory://")
+        mw = build_wsgi(**options)
+        client = httpx.Client(transport=httpx.WSGITransport(app=mw), base_url="http://t")
+        made.append((mw, client))
+        return mw, client
+
+    yield make
+    GATE.set()
+    for mw, client in made:
+        client.close()
+        mw.runtime.shutdown()
+        mw.store.close()
+
+
+def ended(client: Any, location: str, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(location, headers=OWNER)
+        body: dict[str, Any] = r.json()
+        if body["status"] in ("completed", "failed", "canceled"):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.02)
+
+
+def submit(client: Any, path: str) -> str:
+    r = client.post(path, headers=OWNER)
+    assert r.status_code == 202, r.text
+    location: str = r.headers["location"]
+    return location
+
+
+KINDS = ["SystemExit", "KeyboardInterrupt", "GeneratorExit"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_asgi_handler_base_exception_fails_only_its_job(kind: str) -> None:
+    """An async handler raising a BaseException ends failed handler-error; the app goes on."""
+    from starlette.testclient import TestClient
+
+    with TestClient(build_asgi(store="memory://"), follow_redirects=False) as client:
+        failed = ended(client, submit(client, f"/exit?kind={kind}"))
+        assert failed["status"] == "failed"
+        assert failed["error"]["type"].endswith("handler-error")
+        done = ended(client, submit(client, "/attempt"))
+        assert done["status"] == "completed"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="needs Task.cancelling()")
+def test_asgi_handler_raising_cancelled_error_itself_is_a_handler_error() -> None:
+    """A handler's own CancelledError (nobody cancelled it) fails handler-error."""
+    from starlette.testclient import TestClient
+
+    with TestClient(build_asgi(store="memory://"), follow_redirects=False) as client:
+        failed = ended(client, submit(client, "/exit?kind=CancelledError"))
+        assert failed["status"] == "failed"
+        assert failed["error"]["type"].endswith("handler-error")
+
+
+def test_current_job_attempt_is_one_on_the_first_run() -> None:
+    """current_job().attempt is 1 on a job's first run."""
+    from starlette.testclient import TestClient
+
+    with TestClient(build_asgi(store="memory://"), follow_redirects=False) as client:
+        done = ended(client, submit(client, "/attempt"))
+        result = client.get(done["links"]["result"], headers=OWNER)
+        assert result.json() == {"attempt": 1}
+
+
+def test_thread_pool_keeps_its_threads_after_base_exceptions(
+    wsgi: Callable[..., tuple[Any, httpx.Client]],
+) -> None:
+    """With one pool thread, three jobs raising BaseExceptions leave it to run the next job."""
+    _mw, client = wsgi(executor="thread?max_workers=1")
+    exits = [submit(client, f"/exit?kind={kind}") for kind in KINDS]
+    last = submit(client, "/ok")
+    for location in exits:
+        failed = ended(client, location)
+        assert failed["error"]["type"].endswith("handler-error")
+    assert ended(client, last)["status"] == "completed"
+
+
+def test_shutdown_requeues_a_job_still_running_after_the_drain(
+    wsgi: Callable[..., tuple[Any, httpx.Client]],
+) -> None:
+    """A job still running when the drain period ends goes back to the queue, not worker-lost."""
+    mw, client = wsgi(shutdown_timeout=0.3)
+    location = submit(client, "/gated")
+    deadline = time.monotonic() + 5
+    while client.get(location, headers=OWNER).json()["status"] != "processing":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    started = time.monotonic()
+    mw.runtime.shutdown()
+    assert time.monotonic() - started < 3
+    assert client.get(location, headers=OWNER).json()["status"] == "queued"
+
+
+def test_a_draining_process_starts_no_queued_job(
+    wsgi: Callable[..., tuple[Any, httpx.Client]],
+) -> None:
+    """After the first stop signal the running job finishes; a queued one stays queued."""
+    mw, client = wsgi(executor="thread?max_workers=1")
+    running = submit(client, "/gated")
+    deadline = time.monotonic() + 5
+    while client.get(running, headers=OWNER).json()["status"] != "processing":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    queued = submit(client, "/ok")
+    mw.runtime.begin_drain()
+    GATE.set()
+    assert ended(client, running)["status"] == "completed"
+    time.sleep(0.3)
+    assert client.get(queued, headers=OWNER).json()["status"] == "queued"
+
+
+def test_progress_writes_are_coalesced_per_heartbeat_interval(
+    wsgi: Callable[..., tuple[Any, httpx.Client]],
+) -> None:
+    """100 reports in ~0.5 s write progress at most once per interval; the last one lands."""
+    mw, client = wsgi(heartbeat_interval=0.25, worker_lost_after=2)
+    writes: list[float | None] = []
+    store = mw.store
+    original = store.set_progress
+
+    def counting(job_id: str, worker_id: str, now: float, *progress: Any) -> Any:
+        writes.append(progress[0])
+        return original(job_id, worker_id, now, *progress)
+
+    store.set_progress = counting
+    started = time.monotonic()
+    location = submit(client, "/progress")
+    assert ended(client, location)["status"] == "completed"
+    elapsed = time.monotonic() - started
+    assert 1 <= len(writes) <= elapsed / 0.25 + 2, writes
+    assert writes[-1] == 90.0  # the last report, flushed when the handler returned
+
+
+def test_retry_on_runs_the_job_again_with_attempt_counting_up() -> None:
+    """retries=2, retry_on=TimeoutError: two timeouts, then the third run completes."""
+    from starlette.testclient import TestClient
+
+    with TestClient(
+        build_asgi(store="memory://", sweep_interval=0.1), follow_redirects=False
+    ) as client:
+        done = ended(client, submit(client, "/flaky?succeed_at=3"))
+        assert done["status"] == "completed", done
+        assert done["attempt"] == 3
+        result = client.get(done["links"]["result"], headers=OWNER)
+        assert result.json() == {"attempt": 3}
+
+
+def test_retries_exhausted_end_failed_on_the_last_attempt() -> None:
+    """A job that keeps raising a retry_on error fails after 1 + retries runs."""
+    from starlette.testclient import TestClient
+
+    with TestClient(build_asgi(store="memory://"), follow_redirects=False) as client:
+        failed = ended(client, submit(client, "/flaky?succeed_at=9"))
+        assert failed["status"] == "failed"
+        assert failed["error"]["type"].endswith("handler-error")
+        assert failed["attempt"] == 3
+
+
+def test_other_exceptions_are_not_retried() -> None:
+    """An exception outside retry_on fails the job on its first run."""
+    from starlette.testclient import TestClient
+
+    with TestClient(build_asgi(store="memory://"), follow_redirects=False) as client:
+        failed = ended(client, submit(client, "/exit?kind=ValueError"))
+        assert failed["status"] == "failed" and failed["attempt"] == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"retries": -1}, {"retries": 1.5}, {"retry_backoff": -1}, {"retry_on": ("TimeoutError",)}],
+)
+def test_bad_retry_options_are_refused_at_decoration(options: dict[str, Any]) -> None:
+    """retries, retry_backoff and retry_on are checked when the route is marked."""
+    from async_accept.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        long_running(**options)
