@@ -223,11 +223,13 @@ def _rq_worker(executor: Any, queue: str, args: argparse.Namespace) -> int:
     while True:
         # SimpleWorker: jobs run in this process, so the application, its event loop
         # and its lifespan resources are loaded once, not once per job in a fork.
-        q = Queue(queue, connection=executor.connection, serializer=executor.serializer)
-        rq_worker = SimpleWorker(
-            [q], connection=executor.connection, serializer=executor.serializer
-        )
+        rq_worker: Any = None
         try:
+            # Built inside the try: building it talks to Redis, which may be down.
+            q = Queue(queue, connection=executor.connection, serializer=executor.serializer)
+            rq_worker = SimpleWorker(
+                [q], connection=executor.connection, serializer=executor.serializer
+            )
             worked = rq_worker.work(
                 burst=args.burst, logging_level=args.loglevel.upper(), with_scheduler=False
             )

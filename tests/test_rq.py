@@ -113,3 +113,41 @@ def test_submit_is_bounded_by_max_buffer() -> None:
     finally:
         ex.shutdown(0.5)
         ex.connection.close()
+
+
+def test_rq_worker_loop_survives_redis_down_while_building_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis down while the RQ worker is built: the loop waits and builds it again."""
+    import argparse
+    import signal
+    import types
+
+    import rq
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from async_accept import cli
+
+    built: list[int] = []
+
+    class FlakyWorker:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            built.append(1)
+            if len(built) == 1:
+                raise RedisConnectionError("Redis is down")
+
+        def work(self, **kwargs: object) -> bool:
+            self._shutdown_requested_date = time.time()  # then asked to stop
+            return True
+
+    monkeypatch.setattr(rq, "SimpleWorker", FlakyWorker)
+    monkeypatch.setattr(rq, "Queue", lambda *args, **kwargs: None)
+    executor = types.SimpleNamespace(connection=None, serializer=None)
+    args = argparse.Namespace(burst=False, loglevel="warning")
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert cli._rq_worker(executor, "jobs", args) == 0
+    finally:
+        for sig, handler in saved.items():  # the loop installs its own while it waits
+            signal.signal(sig, handler)
+    assert len(built) == 2
