@@ -32,3 +32,19 @@ def test_sigterm_under_load_loses_no_running_job(deploy: Deployment, door: str, 
     report = run.poll_all(timeout=60 + n * 0.5)
     assert report.completed == n, report.summary()
     assert_nothing_lost(report)
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_gunicorn_hup_under_load_loses_no_running_job(deploy: Deployment, n: int) -> None:
+    """kill -HUP of gunicorn's master while jobs run: new workers take over, every job completes."""
+    server = deploy.gunicorn(
+        ASYNC_ACCEPT_EXECUTOR="thread?max_workers=4", ASYNC_ACCEPT_SHUTDOWN_TIMEOUT="1"
+    )
+    assert server.proc is not None
+    run = deploy.run(server)
+    subs = run.submit("/work-sync", n, query="sleep=3")
+    run.wait_for(subs, ("processing",), at_least=min(n, 4), timeout=20)
+    server.proc.send_signal(signal.SIGHUP)
+    report = run.poll_all(timeout=60 + n * 0.5)
+    assert report.completed == n, report.summary()
+    assert_nothing_lost(report)
