@@ -182,6 +182,12 @@ class Heartbeats:
     def _forever(self) -> None:
         interval = self._interval
         while True:
+            with self._lock:
+                if not self._board:
+                    # Idle: end (checked under the lock ensure_running takes, so a job
+                    # registered meanwhile starts a new thread); the next job starts one.
+                    self._thread = None
+                    return
             wait = interval
             for ctx in list(self._board.values()):
                 try:
