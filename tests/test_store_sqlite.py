@@ -223,3 +223,31 @@ def test_concurrent_awaited_reads_share_thread_hops(store: SQLiteStore) -> None:
 
     asyncio.run(main())
     assert 1 <= len(hops) < 100
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_file_deleted_or_replaced_under_the_store_fails_every_call(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's file deleted or replaced while in use: reads and writes raise StoreError
+    (a 503), never answer from an empty new file (a 404 for an accepted job)."""
+    from async_accept.stores.sqlite import connection
+
+    monkeypatch.setattr(connection, "FILE_CHECK_INTERVAL", 0.0)
+    path = tmp_path / "jobs.db"
+    store = SQLiteStore(path, timeout=0.2)
+    try:
+        job, _ = store.create(make_job(), REQUEST)
+        assert store.get(job.id, time.time()) is not None
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"jobs.db{suffix}").unlink(missing_ok=True)
+        if how == "replaced":
+            sqlite3.connect(path).close()
+        with pytest.raises(StoreError, match=how):
+            store.get(job.id, time.time())
+        with pytest.raises(StoreError, match=how):
+            store.create(make_job(), REQUEST)
+        with pytest.raises(StoreError):
+            asyncio.run(as_async(store).get(job.id, time.time()))
+    finally:
+        store.close()

@@ -10,15 +10,22 @@ never closes) what it inherited and opens its own.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
 from ...errors import StoreError
 
 __all__ = ["SYNCHRONOUS_LEVELS", "Connections", "connect"]
+
+log = logging.getLogger("async_accept")
+
+#: How often (seconds) a store checks that its file is still the one it opened.
+FILE_CHECK_INTERVAL = 0.5
 
 #: What ``PRAGMA synchronous`` accepts.
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -105,6 +112,10 @@ class Connections:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self.closed = False
+        #: (device, inode) of the file once opened, and why it can't be used any more
+        self._identity: tuple[int, int] | None = None
+        self._checked_at = 0.0
+        self._gone: str | None = None
         _OPEN.add(self)
 
     def forget_parent(self) -> None:
@@ -114,6 +125,7 @@ class Connections:
         self._lock = threading.Lock()  # another thread may have held it at fork time
         self._local = threading.local()
         self._pid = os.getpid()
+        self._checked_at = 0.0
         if self._after_fork is not None:
             self._after_fork()
 
@@ -126,6 +138,7 @@ class Connections:
     def get(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
         self.check_fork()
+        self.check_file()
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
@@ -135,7 +148,39 @@ class Connections:
         self._local.conn = conn
         with self._lock:
             self._all.append(conn)
+        if self._identity is None:
+            self._identity = self._stat()
         return conn
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def check_file(self) -> None:
+        """The file deleted or replaced under a running server: every call fails
+        (503) instead of answering from an empty new file (404 for accepted jobs).
+        Checked at most every FILE_CHECK_INTERVAL seconds."""
+        if self._gone is not None:
+            raise StoreError(self._gone)
+        if self._identity is None:
+            return
+        now = time.monotonic()
+        if now - self._checked_at < FILE_CHECK_INTERVAL:
+            return
+        self._checked_at = now
+        identity = self._stat()
+        if identity == self._identity:
+            return
+        what = "deleted" if identity is None else "replaced by another file"
+        self._gone = (
+            f"the SQLite file {self.path} was {what} while this process used it; "
+            "restart the process (the jobs it held are gone with it)"
+        )
+        log.error("async_accept: %s", self._gone)
+        raise StoreError(self._gone)
 
     def close(self) -> None:
         """Close every connection opened in this process, in any thread (best effort)."""
