@@ -37,3 +37,12 @@ class JobCanceled(AsyncAcceptError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"job {job_id} was canceled")
+
+
+class ResultTooLarge(AsyncAcceptError):
+    """The handler's response is larger than ``max_result_size``: the job fails
+    ``result-too-large`` instead of holding it all in memory."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"the handler's response is larger than max_result_size={limit} bytes")

@@ -93,7 +93,7 @@ def _prefix(name: str, value: Any) -> str:
 
 def _max_body_size(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"max_body_size={value!r} must be a whole number of bytes >= 0")
+        raise ConfigurationError(f"{name}={value!r} must be a whole number of bytes >= 0")
     return value
 
 
@@ -216,6 +216,13 @@ class Options:
     max_body_size: int = field(
         metadata=option(
             10 * 1024 * 1024, "largest request body accepted as a job, in bytes", _max_body_size
+        )
+    )
+    max_result_size: int = field(
+        metadata=option(
+            50 * 1024 * 1024,
+            "largest handler response kept as a job's result, in bytes",
+            _max_body_size,
         )
     )
     identity: IdentityFunc | None = field(
@@ -374,6 +381,7 @@ class OptionsKwargs(TypedDict, total=False):
     max_wait: float
     wsgi_max_wait: float
     max_body_size: int
+    max_result_size: int
     identity: IdentityFunc | None
     session_cookies: Iterable[str]
     identity_headers: Iterable[str]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from .errors import ResultTooLarge
 from .job import CapturedRequest, CapturedResponse, Headers
 
 REPLAY_KEY = "async_accept.replay"
@@ -64,17 +65,19 @@ async def replay_asgi(
     job_id: str,
     state: dict[str, Any] | None = None,
     on_start: Callable[[], None] | None = None,
+    max_size: int | None = None,
 ) -> CapturedResponse:
     """Run ``request`` through the ASGI ``app`` and return what it answered.
 
     ``on_start`` is called when the app begins its response (a cancel then comes
-    too late to stop the handler)."""
+    too late to stop the handler). A body over ``max_size`` bytes raises
+    :class:`ResultTooLarge` (the rest is not kept)."""
     scope = asgi_scope(request, job_id, state)
     body_sent = False
     done = asyncio.Event()
     status: int | None = None
     headers: Headers = []
-    chunks: list[bytes] = []
+    chunks = _Body(max_size)
 
     async def receive() -> dict[str, Any]:
         nonlocal body_sent
@@ -118,14 +121,42 @@ async def replay_asgi(
     if not task.done():
         if status is None:  # pragma: no cover - done is set only by a complete response
             raise NoResponse("the application returned without sending a response")
+        chunks.check()
         _BACKGROUND.add(task)
         task.add_done_callback(_after_response)
-        return CapturedResponse(status=status, headers=headers, body=b"".join(chunks))
+        return CapturedResponse(status=status, headers=headers, body=chunks.join())
     done.set()
+    chunks.check()  # over max_result_size (the app may have turned it into its own error)
     task.result()  # the app's own error, before its response was complete
     if status is None:
         raise NoResponse("the application returned without sending a response")
-    return CapturedResponse(status=status, headers=headers, body=b"".join(chunks))
+    return CapturedResponse(status=status, headers=headers, body=chunks.join())
+
+
+class _Body:
+    """A response body being captured, refused past ``limit`` bytes."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.size = 0
+        self.over = False
+        self._chunks: list[bytes] = []
+
+    def append(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.limit is not None and self.size > self.limit:
+            self.over = True
+            self._chunks = []  # let go of what came so far
+            raise ResultTooLarge(self.limit)
+        self._chunks.append(chunk)
+
+    def check(self) -> None:
+        if self.over:
+            assert self.limit is not None
+            raise ResultTooLarge(self.limit)
+
+    def join(self) -> bytes:
+        return b"".join(self._chunks)
 
 
 #: apps still running after their response (background tasks): kept referenced
@@ -147,13 +178,15 @@ def replay_asgi_blocking(
     request: CapturedRequest,
     job_id: str,
     state: dict[str, Any] | None = None,
+    max_size: int | None = None,
 ) -> CapturedResponse:
     """:func:`replay_asgi` from a thread, on an event loop of its own. The app's
     work after its response (background tasks) finishes on that loop in a
     daemon thread, after this returns."""
     loop = asyncio.new_event_loop()
     try:
-        response = loop.run_until_complete(replay_asgi(app, request, job_id, state))
+        coro = replay_asgi(app, request, job_id, state, max_size=max_size)
+        response = loop.run_until_complete(coro)
     except BaseException:
         _close(loop)
         raise
@@ -241,11 +274,14 @@ def wsgi_environ(request: CapturedRequest, job_id: str) -> dict[str, Any]:
     return environ
 
 
-def replay_wsgi(app: WSGIApp, request: CapturedRequest, job_id: str) -> CapturedResponse:
-    """Run ``request`` through the WSGI ``app`` and return what it answered."""
+def replay_wsgi(
+    app: WSGIApp, request: CapturedRequest, job_id: str, max_size: int | None = None
+) -> CapturedResponse:
+    """Run ``request`` through the WSGI ``app`` and return what it answered (a body
+    over ``max_size`` bytes raises :class:`ResultTooLarge`)."""
     environ = wsgi_environ(request, job_id)
     captured: dict[str, Any] = {}
-    chunks: list[bytes] = []
+    chunks = _Body(max_size)
 
     def start_response(
         status: str, response_headers: list[tuple[str, str]], exc_info: Any = None
@@ -270,4 +306,4 @@ def replay_wsgi(app: WSGIApp, request: CapturedRequest, job_id: str) -> Captured
         raise NoResponse("the application returned without calling start_response")
     code = int(str(captured["status"]).split(" ", 1)[0])
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in captured["headers"]]
-    return CapturedResponse(status=code, headers=headers, body=b"".join(chunks))
+    return CapturedResponse(status=code, headers=headers, body=chunks.join())

@@ -292,10 +292,12 @@ class Runtime:
         ctx = self._register(op.job)
         token = set_current(ctx)
         try:
+            limit = self.options.max_result_size
             if self.kind == "wsgi":
-                response = replay_wsgi(self.app, op.request, ctx.id)
+                response = replay_wsgi(self.app, op.request, ctx.id, limit)
             else:
-                response = replay_asgi_blocking(self.app, op.request, ctx.id, self.lifespan_state)
+                state = self.lifespan_state
+                response = replay_asgi_blocking(self.app, op.request, ctx.id, state, limit)
         except Exception:
             if ctx.cancel_raised:
                 raise JobCanceled(ctx.id) from None
@@ -344,8 +346,10 @@ class Runtime:
             if self.kind == "wsgi":  # pragma: no cover - refused at construction
                 response = await asyncio.to_thread(replay_wsgi, self.app, op.request, ctx.id)
             else:
+                limit = self.options.max_result_size
+                state = self.lifespan_state
                 response = await replay_asgi(
-                    self.app, op.request, ctx.id, self.lifespan_state, on_start=ctx.mark_started
+                    self.app, op.request, ctx.id, state, ctx.mark_started, limit
                 )
         except asyncio.CancelledError:
             if cancelled_by_us and task is not None:

@@ -81,6 +81,9 @@ def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
         _raise(environ["QUERY_STRING"].split("=", 1)[1])
     elif path == "/gated":
         assert GATE.wait(10)
+    elif path == "/big":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return (b"x" * 1000 for _ in range(100))
     elif path == "/progress":
         for i in range(1, 101):
             report_progress(i * 0.9, message=f"step {i}")
@@ -92,7 +95,13 @@ def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Ite
 def build_wsgi(**options: Any) -> Any:
     from async_accept.wsgi import AsyncAcceptMiddleware
 
-    routes = {"POST /exit": {}, "POST /gated": {}, "POST /ok": {}, "POST /progress": {}}
+    routes = {
+        "POST /exit": {},
+        "POST /gated": {},
+        "POST /ok": {},
+        "POST /progress": {},
+        "POST /big": {},
+    }
     return AsyncAcceptMiddleware(wsgi_app, secret_key=SECRET, routes=routes, **options)
 
 
@@ -284,3 +293,26 @@ def test_bad_retry_options_are_refused_at_decoration(options: dict[str, Any]) ->
 
     with pytest.raises(ConfigurationError):
         long_running(**options)
+
+
+def test_a_result_over_max_result_size_fails_result_too_large(
+    wsgi: Callable[..., tuple[Any, httpx.Client]],
+) -> None:
+    """A 100 kB response with max_result_size=50 kB fails result-too-large; nothing is kept."""
+    _mw, client = wsgi(max_result_size=50_000)
+    failed = ended(client, submit(client, "/big"))
+    assert failed["status"] == "failed"
+    assert failed["error"]["type"].endswith("result-too-large")
+    assert "50000" in failed["error"]["detail"]
+    small = ended(client, submit(client, "/ok"))
+    assert small["status"] == "completed"
+
+
+def test_asgi_streamed_result_over_max_result_size_fails_result_too_large() -> None:
+    """A streamed ASGI response over max_result_size fails result-too-large."""
+    from starlette.testclient import TestClient
+
+    app = build_asgi(store="memory://", max_result_size=10)
+    with TestClient(app, follow_redirects=False) as client:
+        failed = ended(client, submit(client, "/attempt"))  # {"attempt":1} is 13 bytes
+        assert failed["error"]["type"].endswith("result-too-large")

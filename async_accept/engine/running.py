@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin
 
-from ..errors import ExecutorError, JobCanceled
+from ..errors import ExecutorError, JobCanceled, ResultTooLarge
 from ..job import CapturedResponse, Job, JobStatus
 from ..routes import retry_matches
 from ..tracing import ExecuteSpan
@@ -74,6 +74,14 @@ class Running(Status):
             response = yield from ops.replay(request, job)
         except JobCanceled:
             status = JobStatus.CANCELED
+        except ResultTooLarge as exc:
+            status = JobStatus.FAILED
+            error = problem_dict(
+                500,
+                "result-too-large",
+                "Result too large",
+                f"The handler's response is larger than max_result_size ({exc.limit} bytes).",
+            )
         except WorkerShutdown:
             # A graceful stop: the job goes back to the queue, for another process (or
             # this one restarted) to run again; a canceled one ends canceled.
