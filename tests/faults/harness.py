@@ -12,10 +12,11 @@ reaches ``completed``, ``failed`` with a reason the scenario allows, or
 from __future__ import annotations
 
 import collections
+import json
 import os
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,25 @@ class FaultReport:
             f"canceled_but_executed={len(self.canceled_but_executed)} "
             f"executed_more_than_once={len(self.executed_more_than_once)}"
         )
+
+
+def record_report(report: FaultReport) -> None:
+    """Append the report as one JSON line to $ASYNC_ACCEPT_FAULT_REPORTS, when set
+    (the figures of a fault run, for the README)."""
+    path = os.environ.get("ASYNC_ACCEPT_FAULT_REPORTS")
+    if not path:
+        return
+    row = {k: v for k, v in asdict(report).items() if k != "final"}
+    for name in (
+        "never_ending",
+        "completed_not_executed",
+        "canceled_but_executed",
+        "executed_more_than_once",
+    ):
+        row[name] = len(row[name])
+    row["test"] = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(row) + "\n")
 
 
 def error_type(status: dict[str, Any]) -> str:
@@ -232,6 +252,7 @@ class FaultRun:
                 if runs[key] > 0:
                     report.canceled_but_executed.append(key)
         report.executed_more_than_once = sorted(k for k, n in runs.items() if n > 1)
+        record_report(report)
         return report
 
 

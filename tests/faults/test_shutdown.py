@@ -29,7 +29,7 @@ def test_sigterm_under_load_loses_no_running_job(deploy: Deployment, door: str, 
     run.wait_for(subs, ("processing",), at_least=min(n, 4), timeout=20)
     server.stop(signal.SIGTERM, timeout=30)
     deploy.started(restart(server))
-    report = run.poll_all(timeout=60 + n * 0.5)
+    report = run.poll_all(timeout=120 + n * 1.0)
     assert report.completed == n, report.summary()
     assert_nothing_lost(report)
 
@@ -45,6 +45,6 @@ def test_gunicorn_hup_under_load_loses_no_running_job(deploy: Deployment, n: int
     subs = run.submit("/work-sync", n, query="sleep=3")
     run.wait_for(subs, ("processing",), at_least=min(n, 4), timeout=20)
     server.proc.send_signal(signal.SIGHUP)
-    report = run.poll_all(timeout=60 + n * 0.5)
+    report = run.poll_all(timeout=120 + n * 1.0)
     assert report.completed == n, report.summary()
     assert_nothing_lost(report)
