@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 #: a short run in the default suite, a long one behind the marker
 SIZES = [
     pytest.param(8, id="short"),
-    pytest.param(200, id="long", marks=pytest.mark.faults_long),
+    pytest.param(200, id="long", marks=[pytest.mark.faults_long, pytest.mark.timeout(900)]),
 ]
 
 
