@@ -19,7 +19,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
 
 from . import metrics
 from .errors import AsyncAcceptError, ConfigurationError
@@ -43,6 +45,22 @@ def delivery_id(job_id: str, url: str) -> str:
     so recording it twice (two processes, a retry) records it once."""
     digest = hashlib.sha256(f"{job_id}\x00{url}".encode()).digest()[:18]
     return "msg_" + base64.urlsafe_b64encode(digest).decode("ascii")
+
+
+def envelope(job: Job, status: dict[str, Any], now: float) -> dict[str, Any]:
+    """The Standard Webhooks body: ``type`` (``job.completed``, ``job.failed``,
+    ``job.canceled``), ``timestamp`` and ``data``, the status JSON with its links
+    made absolute (a receiver on another host can't follow relative ones)."""
+    origin = job.meta.get("origin")
+    links = status.get("links")
+    if isinstance(origin, str) and origin and isinstance(links, dict):
+        status = {**status, "links": {k: urljoin(origin, str(v)) for k, v in links.items()}}
+    when = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds")
+    return {
+        "type": f"job.{job.status.value}",
+        "timestamp": when.replace("+00:00", "Z"),
+        "data": status,
+    }
 
 
 def derive_outbox(spec: Any, store: Store) -> Outbox:
@@ -120,7 +138,8 @@ class Observer:
         engine = self.engine
         root_path = str(job.meta.get("root_path") or "")
         token = engine.token_for(job)
-        payload = engine.status_json(job, root_path, token, engine.clock())
+        now = engine.clock()
+        payload = envelope(job, engine.status_json(job, root_path, token, now), now)
         targets = [(job.meta.get("webhook"), False), (job.meta.get("callback"), True)]
         for url, client_supplied in targets:
             if not isinstance(url, str) or not url:

@@ -1139,3 +1139,25 @@ def test_policy_refusal_says_why_a_callback_is_refused_without_dns() -> None:
     assert private is not None and "resolves to 10.0.0.5" in private
     assert policy.refusal("ftp://hooks.example.com/") is not None
     assert WebhookPolicy(["10.0.0.5"], allow_private=True).refusal("http://10.0.0.5/") is None
+
+
+def test_default_retries_follow_the_standard_webhooks_schedule(
+    make_dispatcher: Callable[..., WebhookDispatcher],
+) -> None:
+    """By default: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h (up to 10 % earlier), 8 attempts
+    spanning more than a day, and a 15 s timeout."""
+    from async_accept.webhooks.dispatcher import STANDARD_SCHEDULE
+
+    late = make_dispatcher(random=lambda: 1.0)
+    early = make_dispatcher(random=lambda: 0.0)
+    planned = [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    assert list(STANDARD_SCHEDULE) == planned
+    assert [late.retry_delay(n, None, NOW) for n in range(1, 8)] == planned
+    assert [early.retry_delay(n, None, NOW) for n in range(1, 8)] == [p * 0.9 for p in planned]
+    assert late.max_attempts == 8
+    assert sum(early.retry_delay(n, None, NOW) for n in range(1, 8)) > 86400
+    default = WebhookDispatcher(SECRET, policy=local_policy())
+    try:
+        assert default.timeout == 15.0
+    finally:
+        default.close()

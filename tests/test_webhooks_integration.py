@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -59,6 +60,21 @@ def hook_options(rec: Receiver, **extra: Any) -> dict[str, Any]:
     }
     opts.update(extra)
     return opts
+
+
+def sent_status(req: Any) -> dict[str, Any]:
+    """The status JSON a delivery carried in its Standard Webhooks envelope."""
+    envelope = json.loads(req.body)
+    data: dict[str, Any] = envelope["data"]
+    assert envelope["type"] == "job." + data["status"]
+    return data
+
+
+def path_of(url: str) -> str:
+    """The path of an absolute link (webhook bodies carry absolute URLs)."""
+    parts = urlsplit(url)
+    assert parts.scheme and parts.netloc, url
+    return parts.path
 
 
 def wait_requests(rec: Receiver, n: int, timeout: float = 15.0) -> list[Any]:
@@ -116,10 +132,18 @@ def test_completed_job_is_notified_with_its_signed_status_json(
     assert req.path == "/hook"
     assert req.headers["content-type"] == "application/json"
     assert req.headers["webhook-id"].startswith("msg_")
-    body = json.loads(req.body)
-    assert body == status.json()  # exactly what the status URL says
+    envelope = json.loads(req.body)
+    assert set(envelope) == {"type", "timestamp", "data"}  # the Standard Webhooks envelope
+    assert envelope["type"] == "job.completed"
+    assert envelope["timestamp"].endswith("Z")
+    body = envelope["data"]
+    # Exactly what the status URL says, with absolute links.
+    assert body["links"] == {
+        "self": "http://testserver" + loc,
+        "result": "http://testserver" + loc + "/result",
+    }
+    assert {**body, "links": {}} == {**status.json(), "links": {}}
     assert body["id"] == r.json()["id"] and body["status"] == "completed"
-    assert body["links"] == {"self": loc, "result": loc + "/result"}
     time.sleep(0.2)
     assert len(receiver.requests) == 1  # once, not per poll or per process
     sent = dispatcher_of(hooked).outbox.get(req.headers["webhook-id"])
@@ -146,8 +170,8 @@ def test_failed_canceled_and_deadman_jobs_are_notified(
     by_url = {}
     for req in receiver.requests:
         assert req.verified == "ok"
-        body = json.loads(req.body)
-        by_url.setdefault(body["links"]["self"], []).append(body)
+        body = sent_status(req)
+        by_url.setdefault(path_of(body["links"]["self"]), []).append(body)
     assert set(by_url) == {failed, canceled, zombie}
     assert all(len(v) == 1 for v in by_url.values()), by_url
     assert by_url[failed][0]["status"] == "failed"
@@ -171,7 +195,7 @@ def test_route_webhook_takes_precedence_over_the_default(make_dep: Any, receiver
         other = d.post("/slow").headers["location"]
         d.finished(other)
         reqs = wait_requests(receiver, 2)
-        paths = {json.loads(r.body)["links"]["self"]: r.path for r in reqs}
+        paths = {path_of(sent_status(r)["links"]["self"]): r.path for r in reqs}
         assert paths == {loc: "/route-hook", other: "/hook"}
 
 
@@ -204,7 +228,7 @@ def test_no_notification_for_a_job_refused_by_the_executor(
     (req,) = wait_requests(receiver, 1)
     time.sleep(0.2)
     assert len(receiver.requests) == 1
-    assert json.loads(req.body)["status"] == "completed"
+    assert sent_status(req)["status"] == "completed"
 
 
 # -- client-supplied callbacks ----------------------------------------------------------------
@@ -357,7 +381,7 @@ def test_deliveries_survive_a_restart(make_dep: Any, receiver: Receiver, tmp_pat
     got = wait_requests(receiver, 2, timeout=20)
     assert got[1].verified == "ok"
     assert got[1].headers["webhook-id"] == refused.headers["webhook-id"]
-    assert json.loads(got[1].body)["links"]["self"] == loc
+    assert path_of(sent_status(got[1])["links"]["self"]) == loc
 
 
 def test_redis_store_keeps_deliveries_in_redis(receiver: Receiver) -> None:
@@ -401,7 +425,7 @@ def test_redis_store_keeps_deliveries_in_redis(receiver: Receiver) -> None:
         wipe_redis_namespace(url, ns)
     assert got[1].headers["webhook-id"] == refused.headers["webhook-id"]
     assert got[1].verified == "ok"
-    assert json.loads(got[1].body)["links"]["self"] == loc
+    assert path_of(sent_status(got[1])["links"]["self"]) == loc
 
 
 def test_dispatcher_runs_with_the_runtime_and_stops_at_shutdown(
@@ -659,7 +683,7 @@ def test_two_server_processes_notify_each_job_once(
     time.sleep(0.5)
     assert len(receiver.requests) == 10
     assert all(q.verified == "ok" for q in got)
-    assert sorted(json.loads(q.body)["links"]["self"] for q in got) == sorted(locs)
+    assert sorted(path_of(sent_status(q)["links"]["self"]) for q in got) == sorted(locs)
     assert len({q.headers["webhook-id"] for q in got}) == 10
 
 
@@ -689,4 +713,4 @@ def test_pending_delivery_survives_kill_9(
     got = wait_requests(receiver, 2, timeout=30)
     assert got[1].verified == "ok"
     assert got[1].headers["webhook-id"] == refused.headers["webhook-id"]
-    assert json.loads(got[1].body)["links"]["self"] == loc
+    assert path_of(sent_status(got[1])["links"]["self"]) == loc

@@ -31,6 +31,19 @@ from .status import Status
 log = logging.getLogger("async_accept")
 
 
+def origin_of(request: CapturedRequest) -> str:
+    """``scheme://host[:port]`` the client reached (the Host header, else the
+    server address): webhook bodies carry absolute URLs built on it."""
+    host = request.header(b"host")
+    if host:
+        name = host.decode("latin-1")
+    elif request.server:
+        name = f"{request.server[0]}:{request.server[1]}"
+    else:
+        name = "localhost"
+    return f"{request.scheme}://{name}"
+
+
 class Accepting(Status):
     """The accept side of the engine."""
 
@@ -254,6 +267,7 @@ class Accepting(Status):
             job.meta["callback"] = url
         if "webhook" in job.meta or "callback" in job.meta:
             job.meta["root_path"] = request.root_path
+            job.meta["origin"] = origin_of(request)
         return None
 
     def _direct_answer(self, job: Job) -> Gen[Response | None]:

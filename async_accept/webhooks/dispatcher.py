@@ -88,6 +88,10 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
+#: The Standard Webhooks retry schedule: seconds after each failed attempt.
+STANDARD_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
 class WebhookDispatcher:
     """Sends the outbox's deliveries, signed, with retries and dead letters.
 
@@ -96,10 +100,13 @@ class WebhookDispatcher:
     of :meth:`start`. Several dispatchers (threads, processes) may share a
     SQLite outbox: each delivery is claimed by one at a time.
 
-    Retries: after the n-th failed attempt the next waits a random time in
-    ``[0, ceiling]`` (full jitter, at least one second) where ``ceiling`` is
-    ``schedule[n-1]`` (the last entry repeating) or, without a schedule,
-    ``backoff_base * 2**(n-1)`` capped at ``backoff_cap``. A ``Retry-After``
+    Retries: by default the Standard Webhooks schedule (STANDARD_SCHEDULE: 5 s,
+    5 min, 30 min, 2 h, 5 h, 10 h, 10 h after the failed attempts, so 8
+    attempts span more than a day), each time up to 10 % earlier (jitter). A
+    configured ``schedule`` works the same way (its last entry repeating). With
+    ``backoff_base``/``backoff_cap`` instead, the n-th retry waits a random
+    time in ``[0, min(backoff_cap, backoff_base * 2**(n-1))]`` (full jitter,
+    at least one second). A ``Retry-After``
     from the receiver replaces that (capped at ``max_retry_after``). After
     ``max_attempts`` attempts the delivery is dead. 2xx is success; ``410``
     disables the endpoint for good (the delivery is dead and nothing is sent
@@ -117,10 +124,10 @@ class WebhookDispatcher:
         policy: WebhookPolicy | None = None,
         max_attempts: int = 8,
         schedule: Sequence[float] | None = None,
-        backoff_base: float = 5.0,
-        backoff_cap: float = 3600.0,
+        backoff_base: float | None = None,
+        backoff_cap: float | None = None,
         max_retry_after: float = 3600.0,
-        timeout: float = 10.0,
+        timeout: float = 15.0,
         batch_size: int = 50,
         lease: float | None = None,
         interval: float = 1.0,
@@ -135,13 +142,15 @@ class WebhookDispatcher:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigurationError(f"max_attempts={max_attempts!r} must be an integer >= 1")
         self.max_attempts = max_attempts
+        if schedule is None and backoff_base is None and backoff_cap is None:
+            schedule = STANDARD_SCHEDULE
         self.schedule = None if schedule is None else [float(s) for s in schedule]
         if self.schedule is not None and (
             not self.schedule or any(not s >= 0 for s in self.schedule)
         ):
             raise ConfigurationError(f"schedule={schedule!r} must be a non-empty list of seconds")
-        self.backoff_base = _positive("backoff_base", backoff_base)
-        self.backoff_cap = _positive("backoff_cap", backoff_cap)
+        self.backoff_base = _positive("backoff_base", 5.0 if backoff_base is None else backoff_base)
+        self.backoff_cap = _positive("backoff_cap", 3600.0 if backoff_cap is None else backoff_cap)
         self.max_retry_after = _positive("max_retry_after", max_retry_after)
         self.timeout = _positive("timeout", timeout)
         self.interval = _positive("interval", interval)
@@ -240,9 +249,9 @@ class WebhookDispatcher:
         if asked is not None:
             return min(max(asked, _MIN_RETRY_DELAY), self.max_retry_after)
         if self.schedule is not None:
-            ceiling = self.schedule[min(attempts, len(self.schedule)) - 1]
-        else:
-            ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** (attempts - 1))
+            planned = self.schedule[min(attempts, len(self.schedule)) - 1]
+            return max(_MIN_RETRY_DELAY, planned * (0.9 + 0.1 * self._random()))
+        ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** (attempts - 1))
         return max(_MIN_RETRY_DELAY, self._random() * ceiling)
 
     def deliver_due(self, now: float | None = None) -> int:
