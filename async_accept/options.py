@@ -441,6 +441,22 @@ def _check_lost(values: dict[str, Any], given: Mapping[str, Any]) -> None:
         )
 
 
+def _check_deadlines(values: dict[str, Any], given: Mapping[str, Any]) -> None:
+    """A job must be able to reach its deadline (2 x sla) before its TTL purges it."""
+    ttl = values["ttl"]
+    slas = [("sla", values["sla"])] + [
+        (f"routes[{p.spec!r}] sla", p.options.sla)
+        for p in values["routes"]
+        if p.options.sla is not None
+    ]
+    for name, sla in slas:
+        if 2 * sla >= ttl:
+            raise ConfigurationError(
+                f"{name}={sla:g} is too long for ttl={ttl:g}: a job may run until 2 x sla, "
+                f"so 2 x sla must be below ttl (raise ttl above {2 * sla:g} or lower the sla)"
+            )
+
+
 def _check_webhooks(values: dict[str, Any], given: Mapping[str, Any]) -> None:
     values.update(_webhook_settings(**{name: values[name] for name in _WEBHOOK_FIELDS}))
     for pattern in values["routes"]:
@@ -465,6 +481,7 @@ def _check_dashboard(values: dict[str, Any], given: Mapping[str, Any]) -> None:
 
 #: Checks of several options together, run once the named field is checked.
 _CHECKS_AFTER: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], None]] = {
+    "routes": _check_deadlines,
     "worker_lost_after": _check_lost,
     "callback_header": _check_webhooks,
     "health_token": _check_health_token,

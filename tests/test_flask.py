@@ -353,9 +353,9 @@ def test_extension_conventions(make: Callable[..., Any]) -> None:
 def test_options_come_from_app_config(make: Callable[..., Any]) -> None:
     """ASYNC_ACCEPT_PREFIX, _TTL and _ROUTES in app.config are the middleware's options."""
     app, ext = make(
-        ASYNC_ACCEPT_PREFIX="/job-status", ASYNC_ACCEPT_TTL=120, ASYNC_ACCEPT_ROUTES=["GET /hello"]
+        ASYNC_ACCEPT_PREFIX="/job-status", ASYNC_ACCEPT_TTL=600, ASYNC_ACCEPT_ROUTES=["GET /hello"]
     )
-    assert ext.middleware.options.ttl == 120
+    assert ext.middleware.options.ttl == 600
     client = app.test_client()
     r = client.get("/hello", headers=ALICE)
     assert r.status_code == 202

@@ -136,3 +136,22 @@ def test_middlewares_take_app_by_keyword() -> None:
 
     assert AsyncAcceptMiddleware(app=asgi_app, secret_key=SECRET, store="memory://").app is asgi_app
     assert WSGIMiddleware(app=wsgi_app, secret_key=SECRET, store="memory://").app is wsgi_app
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sla": 60, "ttl": 120},
+        {"sla": 10, "ttl": 100, "routes": {"POST /long": {"sla": 50}}},
+    ],
+)
+def test_a_deadline_past_the_ttl_is_refused_at_construction(kwargs: dict[str, object]) -> None:
+    """2 x sla (the default's or a route pattern's) must be below ttl, else ConfigurationError."""
+    with pytest.raises(ConfigurationError, match="2 x sla must be below ttl"):
+        options.build_options(secret_key="k" * 32, **kwargs)
+
+
+def test_a_deadline_below_the_ttl_is_accepted() -> None:
+    """sla=59 with ttl=120 is fine (the job ends before it is purged)."""
+    opts = options.build_options(secret_key="k" * 32, sla=59, ttl=120)
+    assert (opts.sla, opts.ttl) == (59.0, 120.0)
