@@ -50,6 +50,8 @@ class Deployment:
             "ASYNC_ACCEPT_WORKER_LOST_AFTER": "2",
             "ASYNC_ACCEPT_SWEEP_INTERVAL": "0.5",
             "ASYNC_ACCEPT_REQUEUE_AFTER": "1",
+            # Long runs queue minutes of work: the deadline must not be what ends it.
+            "ASYNC_ACCEPT_FAULT_SLA": "600",
         }
         options.update(extra)
         return base_env(**options)
