@@ -316,3 +316,45 @@ def test_asgi_streamed_result_over_max_result_size_fails_result_too_large() -> N
     with TestClient(app, follow_redirects=False) as client:
         failed = ended(client, submit(client, "/attempt"))  # {"attempt":1} is 13 bytes
         assert failed["error"]["type"].endswith("result-too-large")
+
+
+def test_asgi_drains_running_jobs_before_the_apps_lifespan_shutdown() -> None:
+    """Server shutdown: the running job finishes first, then the app's own shutdown runs."""
+    import contextlib
+    from collections.abc import AsyncIterator
+
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from async_accept.asgi import AsyncAcceptMiddleware
+
+    events: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        events.append("app shutdown")
+
+    @long_running
+    async def slow(request: Request) -> Response:
+        events.append("job started")
+        await asyncio.sleep(0.5)
+        events.append("job done")
+        return Response("done")
+
+    app = Starlette(
+        routes=[Route("/slow", slow, methods=["POST"])],
+        middleware=[Middleware(AsyncAcceptMiddleware, secret_key=SECRET, store="memory://")],
+        lifespan=lifespan,
+    )
+    with TestClient(app, follow_redirects=False) as client:
+        submit(client, "/slow")
+        deadline = time.monotonic() + 5
+        while "job started" not in events:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert events == ["job started", "job done", "app shutdown"]
