@@ -18,11 +18,11 @@ def test_cancel_racing_a_finishing_sync_handler_keeps_completed(deploy: Deployme
     server = deploy.uvicorn(ASYNC_ACCEPT_EXECUTOR="asyncio?max_concurrency=8")
     run = deploy.run(server)
     for _ in range(max(1, n // 8)):  # rounds of 8, each handler in its own thread
-        subs = run.submit("/work-sync", min(n, 8), query="sleep=0.6")
+        subs = run.submit("/work-sync", min(n, 8), query="sleep=2")
         run.wait_for(subs, ("processing",), at_least=len(subs), timeout=20)
         time.sleep(0.3)  # every handler is well inside its sleep: none can notice the cancel
         for sub in subs:
-            assert run.cancel(sub) in (200, 202)
+            assert run.cancel(sub) == 202  # cancel requested: the job is still running
     report = run.poll_all(timeout=30 + n * 0.2, settle=1.0)
     # Threads can't be interrupted: each handler ran to its end, so each job has a result.
     assert_nothing_lost(report)
