@@ -626,14 +626,13 @@ class Runtime:
         """Whether jobs run here now."""
         return bool(self._running)
 
-    def drain_at_exit(self) -> None:
-        """At interpreter exit (a gunicorn worker leaving after its graceful stop):
-        let running jobs finish within ``shutdown_timeout``, requeue the rest."""
-        self.begin_drain()
-        deadline = time.monotonic() + self.options.shutdown_timeout
-        while self._running and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self._requeue_running()
+    @property
+    def drain_timeout(self) -> float:
+        return self.options.shutdown_timeout
+
+    def requeue_running(self) -> int:
+        """Hand back what still runs (the end of a drain at interpreter exit)."""
+        return self._requeue_running()
 
     def shutdown(self) -> None:
         self.begin_drain()

@@ -239,9 +239,12 @@ class Drainable(Protocol):
     @property
     def busy(self) -> bool: ...
 
+    @property
+    def drain_timeout(self) -> float: ...
+
     def begin_drain(self) -> None: ...
 
-    def drain_at_exit(self) -> None: ...
+    def requeue_running(self) -> int: ...
 
 
 #: the runtimes of this process, drained at the first stop signal and at exit
@@ -283,9 +286,19 @@ def _on_stop_signal(previous: Any, signum: int, frame: Any) -> None:
 
 
 def _drain_at_exit() -> None:
-    for runtime in list(_LIVE):
-        if runtime.started and runtime.busy:
-            try:
-                runtime.drain_at_exit()
-            except Exception:  # pragma: no cover - exiting anyway
-                log.warning("async_accept: drain at exit failed", exc_info=True)
+    """At interpreter exit (a gunicorn worker leaving after its graceful stop): the
+    runtimes still running jobs stop claiming, let them finish within their drain
+    period (all at once, so exit waits at most the longest one), and requeue the rest."""
+    busy = [rt for rt in list(_LIVE) if rt.started and rt.busy]
+    if not busy:
+        return
+    for runtime in busy:
+        runtime.begin_drain()
+    deadline = time.monotonic() + max(rt.drain_timeout for rt in busy)
+    while any(rt.busy for rt in busy) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for runtime in busy:
+        try:
+            runtime.requeue_running()
+        except Exception:  # pragma: no cover - exiting anyway
+            log.warning("async_accept: drain at exit failed", exc_info=True)
