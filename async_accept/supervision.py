@@ -270,6 +270,8 @@ def watch_stop_signals(runtime: Drainable) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             previous = signal.getsignal(sig)
+            if previous is None:
+                continue  # a handler installed outside Python (uWSGI, mod_wsgi): leave it be
             signal.signal(sig, functools.partial(_on_stop_signal, previous))
         except (ValueError, OSError):  # pragma: no cover - a subinterpreter
             continue

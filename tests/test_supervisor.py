@@ -358,3 +358,26 @@ def test_asgi_drains_running_jobs_before_the_apps_lifespan_shutdown() -> None:
             assert time.monotonic() < deadline
             time.sleep(0.01)
     assert events == ["job started", "job done", "app shutdown"]
+
+
+def test_the_first_sigterm_stops_claiming_and_the_servers_own_handler_still_runs() -> None:
+    """SIGTERM: the runtime starts draining, then the handler that was there (the server's) runs."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import os, signal
+        seen = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+        from async_accept.wsgi import AsyncAcceptMiddleware
+        mw = AsyncAcceptMiddleware(lambda e, s: [b""], secret_key="k" * 32, store="memory://")
+        assert not mw.runtime.draining
+        os.kill(os.getpid(), signal.SIGTERM)
+        print(mw.runtime.draining, seen == [signal.SIGTERM])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.split() == ["True", "True"], out.stderr
