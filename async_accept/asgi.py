@@ -115,6 +115,11 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         state = scope.get("state")
         if isinstance(state, dict):
             self.runtime.lifespan_state = state
+        app = scope.get("app")
+        if app is not None and getattr(app, "middleware_stack", None) is not None:
+            # Jobs recovered at startup replay through the whole app too, not only
+            # those run after the first request.
+            self.runtime.app = app
 
         async def lifespan_receive() -> Message:
             message = await receive()

@@ -381,3 +381,14 @@ def test_the_first_sigterm_stops_claiming_and_the_servers_own_handler_still_runs
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.split() == ["True", "True"], out.stderr
+
+
+def test_jobs_recovered_at_startup_replay_through_the_whole_app() -> None:
+    """From lifespan startup on (before any request), jobs replay through the outermost app."""
+    from starlette.testclient import TestClient
+
+    from tests.conftest import find_middleware
+
+    app = build_asgi(store="memory://")
+    with TestClient(app, follow_redirects=False):
+        assert find_middleware(app).runtime.app is app
