@@ -112,7 +112,7 @@ def _options() -> dict[str, Any]:
     global FAULTY
     env = os.environ
     opts: dict[str, Any] = {
-        "secret_key": "fault-secret-0123456789abcdef",
+        "secret_key": "fault-secret-0123456789abcdef-0123456789",
         "store": env["ASYNC_ACCEPT_STORE"],
     }
     for name in (
