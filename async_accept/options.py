@@ -17,7 +17,7 @@ from typing import Any, Literal, TypedDict
 
 from .errors import ConfigurationError
 from .problem_types import PROBLEM_BASE, check_problem_base
-from .routes import RouteOptions, RoutePattern, RouteSpecs, parse_routes
+from .routes import RouteOptions, RoutePattern, RouteSpecs, check_deadlines, parse_routes
 from .tokens import normalize_secrets
 
 #: identity(headers) -> credentials material (None or "" = anonymous)
@@ -442,19 +442,7 @@ def _check_lost(values: dict[str, Any], given: Mapping[str, Any]) -> None:
 
 
 def _check_deadlines(values: dict[str, Any], given: Mapping[str, Any]) -> None:
-    """A job must be able to reach its deadline (2 x sla) before its TTL purges it."""
-    ttl = values["ttl"]
-    slas = [("sla", values["sla"])] + [
-        (f"routes[{p.spec!r}] sla", p.options.sla)
-        for p in values["routes"]
-        if p.options.sla is not None
-    ]
-    for name, sla in slas:
-        if 2 * sla >= ttl:
-            raise ConfigurationError(
-                f"{name}={sla:g} is too long for ttl={ttl:g}: a job may run until 2 x sla, "
-                f"so 2 x sla must be below ttl (raise ttl above {2 * sla:g} or lower the sla)"
-            )
+    check_deadlines(values["ttl"], values["sla"], values["routes"])
 
 
 def _check_webhooks(values: dict[str, Any], given: Mapping[str, Any]) -> None:

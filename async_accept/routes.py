@@ -526,3 +526,17 @@ class RouteTable:
             if p.regex is not None and p.regex.fullmatch(path):
                 return p.options
         return None
+
+
+def check_deadlines(ttl: float, sla: float, patterns: Iterable[RoutePattern]) -> None:
+    """A job must be able to reach its deadline (2 x sla) before its TTL purges it:
+    the default sla and every route pattern's, checked at construction."""
+    slas = [("sla", sla)] + [
+        (f"routes[{p.spec!r}] sla", p.options.sla) for p in patterns if p.options.sla is not None
+    ]
+    for name, value in slas:
+        if 2 * value >= ttl:
+            raise ConfigurationError(
+                f"{name}={value:g} is too long for ttl={ttl:g}: a job may run until 2 x sla, "
+                f"so 2 x sla must be below ttl (raise ttl above {2 * value:g} or lower the sla)"
+            )
