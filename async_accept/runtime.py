@@ -31,6 +31,7 @@ from .replay import replay_asgi, replay_asgi_blocking, replay_wsgi
 from .stores import AsyncStore, Store, as_async
 from .supervision import (
     DelayedSubmits,
+    Draining,
     HandlerExit,
     Heartbeats,
     adurable_call,
@@ -52,7 +53,7 @@ def make_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-class Runtime:
+class Runtime(Draining):
     """Everything a process needs to accept, answer and run jobs."""
 
     def __init__(self, engine: Engine, store: Store, executor: Executor, kind: AppKind) -> None:
@@ -73,7 +74,7 @@ class Runtime:
         #: the jobs this process runs (claimed, not yet ended), for the drain
         self._running: set[str] = set()
         #: retries waiting for their backoff before they are handed to the executor
-        self._delayed = DelayedSubmits(self._submit_now, self._still_running)
+        self._delayed = DelayedSubmits(self._submit_retry, self._retry_busy)
         self.heartbeats = Heartbeats(self, self._local, self.options.heartbeat_interval)
         #: set at the first stop signal: from then on no queued job starts here
         self._draining = threading.Event()
@@ -160,15 +161,15 @@ class Runtime:
         self._delayed.add(op.job_id, op.after)
         return None
 
+    def _submit_retry(self, job_id: str) -> None:
+        self.executor.submit(job_id)
+
+    def _retry_busy(self, job_id: str) -> bool:
+        return job_id in self._running or self._executor_has(job_id)
+
     def _executor_has(self, job_id: str) -> bool:
         pending = getattr(self.executor, "is_pending", None)
         return bool(pending(job_id)) if pending is not None else False
-
-    def _submit_now(self, job_id: str) -> None:
-        self.executor.submit(job_id)
-
-    def _still_running(self, job_id: str) -> bool:
-        return job_id in self._running or self._executor_has(job_id)
 
     def _do_sync(self, op: Op) -> Any:
         if isinstance(op, StoreCall):
@@ -212,12 +213,9 @@ class Runtime:
 
     # -- running jobs ------------------------------------------------------------------
     #
-    # One supervisor per running job owns its end: run_job / arun_job drive the
-    # engine's run generator, which writes exactly one outcome. Whatever the handler
-    # raises, BaseException included, reaches the engine as an ordinary exception
-    # (handler-error), so neither the process nor a pool thread goes down with it.
-    # The job stays on the heartbeat board until its outcome is written, so its
-    # lease holds while a transient store error is retried.
+    # One supervisor per running job owns its end (the engine writes one outcome);
+    # whatever the handler raises becomes handler-error, the process and pool go on.
+    # The job stays on the heartbeat board until its outcome is durable.
 
     def run_job(self, job_id: str) -> Job | None:
         """Run one job in this thread (thread executors, remote workers)."""
@@ -448,7 +446,7 @@ class Runtime:
             self._stop = threading.Event()
             self._local.clear()
             self._running = set()
-            self._delayed = DelayedSubmits(self._submit_now, self._still_running)
+            self._delayed = DelayedSubmits(self._submit_retry, self._retry_busy)
             self.heartbeats = Heartbeats(self, self._local, self.options.heartbeat_interval)
             self._draining = threading.Event()
             self.observer.after_fork()
@@ -589,51 +587,6 @@ class Runtime:
             if self._stop.is_set():
                 return
 
-    # -- graceful stop ----------------------------------------------------------------------
-    #
-    # A stop never fails a job: from the first signal no queued job starts here
-    # (they stay queued for the next process), running ones get ``shutdown_timeout``
-    # to finish, and what still runs then is handed back to the queue (requeued),
-    # so another process, or this one restarted, runs it again (attempt + 1).
-
-    @property
-    def draining(self) -> bool:
-        """True from the first stop signal on: executors start no queued job."""
-        return self._draining.is_set()
-
-    def begin_drain(self) -> None:
-        """Stop claiming jobs (a stop signal arrived, or shutdown began)."""
-        self._draining.set()
-
-    def _requeue_running(self) -> int:
-        """Hand the jobs still running here back to the queue; how many were."""
-        requeued = 0
-        for job_id in list(self._running):
-            try:
-                job = self.store.requeue(job_id, self.worker_id, self.engine.clock())
-            except StoreError:
-                log.warning("async_accept: could not requeue job %s", job_id, exc_info=True)
-                continue
-            if job is not None:
-                requeued += 1
-                log.warning(
-                    "async_accept: job %s still ran at the end of the drain: requeued", job_id
-                )
-        return requeued
-
-    @property
-    def busy(self) -> bool:
-        """Whether jobs run here now."""
-        return bool(self._running)
-
-    @property
-    def drain_timeout(self) -> float:
-        return self.options.shutdown_timeout
-
-    def requeue_running(self) -> int:
-        """Hand back what still runs (the end of a drain at interpreter exit)."""
-        return self._requeue_running()
-
     def shutdown(self) -> None:
         self.begin_drain()
         self._stop.set()
@@ -645,7 +598,7 @@ class Runtime:
             deadline = time.monotonic() + self.options.shutdown_timeout
             while self._running and time.monotonic() < deadline:
                 time.sleep(0.02)
-            self._requeue_running()
+            self.requeue_running()
             # Threads still in a handler can't be stopped; their jobs are requeued.
             self.executor.shutdown(max(0.1, deadline - time.monotonic()))
             self.observer.stop(self.options.shutdown_timeout)
@@ -670,7 +623,7 @@ class Runtime:
             while self._running and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             if self._running:
-                await asyncio.to_thread(self._requeue_running)
+                await asyncio.to_thread(self.requeue_running)
             left = max(0.1, deadline - time.monotonic())
             ashutdown = getattr(self.executor, "ashutdown", None)
             if ashutdown is not None:

@@ -230,6 +230,61 @@ class Heartbeats:
 # -- graceful stop -----------------------------------------------------------------------
 
 
+class _DrainHost(Protocol):
+    """What Draining needs of the runtime it is mixed into."""
+
+    store: Any
+    engine: Any
+    options: Any
+    worker_id: str
+    _running: set[str]
+
+
+class Draining:
+    """A runtime's graceful stop. A stop never fails a job: from the first signal no
+    queued job starts here (they stay queued for the next process), running ones get
+    ``shutdown_timeout`` to finish, and what still runs then is handed back to the
+    queue (requeued), so another process, or this one restarted, runs it again
+    (attempt + 1). The runtime provides the attributes below."""
+
+    _running: set[str]
+    _draining: threading.Event
+
+    @property
+    def draining(self) -> bool:
+        """True from the first stop signal on: executors start no queued job."""
+        return self._draining.is_set()
+
+    def begin_drain(self) -> None:
+        """Stop claiming jobs (a stop signal arrived, or shutdown began)."""
+        self._draining.set()
+
+    @property
+    def busy(self) -> bool:
+        """Whether jobs run here now."""
+        return bool(self._running)
+
+    @property
+    def drain_timeout(self: _DrainHost) -> float:
+        return float(self.options.shutdown_timeout)
+
+    def requeue_running(self: _DrainHost) -> int:
+        """Hand the jobs still running here back to the queue; how many were."""
+        requeued = 0
+        for job_id in list(self._running):
+            try:
+                job = self.store.requeue(job_id, self.worker_id, self.engine.clock())
+            except StoreError:
+                log.warning("async_accept: could not requeue job %s", job_id, exc_info=True)
+                continue
+            if job is not None:
+                requeued += 1
+                log.warning(
+                    "async_accept: job %s still ran at the end of the drain: requeued", job_id
+                )
+        return requeued
+
+
 class Drainable(Protocol):
     """A runtime as the stop-signal watcher sees it."""
 
