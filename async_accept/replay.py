@@ -19,6 +19,7 @@ from urllib.parse import unquote_to_bytes
 
 from .errors import ResultTooLarge
 from .job import CapturedRequest, CapturedResponse, Headers
+from .supervision import HandlerExit
 
 REPLAY_KEY = "async_accept.replay"
 
@@ -107,7 +108,7 @@ async def replay_asgi(
     # after (Starlette's BackgroundTasks, anything after the last send) goes on
     # after the job's response is recorded, as a server lets it go on after
     # sending, neither delaying the answer nor changing the job's outcome.
-    task = asyncio.ensure_future(app(scope, receive, send))
+    task = asyncio.ensure_future(_guarded(app, scope, receive, send))
     finished = asyncio.ensure_future(done.wait())
     try:
         await asyncio.wait({task, finished}, return_when=asyncio.FIRST_COMPLETED)
@@ -131,6 +132,15 @@ async def replay_asgi(
     if status is None:
         raise NoResponse("the application returned without sending a response")
     return CapturedResponse(status=status, headers=headers, body=chunks.join())
+
+
+async def _guarded(app: ASGIApp, scope: Any, receive: Any, send: Any) -> None:
+    """The app, with SystemExit/KeyboardInterrupt/GeneratorExit turned into an
+    ordinary exception: raised in a task, asyncio would stop the whole loop."""
+    try:
+        await app(scope, receive, send)
+    except (SystemExit, KeyboardInterrupt, GeneratorExit) as exc:
+        raise HandlerExit.of(exc) from exc
 
 
 class _Body:
