@@ -1,10 +1,6 @@
-"""Every option of the middleware, declared once.
-
-Each field of :class:`Options` carries its default, its check and its doc line
-(see :func:`option`); :func:`build_options` turns keyword arguments into a
-validated ``Options``, and :class:`OptionsKwargs` types those keyword arguments
-for the middlewares' constructors (a test pins it to the fields).
-"""
+"""Every option of the middleware, declared once: each field of :class:`Options` has
+its default, check and doc line (:func:`option`); :func:`build_options` validates the
+keyword arguments and :class:`OptionsKwargs` types them (a test pins it to the fields)."""
 
 from __future__ import annotations
 
@@ -218,13 +214,7 @@ class Options:
             10 * 1024 * 1024, "largest request body accepted as a job, in bytes", _max_body_size
         )
     )
-    max_result_size: int = field(
-        metadata=option(
-            50 * 1024 * 1024,
-            "largest handler response kept as a job's result, in bytes",
-            _max_body_size,
-        )
-    )
+    max_result_size: int = field(metadata=option(50 << 20, "largest result, bytes", _max_body_size))
     identity: IdentityFunc | None = field(
         metadata=option(
             None,
@@ -441,10 +431,6 @@ def _check_lost(values: dict[str, Any], given: Mapping[str, Any]) -> None:
         )
 
 
-def _check_deadlines(values: dict[str, Any], given: Mapping[str, Any]) -> None:
-    check_deadlines(values["ttl"], values["sla"], values["routes"])
-
-
 def _check_webhooks(values: dict[str, Any], given: Mapping[str, Any]) -> None:
     values.update(_webhook_settings(**{name: values[name] for name in _WEBHOOK_FIELDS}))
     for pattern in values["routes"]:
@@ -469,7 +455,7 @@ def _check_dashboard(values: dict[str, Any], given: Mapping[str, Any]) -> None:
 
 #: Checks of several options together, run once the named field is checked.
 _CHECKS_AFTER: dict[str, Callable[[dict[str, Any], Mapping[str, Any]], None]] = {
-    "routes": _check_deadlines,
+    "routes": lambda v, _: check_deadlines(v["ttl"], v["sla"], v["routes"]),
     "worker_lost_after": _check_lost,
     "callback_header": _check_webhooks,
     "health_token": _check_health_token,
