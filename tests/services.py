@@ -50,3 +50,44 @@ def wipe_redis_namespace(url: str, namespace: str) -> None:
             client.delete(*keys[start : start + 1000])
     finally:
         client.close()
+
+
+POSTGRES_URL = os.environ.get(
+    "ASYNC_ACCEPT_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def require_postgres() -> str:
+    """The test PostgreSQL URL; fails in CI and skips elsewhere when it is not answering."""
+    if not _port_open("127.0.0.1", 5432):
+        msg = (
+            "PostgreSQL is not answering on 127.0.0.1:5432. Start it with: "
+            "pg_ctlcluster 15 main start (or: service postgresql start)"
+        )
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        msg = "psycopg is not installed: pip install 'async-accept[postgres]'"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return POSTGRES_URL
+
+
+def postgres_schema_url(url: str = POSTGRES_URL) -> tuple[str, str]:
+    """A store URL on a fresh schema name of its own, and that name."""
+    import uuid
+
+    schema = "test_" + uuid.uuid4().hex[:16]
+    return f"{url}{'&' if '?' in url else '?'}schema={schema}", schema
+
+
+def drop_postgres_schema(schema: str, url: str = POSTGRES_URL) -> None:
+    """Drop what a test created in ``schema`` (tables, data, everything)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[arg-type]

@@ -85,6 +85,20 @@ def _redis_store() -> Iterator[Store]:
         wipe_redis_namespace(url, namespace)
 
 
+def _postgres_store() -> Iterator[Store]:
+    from tests.services import drop_postgres_schema, postgres_schema_url, require_postgres
+
+    url, schema = postgres_schema_url(require_postgres())
+    from async_accept.stores.postgres import PostgresStore
+
+    store = PostgresStore.from_url(url)
+    try:
+        yield store
+    finally:
+        store.close()
+        drop_postgres_schema(schema)
+
+
 _AWAITED = frozenset(
     name
     for name in dir(AsyncStore)
@@ -116,7 +130,7 @@ class AwaitedStore:
 
     def stop(self) -> None:
         aclose = getattr(self.aio, "aclose", None)
-        if aclose is not None:  # Redis: its asyncio client belongs to this loop
+        if aclose is not None:  # Redis, PostgreSQL: their asyncio clients belong to this loop
             asyncio.run_coroutine_threadsafe(aclose(), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
@@ -140,10 +154,11 @@ BACKENDS: dict[str, Callable[[Path], Iterator[Store]]] = {
     "sqlite": lambda tmp_path: _sqlite_store(tmp_path, returning=True),
     "sqlite-without-returning": lambda tmp_path: _sqlite_store(tmp_path, returning=False),
     "redis": lambda tmp_path: _redis_store(),
+    "postgres": lambda tmp_path: _postgres_store(),
 }
 #: Also called through their awaitable face (``as_async``: SQLite's group commit,
 #: Redis' asyncio client), as ``<name>-awaited``.
-AWAITED = ["sqlite", "redis"]
+AWAITED = ["sqlite", "redis", "postgres"]
 STORES = [*BACKENDS, *(f"{name}-awaited" for name in AWAITED)]
 
 

@@ -259,6 +259,23 @@ def _redis_outbox(tmp_path: Path) -> Iterator[Outbox]:
         wipe_redis_namespace(url, namespace)
 
 
+def _postgres_outbox(tmp_path: Path) -> Iterator[Outbox]:
+    """The PostgreSQL store's outbox, in a schema of its own dropped afterwards."""
+    from tests.services import drop_postgres_schema, postgres_schema_url, require_postgres
+
+    url, schema = postgres_schema_url(require_postgres())
+    from async_accept.stores.postgres import PostgresStore
+
+    store = PostgresStore.from_url(url)
+    box = store.default_outbox()
+    try:
+        yield box
+    finally:
+        box.close()
+        store.close()
+        drop_postgres_schema(schema)
+
+
 #: The outbox contract (the ``test_outbox_*`` tests) runs against every entry. A
 #: new backend's outbox is one more entry: a function of the test's tmp_path that
 #: yields a fresh, empty outbox and releases it afterwards.
@@ -266,6 +283,7 @@ OUTBOXES: dict[str, Callable[[Path], Iterator[Outbox]]] = {
     "memory": _memory_outbox,
     "sqlite": _sqlite_outbox,
     "redis": _redis_outbox,
+    "postgres": _postgres_outbox,
 }
 
 

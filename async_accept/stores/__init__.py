@@ -86,12 +86,19 @@ def resolve_store(spec: str | Store | None) -> Store:
         except ModuleNotFoundError as exc:  # the store module itself is part of the package
             raise ConfigurationError(f"store={spec!r}: the Redis store is unavailable") from exc
         return cast(Store, mod.RedisStore.from_url(spec))
+    if scheme in ("postgresql", "postgres"):
+        from .postgres.connection import parse_url
+
+        settings = parse_url(spec)  # before the import below: bad options fail first
+        from .postgres import PostgresStore
+
+        return PostgresStore(settings)
     if ":" in spec and "://" not in spec:
         factory = import_from_string(spec, "store")
         return resolve_store(factory() if callable(factory) else factory)
     raise ConfigurationError(
         f"store={spec!r} is not understood: use 'memory://', 'sqlite:///path/jobs.db', "
-        "'redis://host:6379/0' or a store instance."
+        "'redis://host:6379/0', 'postgresql://user@host/db' or a store instance."
     )
 
 

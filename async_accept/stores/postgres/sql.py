@@ -1,0 +1,291 @@
+"""The statements of the PostgreSQL store and the conversions around them,
+shared by the blocking store and its asyncio twin."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from ...job import CapturedResponse, Job, JobStatus
+from .connection import quoted
+
+_COLUMNS = (
+    "id",
+    "status",
+    "owner",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "deadline_at",
+    "sla",
+    "started_at",
+    "finished_at",
+    "percent",
+    "message",
+    "eta",
+    "progress_at",
+    "cancel_requested",
+    "worker_id",
+    "heartbeat_at",
+    "error",
+    "result_status",
+    "result_location",
+    "route",
+    "idempotency_key",
+    "fingerprint",
+    "attempts",
+    "meta",
+)
+_COLS = ", ".join(_COLUMNS)
+_OWNED = "id = %s AND status = 'processing' AND worker_id = %s AND expires_at > %s"
+
+
+def row_to_job(row: Sequence[Any]) -> Job:
+    d = dict(zip(_COLUMNS, row, strict=True))
+    d["status"] = JobStatus(d["status"])
+    d["error"] = None if d["error"] is None else json.loads(d["error"])
+    d["meta"] = d["meta"] or {}
+    return Job(**d)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def job_values(job: Job) -> tuple[Any, ...]:
+    return (
+        job.id,
+        JobStatus(job.status).value,
+        job.owner,
+        job.created_at,
+        job.updated_at,
+        job.expires_at,
+        job.deadline_at,
+        job.sla,
+        job.started_at,
+        job.finished_at,
+        job.percent,
+        job.message,
+        job.eta,
+        job.progress_at,
+        bool(job.cancel_requested),
+        job.worker_id,
+        job.heartbeat_at,
+        None if job.error is None else dumps(job.error),
+        job.result_status,
+        job.result_location,
+        job.route,
+        job.idempotency_key,
+        job.fingerprint,
+        job.attempts,
+        Jsonb(job.meta),
+    )
+
+
+class Statements:
+    """Every statement of the store, for one schema."""
+
+    def __init__(self, schema: str) -> None:
+        s = quoted(schema)
+        jobs = f"{s}.jobs"
+        bodies = f"{s}.job_bodies"
+        marks = ", ".join(["%s"] * len(_COLUMNS))
+        self.create = (
+            f"WITH j AS (INSERT INTO {jobs} ({_COLS}) VALUES ({marks}) "
+            # Any conflict: the id (a repeated create) or a live idempotency key.
+            "ON CONFLICT DO NOTHING RETURNING id) "
+            f"INSERT INTO {bodies} (job_id, kind, meta, body) "
+            "SELECT id, 'request', %s, %s FROM j RETURNING job_id"
+        )
+        self.by_id = f"SELECT {_COLS} FROM {jobs} WHERE id = %s"
+        self.by_key = f"SELECT {_COLS} FROM {jobs} WHERE idempotency_key = %s"
+        self.drop_expired_holder = f"DELETE FROM {jobs} WHERE id = %s AND expires_at <= %s"
+        self.get = f"SELECT {_COLS} FROM {jobs} WHERE id = %s AND expires_at > %s"
+        self.body = f"SELECT meta, body FROM {bodies} WHERE job_id = %s AND kind = %s"
+        self.claim = (
+            f"UPDATE {jobs} SET status = 'processing', worker_id = %s, started_at = %s, "
+            "heartbeat_at = %s, updated_at = %s, attempts = attempts + 1 "
+            f"WHERE id = (SELECT id FROM {jobs} WHERE id = %s AND status = 'queued' "
+            "AND NOT cancel_requested AND expires_at > %s FOR UPDATE SKIP LOCKED) "
+            f"RETURNING {_COLS}"
+        )
+        self.heartbeat = f"UPDATE {jobs} SET heartbeat_at = %s WHERE {_OWNED} RETURNING {_COLS}"
+        self.progress = (
+            f"UPDATE {jobs} SET percent = %s, message = %s, eta = %s, progress_at = %s, "
+            f"updated_at = %s, heartbeat_at = %s WHERE {_OWNED} RETURNING {_COLS}"
+        )
+        finish_sets = (
+            "status = %s, finished_at = %s, updated_at = %s, error = %s, "
+            "result_location = %s, result_status = COALESCE(%s, result_status), "
+            "percent = CASE WHEN %s THEN 100.0 ELSE percent END, "
+            "eta = CASE WHEN %s THEN NULL ELSE eta END"
+        )
+        self.finish = f"UPDATE {jobs} SET {finish_sets} WHERE {_OWNED} RETURNING {_COLS}"
+        # The state and the result in one statement: both or neither.
+        self.finish_with_result = (
+            f"WITH j AS ({self.finish}), r AS ("
+            f"INSERT INTO {bodies} (job_id, kind, meta, body) "
+            "SELECT id, 'result', %s, %s FROM j "
+            "ON CONFLICT (job_id, kind) DO UPDATE SET meta = EXCLUDED.meta, body = EXCLUDED.body"
+            ") SELECT * FROM j"
+        )
+        self.fail = (
+            f"UPDATE {jobs} SET status = 'failed', error = %s, finished_at = %s, updated_at = %s "
+            f"WHERE id = %s AND status = ANY(%s) AND expires_at > %s RETURNING {_COLS}"
+        )
+        # One statement for both cases; SET expressions see the row as it was.
+        self.cancel = (
+            f"UPDATE {jobs} SET "
+            "status = CASE status WHEN 'queued' THEN 'canceled' ELSE status END, "
+            "finished_at = CASE status WHEN 'queued' THEN %s ELSE finished_at END, "
+            "cancel_requested = true, updated_at = %s "
+            "WHERE id = %s AND expires_at > %s "
+            "AND (status = 'queued' OR (status = 'processing' AND NOT cancel_requested)) "
+            f"RETURNING {_COLS}"
+        )
+        self.requeue = (
+            f"UPDATE {jobs} SET "
+            "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, "
+            "finished_at = CASE WHEN cancel_requested THEN %s ELSE finished_at END, "
+            f"worker_id = NULL, heartbeat_at = NULL, updated_at = %s WHERE {_OWNED} "
+            f"RETURNING {_COLS}"
+        )
+        # Rows another marker holds are skipped: that one marks them.
+        self.mark_dispatched = (
+            f"WITH c AS (SELECT id FROM {jobs} WHERE id = ANY(%s) AND status = 'queued' "
+            "AND NOT cancel_requested AND expires_at > %s "
+            "AND COALESCE((meta->>'dispatched_at')::float8, '-Infinity') < %s "
+            "ORDER BY id FOR UPDATE SKIP LOCKED) "
+            f"UPDATE {jobs} AS t SET meta = jsonb_set(t.meta, '{{dispatched_at}}', %s) "
+            "FROM c WHERE t.id = c.id RETURNING t.id"
+        )
+        self.retry = (
+            f"WITH j AS (UPDATE {jobs} SET status = 'queued', worker_id = NULL, "
+            "heartbeat_at = NULL, started_at = NULL, finished_at = NULL, percent = NULL, "
+            "message = NULL, eta = NULL, progress_at = NULL, error = NULL, "
+            "result_status = NULL, result_location = NULL, updated_at = %s, "
+            "deadline_at = %s + 2 * sla, meta = meta - 'dispatched_at' "
+            "WHERE id = %s AND status = 'failed' AND NOT cancel_requested AND expires_at > %s "
+            f"RETURNING {_COLS}), d AS (DELETE FROM {bodies} "
+            "WHERE job_id IN (SELECT id FROM j) AND kind = 'result') SELECT * FROM j"
+        )
+        self.list_jobs = f"SELECT {_COLS} FROM {jobs}"
+        self.count = f"SELECT status, count(*) FROM {jobs} GROUP BY status"
+        self.purge = (
+            f"DELETE FROM {jobs} WHERE id IN (SELECT id FROM {jobs} WHERE expires_at <= %s "
+            "LIMIT %s FOR UPDATE SKIP LOCKED)"
+        )
+        self.delete = f"DELETE FROM {jobs} WHERE id = %s"
+        self.worker_heartbeat = (
+            f"INSERT INTO {s}.workers (id, last_heartbeat, info) VALUES (%s, %s, %s) "
+            "ON CONFLICT (id) DO UPDATE SET last_heartbeat = EXCLUDED.last_heartbeat, "
+            "info = EXCLUDED.info"
+        )
+        self.list_workers = (
+            f"WITH gone AS (DELETE FROM {s}.workers WHERE last_heartbeat < %s) "
+            f"SELECT id, last_heartbeat, info FROM {s}.workers WHERE last_heartbeat >= %s "
+            "ORDER BY last_heartbeat DESC"
+        )
+        self.queued = (
+            f"SELECT id FROM {jobs} WHERE status = 'queued' AND NOT cancel_requested "
+            "AND expires_at > %s ORDER BY created_at, seq LIMIT %s"
+        )
+        self.notify = "SELECT pg_notify(%s, '')"
+
+
+# -- the arguments of each call, shared by both twins -----------------------------------------
+
+
+def finish_args(
+    job_id: str,
+    worker_id: str,
+    now: float,
+    status: JobStatus,
+    response: CapturedResponse | None,
+    error: dict[str, Any] | None,
+    result_location: str | None,
+) -> tuple[Any, ...]:
+    status = JobStatus(status)
+    if not status.terminal:
+        raise ValueError(f"finish() needs a terminal status, not {status.value!r}")
+    completed = status is JobStatus.COMPLETED
+    args: tuple[Any, ...] = (
+        status.value,
+        now,
+        now,
+        None if error is None else dumps(error),
+        result_location,
+        None if response is None else int(response.status),
+        completed,
+        completed,
+        job_id,
+        worker_id,
+        now,
+    )
+    if response is not None:
+        args += (response.meta_json(), response.body)
+    return args
+
+
+def list_query(
+    sql: Statements, status: JobStatus | None, limit: int, created_before: float | None
+) -> tuple[str, list[Any]]:
+    where: list[str] = []
+    args: list[Any] = []
+    if status is not None:
+        where.append("status = %s")
+        args.append(JobStatus(status).value)
+    if created_before is not None:
+        where.append("created_at < %s")
+        args.append(created_before)
+    query = sql.list_jobs + (" WHERE " + " AND ".join(where) if where else "")
+    args.append(max(0, int(limit)))
+    return query + " ORDER BY created_at, seq LIMIT %s", args
+
+
+def counts(rows: Sequence[Sequence[Any]]) -> dict[JobStatus, int]:
+    counts = dict.fromkeys(JobStatus, 0)
+    for status, n in rows:
+        counts[JobStatus(status)] = int(n)
+    return counts
+
+
+def workers(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    out = []
+    for wid, last, info in rows:
+        entry: dict[str, Any] = json.loads(info)
+        entry.update(id=wid, last_heartbeat=float(last))
+        out.append(entry)
+    return out
+
+
+def in_order(job_ids: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    marked = {r[0] for r in rows}
+    return [j for j in dict.fromkeys(job_ids) if j in marked]
+
+
+def one(rows: Sequence[Sequence[Any]]) -> Job | None:
+    return row_to_job(rows[0]) if rows else None
+
+
+@dataclass
+class CreateStep:
+    """What a create round found: done (with its answer) or try again."""
+
+    result: tuple[Job, bool] | None = None
+    drop: str | None = None  # an expired holder of the key to delete first
+
+
+def after_conflict(job: Job, same_id: Job | None, holder: Job | None) -> CreateStep:
+    if same_id is not None:
+        # The id is 128 random bits: an existing one means this create is being repeated.
+        return CreateStep(result=(job, True))
+    if holder is None:
+        return CreateStep()  # the holder vanished meanwhile: try again
+    if holder.expires_at > job.created_at:
+        return CreateStep(result=(holder, False))
+    return CreateStep(drop=holder.id)  # expired, not purged yet: the key is free again

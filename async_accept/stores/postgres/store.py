@@ -1,0 +1,657 @@
+"""The PostgreSQL job store: shared by every process, on any machine, that reaches the database.
+
+Layout (schema ``?schema=``, default ``async_accept``; versioned, see
+:mod:`.connection`):
+
+``jobs``
+    One row per job, one column per :class:`~async_accept.job.Job` field
+    (``meta`` as ``jsonb``, ``error`` as JSON text), plus ``seq``, the creation
+    order. A status read is one primary-key lookup that never touches a body.
+``job_bodies``
+    The captured request and the handler's response (meta JSON + ``bytea``),
+    deleted with their job (``ON DELETE CASCADE``).
+``workers``
+    The worker registry that the health endpoint reads.
+
+Every state change is one statement (data-modifying CTEs where a change
+touches two tables: create writes the job and its request, finish the state
+and the result) and compare-and-set: ``UPDATE ... WHERE id = %s AND status =
+...``. A claim locks the row with ``FOR UPDATE SKIP LOCKED``, so racing
+claimers never wait for each other and exactly one wins. Connections are
+autocommit, so no transaction is ever held open between round trips.
+
+:class:`PostgresStore` is blocking (psycopg + ``psycopg_pool``);
+:attr:`PostgresStore.aio` is the :class:`AsyncPostgresStore` twin on psycopg's
+own asyncio connections, one pool per event loop. Every failure of the
+database surfaces as :class:`~async_accept.errors.StoreError` (a 503 on the
+request path); pools drop broken connections and reconnect by themselves, so
+a database restart needs no restart of the web or worker processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg.types.json import Jsonb
+
+from ...errors import StoreError
+from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
+from ..base import WORKER_RETENTION
+from . import connection as pg
+from .connection import PostgresSettings, parse_url
+from .sql import (
+    Statements,
+    after_conflict,
+    counts,
+    dumps,
+    finish_args,
+    in_order,
+    job_values,
+    list_query,
+    one,
+    row_to_job,
+    workers,
+)
+
+__all__ = ["AsyncPostgresStore", "PostgresStore"]
+
+log = logging.getLogger("async_accept")
+
+T = TypeVar("T")
+Conn = psycopg.Connection[Any]
+AConn = psycopg.AsyncConnection[Any]
+
+#: Rows deleted per statement by ``purge_expired``: each batch commits on its own,
+#: so a large purge never holds many row locks for long.
+PURGE_BATCH = 500
+#: Times a create is tried again when the holder of its idempotency key vanishes
+#: (expired and deleted, or deleted by another process) between two statements.
+_CREATE_ROUNDS = 5
+_CLOSE_TIMEOUT = 5.0
+
+#: Pools inherited through ``fork()``: kept referenced and never closed, since
+#: closing (or garbage-collecting) a connection inherited from the parent would
+#: end the parent's session on the shared socket.
+_FORK_ORPHANS: list[Any] = []
+
+
+def _store_error(settings: PostgresSettings, exc: BaseException) -> StoreError:
+    return StoreError(f"PostgreSQL store ({settings.schema}): {type(exc).__name__}: {exc}")
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure of the connection itself (not a timeout waiting for one): worth one
+    more try on another connection when the call is safe to repeat."""
+    return isinstance(exc, psycopg.OperationalError) and not isinstance(
+        exc, psycopg_pool.PoolTimeout
+    )
+
+
+# -- the blocking store -------------------------------------------------------------------------
+
+
+class PostgresStore:
+    """Jobs in PostgreSQL, shared by every process on every machine that reaches it.
+
+    Build it from a URL (``resolve_store("postgresql://user@host/db?schema=jobs")``
+    or :meth:`from_url`). The tables are created on first use (``?migrate=false``
+    leaves that to ``async-accept db upgrade``). :attr:`aio` is the awaitable twin.
+    """
+
+    shared = True
+    blocking = True
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        self.settings = settings
+        self.schema = settings.schema
+        self.channel = settings.channel
+        self._sql = Statements(settings.schema)
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+        self._ready = False
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        #: The native asyncio face (psycopg's async connections), picked up by ``as_async()``.
+        self.aio = AsyncPostgresStore(self)
+        try:
+            self._ensure_schema()
+        except StoreError as exc:
+            # Not reachable now: every call tries again, so a web process may start
+            # before its database does.
+            log.warning("async_accept: PostgreSQL store not ready yet: %s", exc)
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """A store on a ``postgresql://`` (or ``postgres://``) URL (see ``parse_url``)."""
+        return cls(parse_url(url))
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.settings.redacted()} schema={self.schema!r}>"
+
+    # -- connections ----------------------------------------------------------------------
+
+    def pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        """This process's connection pool (a new one after a fork)."""
+        pool = self._pool
+        if pool is not None and self._pid == os.getpid():
+            return pool
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"{self!r} is closed")
+            if self._pid != os.getpid():
+                _FORK_ORPHANS.append(self._pool)
+                self._pool = None
+                self._pid = os.getpid()
+            if self._pool is None:
+                self._pool = pg.sync_pool(self.settings)
+            return self._pool
+
+    def _ensure_schema(self) -> None:
+        try:
+            with self.pool().connection() as conn:
+                pg.ensure_schema(conn, self.settings)
+        except psycopg.Error as exc:
+            raise _store_error(self.settings, exc) from exc
+        self._ready = True
+
+    def _run(self, fn: Callable[[Conn], T], *, repeatable: bool = False) -> T:
+        """``fn`` on a pooled connection; database failures become StoreError.
+
+        A call that is safe to repeat (reads, create) gets a second try when its
+        connection turned out dead (the server restarted since it was opened).
+        """
+        if not self._ready:
+            self._ensure_schema()
+        pool = self.pool()
+        for attempt in (1, 2):
+            try:
+                with pool.connection() as conn:
+                    return fn(conn)
+            except psycopg.Error as exc:
+                if _transient(exc):
+                    with contextlib.suppress(psycopg.Error):
+                        pool.check()  # drop the other connections that died with it
+                    if repeatable and attempt == 1:
+                        continue
+                raise _store_error(self.settings, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _rows(self, query: str, args: Sequence[Any], *, repeatable: bool = False) -> list[Any]:
+        def q(conn: Conn) -> list[Any]:
+            return conn.execute(query, args).fetchall()
+
+        return self._run(q, repeatable=repeatable)
+
+    def _count(self, query: str, args: Sequence[Any]) -> int:
+        def q(conn: Conn) -> int:
+            return conn.execute(query, args).rowcount
+
+        return self._run(q)
+
+    # -- the contract ---------------------------------------------------------------------
+
+    def create(self, job: Job, request: CapturedRequest) -> tuple[Job, bool]:
+        sql = self._sql
+        values = (*job_values(job), request.meta_json(), request.body)
+
+        def q(conn: Conn) -> tuple[Job, bool]:
+            for _ in range(_CREATE_ROUNDS):
+                if conn.execute(sql.create, values).fetchall():
+                    return job, True
+                same = one(conn.execute(sql.by_id, (job.id,)).fetchall())
+                holder = None
+                if same is None and job.idempotency_key is not None:
+                    rows = conn.execute(sql.by_key, (job.idempotency_key,)).fetchall()
+                    holder = one(rows)
+                step = after_conflict(job, same, holder)
+                if step.result is not None:
+                    return step.result
+                if step.drop is not None:
+                    conn.execute(sql.drop_expired_holder, (step.drop, job.created_at))
+            raise StoreError(f"{self!r}: create of job {job.id} kept conflicting")
+
+        return self._run(q, repeatable=True)
+
+    def get(self, job_id: str, now: float) -> Job | None:
+        return one(self._rows(self._sql.get, (job_id, now), repeatable=True))
+
+    def get_request(self, job_id: str) -> CapturedRequest | None:
+        rows = self._rows(self._sql.body, (job_id, "request"), repeatable=True)
+        return CapturedRequest.from_meta_json(rows[0][0], bytes(rows[0][1])) if rows else None
+
+    def get_result(self, job_id: str) -> CapturedResponse | None:
+        rows = self._rows(self._sql.body, (job_id, "result"), repeatable=True)
+        return CapturedResponse.from_meta_json(rows[0][0], bytes(rows[0][1])) if rows else None
+
+    def claim(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        return one(self._rows(self._sql.claim, (worker_id, now, now, now, job_id, now)))
+
+    def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        return one(self._rows(self._sql.heartbeat, (now, job_id, worker_id, now)))
+
+    def set_progress(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        percent: float | None,
+        message: str | None,
+        eta: float | None,
+    ) -> Job | None:
+        args = (percent, message, eta, now, now, now, job_id, worker_id, now)
+        return one(self._rows(self._sql.progress, args))
+
+    def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        status: JobStatus,
+        response: CapturedResponse | None = None,
+        error: dict[str, Any] | None = None,
+        result_location: str | None = None,
+    ) -> Job | None:
+        args = finish_args(job_id, worker_id, now, status, response, error, result_location)
+        query = self._sql.finish if response is None else self._sql.finish_with_result
+        return one(self._rows(query, args))
+
+    def fail(
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+    ) -> Job | None:
+        states = list(dict.fromkeys(JobStatus(s).value for s in expected))
+        if not states:
+            return None
+        return one(self._rows(self._sql.fail, (dumps(error), now, now, job_id, states, now)))
+
+    def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
+        job = one(self._rows(self._sql.cancel, (now, now, job_id, now)))
+        if job is not None:
+            return job, True
+        return self.get(job_id, now), False
+
+    def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        return one(self._rows(self._sql.requeue, (now, now, job_id, worker_id, now)))
+
+    def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
+        if not job_ids:
+            return []
+        mark = Jsonb(float(now))
+        rows = self._rows(self._sql.mark_dispatched, (list(job_ids), now, stale_before, mark))
+        return in_order(job_ids, rows)
+
+    def retry(self, job_id: str, now: float) -> Job | None:
+        return one(self._rows(self._sql.retry, (now, now, job_id, now)))
+
+    def list_jobs(
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        created_before: float | None = None,
+    ) -> list[Job]:
+        query, args = list_query(self._sql, status, limit, created_before)
+        return [row_to_job(r) for r in self._rows(query, args, repeatable=True)]
+
+    def count_by_status(self) -> dict[JobStatus, int]:
+        return counts(self._rows(self._sql.count, (), repeatable=True))
+
+    def purge_expired(self, now: float) -> int:
+        total = 0
+        while True:
+            n = self._count(self._sql.purge, (now, PURGE_BATCH))
+            total += n
+            if n < PURGE_BATCH:
+                return total
+
+    def delete(self, job_id: str) -> bool:
+        return self._count(self._sql.delete, (job_id,)) > 0
+
+    def worker_heartbeat(self, worker_id: str, now: float, info: dict[str, Any]) -> None:
+        self._count(self._sql.worker_heartbeat, (worker_id, now, dumps(info)))
+
+    def list_workers(self, now: float) -> list[dict[str, Any]]:
+        cutoff = now - WORKER_RETENTION
+        return workers(self._rows(self._sql.list_workers, (cutoff, cutoff)))
+
+    # -- the store as a queue (executor="store") -------------------------------------------
+
+    def queued_ids(self, now: float, limit: int) -> list[str]:
+        """Ids of queued jobs (not cancel-requested, live), oldest first."""
+        return [r[0] for r in self._rows(self._sql.queued, (now, limit), repeatable=True)]
+
+    def notify_queued(self) -> None:
+        """Wake the workers listening for queued jobs (``NOTIFY``)."""
+        self._rows(self._sql.notify, (self.channel,))
+
+    def listener(self) -> QueueListener:
+        """A connection of its own that ``LISTEN``\\ s for :meth:`notify_queued`."""
+        return QueueListener(self.settings)
+
+    def default_outbox(self) -> Any:
+        """The webhook outbox beside the jobs: same database, schema and pool."""
+        from .outbox import PostgresOutbox
+
+        return PostgresOutbox(self)
+
+    def close(self) -> None:
+        """Close this process's pools (blocking and asyncio). Unusable afterwards."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            forked = self._pid != os.getpid()
+        self.aio._close_from_sync()
+        if pool is not None:
+            if forked:
+                _FORK_ORPHANS.append(pool)  # the parent's: not ours to close
+            else:
+                pool.close(timeout=_CLOSE_TIMEOUT)
+
+
+class QueueListener:
+    """One dedicated connection ``LISTEN``\\ ing on the store's channel.
+
+    :meth:`wait` returns True when a notification came within ``timeout``. A lost
+    connection is reopened on the next :meth:`wait` (notifications sent meanwhile
+    are lost: the worker's fallback poll covers them).
+    """
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        self.settings = settings
+        self._conn: Conn | None = None
+
+    def _connect(self) -> Conn:
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = pg.connect(self.settings)
+            conn.execute(f'LISTEN "{self.settings.channel}"')  # schema checked: no quotes
+            self._conn = conn
+        return conn
+
+    def wait(self, timeout: float) -> bool:
+        """True when woken by a notification, False when ``timeout`` passed."""
+        try:
+            conn = self._connect()
+            for _ in conn.notifies(timeout=timeout, stop_after=1):
+                return True
+            return False
+        except psycopg.Error as exc:
+            self.close()
+            raise _store_error(self.settings, exc) from exc
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+
+# -- the asyncio twin ---------------------------------------------------------------------------
+
+
+@dataclass
+class _LoopPool:
+    loop: asyncio.AbstractEventLoop
+    pool: psycopg_pool.AsyncConnectionPool[Any]
+    guard: Any = None  # the async generator whose finalization closes the pool
+
+
+class AsyncPostgresStore:
+    """The awaitable face of :class:`PostgresStore` (``store.aio``), on psycopg's
+    asyncio connections.
+
+    Asyncio connections belong to the event loop that opened them, so each loop
+    that uses the store gets its own pool, closed when that loop shuts down
+    (``asyncio.run``, uvicorn and AnyIO portals finalize async generators then),
+    when :meth:`aclose` is awaited on it, or by :meth:`PostgresStore.close`.
+    """
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._sql = store._sql
+        self._lock = threading.Lock()
+        self._loops: dict[asyncio.AbstractEventLoop, _LoopPool] = {}
+        self._pid = os.getpid()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        return f"<AsyncPostgresStore schema={self._store.schema!r}>"
+
+    async def _pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        loop = asyncio.get_running_loop()
+        lp = self._loops.get(loop)
+        if lp is not None and self._pid == os.getpid():
+            return lp.pool
+        if self._store._closed:
+            raise StoreError(f"{self._store!r} is closed")
+        with self._lock:
+            if self._pid != os.getpid():
+                _FORK_ORPHANS.extend(p.pool for p in self._loops.values())
+                self._loops = {}
+                self._pid = os.getpid()
+            stale = [other for other in self._loops.values() if other.loop.is_closed()]
+            for other in stale:  # loops closed without finalizing: nothing left to await
+                del self._loops[other.loop]
+        pool = await pg.async_pool(self._store.settings)
+        lp = _LoopPool(loop, pool)
+        with self._lock:
+            self._loops[loop] = lp
+        lp.guard = self._guard(lp)
+        await lp.guard.__anext__()  # registers it with the loop's async-generator hooks
+        return pool
+
+    async def _guard(self, lp: _LoopPool) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._loops.get(lp.loop) is lp:
+                    del self._loops[lp.loop]
+            with contextlib.suppress(psycopg.Error):
+                await lp.pool.close(timeout=_CLOSE_TIMEOUT)
+
+    async def _run(self, fn: Callable[[AConn], Awaitable[T]], *, repeatable: bool = False) -> T:
+        store = self._store
+        if not store._ready:
+            await asyncio.to_thread(store._ensure_schema)
+        pool = await self._pool()
+        for attempt in (1, 2):
+            try:
+                async with pool.connection() as conn:
+                    return await fn(conn)
+            except psycopg.Error as exc:
+                if _transient(exc):
+                    with contextlib.suppress(psycopg.Error):
+                        await pool.check()
+                    if repeatable and attempt == 1:
+                        continue
+                raise _store_error(store.settings, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _rows(
+        self, query: str, args: Sequence[Any], *, repeatable: bool = False
+    ) -> list[Any]:
+        async def q(conn: AConn) -> list[Any]:
+            cur = await conn.execute(query, args)
+            return await cur.fetchall()
+
+        return await self._run(q, repeatable=repeatable)
+
+    async def _count(self, query: str, args: Sequence[Any]) -> int:
+        async def q(conn: AConn) -> int:
+            return (await conn.execute(query, args)).rowcount
+
+        return await self._run(q)
+
+    async def aclose(self) -> None:
+        """Close the pool of the running event loop (other loops close on shutdown)."""
+        lp = self._loops.get(asyncio.get_running_loop())
+        if lp is not None and lp.guard is not None:
+            await lp.guard.aclose()
+
+    def _close_from_sync(self) -> None:
+        with self._lock:
+            remaining = list(self._loops.values()) if self._pid == os.getpid() else []
+        for lp in remaining:
+            loop = lp.loop
+            if loop.is_closed() or lp.guard is None:
+                continue
+            coro = lp.guard.aclose()
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                # close() called from a coroutine on that very loop: finish it soon after
+                task = loop.create_task(coro)
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            elif loop.is_running():
+                fut = asyncio.run_coroutine_threadsafe(coro, loop)
+                with contextlib.suppress(Exception):
+                    fut.result(_CLOSE_TIMEOUT + 1)
+            else:
+                with contextlib.suppress(Exception):
+                    loop.run_until_complete(coro)
+
+    # -- the contract ---------------------------------------------------------------------
+
+    async def create(self, job: Job, request: CapturedRequest) -> tuple[Job, bool]:
+        sql = self._sql
+        values = (*job_values(job), request.meta_json(), request.body)
+
+        async def q(conn: AConn) -> tuple[Job, bool]:
+            for _ in range(_CREATE_ROUNDS):
+                if await (await conn.execute(sql.create, values)).fetchall():
+                    return job, True
+                same = one(await (await conn.execute(sql.by_id, (job.id,))).fetchall())
+                holder = None
+                if same is None and job.idempotency_key is not None:
+                    cur = await conn.execute(sql.by_key, (job.idempotency_key,))
+                    holder = one(await cur.fetchall())
+                step = after_conflict(job, same, holder)
+                if step.result is not None:
+                    return step.result
+                if step.drop is not None:
+                    await conn.execute(sql.drop_expired_holder, (step.drop, job.created_at))
+            raise StoreError(f"{self._store!r}: create of job {job.id} kept conflicting")
+
+        return await self._run(q, repeatable=True)
+
+    async def get(self, job_id: str, now: float) -> Job | None:
+        return one(await self._rows(self._sql.get, (job_id, now), repeatable=True))
+
+    async def get_request(self, job_id: str) -> CapturedRequest | None:
+        rows = await self._rows(self._sql.body, (job_id, "request"), repeatable=True)
+        return CapturedRequest.from_meta_json(rows[0][0], bytes(rows[0][1])) if rows else None
+
+    async def get_result(self, job_id: str) -> CapturedResponse | None:
+        rows = await self._rows(self._sql.body, (job_id, "result"), repeatable=True)
+        return CapturedResponse.from_meta_json(rows[0][0], bytes(rows[0][1])) if rows else None
+
+    async def claim(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        return one(await self._rows(self._sql.claim, (worker_id, now, now, now, job_id, now)))
+
+    async def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        return one(await self._rows(self._sql.heartbeat, (now, job_id, worker_id, now)))
+
+    async def set_progress(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        percent: float | None,
+        message: str | None,
+        eta: float | None,
+    ) -> Job | None:
+        args = (percent, message, eta, now, now, now, job_id, worker_id, now)
+        return one(await self._rows(self._sql.progress, args))
+
+    async def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        now: float,
+        status: JobStatus,
+        response: CapturedResponse | None = None,
+        error: dict[str, Any] | None = None,
+        result_location: str | None = None,
+    ) -> Job | None:
+        args = finish_args(job_id, worker_id, now, status, response, error, result_location)
+        query = self._sql.finish if response is None else self._sql.finish_with_result
+        return one(await self._rows(query, args))
+
+    async def fail(
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+    ) -> Job | None:
+        states = list(dict.fromkeys(JobStatus(s).value for s in expected))
+        if not states:
+            return None
+        args = (dumps(error), now, now, job_id, states, now)
+        return one(await self._rows(self._sql.fail, args))
+
+    async def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
+        job = one(await self._rows(self._sql.cancel, (now, now, job_id, now)))
+        if job is not None:
+            return job, True
+        return await self.get(job_id, now), False
+
+    async def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
+        return one(await self._rows(self._sql.requeue, (now, now, job_id, worker_id, now)))
+
+    async def mark_dispatched(
+        self, job_ids: Sequence[str], now: float, stale_before: float
+    ) -> list[str]:
+        if not job_ids:
+            return []
+        mark = Jsonb(float(now))
+        args = (list(job_ids), now, stale_before, mark)
+        return in_order(job_ids, await self._rows(self._sql.mark_dispatched, args))
+
+    async def retry(self, job_id: str, now: float) -> Job | None:
+        return one(await self._rows(self._sql.retry, (now, now, job_id, now)))
+
+    async def list_jobs(
+        self,
+        status: JobStatus | None = None,
+        limit: int = 100,
+        created_before: float | None = None,
+    ) -> list[Job]:
+        query, args = list_query(self._sql, status, limit, created_before)
+        return [row_to_job(r) for r in await self._rows(query, args, repeatable=True)]
+
+    async def count_by_status(self) -> dict[JobStatus, int]:
+        return counts(await self._rows(self._sql.count, (), repeatable=True))
+
+    async def purge_expired(self, now: float) -> int:
+        total = 0
+        while True:
+            n = await self._count(self._sql.purge, (now, PURGE_BATCH))
+            total += n
+            if n < PURGE_BATCH:
+                return total
+
+    async def delete(self, job_id: str) -> bool:
+        return await self._count(self._sql.delete, (job_id,)) > 0
+
+    async def worker_heartbeat(self, worker_id: str, now: float, info: dict[str, Any]) -> None:
+        await self._count(self._sql.worker_heartbeat, (worker_id, now, dumps(info)))
+
+    async def list_workers(self, now: float) -> list[dict[str, Any]]:
+        cutoff = now - WORKER_RETENTION
+        return workers(await self._rows(self._sql.list_workers, (cutoff, cutoff)))
