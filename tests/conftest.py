@@ -27,6 +27,9 @@ COMBOS = [
     ("wsgi", "sqlite", "thread"),
     ("asgi", "redis", "asyncio"),
     ("wsgi", "redis", "thread"),
+    ("asgi", "postgres", "asyncio"),
+    ("asgi", "postgres", "thread"),
+    ("wsgi", "postgres", "thread"),
 ]
 
 
@@ -136,6 +139,11 @@ def deploy(
             namespace = f"contract-{time.time_ns()}"
             opts["store"] = RedisStore.from_url(url, namespace=namespace)
             cleanup.callback(wipe_redis_namespace, url, namespace)
+        if store == "postgres":
+            from tests.services import drop_postgres_schema, postgres_schema_url, require_postgres
+
+            opts["store"], schema = postgres_schema_url(require_postgres())
+            cleanup.callback(drop_postgres_schema, schema)
         if door == "asgi":
             from starlette.testclient import TestClient
 

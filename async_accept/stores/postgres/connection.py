@@ -10,7 +10,10 @@ statements for DBAs who apply them by hand (``async-accept db sql``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -329,19 +332,78 @@ def sync_pool(settings: PostgresSettings) -> psycopg_pool.ConnectionPool[Any]:
     )
 
 
-async def async_pool(settings: PostgresSettings) -> psycopg_pool.AsyncConnectionPool[Any]:
-    """An asyncio connection pool for the running loop, opened without waiting."""
-    pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-        settings.conninfo,
-        min_size=settings.pool_min,
-        max_size=settings.pool_max,
-        timeout=settings.pool_timeout,
-        configure=_aconfigure,
-        open=False,
-        name=f"async-accept-{settings.schema}-aio",
-    )
-    await pool.open(wait=False)
-    return pool
+class PoolTimeout(psycopg.OperationalError):
+    """No connection became free (or could be opened) within ``pool_timeout``."""
+
+
+class AsyncConnections:
+    """psycopg's asyncio connections for one event loop: at most ``pool_max``, idle
+    ones reused, broken ones dropped.
+
+    Deliberately without background tasks (psycopg_pool's async pool runs
+    maintenance tasks that swallow cancellation, so a loop shut down before the
+    pool is closed never finishes): a connection is opened by the call that
+    needs it, in that call's task, and the loop's own shutdown can always cancel
+    it.
+    """
+
+    def __init__(self, settings: PostgresSettings) -> None:
+        self.settings = settings
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._slots = asyncio.Semaphore(settings.pool_max)
+        self.closed = False
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if self.closed:
+            raise psycopg.OperationalError("the connection pool is closed")
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.settings.pool_timeout)
+        except asyncio.TimeoutError:
+            raise PoolTimeout(
+                f"no connection free within {self.settings.pool_timeout:g} s "
+                f"(pool_max={self.settings.pool_max})"
+            ) from None
+        try:
+            conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.settings.conninfo, autocommit=True
+                )
+            try:
+                yield conn
+            except BaseException:
+                if (
+                    conn.closed
+                    or conn.broken
+                    or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+                ):
+                    await self._discard(conn)
+                    conn = None
+                raise
+            finally:
+                if conn is not None:
+                    if self.closed or conn.closed:
+                        await self._discard(conn)
+                    else:
+                        self._idle.append(conn)
+        finally:
+            self._slots.release()
+
+    async def drop_idle(self) -> None:
+        """Close every idle connection (after one turned out dead: so did the others)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._discard(conn)
+
+    @staticmethod
+    async def _discard(conn: psycopg.AsyncConnection[Any]) -> None:
+        with contextlib.suppress(psycopg.Error, OSError):
+            await conn.close()
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.drop_idle()
 
 
 def connect(settings: PostgresSettings) -> psycopg.Connection[Any]:

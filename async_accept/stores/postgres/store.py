@@ -92,7 +92,7 @@ def _transient(exc: BaseException) -> bool:
     """A failure of the connection itself (not a timeout waiting for one): worth one
     more try on another connection when the call is safe to repeat."""
     return isinstance(exc, psycopg.OperationalError) and not isinstance(
-        exc, psycopg_pool.PoolTimeout
+        exc, (psycopg_pool.PoolTimeout, pg.PoolTimeout)
     )
 
 
@@ -403,7 +403,7 @@ class QueueListener:
 @dataclass
 class _LoopPool:
     loop: asyncio.AbstractEventLoop
-    pool: psycopg_pool.AsyncConnectionPool[Any]
+    pool: pg.AsyncConnections
     guard: Any = None  # the async generator whose finalization closes the pool
 
 
@@ -428,7 +428,7 @@ class AsyncPostgresStore:
     def __repr__(self) -> str:
         return f"<AsyncPostgresStore schema={self._store.schema!r}>"
 
-    async def _pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+    async def _pool(self) -> pg.AsyncConnections:
         loop = asyncio.get_running_loop()
         lp = self._loops.get(loop)
         if lp is not None and self._pid == os.getpid():
@@ -443,7 +443,7 @@ class AsyncPostgresStore:
             stale = [other for other in self._loops.values() if other.loop.is_closed()]
             for other in stale:  # loops closed without finalizing: nothing left to await
                 del self._loops[other.loop]
-        pool = await pg.async_pool(self._store.settings)
+        pool = pg.AsyncConnections(self._store.settings)
         lp = _LoopPool(loop, pool)
         with self._lock:
             self._loops[loop] = lp
@@ -458,8 +458,7 @@ class AsyncPostgresStore:
             with self._lock:
                 if self._loops.get(lp.loop) is lp:
                     del self._loops[lp.loop]
-            with contextlib.suppress(psycopg.Error):
-                await lp.pool.close(timeout=_CLOSE_TIMEOUT)
+            await lp.pool.close()
 
     async def _run(self, fn: Callable[[AConn], Awaitable[T]], *, repeatable: bool = False) -> T:
         store = self._store
@@ -472,8 +471,7 @@ class AsyncPostgresStore:
                     return await fn(conn)
             except psycopg.Error as exc:
                 if _transient(exc):
-                    with contextlib.suppress(psycopg.Error):
-                        await pool.check()
+                    await pool.drop_idle()
                     if repeatable and attempt == 1:
                         continue
                 raise _store_error(store.settings, exc) from exc
