@@ -181,7 +181,7 @@ def test_restart_mid_load_loses_no_acknowledged_job(
         assert before_restart > 10
         assert len(accepted) > restarted + 10, "accepts did not resume after the restart"
         assert other == []
-        for door, loc, body in accepted:
+        for door, loc, _body in accepted:
             done = _finished(servers[door].base, loc)
             assert done.status_code in (200, 303)
         from async_accept.stores.postgres import PostgresStore
