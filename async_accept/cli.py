@@ -2,7 +2,8 @@
 
 ::
 
-    async-accept worker --app mysite.asgi:application [--executor rq|celery]
+    async-accept worker --app mysite.asgi:application [--executor rq|celery|store]
+    async-accept worker --app mysite.asgi:application --concurrency 8   (executor="store")
     async-accept jobs list [--status failed] --store redis://localhost:6379/0
     async-accept jobs show --store ... -- ID
     async-accept jobs watch --store ... -- ID     (live progress; exit 0 if completed)
@@ -180,12 +181,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not getattr(executor, "out_of_process", False):
         raise ConfigurationError(
             f"{app_paths[0]} runs its jobs inside the web process (executor={name!r}); "
-            "to use workers configure executor='celery' or executor='rq' in its middleware"
+            "to use workers configure executor='celery' or executor='rq' (or executor='store': "
+            "no broker) in its middleware"
         )
     if args.executor and args.executor != name:
         raise ConfigurationError(
             f"--executor {args.executor}, but {app_paths[0]} is configured with executor={name!r}"
         )
+    if name == "store":
+        return _store_worker(app_paths, runtime, args)
     if name not in ("celery", "rq"):
         raise ConfigurationError(
             f"executor={name!r} has no worker here: run the worker its own package provides"
@@ -208,6 +212,66 @@ def cmd_worker(args: argparse.Namespace) -> int:
             return _rq_worker(executor, queue, args)
         return _celery_worker(executor, queue, args)
     finally:
+        worker.shutdown(runtime.options.shutdown_timeout)
+
+
+def _store_worker(app_paths: list[str], runtime: Any, args: argparse.Namespace) -> int:
+    """Claim each application's queued jobs straight from its store (no broker)."""
+    import threading
+
+    from . import worker
+    from .executors.store import StoreWorker
+
+    if args.concurrency < 1:
+        raise ConfigurationError("--concurrency must be at least 1")
+    stores: list[Any] = []
+    if args.store:
+        from .stores import resolve_store
+
+        stores.append(resolve_store(args.store))
+    workers: list[StoreWorker] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        for w in workers:
+            w.stop()
+
+    try:
+        for path in app_paths:
+            app_runtime = worker.start_worker(path)
+            store = stores[0] if stores else app_runtime.store
+
+            def run(job_id: str, path: str = path) -> Any:
+                return worker.run_job(path, job_id)
+
+            workers.append(
+                StoreWorker(
+                    run, store, concurrency=args.concurrency, poll_interval=args.poll_interval
+                )
+            )
+        worker.allow_only(app_paths)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        logging.getLogger("async_accept").info(
+            "async_accept: worker %d ready. It runs the queued jobs of %s, %d at a time",
+            os.getpid(),
+            ", ".join(app_paths),
+            args.concurrency,
+        )
+        timeout = runtime.options.shutdown_timeout
+        threads = [
+            threading.Thread(target=w.run, args=(timeout,), name="async-accept-store-worker")
+            for w in workers[1:]
+        ]
+        for t in threads:
+            t.start()
+        if workers:
+            workers[0].run(timeout)
+        for t in threads:
+            t.join()
+        return 0
+    finally:
+        for s in stores:
+            s.close()
         worker.shutdown(runtime.options.shutdown_timeout)
 
 
@@ -588,13 +652,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="dotted path, e.g. mysite.asgi:application; repeat it to also run the jobs of "
         "other apps on the same queue (the first one's executor settings apply)",
     )
-    w.add_argument("--executor", choices=("celery", "rq"), help="check the app uses this one")
+    w.add_argument(
+        "--executor", choices=("celery", "rq", "store"), help="check the app uses this one"
+    )
     w.add_argument("--queue", help="consume this queue instead of the configured one")
     w.add_argument("--loglevel", default="info", help="debug, info (default), warning, error")
     w.add_argument(
         "--pool", default="threads", choices=("threads", "prefork", "solo"), help="Celery pool"
     )
-    w.add_argument("--concurrency", type=int, default=4, help="Celery: jobs at once (4)")
+    w.add_argument(
+        "--concurrency", type=int, default=4, help="Celery and store workers: jobs at once (4)"
+    )
+    w.add_argument(
+        "--store",
+        help="store workers: find queued jobs here (default: the application's own store)",
+    )
+    w.add_argument(
+        "--poll-interval",
+        type=float,
+        default=None,
+        help="store workers: seconds between looks at the queue (PostgreSQL, woken by "
+        "LISTEN/NOTIFY: 5; SQLite, Redis: 0.5)",
+    )
     w.add_argument("--burst", action="store_true", help="RQ: quit once the queue is empty")
     w.set_defaults(func=cmd_worker)
 

@@ -19,6 +19,7 @@ _BUILTIN = {
     "asyncio": ("async_accept.executors.asyncio", "AsyncioExecutor"),
     "celery": ("async_accept.executors.celery", "CeleryExecutor"),
     "rq": ("async_accept.executors.rq", "RQExecutor"),
+    "store": ("async_accept.executors.store", "StoreExecutor"),
 }
 
 
@@ -64,7 +65,7 @@ def resolve_executor(spec: Any, kind: str) -> Executor:
         else:
             raise ConfigurationError(
                 f"executor={spec!r} is not understood: use 'thread', 'asyncio', 'celery', "
-                "'rq', 'package.module:factory' or an executor instance"
+                "'rq', 'store', 'package.module:factory' or an executor instance"
             )
     else:
         executor = spec

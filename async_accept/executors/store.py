@@ -1,0 +1,296 @@
+"""The store is the queue: workers claim queued jobs straight from it, no broker.
+
+**Web side** -- :class:`StoreExecutor` (``executor="store"``). The store write
+of the accept is the hand-over: a queued job *is* the message. ``submit`` only
+wakes the workers, from a background thread, one signal per burst: a
+PostgreSQL store sends ``NOTIFY``; stores without a signal (SQLite, Redis)
+need nothing, their workers poll.
+
+**Worker side** -- :class:`StoreWorker`, what ``async-accept worker --app
+mysite.asgi:application`` runs for such an application. It keeps up to
+``concurrency`` jobs running: it asks the store for queued jobs, and each one
+goes through the same claim (compare-and-set) as in a web process, so a job
+runs once however many workers race for it. Between rounds it waits for a
+``LISTEN`` notification (PostgreSQL; a slow fallback poll covers a lost one)
+or polls (SQLite: several worker processes on one file; Redis). Heartbeats,
+progress and cancel go through the store as always: a worker killed mid-job
+leaves a job that turns ``failed`` (``worker-lost``) within ``worker_lost_after``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError, ExecutorError, StoreError
+from ..job import JobStatus
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+    from ..stores import Store
+
+__all__ = ["FALLBACK_POLL", "POLL_INTERVAL", "StoreExecutor", "StoreWorker"]
+
+log = logging.getLogger("async_accept")
+
+#: Seconds between polls of a store that can't signal new jobs (SQLite, Redis).
+POLL_INTERVAL = 0.5
+#: Seconds between polls of a store that signals them (a lost signal is found then).
+FALLBACK_POLL = 5.0
+
+
+class StoreExecutor:
+    """Jobs wait in the store until an ``async-accept worker`` claims them.
+
+    Needs a store that every process shares (PostgreSQL on any number of
+    machines; SQLite on one; Redis). ``notify=False`` leaves waking the workers
+    to their polls.
+    """
+
+    name = "store"
+    out_of_process = True
+    supports = frozenset({"asgi", "wsgi"})
+
+    def __init__(self, notify: bool | int = True) -> None:
+        self.notify = bool(notify)
+        self._runtime: Runtime | None = None
+        self._closed = True
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._wake = threading.Event()
+        self._sent = threading.Condition()
+        self._asked = 0  # submits so far
+        self._done = 0  # submits covered by a signal already sent
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return "<StoreExecutor>"
+
+    def _signal(self) -> Callable[[], None] | None:
+        runtime = self._runtime
+        if runtime is None or not self.notify:
+            return None
+        signal: Callable[[], None] | None = getattr(runtime.store, "notify_queued", None)
+        return signal
+
+    def start(self, runtime: Runtime, loop: asyncio.AbstractEventLoop | None) -> None:
+        if not getattr(runtime.store, "shared", False):
+            raise ConfigurationError(
+                "executor='store' hands jobs to worker processes through the store, which "
+                f"they must share: {runtime.store!r} is private to this process; use "
+                "store='postgresql://...', 'sqlite:///jobs.db' or 'redis://...'"
+            )
+        self._runtime = runtime
+        self._closed = False
+        if self._signal() is not None and (self._thread is None or not self._thread.is_alive()):
+            self._thread = threading.Thread(
+                target=self._signal_forever, name="async-accept-store-notify", daemon=True
+            )
+            self._thread.start()
+
+    def after_fork(self) -> None:
+        """A forked child: the parent's signalling thread is not ours."""
+        self._runtime = None
+        self._closed = True
+        self._init_state()
+
+    def submit(self, job_id: str) -> None:
+        """The job is in the store already: wake the workers (never touches the network)."""
+        if self._closed or self._runtime is None:
+            raise ExecutorError("the store executor is not running")
+        if self._thread is not None:
+            with self._sent:
+                self._asked += 1
+            self._wake.set()
+
+    def is_pending(self, job_id: str) -> bool:
+        return False  # queued in the store is all there is: the sweeper may signal again
+
+    def cancel(self, job_id: str) -> None:
+        """Workers see the cancel through their heartbeats."""
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the workers were signalled for everything submitted so far."""
+        deadline = time.monotonic() + timeout
+        with self._sent:
+            target = self._asked
+            while self._done < target and self._thread is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._sent.wait(left)
+        return True
+
+    def shutdown(self, timeout: float) -> None:
+        self._closed = True
+        thread = self._thread
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, timeout))
+        self._thread = None
+
+    def _signal_forever(self) -> None:
+        backoff = 0.0
+        while not self._closed:
+            self._wake.wait(backoff or None)
+            self._wake.clear()
+            with self._sent:
+                target = self._asked
+            if target == self._done:
+                continue
+            signal = self._signal()
+            try:
+                if signal is not None:
+                    signal()
+            except StoreError:
+                # The jobs are safe in the store; the workers' fallback poll finds them.
+                backoff = min(max(backoff * 2, 0.1), 5.0)
+                log.warning("async_accept: could not wake the workers", exc_info=True)
+                self._wake.set()
+                continue
+            backoff = 0.0
+            with self._sent:
+                self._done = target
+                self._sent.notify_all()
+
+
+def _candidates(store: Any, limit: int) -> list[str]:
+    """Ids of queued jobs to try, oldest first among twice as many, shuffled a little
+    so that workers starting together don't all race for the same few."""
+    now = time.time()
+    queued_ids = getattr(store, "queued_ids", None)
+    if queued_ids is not None:
+        ids: list[str] = list(queued_ids(now, 2 * limit))
+    else:
+        ids = [
+            job.id
+            for job in store.list_jobs(JobStatus.QUEUED, 2 * limit, None)
+            if not job.cancel_requested and job.expires_at > now
+        ]
+    if len(ids) > limit:
+        head = ids[: 2 * limit]
+        random.shuffle(head)
+        ids = head[:limit]
+    return ids
+
+
+class StoreWorker:
+    """Runs the queued jobs of one application, ``concurrency`` at a time.
+
+    ``run_job(job_id)`` runs one job (claim, replay, finish); ``store`` is where
+    the queued jobs are found. ``poll_interval`` (default: :data:`FALLBACK_POLL`
+    when the store signals new jobs, else :data:`POLL_INTERVAL`) bounds how long
+    a job can wait unseen.
+    """
+
+    def __init__(
+        self,
+        run_job: Callable[[str], Any],
+        store: Store,
+        *,
+        concurrency: int = 4,
+        poll_interval: float | None = None,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"concurrency={concurrency!r} must be a whole number >= 1")
+        self.run_job = run_job
+        self.store = store
+        self.concurrency = concurrency
+        self.listens = callable(getattr(store, "listener", None))
+        default = FALLBACK_POLL if self.listens else POLL_INTERVAL
+        self.poll_interval = float(default if poll_interval is None else poll_interval)
+        if not self.poll_interval > 0:
+            raise ConfigurationError(f"poll_interval={poll_interval!r} must be > 0")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._running: dict[str, Future[Any]] = {}
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Take no more jobs; :meth:`run` returns once the running ones ended."""
+        self._stop.set()
+        self._wake.set()
+
+    def _listen_forever(self) -> None:
+        listener = self.store.listener()  # type: ignore[attr-defined]
+        backoff = 0.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    if listener.wait(min(self.poll_interval, 1.0)):
+                        self._wake.set()
+                    backoff = 0.0
+                except StoreError:
+                    # Reconnects on the next wait; meanwhile the fallback poll runs.
+                    backoff = min(max(backoff * 2, 0.2), 5.0)
+                    self._wake.set()
+                    self._stop.wait(backoff)
+        finally:
+            listener.close()
+
+    def _run_one(self, job_id: str) -> None:
+        try:
+            self.run_job(job_id)
+        except Exception:
+            log.exception("async_accept: job %s failed to run", job_id)
+        finally:
+            with self._lock:
+                self._running.pop(job_id, None)
+            self._wake.set()
+
+    def run(self, timeout: float = 30.0) -> None:
+        """Claim and run jobs until :meth:`stop`; then wait up to ``timeout`` seconds
+        for the running ones."""
+        listener: threading.Thread | None = None
+        if self.listens:
+            listener = threading.Thread(
+                target=self._listen_forever, name="async-accept-listen", daemon=True
+            )
+            listener.start()
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="async-accept-job")
+        backoff = 0.0
+        try:
+            while not self._stop.is_set():
+                self._wake.clear()
+                with self._lock:
+                    free = self.concurrency - len(self._running)
+                found = 0
+                if free > 0:
+                    try:
+                        ids = _candidates(self.store, free)
+                        backoff = 0.0
+                    except StoreError:
+                        backoff = min(max(backoff * 2, 0.2), 5.0)
+                        log.warning("async_accept: the store is unreachable; retrying")
+                        self._stop.wait(backoff)
+                        continue
+                    with self._lock:
+                        for job_id in ids:
+                            if job_id not in self._running:
+                                self._running[job_id] = pool.submit(self._run_one, job_id)
+                                found += 1
+                if found and found == free:
+                    continue  # maybe more: look again as soon as a slot frees up
+                self._wake.wait(self.poll_interval)
+        finally:
+            pool.shutdown(wait=False)
+            deadline = time.monotonic() + timeout
+            with self._lock:
+                running = list(self._running.values())
+            for future in running:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                # Errors were logged by _run_one; a job still running is left to the deadman.
+                with contextlib.suppress(Exception):
+                    future.result(left)
+            if listener is not None:
+                listener.join(2.0)
