@@ -62,7 +62,7 @@ def require_postgres() -> str:
     if not _port_open("127.0.0.1", 5432):
         msg = (
             "PostgreSQL is not answering on 127.0.0.1:5432. Start it with: "
-            "pg_ctlcluster 15 main start (or: service postgresql start)"
+            "pg_ctlcluster <version> main start (or: service postgresql start)"
         )
         if IN_CI:
             pytest.fail(msg)

@@ -255,3 +255,18 @@ def test_cli_db_upgrade_of_an_unreachable_database_fails_cleanly(capsys: Any) ->
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/test?connect_timeout=2"
     assert main(["db", "upgrade", "--store", url]) == 1
     assert "the store failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("in_ci", [True, False])
+def test_missing_postgres_fails_in_ci_and_skips_elsewhere_with_the_start_command(
+    in_ci: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """require_postgres() with nothing on 5432: a failure in CI, a skip elsewhere, both
+    naming how to start the server."""
+    from tests import services
+
+    monkeypatch.setattr(services, "_port_open", lambda host, port: False)
+    monkeypatch.setattr(services, "IN_CI", in_ci)
+    expected = pytest.fail.Exception if in_ci else pytest.skip.Exception
+    with pytest.raises(expected, match="pg_ctlcluster <version> main start"):
+        services.require_postgres()
