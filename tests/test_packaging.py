@@ -19,6 +19,8 @@ OPTIONAL = (
     "redis",
     "celery",
     "rq",
+    "psycopg",
+    "psycopg_pool",
     "httpx",
     "opentelemetry",
     "litestar",
