@@ -26,7 +26,7 @@ def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:  # pragma: no co
         ({}, "secret_key is missing"),
         ({"secret_key": ""}, "non-empty"),
         ({"secret_key": []}, "empty list"),
-        ({"store": "postgres://x"}, "not understood"),
+        ({"store": "cassandra://x"}, "not understood"),
         ({"store": "sqlite://"}, "file path"),
         ({"store": "sqlite:///:memory:"}, "memory://"),
         ({"store": "sqlite:///jobs.db?bogus=1"}, "unknown option"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -13,33 +13,9 @@ from psycopg.types.json import Jsonb
 from ...job import CapturedResponse, Job, JobStatus
 from .connection import quoted
 
-_COLUMNS = (
-    "id",
-    "status",
-    "owner",
-    "created_at",
-    "updated_at",
-    "expires_at",
-    "deadline_at",
-    "sla",
-    "started_at",
-    "finished_at",
-    "percent",
-    "message",
-    "eta",
-    "progress_at",
-    "cancel_requested",
-    "worker_id",
-    "heartbeat_at",
-    "error",
-    "result_status",
-    "result_location",
-    "route",
-    "idempotency_key",
-    "fingerprint",
-    "attempts",
-    "meta",
-)
+#: One column per Job field, in the dataclass's order (the table's too, see
+#: migration 1): a new field means a new migration, not an edit here.
+_COLUMNS = tuple(f.name for f in fields(Job))
 _COLS = ", ".join(_COLUMNS)
 _OWNED = "id = %s AND status = 'processing' AND worker_id = %s AND expires_at > %s"
 
@@ -57,33 +33,13 @@ def dumps(value: Any) -> str:
 
 
 def job_values(job: Job) -> tuple[Any, ...]:
-    return (
-        job.id,
-        JobStatus(job.status).value,
-        job.owner,
-        job.created_at,
-        job.updated_at,
-        job.expires_at,
-        job.deadline_at,
-        job.sla,
-        job.started_at,
-        job.finished_at,
-        job.percent,
-        job.message,
-        job.eta,
-        job.progress_at,
-        bool(job.cancel_requested),
-        job.worker_id,
-        job.heartbeat_at,
-        None if job.error is None else dumps(job.error),
-        job.result_status,
-        job.result_location,
-        job.route,
-        job.idempotency_key,
-        job.fingerprint,
-        job.attempts,
-        Jsonb(job.meta),
-    )
+    """The job as ``_COLUMNS`` values: JSON text for ``error``, ``jsonb`` for ``meta``."""
+    values: dict[str, Any] = {name: getattr(job, name) for name in _COLUMNS}
+    values["status"] = JobStatus(job.status).value
+    values["cancel_requested"] = bool(job.cancel_requested)
+    values["error"] = None if job.error is None else dumps(job.error)
+    values["meta"] = Jsonb(job.meta)
+    return tuple(values.values())
 
 
 class Statements:
