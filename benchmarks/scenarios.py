@@ -32,6 +32,8 @@ from ._proc import (
 from ._report import Report, fmt_ms, ratio_cols
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
+PG_SCHEMA = "aa_bench"
+PG_URL = f"postgresql://postgres@127.0.0.1:5432/test?schema={PG_SCHEMA}"
 HEADERS = {"Authorization": AUTH}
 POST_HEADERS = {"Authorization": AUTH, "Content-Type": "application/json"}
 
@@ -103,6 +105,25 @@ def redis_store_missing() -> str | None:
     except Exception as exc:
         return f"the Redis store can't be built ({exc!r})"
     return None
+
+
+def postgres_store_missing() -> str | None:
+    """Why the PostgreSQL store can't be benchmarked (psycopg, a server on :5432), or None."""
+    try:
+        import psycopg
+
+        psycopg.connect(PG_URL.split("?")[0], connect_timeout=2).close()
+    except Exception as exc:
+        return f"PostgreSQL on 127.0.0.1:5432 (database test) not usable ({exc!r})"
+    return None
+
+
+def reset_postgres() -> None:
+    """Start the benchmark's schema afresh (its tables are created on first use)."""
+    import psycopg
+
+    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{PG_SCHEMA}" CASCADE')
 
 
 # -- servers ------------------------------------------------------------------------
@@ -324,18 +345,34 @@ def inprocess_paths(ctx: Ctx) -> None:
 
 
 def _stores(ctx: Ctx, what: str) -> list[tuple[str, str]]:
-    """(label, store URL) for memory, SQLite and Redis (skipping Redis if absent)."""
+    """(label, store URL) for memory, SQLite, Redis and PostgreSQL (skipping the
+    servers that are absent)."""
     out = [("memory", "memory://"), ("sqlite", ctx.sqlite_url(what))]
     why = redis_store_missing()
     if why:
         ctx.report.skip(f"{what} (redis store)", why)
     else:
         out.append(("redis", REDIS_URL))
+    why = postgres_store_missing()
+    if why:
+        ctx.report.skip(f"{what} (postgres store)", why)
+    else:
+        out.append(("postgres", PG_URL))
     return out
 
 
-ACCEPT_GOALS = {"memory": 0.6, "sqlite": 0.45, "redis": 0.4}
-POLL_GOALS = {"memory": 0.75, "sqlite": 0.6, "redis": 0.45}
+ACCEPT_GOALS: dict[str, float | None] = {
+    "memory": 0.6,
+    "sqlite": 0.45,
+    "redis": 0.4,
+    "postgres": None,
+}
+POLL_GOALS: dict[str, float | None] = {
+    "memory": 0.75,
+    "sqlite": 0.6,
+    "redis": 0.45,
+    "postgres": None,
+}
 
 
 def accept(ctx: Ctx) -> None:
@@ -362,6 +399,8 @@ def accept(ctx: Ctx) -> None:
         for executor, how in ((None, "jobs run by the asyncio executor"), (null, "jobs not run")):
             if label == "redis":
                 flush_redis()
+            if label == "postgres":
+                reset_postgres()
             if store.startswith("sqlite:"):
                 store = ctx.sqlite_url("accept")
             with (
@@ -422,6 +461,8 @@ def poll(ctx: Ctx) -> None:
     for label, store in _stores(ctx, "poll"):
         if label == "redis":
             flush_redis()
+        if label == "postgres":
+            reset_postgres()
         with (
             asgi_server(ctx, f"poll-{label}", mw=True, store=store) as mw,
             asgi_server(ctx, "bare", mw=False) as bare,
@@ -454,6 +495,18 @@ def end_to_end(ctx: Ctx) -> None:
             e2e(p.port, "/work", 5)  # warm up
             lat, polls = e2e(p.port, "/work", n)
             e2e_row(ctx, name, lat, polls, 5.0)
+    why = postgres_store_missing()
+    if why:
+        ctx.report.skip("e2e async_accept, store executor, PostgreSQL", why)
+    else:
+        reset_postgres()
+        with (
+            asgi_server(ctx, "aa-store", mw=True, store=PG_URL, executor="store") as p,
+            store_worker(ctx, PG_URL),
+        ):
+            e2e(p.port, "/work", 5)
+            lat, polls = e2e(p.port, "/work", n)
+            e2e_row(ctx, "ASGI, store executor + 1 worker, PostgreSQL", lat, polls, 5.0)
     for kind in ("celery", "rq"):
         why = remote_executor_missing(kind)
         if why:
@@ -559,6 +612,20 @@ def remote_worker(ctx: Ctx, kind: str) -> Iterator[Proc]:
     p = Proc(f"aa-{kind}-worker", argv, env=env, cpu=SERVER_CPU, log_dir=ctx.tmp)
     try:
         p.wait_log("ready" if kind == "celery" else "Listening on", timeout=30)
+        yield p
+    finally:
+        p.stop()
+
+
+@contextlib.contextmanager
+def store_worker(ctx: Ctx, store: str) -> Iterator[Proc]:
+    """``async-accept worker`` claiming from ``store`` (executor="store"), pinned to
+    the server core."""
+    env = app_env(mw=True, store=store, executor="store")
+    argv = [PY, "-m", "async_accept.cli", "worker", "--app", APP_PATH, "--concurrency", "4"]
+    p = Proc("aa-store-worker", argv, env=env, cpu=SERVER_CPU, log_dir=ctx.tmp)
+    try:
+        p.wait_log("ready.", timeout=30)
         yield p
     finally:
         p.stop()
