@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, ExecutorError, StoreError
 from ..job import JobStatus
+from .base import BaseExecutor, JobHost
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
     from ..stores import Store
 
 __all__ = ["FALLBACK_POLL", "POLL_INTERVAL", "StoreExecutor", "StoreWorker"]
@@ -46,7 +46,7 @@ POLL_INTERVAL = 0.5
 FALLBACK_POLL = 5.0
 
 
-class StoreExecutor:
+class StoreExecutor(BaseExecutor):
     """Jobs wait in the store until an ``async-accept worker`` claims them.
 
     Needs a store that every process shares (PostgreSQL on any number of
@@ -60,7 +60,7 @@ class StoreExecutor:
 
     def __init__(self, notify: bool | int = True) -> None:
         self.notify = bool(notify)
-        self._runtime: Runtime | None = None
+        self._runtime: JobHost | None = None
         self._closed = True
         self._init_state()
 
@@ -81,7 +81,7 @@ class StoreExecutor:
         signal: Callable[[], None] | None = getattr(runtime.store, "notify_queued", None)
         return signal
 
-    def start(self, runtime: Runtime, loop: asyncio.AbstractEventLoop | None) -> None:
+    def start(self, runtime: JobHost, loop: asyncio.AbstractEventLoop | None) -> None:
         if not getattr(runtime.store, "shared", False):
             raise ConfigurationError(
                 "executor='store' hands jobs to worker processes through the store, which "
@@ -111,11 +111,8 @@ class StoreExecutor:
                 self._asked += 1
             self._wake.set()
 
-    def is_pending(self, job_id: str) -> bool:
-        return False  # queued in the store is all there is: the sweeper may signal again
-
-    def cancel(self, job_id: str) -> None:
-        """Workers see the cancel through their heartbeats."""
+    # is_pending (always False: queued in the store is all there is, the sweeper may
+    # signal again) and cancel (workers see it through their heartbeats): BaseExecutor's.
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until the workers were signalled for everything submitted so far."""

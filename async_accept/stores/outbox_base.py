@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import enum
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 #: Seconds a claimed delivery stays ours before another dispatcher may take it.
 DEFAULT_LEASE = 120.0
@@ -175,6 +176,47 @@ class Outbox(Protocol):
     def close(self) -> None:
         """Release connections. The outbox is unusable afterwards."""
         ...
+
+
+#: A delivery's columns in the SQL outboxes, in the order :func:`delivery_from_row` reads.
+DELIVERY_COLUMNS = (
+    "id, url, payload, state, attempts, created_at, updated_at, next_at, claim, "
+    "last_error, last_status, job_id, client_supplied"
+)
+
+
+def delivery_from_row(row: Sequence[Any]) -> Delivery:
+    """A :data:`DELIVERY_COLUMNS` row (SQLite or PostgreSQL types) as a Delivery."""
+    (
+        id_,
+        url,
+        payload,
+        state,
+        attempts,
+        created_at,
+        updated_at,
+        next_at,
+        claim,
+        last_error,
+        last_status,
+        job_id,
+        client_supplied,
+    ) = row
+    return Delivery(
+        id=id_,
+        url=url,
+        payload=payload,
+        state=DeliveryState(state),
+        attempts=int(attempts),
+        created_at=float(created_at),
+        updated_at=float(updated_at),
+        next_at=float(next_at),
+        claim=claim,
+        last_error=last_error,
+        last_status=None if last_status is None else int(last_status),
+        job_id=job_id,
+        client_supplied=bool(client_supplied),
+    )
 
 
 def check_claim_args(limit: int, lease: float) -> None:

@@ -4,81 +4,70 @@ Tables ``webhook_deliveries`` and ``webhook_disabled_endpoints`` of the store's
 schema. A claim is one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP
 LOCKED)``: dispatchers in any process on any machine never get the same
 delivery, and never wait for each other's rows. Every later transition is
-compare-and-set on the claim token, as in the other outboxes.
+compare-and-set on the claim token (the ends of a claim are written once, in
+:class:`~async_accept.stores.outbox_base.OutboxBase`).
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ...errors import StoreError
 from ..outbox_base import (
     DEFAULT_LEASE,
+    DELIVERY_COLUMNS,
+    ClaimEnd,
     Delivery,
     DeliveryState,
     DisabledEndpoint,
+    OutboxBase,
     check_claim_args,
+    delivery_from_row,
 )
 from .connection import quoted
 
-if TYPE_CHECKING:
-    from .store import PostgresStore
-
 __all__ = ["PostgresOutbox"]
 
-_COLUMNS = (
-    "id, url, payload, state, attempts, created_at, updated_at, next_at, claim, "
-    "last_error, last_status, job_id, client_supplied"
-)
+
+#: Selected in this order, as delivery_from_row reads them.
+_COLUMNS = DELIVERY_COLUMNS
 
 
-def _delivery(row: Sequence[Any]) -> Delivery:
-    (id_, url, payload, state, attempts, created, updated, next_at, claim, err, status, job, cs) = (
-        row
-    )
-    return Delivery(
-        id=id_,
-        url=url,
-        payload=payload,
-        state=DeliveryState(state),
-        attempts=int(attempts),
-        created_at=float(created),
-        updated_at=float(updated),
-        next_at=float(next_at),
-        claim=claim,
-        last_error=err,
-        last_status=None if status is None else int(status),
-        job_id=job,
-        client_supplied=bool(cs),
-    )
-
-
-class PostgresOutbox:
+class PostgresOutbox(OutboxBase):
     """Deliveries in the PostgreSQL store's schema, shared by every process that
     reaches the database. Built by :meth:`PostgresStore.default_outbox`; closing it
     leaves the store's pool open (the store closes it)."""
 
-    def __init__(self, store: PostgresStore) -> None:
-        self._store = store
-        s = quoted(store.schema)
+    def __init__(
+        self,
+        schema: str,
+        rows: Callable[[str, Sequence[Any]], list[Any]],
+        count: Callable[[str, Sequence[Any]], int],
+    ) -> None:
+        """``rows`` and ``count`` run one statement on the store's pool and return
+        its rows or its row count (database failures already StoreError)."""
+        self.schema = schema
+        s = quoted(schema)
         self._t = f"{s}.webhook_deliveries"
         self._d = f"{s}.webhook_disabled_endpoints"
+        self._run_rows = rows
+        self._run_count = count
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<PostgresOutbox schema={self._store.schema!r}>"
+        return f"<PostgresOutbox schema={self.schema!r}>"
 
     def _rows(self, query: str, args: Sequence[Any] = ()) -> list[Any]:
         if self._closed:
             raise StoreError(f"{self!r} is closed")
-        return self._store._rows(query, args)
+        return self._run_rows(query, args)
 
     def _count(self, query: str, args: Sequence[Any]) -> int:
         if self._closed:
             raise StoreError(f"{self!r} is closed")
-        return self._store._count(query, args)
+        return self._run_count(query, args)
 
     def enqueue(self, delivery: Delivery) -> Delivery:
         # Insert, or read what is there: one statement either way.
@@ -104,7 +93,7 @@ class PostgresOutbox:
             ),
         )
         if rows:
-            return _delivery(rows[0])
+            return delivery_from_row(rows[0])
         # Inserted by another process after this statement's snapshot was taken.
         stored = self.get(delivery.id)
         if stored is None:  # pragma: no cover - deleted by another process in between
@@ -113,7 +102,7 @@ class PostgresOutbox:
 
     def get(self, delivery_id: str) -> Delivery | None:
         rows = self._rows(f"SELECT {_COLUMNS} FROM {self._t} WHERE id = %s", (delivery_id,))
-        return _delivery(rows[0]) if rows else None
+        return delivery_from_row(rows[0]) if rows else None
 
     def due(self, now: float, limit: int = 20, lease: float = DEFAULT_LEASE) -> list[Delivery]:
         check_claim_args(limit, lease)
@@ -125,59 +114,20 @@ class PostgresOutbox:
             f"RETURNING {_COLUMNS}",
             (secrets.token_hex(8), now + lease, now, now, limit),
         )
-        out = [_delivery(r) for r in rows]
+        out = [delivery_from_row(r) for r in rows]
         out.sort(key=lambda d: (d.created_at, d.id))
         return out
 
-    def _finish(self, delivery: Delivery, sets: str, params: tuple[object, ...]) -> bool:
-        if delivery.claim is None:
-            return False
+    def _finish(self, delivery_id: str, claim: str, end: ClaimEnd) -> bool:
+        # The column names come from OutboxBase's own ends (never from a caller).
+        sets = "".join(f", {name} = %s" for name in end.changes)
         return (
             self._count(
-                f"UPDATE {self._t} SET {sets}, claim = NULL "
+                f"UPDATE {self._t} SET state = %s{sets}, claim = NULL "
                 "WHERE id = %s AND state = 'sending' AND claim = %s",
-                (*params, delivery.id, delivery.claim),
+                (end.state.value, *end.changes.values(), delivery_id, claim),
             )
             == 1
-        )
-
-    def mark_sent(self, delivery: Delivery, *, now: float, attempts: int, status: int) -> bool:
-        return self._finish(
-            delivery,
-            "state = 'sent', updated_at = %s, attempts = %s, last_status = %s, last_error = NULL",
-            (now, attempts, status),
-        )
-
-    def mark_retry(
-        self,
-        delivery: Delivery,
-        *,
-        now: float,
-        next_at: float,
-        attempts: int,
-        last_error: str,
-        status: int | None = None,
-    ) -> bool:
-        return self._finish(
-            delivery,
-            "state = 'pending', updated_at = %s, next_at = %s, attempts = %s, "
-            "last_error = %s, last_status = %s",
-            (now, next_at, attempts, last_error, status),
-        )
-
-    def mark_dead(
-        self,
-        delivery: Delivery,
-        *,
-        now: float,
-        attempts: int,
-        last_error: str,
-        status: int | None = None,
-    ) -> bool:
-        return self._finish(
-            delivery,
-            "state = 'dead', updated_at = %s, attempts = %s, last_error = %s, last_status = %s",
-            (now, attempts, last_error, status),
         )
 
     def list_deliveries(
@@ -192,10 +142,7 @@ class PostgresOutbox:
                 "ORDER BY created_at, id LIMIT %s"
             )
             rows = self._rows(query, (DeliveryState(state).value, limit))
-        return [_delivery(r) for r in rows]
-
-    def list_dead(self, limit: int = 100) -> list[Delivery]:
-        return self.list_deliveries(DeliveryState.DEAD, limit)
+        return [delivery_from_row(r) for r in rows]
 
     def replay(self, delivery_id: str, now: float) -> Delivery | None:
         rows = self._rows(
@@ -203,7 +150,7 @@ class PostgresOutbox:
             f"updated_at = %s, claim = NULL WHERE id = %s AND state = 'dead' RETURNING {_COLUMNS}",
             (now, now, delivery_id),
         )
-        return _delivery(rows[0]) if rows else None
+        return delivery_from_row(rows[0]) if rows else None
 
     def disable_endpoint(self, url: str, now: float, reason: str) -> None:
         self._count(

@@ -10,7 +10,8 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from ...job import CapturedResponse, Job, JobStatus
+from ...job import Job, JobStatus
+from ..base import Outcome, Progress
 from .connection import quoted
 
 #: One column per Job field, in the dataclass's order (the table's too, see
@@ -156,25 +157,25 @@ class Statements:
 # -- the arguments of each call, shared by both twins -----------------------------------------
 
 
-def finish_args(
-    job_id: str,
-    worker_id: str,
-    now: float,
-    status: JobStatus,
-    response: CapturedResponse | None,
-    error: dict[str, Any] | None,
-    result_location: str | None,
-) -> tuple[Any, ...]:
-    status = JobStatus(status)
-    if not status.terminal:
-        raise ValueError(f"finish() needs a terminal status, not {status.value!r}")
-    completed = status is JobStatus.COMPLETED
+def progress_args(job_id: str, worker_id: str, now: float, progress: Progress) -> tuple[Any, ...]:
+    """The arguments of :attr:`Statements.progress`."""
+    percent, message, eta = progress
+    return (percent, message, eta, now, now, now, job_id, worker_id, now)
+
+
+def finish_query(
+    sql: Statements, job_id: str, worker_id: str, now: float, outcome: Outcome
+) -> tuple[str, tuple[Any, ...]]:
+    """The statement that ends a job (with its result, when there is one) and its
+    arguments."""
+    completed = outcome.status is JobStatus.COMPLETED
+    response = outcome.response
     args: tuple[Any, ...] = (
-        status.value,
+        outcome.status.value,
         now,
         now,
-        None if error is None else dumps(error),
-        result_location,
+        None if outcome.error is None else dumps(outcome.error),
+        outcome.result_location,
         None if response is None else int(response.status),
         completed,
         completed,
@@ -182,9 +183,9 @@ def finish_args(
         worker_id,
         now,
     )
-    if response is not None:
-        args += (response.meta_json(), response.body)
-    return args
+    if response is None:
+        return sql.finish, args
+    return sql.finish_with_result, (*args, response.meta_json(), response.body)
 
 
 def list_query(

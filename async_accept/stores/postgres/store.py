@@ -45,19 +45,22 @@ from psycopg.types.json import Jsonb
 
 from ...errors import StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import WORKER_RETENTION
+from ..base import WORKER_RETENTION, AsyncStoreBase, Outcome, Progress, StoreBase
+from ..outbox_base import Outbox
 from . import connection as pg
 from .connection import PostgresSettings, parse_url
+from .outbox import PostgresOutbox
 from .sql import (
     Statements,
     after_conflict,
     counts,
     dumps,
-    finish_args,
+    finish_query,
     in_order,
     job_values,
     list_query,
     one,
+    progress_args,
     row_to_job,
     workers,
 )
@@ -99,7 +102,7 @@ def _transient(exc: BaseException) -> bool:
 # -- the blocking store -------------------------------------------------------------------------
 
 
-class PostgresStore:
+class PostgresStore(StoreBase):
     """Jobs in PostgreSQL, shared by every process on every machine that reaches it.
 
     Build it from a URL (``resolve_store("postgresql://user@host/db?schema=jobs")``
@@ -238,30 +241,13 @@ class PostgresStore:
     def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return one(self._rows(self._sql.heartbeat, (now, job_id, worker_id, now)))
 
-    def set_progress(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        percent: float | None,
-        message: str | None,
-        eta: float | None,
+    def _set_progress(
+        self, job_id: str, worker_id: str, now: float, progress: Progress
     ) -> Job | None:
-        args = (percent, message, eta, now, now, now, job_id, worker_id, now)
-        return one(self._rows(self._sql.progress, args))
+        return one(self._rows(self._sql.progress, progress_args(job_id, worker_id, now, progress)))
 
-    def finish(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        status: JobStatus,
-        response: CapturedResponse | None = None,
-        error: dict[str, Any] | None = None,
-        result_location: str | None = None,
-    ) -> Job | None:
-        args = finish_args(job_id, worker_id, now, status, response, error, result_location)
-        query = self._sql.finish if response is None else self._sql.finish_with_result
+    def _finish(self, job_id: str, worker_id: str, now: float, outcome: Outcome) -> Job | None:
+        query, args = finish_query(self._sql, job_id, worker_id, now, outcome)
         return one(self._rows(query, args))
 
     def fail(
@@ -339,11 +325,9 @@ class PostgresStore:
         """A connection of its own that ``LISTEN``\\ s for :meth:`notify_queued`."""
         return QueueListener(self.settings)
 
-    def default_outbox(self) -> Any:
+    def default_outbox(self) -> Outbox:
         """The webhook outbox beside the jobs: same database, schema and pool."""
-        from .outbox import PostgresOutbox
-
-        return PostgresOutbox(self)
+        return PostgresOutbox(self.schema, self._rows, self._count)
 
     def close(self) -> None:
         """Close this process's pools (blocking and asyncio). Unusable afterwards."""
@@ -407,7 +391,7 @@ class _LoopPool:
     guard: Any = None  # the async generator whose finalization closes the pool
 
 
-class AsyncPostgresStore:
+class AsyncPostgresStore(AsyncStoreBase):
     """The awaitable face of :class:`PostgresStore` (``store.aio``), on psycopg's
     asyncio connections.
 
@@ -564,30 +548,16 @@ class AsyncPostgresStore:
     async def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return one(await self._rows(self._sql.heartbeat, (now, job_id, worker_id, now)))
 
-    async def set_progress(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        percent: float | None,
-        message: str | None,
-        eta: float | None,
+    async def _set_progress(
+        self, job_id: str, worker_id: str, now: float, progress: Progress
     ) -> Job | None:
-        args = (percent, message, eta, now, now, now, job_id, worker_id, now)
+        args = progress_args(job_id, worker_id, now, progress)
         return one(await self._rows(self._sql.progress, args))
 
-    async def finish(
-        self,
-        job_id: str,
-        worker_id: str,
-        now: float,
-        status: JobStatus,
-        response: CapturedResponse | None = None,
-        error: dict[str, Any] | None = None,
-        result_location: str | None = None,
+    async def _finish(
+        self, job_id: str, worker_id: str, now: float, outcome: Outcome
     ) -> Job | None:
-        args = finish_args(job_id, worker_id, now, status, response, error, result_location)
-        query = self._sql.finish if response is None else self._sql.finish_with_result
+        query, args = finish_query(self._sql, job_id, worker_id, now, outcome)
         return one(await self._rows(query, args))
 
     async def fail(

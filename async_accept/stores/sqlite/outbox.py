@@ -6,17 +6,18 @@ import secrets
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from ...errors import ConfigurationError, StoreError
 from ..outbox_base import (
     DEFAULT_LEASE,
+    DELIVERY_COLUMNS,
     ClaimEnd,
     Delivery,
     DeliveryState,
     DisabledEndpoint,
     OutboxBase,
     check_claim_args,
+    delivery_from_row,
 )
 from .connection import Connections
 
@@ -48,43 +49,9 @@ CREATE TABLE IF NOT EXISTS webhook_disabled_endpoints (
 );
 """
 
-_COLUMNS = (
-    "id, url, payload, state, attempts, created_at, updated_at, next_at, claim, "
-    "last_error, last_status, job_id, client_supplied"
-)
 
-
-def _row_to_delivery(row: tuple[Any, ...]) -> Delivery:
-    (
-        id_,
-        url,
-        payload,
-        state,
-        attempts,
-        created_at,
-        updated_at,
-        next_at,
-        claim,
-        last_error,
-        last_status,
-        job_id,
-        client_supplied,
-    ) = row
-    return Delivery(
-        id=id_,
-        url=url,
-        payload=payload,
-        state=DeliveryState(state),
-        attempts=int(attempts),
-        created_at=float(created_at),
-        updated_at=float(updated_at),
-        next_at=float(next_at),
-        claim=claim,
-        last_error=last_error,
-        last_status=None if last_status is None else int(last_status),
-        job_id=job_id,
-        client_supplied=bool(client_supplied),
-    )
+#: Selected in this order, as delivery_from_row reads them.
+_COLUMNS = DELIVERY_COLUMNS
 
 
 class SQLiteOutbox(OutboxBase):
@@ -153,7 +120,7 @@ class SQLiteOutbox(OutboxBase):
             row = con.execute(
                 f"SELECT {_COLUMNS} FROM webhook_deliveries WHERE id = ?", (delivery_id,)
             ).fetchone()
-        return None if row is None else _row_to_delivery(row)
+        return None if row is None else delivery_from_row(row)
 
     def due(self, now: float, limit: int = 20, lease: float = DEFAULT_LEASE) -> list[Delivery]:
         check_claim_args(limit, lease)
@@ -175,7 +142,7 @@ class SQLiteOutbox(OutboxBase):
                 "AND state = 'sending' ORDER BY created_at, id",
                 (claim,),
             ).fetchall()
-        return [_row_to_delivery(r) for r in rows]
+        return [delivery_from_row(r) for r in rows]
 
     def _finish(self, delivery_id: str, claim: str, end: ClaimEnd) -> bool:
         state, changes = end.state, end.changes
@@ -203,7 +170,7 @@ class SQLiteOutbox(OutboxBase):
                     "ORDER BY created_at, id LIMIT ?",
                     (DeliveryState(state).value, limit),
                 ).fetchall()
-        return [_row_to_delivery(r) for r in rows]
+        return [delivery_from_row(r) for r in rows]
 
     def replay(self, delivery_id: str, now: float) -> Delivery | None:
         with self._tx() as con:
