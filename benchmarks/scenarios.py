@@ -882,6 +882,17 @@ class BulkLoader:
 
 
 def _store_size(url: str) -> int:
+    if url.startswith("postgresql:"):
+        import psycopg
+
+        with psycopg.connect(url.split("?")[0]) as conn:
+            row = conn.execute(
+                "SELECT COALESCE(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relkind = 'r'",
+                (PG_SCHEMA,),
+            ).fetchone()
+        return int(row[0]) if row else 0
     if url.startswith("sqlite:"):
         path = Path(url[len("sqlite:///") :])
         return sum(
@@ -908,13 +919,20 @@ def scale(ctx: Ctx) -> None:
         ctx.report.skip("scale (redis store)", why)
     else:
         stores.append("redis")
+    why = postgres_store_missing()
+    if why:
+        ctx.report.skip("scale (postgres store)", why)
+    else:
+        stores.append("postgres")
     s = Settings(**{**ctx.settings.__dict__, "rounds": 6})
     section = "Scale: status reads of completed jobs (303) with N jobs in the store"
     for label in stores:
         for n in scale_sizes(ctx):
-            url = ctx.sqlite_url(f"scale-{n}") if label == "sqlite" else REDIS_URL
+            url = {"sqlite": ctx.sqlite_url(f"scale-{n}"), "redis": REDIS_URL}.get(label, PG_URL)
             if label == "redis":
                 flush_redis()
+            if label == "postgres":
+                reset_postgres()
             size0 = _store_size(url) if label == "redis" else 0
             loader = BulkLoader(url)
             t0 = time.perf_counter()
