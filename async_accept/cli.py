@@ -217,62 +217,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _store_worker(app_paths: list[str], runtime: Any, args: argparse.Namespace) -> int:
     """Claim each application's queued jobs straight from its store (no broker)."""
-    import threading
-
-    from . import worker
-    from .executors.store import StoreWorker
+    from .executors.store import serve
 
     if args.concurrency < 1:
         raise ConfigurationError("--concurrency must be at least 1")
-    stores: list[Any] = []
-    if args.store:
-        from .stores import resolve_store
-
-        stores.append(resolve_store(args.store))
-    workers: list[StoreWorker] = []
-
-    def on_signal(signum: int, frame: Any) -> None:
-        for w in workers:
-            w.stop()
-
-    try:
-        for path in app_paths:
-            app_runtime = worker.start_worker(path)
-            store = stores[0] if stores else app_runtime.store
-
-            def run(job_id: str, path: str = path) -> Any:
-                return worker.run_job(path, job_id)
-
-            workers.append(
-                StoreWorker(
-                    run, store, concurrency=args.concurrency, poll_interval=args.poll_interval
-                )
-            )
-        worker.allow_only(app_paths)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, on_signal)
-        logging.getLogger("async_accept").info(
-            "async_accept: worker %d ready. It runs the queued jobs of %s, %d at a time",
-            os.getpid(),
-            ", ".join(app_paths),
-            args.concurrency,
-        )
-        timeout = runtime.options.shutdown_timeout
-        threads = [
-            threading.Thread(target=w.run, args=(timeout,), name="async-accept-store-worker")
-            for w in workers[1:]
-        ]
-        for t in threads:
-            t.start()
-        if workers:
-            workers[0].run(timeout)
-        for t in threads:
-            t.join()
-        return 0
-    finally:
-        for s in stores:
-            s.close()
-        worker.shutdown(runtime.options.shutdown_timeout)
+    return serve(
+        app_paths,
+        concurrency=args.concurrency,
+        store_url=args.store,
+        poll_interval=args.poll_interval,
+        shutdown_timeout=runtime.options.shutdown_timeout,
+    )
 
 
 def _rq_worker(executor: Any, queue: str, args: argparse.Namespace) -> int:

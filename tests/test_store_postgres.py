@@ -270,3 +270,27 @@ def test_missing_postgres_fails_in_ci_and_skips_elsewhere_with_the_start_command
     expected = pytest.fail.Exception if in_ci else pytest.skip.Exception
     with pytest.raises(expected, match="pg_ctlcluster <version> main start"):
         services.require_postgres()
+
+
+def test_requeue_of_a_cancel_requested_job_drops_its_request(pg_url: tuple[str, str]) -> None:
+    """A job handed back after its cancel was requested ends canceled, and like every
+    job that can't run again it loses its captured request; a plain requeue keeps it."""
+    from async_accept.stores.postgres import PostgresStore
+
+    url, _ = pg_url
+    store = PostgresStore.from_url(url)
+    try:
+        now = time.time()
+        kept = store.create(_job(now), REQUEST)[0]
+        store.claim(kept.id, "w", now)
+        again = store.requeue(kept.id, "w", now + 1)
+        assert again is not None and again.status is JobStatus.QUEUED
+        assert store.get_request(kept.id) == REQUEST
+        gone = store.create(_job(now), REQUEST)[0]
+        store.claim(gone.id, "w", now)
+        store.cancel(gone.id, now + 1)
+        ended = store.requeue(gone.id, "w", now + 2)
+        assert ended is not None and ended.status is JobStatus.CANCELED
+        assert store.get_request(gone.id) is None
+    finally:
+        store.close()

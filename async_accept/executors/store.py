@@ -22,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +38,7 @@ from .base import BaseExecutor, JobHost
 if TYPE_CHECKING:
     from ..stores import Store
 
-__all__ = ["FALLBACK_POLL", "POLL_INTERVAL", "StoreExecutor", "StoreWorker"]
+__all__ = ["FALLBACK_POLL", "POLL_INTERVAL", "StoreExecutor", "StoreWorker", "serve"]
 
 log = logging.getLogger("async_accept")
 
@@ -291,3 +293,66 @@ class StoreWorker:
                     future.result(left)
             if listener is not None:
                 listener.join(2.0)
+
+
+def serve(
+    app_paths: list[str],
+    *,
+    concurrency: int = 4,
+    store_url: str | None = None,
+    poll_interval: float | None = None,
+    shutdown_timeout: float = 30.0,
+) -> int:
+    """``async-accept worker`` for applications configured with ``executor="store"``:
+    one :class:`StoreWorker` per application (its own store, or ``store_url``) until
+    SIGTERM/SIGINT, then the running jobs get ``shutdown_timeout`` seconds."""
+    from .. import worker
+
+    stores: list[Any] = []
+    if store_url:
+        from ..stores import resolve_store
+
+        stores.append(resolve_store(store_url))
+    workers: list[StoreWorker] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        for w in workers:
+            w.stop()
+
+    try:
+        for path in app_paths:
+            app_store = worker.start_worker(path).store  # lifespan, sweeper, heartbeat
+            store = stores[0] if stores else app_store
+
+            def run(job_id: str, path: str = path) -> Any:
+                return worker.run_job(path, job_id)
+
+            workers.append(
+                StoreWorker(run, store, concurrency=concurrency, poll_interval=poll_interval)
+            )
+        worker.allow_only(app_paths)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+        log.info(
+            "async_accept: worker %d ready. It runs the queued jobs of %s, %d at a time",
+            os.getpid(),
+            ", ".join(app_paths),
+            concurrency,
+        )
+        threads = [
+            threading.Thread(
+                target=w.run, args=(shutdown_timeout,), name="async-accept-store-worker"
+            )
+            for w in workers[1:]
+        ]
+        for t in threads:
+            t.start()
+        if workers:
+            workers[0].run(shutdown_timeout)
+        for t in threads:
+            t.join()
+        return 0
+    finally:
+        for s in stores:
+            s.close()
+        worker.shutdown(shutdown_timeout)

@@ -81,14 +81,22 @@ class Statements:
             "percent = CASE WHEN %s THEN 100.0 ELSE percent END, "
             "eta = CASE WHEN %s THEN NULL ELSE eta END"
         )
-        self.finish = f"UPDATE {jobs} SET {finish_sets} WHERE {_OWNED} RETURNING {_COLS}"
+        # A job that can't run again (completed, canceled) loses its captured request
+        # (and the credentials in it) in the statement that ends it; a failed one
+        # keeps it for a retry. Data-modifying CTEs run whether read or not.
+        drop_request = (
+            f"d AS (DELETE FROM {bodies} WHERE kind = 'request' AND job_id IN "
+            "(SELECT id FROM j WHERE status IN ('completed', 'canceled')))"
+        )
+        finish = f"UPDATE {jobs} SET {finish_sets} WHERE {_OWNED} RETURNING {_COLS}"
+        self.finish = f"WITH j AS ({finish}), {drop_request} SELECT * FROM j"
         # The state and the result in one statement: both or neither.
         self.finish_with_result = (
-            f"WITH j AS ({self.finish}), r AS ("
+            f"WITH j AS ({finish}), r AS ("
             f"INSERT INTO {bodies} (job_id, kind, meta, body) "
             "SELECT id, 'result', %s, %s FROM j "
             "ON CONFLICT (job_id, kind) DO UPDATE SET meta = EXCLUDED.meta, body = EXCLUDED.body"
-            ") SELECT * FROM j"
+            f"), {drop_request} SELECT * FROM j"
         )
         self.fail = (
             f"UPDATE {jobs} SET status = 'failed', error = %s, finished_at = %s, updated_at = %s "
@@ -96,20 +104,20 @@ class Statements:
         )
         # One statement for both cases; SET expressions see the row as it was.
         self.cancel = (
-            f"UPDATE {jobs} SET "
+            f"WITH j AS (UPDATE {jobs} SET "
             "status = CASE status WHEN 'queued' THEN 'canceled' ELSE status END, "
             "finished_at = CASE status WHEN 'queued' THEN %s ELSE finished_at END, "
             "cancel_requested = true, updated_at = %s "
             "WHERE id = %s AND expires_at > %s "
             "AND (status = 'queued' OR (status = 'processing' AND NOT cancel_requested)) "
-            f"RETURNING {_COLS}"
+            f"RETURNING {_COLS}), {drop_request} SELECT * FROM j"
         )
         self.requeue = (
-            f"UPDATE {jobs} SET "
+            f"WITH j AS (UPDATE {jobs} SET "
             "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, "
             "finished_at = CASE WHEN cancel_requested THEN %s ELSE finished_at END, "
             f"worker_id = NULL, heartbeat_at = NULL, updated_at = %s WHERE {_OWNED} "
-            f"RETURNING {_COLS}"
+            f"RETURNING {_COLS}), {drop_request} SELECT * FROM j"
         )
         # Rows another marker holds are skipped: that one marks them.
         self.mark_dispatched = (
