@@ -294,3 +294,26 @@ def test_requeue_of_a_cancel_requested_job_drops_its_request(pg_url: tuple[str, 
         assert store.get_request(gone.id) is None
     finally:
         store.close()
+
+
+def test_change_signal_names_visible_changes_not_heartbeats(pg_url: tuple[str, str]) -> None:
+    """The trigger announces a claim or progress of a job, never a bare heartbeat."""
+    from async_accept.stores.postgres import PostgresStore
+
+    url, _ = pg_url
+    store = PostgresStore.from_url(url)
+    signal = store.change_signal()
+    wake = threading.Event()
+    try:
+        now = time.time()
+        job = store.create(_job(now), REQUEST)[0]
+        assert signal.changed([job.id], 0.1, wake) == [job.id]  # listening from now on
+        store.claim(job.id, "w", now)
+        assert set(signal.changed([job.id], 2.0, wake)) == {job.id}
+        store.heartbeat(job.id, "w", now + 1)
+        assert set(signal.changed([job.id], 0.3, wake)) == set()
+        store.set_progress(job.id, "w", now + 2, 50.0, "half", None)
+        assert set(signal.changed([job.id], 2.0, wake)) == {job.id}
+    finally:
+        signal.close()
+        store.close()

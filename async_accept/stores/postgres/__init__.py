@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from .connection import SCHEMA_VERSION, PostgresSettings, ddl, parse_url, upgrade
 from .outbox import PostgresOutbox
-from .store import AsyncPostgresStore, PostgresStore, QueueListener
+from .signals import PostgresChangeSignal, QueueListener
+from .store import AsyncPostgresStore, PostgresStore
 
 __all__ = [
     "SCHEMA_VERSION",
     "AsyncPostgresStore",
+    "PostgresChangeSignal",
     "PostgresOutbox",
     "PostgresSettings",
     "PostgresStore",

@@ -130,7 +130,7 @@ def parse_url(spec: str) -> PostgresSettings:
 # -- the schema ------------------------------------------------------------------------------
 
 #: Version :func:`upgrade` brings a schema to; a schema from a newer release is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Migration ``n`` takes a schema from version ``n - 1`` to ``n``. Never edit a
 #: released one: add the next. ``{s}`` is the quoted schema name.
@@ -214,6 +214,31 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             disabled_at double precision NOT NULL,
             reason text NOT NULL
         )
+        """,
+    ),
+    2: (
+        # Each route's learned run time (a JSON text, see timings.py).
+        "CREATE TABLE {s}.run_times (route text PRIMARY KEY, data text NOT NULL)",
+        # The change signal: every change a status read shows (not a heartbeat)
+        # announces the job's id on "<schema>.changed", from any process.
+        """
+        CREATE FUNCTION {s}.notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify(TG_TABLE_SCHEMA || '.changed', NEW.id);
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER jobs_changed AFTER UPDATE ON {s}.jobs FOR EACH ROW
+        WHEN (OLD.status IS DISTINCT FROM NEW.status
+            OR OLD.percent IS DISTINCT FROM NEW.percent
+            OR OLD.message IS DISTINCT FROM NEW.message
+            OR OLD.eta IS DISTINCT FROM NEW.eta
+            OR OLD.cancel_requested IS DISTINCT FROM NEW.cancel_requested
+            OR OLD.result_status IS DISTINCT FROM NEW.result_status
+            OR OLD.attempts IS DISTINCT FROM NEW.attempts)
+        EXECUTE FUNCTION {s}.notify_change()
         """,
     ),
 }

@@ -160,6 +160,11 @@ class Statements:
             "AND expires_at > %s ORDER BY created_at, seq LIMIT %s"
         )
         self.notify = "SELECT pg_notify(%s, '')"
+        self.load_run_times = f"SELECT route, data FROM {s}.run_times"
+        self.save_run_time = (
+            f"INSERT INTO {s}.run_times (route, data) VALUES (%s, %s) "
+            "ON CONFLICT (route) DO UPDATE SET data = EXCLUDED.data"
+        )
 
 
 # -- the arguments of each call, shared by both twins -----------------------------------------

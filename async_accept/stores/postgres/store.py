@@ -50,6 +50,7 @@ from ..outbox_base import Outbox
 from . import connection as pg
 from .connection import PostgresSettings, parse_url
 from .outbox import PostgresOutbox
+from .signals import PostgresChangeSignal, QueueListener
 from .sql import (
     Statements,
     after_conflict,
@@ -325,6 +326,18 @@ class PostgresStore(StoreBase):
         """A connection of its own that ``LISTEN``\\ s for :meth:`notify_queued`."""
         return QueueListener(self.settings)
 
+    def change_signal(self) -> PostgresChangeSignal:
+        """Job changes from every process (``LISTEN``; a trigger sends them)."""
+        return PostgresChangeSignal(self.settings)
+
+    # -- learned run times (timings.py) ---------------------------------------------
+
+    def load_run_times(self) -> dict[str, str]:
+        return dict(self._rows(self._sql.load_run_times, (), repeatable=True))
+
+    def save_run_time(self, route: str, data: str) -> None:
+        self._count(self._sql.save_run_time, (route, data))
+
     def default_outbox(self) -> Outbox:
         """The webhook outbox beside the jobs: same database, schema and pool."""
         return PostgresOutbox(self.schema, self._rows, self._count)
@@ -341,44 +354,6 @@ class PostgresStore(StoreBase):
                 _FORK_ORPHANS.append(pool)  # the parent's: not ours to close
             else:
                 pool.close(timeout=_CLOSE_TIMEOUT)
-
-
-class QueueListener:
-    """One dedicated connection ``LISTEN``\\ ing on the store's channel.
-
-    :meth:`wait` returns True when a notification came within ``timeout``. A lost
-    connection is reopened on the next :meth:`wait` (notifications sent meanwhile
-    are lost: the worker's fallback poll covers them).
-    """
-
-    def __init__(self, settings: PostgresSettings) -> None:
-        self.settings = settings
-        self._conn: Conn | None = None
-
-    def _connect(self) -> Conn:
-        conn = self._conn
-        if conn is None or conn.closed:
-            conn = pg.connect(self.settings)
-            conn.execute(f'LISTEN "{self.settings.channel}"')  # schema checked: no quotes
-            self._conn = conn
-        return conn
-
-    def wait(self, timeout: float) -> bool:
-        """True when woken by a notification, False when ``timeout`` passed."""
-        try:
-            conn = self._connect()
-            for _ in conn.notifies(timeout=timeout, stop_after=1):
-                return True
-            return False
-        except psycopg.Error as exc:
-            self.close()
-            raise _store_error(self.settings, exc) from exc
-
-    def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                conn.close()
 
 
 # -- the asyncio twin ---------------------------------------------------------------------------
