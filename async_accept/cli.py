@@ -188,8 +188,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigurationError(
             f"--executor {args.executor}, but {app_paths[0]} is configured with executor={name!r}"
         )
-    if name == "store":
-        return _store_worker(app_paths, runtime, args)
+    if name == "store":  # the store is the queue: executors/store.py runs the loop
+        from .executors.store import serve
+
+        return serve(
+            app_paths,
+            concurrency=args.concurrency,
+            store_url=args.store,
+            poll_interval=args.poll_interval,
+            shutdown_timeout=runtime.options.shutdown_timeout,
+        )
     if name not in ("celery", "rq"):
         raise ConfigurationError(
             f"executor={name!r} has no worker here: run the worker its own package provides"
@@ -213,21 +221,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return _celery_worker(executor, queue, args)
     finally:
         worker.shutdown(runtime.options.shutdown_timeout)
-
-
-def _store_worker(app_paths: list[str], runtime: Any, args: argparse.Namespace) -> int:
-    """Claim each application's queued jobs straight from its store (no broker)."""
-    from .executors.store import serve
-
-    if args.concurrency < 1:
-        raise ConfigurationError("--concurrency must be at least 1")
-    return serve(
-        app_paths,
-        concurrency=args.concurrency,
-        store_url=args.store,
-        poll_interval=args.poll_interval,
-        shutdown_timeout=runtime.options.shutdown_timeout,
-    )
 
 
 def _rq_worker(executor: Any, queue: str, args: argparse.Namespace) -> int:
@@ -574,17 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--concurrency", type=int, default=4, help="Celery and store workers: jobs at once (4)"
     )
-    w.add_argument(
-        "--store",
-        help="store workers: find queued jobs here (default: the application's own store)",
-    )
-    w.add_argument(
-        "--poll-interval",
-        type=float,
-        default=None,
-        help="store workers: seconds between looks at the queue (PostgreSQL, woken by "
-        "LISTEN/NOTIFY: 5; SQLite, Redis: 0.5)",
-    )
+    w.add_argument("--store", help="store workers: the queue (default: the app's store)")
+    w.add_argument("--poll-interval", type=float, help="store workers: s between looks")
     w.add_argument("--burst", action="store_true", help="RQ: quit once the queue is empty")
     w.set_defaults(func=cmd_worker)
 

@@ -11,7 +11,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from ...job import Job, JobStatus
-from ..base import Outcome, Progress
+from ..base import Outcome, OwnedQuery, Progress
 from .connection import quoted
 
 #: One column per Job field, in the dataclass's order (the table's too, see
@@ -202,7 +202,11 @@ def finish_query(
 
 
 def list_query(
-    sql: Statements, status: JobStatus | None, limit: int, created_before: float | None
+    sql: Statements,
+    status: JobStatus | None,
+    limit: int,
+    created_before: float | None,
+    newest: bool = False,
 ) -> tuple[str, list[Any]]:
     where: list[str] = []
     args: list[Any] = []
@@ -214,7 +218,33 @@ def list_query(
         args.append(created_before)
     query = sql.list_jobs + (" WHERE " + " AND ".join(where) if where else "")
     args.append(max(0, int(limit)))
-    return query + " ORDER BY created_at, seq LIMIT %s", args
+    order = " ORDER BY created_at DESC, seq DESC" if newest else " ORDER BY created_at, seq"
+    return query + order + " LIMIT %s", args
+
+
+def owned_query(sql: Statements, owner: str, now: float, q: OwnedQuery) -> tuple[str, list[Any]]:
+    """Live jobs of ``owner`` (either hash of a two-hash owner field) that ``q``
+    admits, newest first."""
+    where = ["%s = ANY(string_to_array(owner, ' '))", "expires_at > %s"]
+    args: list[Any] = [owner, now]
+    if q.before is not None:
+        where.append("(created_at, id) < (%s, %s)")
+        args += [q.before[0], q.before[1]]
+    if q.status is not None:
+        where.append("status = %s")
+        args.append(JobStatus(q.status).value)
+    if q.route is not None:
+        where.append("route = %s")
+        args.append(q.route)
+    if q.created_after is not None:
+        where.append("created_at >= %s")
+        args.append(q.created_after)
+    if q.created_before is not None:
+        where.append("created_at < %s")
+        args.append(q.created_before)
+    args.append(max(0, int(q.limit)))
+    where_sql = " AND ".join(where)
+    return f"{sql.list_jobs} WHERE {where_sql} ORDER BY created_at DESC, id DESC LIMIT %s", args
 
 
 def counts(rows: Sequence[Sequence[Any]]) -> dict[JobStatus, int]:

@@ -45,7 +45,7 @@ from psycopg.types.json import Jsonb
 
 from ...errors import StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
-from ..base import WORKER_RETENTION, AsyncStoreBase, Outcome, Progress, StoreBase
+from ..base import EVERY, WORKER_RETENTION, AsyncStoreBase, Outcome, OwnedQuery, Progress, StoreBase
 from ..outbox_base import Outbox
 from . import connection as pg
 from .connection import PostgresSettings, parse_url
@@ -61,6 +61,7 @@ from .sql import (
     job_values,
     list_query,
     one,
+    owned_query,
     progress_args,
     row_to_job,
     workers,
@@ -287,9 +288,14 @@ class PostgresStore(StoreBase):
         status: JobStatus | None = None,
         limit: int = 100,
         created_before: float | None = None,
+        newest: bool = False,
     ) -> list[Job]:
-        query, args = list_query(self._sql, status, limit, created_before)
+        query, args = list_query(self._sql, status, limit, created_before, newest)
         return [row_to_job(r) for r in self._rows(query, args, repeatable=True)]
+
+    def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
+        sql, args = owned_query(self._sql, owner, now, query)
+        return [row_to_job(r) for r in self._rows(sql, args, repeatable=True)]
 
     def count_by_status(self) -> dict[JobStatus, int]:
         return counts(self._rows(self._sql.count, (), repeatable=True))
@@ -574,9 +580,14 @@ class AsyncPostgresStore(AsyncStoreBase):
         status: JobStatus | None = None,
         limit: int = 100,
         created_before: float | None = None,
+        newest: bool = False,
     ) -> list[Job]:
-        query, args = list_query(self._sql, status, limit, created_before)
+        query, args = list_query(self._sql, status, limit, created_before, newest)
         return [row_to_job(r) for r in await self._rows(query, args, repeatable=True)]
+
+    async def list_owned(self, owner: str, now: float, query: OwnedQuery = EVERY) -> list[Job]:
+        sql, args = owned_query(self._sql, owner, now, query)
+        return [row_to_job(r) for r in await self._rows(sql, args, repeatable=True)]
 
     async def count_by_status(self) -> dict[JobStatus, int]:
         return counts(await self._rows(self._sql.count, (), repeatable=True))
