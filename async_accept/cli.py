@@ -32,6 +32,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .cli_common import Fail as _Fail
+from .cli_common import print_table as _print_table
+from .cli_common import runtime_of as _runtime_of
 from .errors import AsyncAcceptError, ConfigurationError, StoreError
 from .job import TERMINAL, Job, JobStatus
 
@@ -43,10 +46,6 @@ _SECRET_HEADERS = frozenset(
 )
 
 
-class _Fail(Exception):
-    """A command that could not do what was asked: message, exit status 1."""
-
-
 # -- helpers --------------------------------------------------------------------------------
 
 
@@ -54,12 +53,6 @@ def _time(ts: float | None) -> str:
     from .engine.responses import rfc3339
 
     return rfc3339(ts) or "-"
-
-
-def _runtime_of(app_path: str) -> Any:
-    from .worker import load_runtime
-
-    return load_runtime(app_path)
 
 
 def _store(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -95,13 +88,6 @@ def _job_row(job: Job) -> dict[str, Any]:
         # The problem type's last segment: "urn:async-accept:problem:worker-lost" -> worker-lost
         "error": str(error).replace("/", ":").rsplit(":", 1)[-1] if error else "",
     }
-
-
-def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
-    widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in columns}
-    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in columns).rstrip())
 
 
 def _redacted(headers: list[tuple[bytes, bytes]], show: bool = False) -> list[list[str]]:
@@ -437,90 +423,6 @@ def cmd_jobs_purge(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- webhooks ---------------------------------------------------------------------------------
-
-
-def _dispatcher(args: argparse.Namespace) -> tuple[Any, bool]:
-    """(WebhookDispatcher, owned: close it when done)."""
-    if args.app:
-        dispatcher = _runtime_of(args.app).observer.dispatcher
-        if dispatcher is None:
-            raise ConfigurationError(f"{args.app} has no webhooks configured (webhook_secret)")
-        return dispatcher, False
-    url = args.outbox or os.environ.get("ASYNC_ACCEPT_WEBHOOK_OUTBOX")
-    if not url:
-        raise ConfigurationError(
-            "which outbox? give --outbox URL (sqlite:///webhooks.db, redis://host:6379/0) "
-            "or --app mysite.asgi:application"
-        )
-    from .outbox import Outbox, RedisOutbox, resolve_outbox
-    from .webhooks import WebhookDispatcher, generate_secret
-
-    outbox: Outbox
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        outbox = RedisOutbox.from_url(url, namespace=args.namespace or "async_accept")
-    else:
-        if args.namespace:
-            raise ConfigurationError("--namespace applies to Redis outboxes only")
-        outbox = resolve_outbox(url)
-    # Listing and replaying sign nothing: the live dispatchers sign when they send.
-    secret = os.environ.get("ASYNC_ACCEPT_WEBHOOK_SECRET") or generate_secret()
-    return WebhookDispatcher(secret, outbox=outbox), True
-
-
-def cmd_webhooks_dead(args: argparse.Namespace) -> int:
-    dispatcher, owned = _dispatcher(args)
-    try:
-        dead = dispatcher.list_dead(args.limit)
-        if args.json:
-            for d in dead:
-                print(
-                    json.dumps(
-                        {
-                            "id": d.id,
-                            "url": d.url,
-                            "job_id": d.job_id,
-                            "attempts": d.attempts,
-                            "last_status": d.last_status,
-                            "last_error": d.last_error,
-                            "created_at": d.created_at,
-                        }
-                    )
-                )
-            return 0
-        if not dead:
-            print("no dead letters")
-            return 0
-        rows = [
-            {
-                "id": d.id,
-                "url": d.url,
-                "job": d.job_id or "",
-                "attempts": d.attempts,
-                "last": d.last_status if d.last_status is not None else (d.last_error or ""),
-            }
-            for d in dead
-        ]
-        _print_table(rows, ("id", "url", "job", "attempts", "last"))
-        return 0
-    finally:
-        if owned:
-            dispatcher.close()
-
-
-def cmd_webhooks_replay(args: argparse.Namespace) -> int:
-    dispatcher, owned = _dispatcher(args)
-    try:
-        delivery = dispatcher.replay(args.id)
-        if delivery is None:
-            raise _Fail(f"{args.id} is not a dead letter")
-        print(f"delivery {delivery.id} to {delivery.url} queued again")
-        return 0
-    finally:
-        if owned:
-            dispatcher.close()
-
-
 # -- the parser -------------------------------------------------------------------------------
 
 
@@ -529,13 +431,6 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--store", help="store URL (default: $ASYNC_ACCEPT_STORE)")
     g.add_argument("--namespace", help="Redis store namespace (default: async_accept)")
     g.add_argument("--app", help="take the store from this application, e.g. mysite.asgi:app")
-
-
-def _outbox_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("where the deliveries are")
-    g.add_argument("--outbox", help="outbox URL (default: $ASYNC_ACCEPT_WEBHOOK_OUTBOX)")
-    g.add_argument("--namespace", help="Redis outbox namespace (default: async_accept)")
-    g.add_argument("--app", help="take the outbox from this application")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -605,19 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     _store_args(p)
     p.set_defaults(func=cmd_jobs_purge)
 
-    hooks = sub.add_parser("webhooks", help="webhook dead letters")
-    hsub = hooks.add_subparsers(dest="action", required=True)
-    p = hsub.add_parser("dead", help="list deliveries that kept failing")
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
-    _outbox_args(p)
-    p.set_defaults(func=cmd_webhooks_dead)
-    p = hsub.add_parser("replay", help="send a dead letter again")
-    p.add_argument("id")
-    _outbox_args(p)
-    p.set_defaults(func=cmd_webhooks_replay)
-
     from .cli_db import add_db_commands
+    from .cli_webhooks import add_webhook_commands
+
+    add_webhook_commands(sub)
 
     add_db_commands(sub)
     return parser
