@@ -230,7 +230,8 @@ class Runtime(Draining):
         finally:
             self._running.discard(job_id)
             self._local.pop(job_id, None)
-            self.feed.poke(job_id)
+            if job is None:  # a returned job reached its waiters with its write
+                self.feed.poke(job_id)
             self._learn(job)
 
     async def arun_job(self, job_id: str) -> Job | None:
@@ -246,7 +247,8 @@ class Runtime(Draining):
         finally:
             self._running.discard(job_id)
             self._local.pop(job_id, None)
-            self.feed.poke(job_id)
+            if job is None:  # a returned job reached its waiters with its write
+                self.feed.poke(job_id)
             if job is not None and job.started_at is not None:
                 if self.store.blocking:
                     await asyncio.to_thread(self._learn, job)

@@ -6,7 +6,9 @@ told to expect) and the recent runs, whose 90th percentile is where a job that
 overruns the mean is expected to end. Kept in the store when it can keep them
 (``load_run_times`` / ``save_run_time``), so every process and every restart
 starts from what the others learned; a process reads them at start and on its
-sweeps, never on a request.
+sweeps, never on a request. A route's statistics are written at most once per
+``SAVE_EVERY`` seconds (a burst of short jobs costs one write, not one per job,
+beside each job's own end); the runs in between are in the next write.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,6 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 ALPHA = 0.3
 #: how many recent runs the percentile looks at
 RECENT = 20
+#: the least seconds between two writes of one route's statistics to the store
+SAVE_EVERY = 1.0
 
 
 @runtime_checkable
@@ -74,6 +79,8 @@ class RunTimes:
         self._store: KeepsRunTimes | None = store if isinstance(store, KeepsRunTimes) else None
         self._lock = threading.Lock()
         self._by_route: dict[str, RunTime] = {}
+        #: when each route's statistics were last written (monotonic)
+        self._saved: dict[str, float] = {}
 
     def get(self, route: str | None) -> RunTime | None:
         return self._by_route.get(route or "")
@@ -87,7 +94,11 @@ class RunTimes:
             old = self._by_route.get(key)
             new = RunTime(seconds, [seconds]) if old is None else old.add(seconds)
             self._by_route[key] = new
-        if self._store is not None:
+            now = time.monotonic()
+            due = now - self._saved.get(key, -math.inf) >= SAVE_EVERY
+            if due:
+                self._saved[key] = now
+        if self._store is not None and due:
             self._store.save_run_time(key, new.to_json())
 
     def load(self) -> None:
