@@ -50,6 +50,13 @@ from .responses import (
     worker_lost_error,
 )
 
+#: a plain status read that lands this many seconds (or fewer) before a job's
+#: learned end is held until the job changes: ``Retry-After`` counts whole
+#: seconds, so the poll it schedules lands up to one second early
+LEARNED_END_HOLD = 1.0
+#: how long past the learned end such a read is still held (the end's write)
+LEARNED_END_GRACE = 0.5
+
 log = logging.getLogger("async_accept")
 
 
@@ -187,14 +194,53 @@ class Status:
                 return left
         return None
 
+    def learned_end_left(self, job: Job, now: float) -> float | None:
+        """Seconds until the job ends by its route's learned high percentile (from
+        its start; a queued job's whole run); None when nothing is learned."""
+        learned = self.run_times.get(job.route)
+        if learned is None:
+            return None
+        if job.status is JobStatus.QUEUED:
+            return learned.high
+        if job.status is not JobStatus.PROCESSING or job.started_at is None:
+            return None
+        return job.started_at + learned.high - now
+
+    @staticmethod
+    def progress_known(job: Job) -> bool:
+        """Whether the handler reported an eta or a percentage to go by."""
+        return job.status is JobStatus.PROCESSING and (
+            job.eta is not None or bool(job.percent and job.percent > 0)
+        )
+
+    def hold_near_end(self, job: Job, now: float) -> float | None:
+        """How long a plain status read of ``job`` is held for its end: when the
+        learned end is at most ``LEARNED_END_HOLD`` s away (where the floored
+        ``Retry-After`` lands a poll), until then plus a grace; else None."""
+        if job.status is not JobStatus.PROCESSING or self.progress_known(job):
+            return None
+        left = self.learned_end_left(job, now)
+        if left is None or left <= 0 or left > min(LEARNED_END_HOLD, self.status_wait_cap):
+            return None
+        return left + LEARNED_END_GRACE
+
     def retry_after(self, job: Job, now: float) -> int:
-        """Integer seconds >= 1: from progress, else expected duration, else poll interval."""
+        """Integer seconds >= 1: from progress, else the learned run time, else
+        a share of the sla, else the poll interval."""
         opts = self.options
-        rem = self.remaining(job, now)
-        if rem is None and job.status is JobStatus.QUEUED:
-            rem = self.learned_remaining(job, now)
-        if rem is None and self.run_times.get(job.route) is not None:
-            rem = opts.poll_interval  # overran what was learned: look again soon
+        rem: float | None = None
+        if self.progress_known(job):
+            rem = self.remaining(job, now)
+        elif self.run_times.get(job.route) is not None:
+            left = self.learned_end_left(job, now)
+            if left is not None and left > 0:
+                # Whole seconds: the floor lands the poll within one second
+                # before the learned end, where the read is held until the job
+                # changes (hold_near_end); a ceiling would land up to a second
+                # after it.
+                rem = float(max(1, math.floor(left)))
+            else:
+                rem = opts.poll_interval  # overran what was learned: look again soon
         if rem is None:
             expected_end = (job.started_at or job.created_at) + job.sla
             rem = expected_end - now if expected_end > now else None
@@ -373,6 +419,14 @@ class Status:
         if asked is not None:
             response = yield from waiting.long_poll(self, request, token, job, *asked)
         else:
+            hold = self.hold_near_end(job, now) if request.method == "GET" else None
+            if hold is not None:
+                # The poll a learned Retry-After scheduled: answer at the job's end.
+                changed = yield from ops.wait_change(job, hold)
+                if changed is None:
+                    return not_found()  # deleted meanwhile
+                job = yield from waiting.fresh(self, changed)
+                now = self.clock()
             response = self.status_response(job, request.root_path, token, now)
         if response.status == 303 and not job.terminal:
             # The long poll saw the job complete: its outcome (the handler's Location)
