@@ -34,6 +34,7 @@ SCENARIOS: dict[str, Callable[[scenarios.Ctx], None]] = {
     "poll": scenarios.poll,
     "e2e": scenarios.end_to_end,
     "waiting": scenarios.waiting,
+    "waiters": scenarios.waiters,
     "peers": scenarios.peers,
     "loop": scenarios.loop_health,
     "scale": scenarios.scale,

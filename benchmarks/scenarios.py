@@ -588,6 +588,206 @@ def waiting(ctx: Ctx) -> None:
                             cols["goal"] = f"p50 <= 25% of {seconds:g} s"
                             cols["met"] = "yes" if p50 <= 250 * seconds else "**no**"
                         ctx.report.add(section, f"{label}, {seconds:g} s job, {mode}", **cols)
+    waiting_peers(ctx)
+
+
+def _poll_every(port: int, n: int, every: float) -> list[float]:
+    """The common client of a hand-written view: POST, then GET the status URL every
+    ``every`` s until the 303, then the result; seconds from the POST, per job."""
+    c = Conn(port)
+    out: list[float] = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        r = c.request("POST", "/work", b"{}", POST_HEADERS)
+        loc = r.headers["location"]
+        while True:
+            time.sleep(every)
+            s = c.request("GET", loc, headers=HEADERS)
+            if s.status == 303:
+                c.request("GET", s.headers["location"], headers=HEADERS)
+                break
+            if s.status != 200 or time.perf_counter() - t0 > 30:
+                raise RuntimeError(f"GET {loc}: {s.status} {s.body[:200]!r}")
+        out.append(time.perf_counter() - t0)
+    c.close()
+    return out
+
+
+def waiting_peers(ctx: Ctx) -> None:
+    """Time to know a no-op job ended: the hand-written Celery / RQ view polled every
+    1 s (the common client) against async_accept with the same broker's executor
+    and poll() (long-poll), p50/p99 and the ratio of the p50s."""
+    import httpx
+
+    from async_accept.client import poll as client_poll
+
+    section = "Waiting: hand-written Celery / RQ views polled every 1 s"
+    n_peer, n_ours = (5, 20) if ctx.quick else (10, 50)
+    for kind in ("celery", "rq"):
+        why = redis_missing() or remote_executor_missing(kind)
+        if why:
+            ctx.report.skip(f"waiting ({kind} peer)", why)
+            continue
+        flush_redis()
+        with peer_server(ctx, kind) as peer, peer_worker(ctx, kind):
+            _poll_every(peer.port, 1, 1.0)  # warm up
+            theirs = _poll_every(peer.port, n_peer, 1.0)
+        flush_redis()
+        ours: list[float] = []
+        with remote_setup(ctx, kind) as p:
+            base = f"http://127.0.0.1:{p.port}"
+            with httpx.Client(base_url=base, headers=HEADERS, timeout=60) as c:
+                for i in range(n_ours + 3):
+                    t0 = time.perf_counter()
+                    client_poll(c.post("/work", content=b"{}", headers=POST_HEADERS), client=c)
+                    if i >= 3:  # warm-up
+                        ours.append(time.perf_counter() - t0)
+        p50s = pct(theirs, 50) / pct(ours, 50)
+        for name, lat in (
+            (f"{kind} peer, polled every 1 s", theirs),
+            (f"async_accept, {kind} executor, poll() long-poll", ours),
+        ):
+            cols = {
+                "jobs": str(len(lat)),
+                "p50 ms": fmt_ms(pct(lat, 50) * 1000),
+                "p99 ms": fmt_ms(pct(lat, 99) * 1000),
+            }
+            if name.startswith("async_accept"):
+                cols["peer p50 / ours"] = f"{p50s:.1f}x"
+                cols["goal"] = ">= 10x"
+                cols["met"] = "yes" if p50s >= 10 else "**no**"
+            ctx.report.add(section, name, **cols)
+
+
+WAITER_JOBS = 100
+#: seconds between two jobs' ends (the ends are spread, as real jobs' are)
+WAITER_END_STEP = 0.05
+
+
+async def _hold_waiters(
+    port: int, urls: list[str], n: int, ready: threading.Event
+) -> list[tuple[float, str]]:
+    """Open ``n`` long-polls (``Prefer: wait=120``, one connection each) spread
+    over ``urls``; each answer: (wall time received, body)."""
+    import asyncio
+
+    sent = [0]
+
+    async def one(url: str) -> tuple[float, str]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {AUTH}\r\n"
+            "Prefer: wait=120\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        sent[0] += 1
+        if sent[0] == n:
+            ready.set()  # every request is out (the server may still be reading some)
+        data = await reader.read()  # the server closes after the answer
+        got = time.time()
+        writer.close()
+        return got, data.decode("latin-1").split("\r\n\r\n", 1)[-1]
+
+    tasks: list[asyncio.Task[tuple[float, str]]] = []
+    for i in range(n):
+        tasks.append(asyncio.create_task(one(urls[i % len(urls)])))
+        if i % 200 == 199:
+            await asyncio.sleep(0.05)  # stay under the listen backlog
+    return await asyncio.gather(*tasks, return_exceptions=False)
+
+
+def _hold_in_thread(
+    port: int, urls: list[str], n: int, ready: threading.Event, out: dict[str, Any]
+) -> None:
+    import asyncio
+
+    out["answers"] = asyncio.run(_hold_waiters(port, urls, n, ready))
+
+
+def _ts(text: str | None) -> float:
+    from datetime import datetime
+
+    assert text is not None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def waiters(ctx: Ctx) -> None:
+    """Many waiters on one uvicorn process: 100 jobs whose ends are spread over 5 s,
+    each watched by N/100 long-polls; how late each answer is after its job's end,
+    RSS per waiter, store reads/s and GET /hello p99 while they wait, N = 100 and 5,000."""
+    why = middleware_missing()
+    if why:
+        ctx.report.skip("waiters", why)
+        return
+    import resource
+
+    import httpx
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 12_000 and hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 20_000), hard))
+    section = "Many waiters: one uvicorn process, SQLite store, 100 jobs"
+    counts = [100, 1000] if ctx.quick else [100, 5000]
+    for n in counts:
+        env = app_env(mw=True, store=ctx.sqlite_url("waiters"), BENCH_COUNT_READS="1")
+        p = uvicorn(f"waiters-{n}", "benchmarks.apps.app:asgi", env, ctx.tmp)
+        try:
+            base = f"http://127.0.0.1:{p.port}"
+            idle = _probe(p.port, 3.0, 100)
+            settle = 8.0 + n / 500  # accepts, then every waiter in place
+            with httpx.Client(base_url=base, headers=HEADERS, timeout=30) as c:
+                end0 = time.time() + settle
+                urls = []
+                for i in range(WAITER_JOBS):
+                    left = end0 + i * WAITER_END_STEP - time.time()
+                    r = c.post(f"/sleep?s={left:.3f}", content=b"{}", headers=POST_HEADERS)
+                    urls.append(r.headers["location"])
+                time.sleep(1.0)  # every job processing: the next change is its end
+                rss0 = p.rss_kb()
+                ready = threading.Event()
+                out: dict[str, Any] = {}
+                t = threading.Thread(target=_hold_in_thread, args=(p.port, urls, n, ready, out))
+                t.start()
+                ready.wait(60)
+                time.sleep(max(1.0, end0 - time.time() - 3.5))  # every waiter held
+                rss1 = p.rss_kb()
+                reads0 = c.get("/store-reads").json()["reads"]
+                held = _probe(p.port, 2.0, 100)  # every waiter held, no job ended yet
+                reads1 = c.get("/store-reads").json()["reads"]
+                quiet_s = 2.0
+                ending = _probe(p.port, WAITER_JOBS * WAITER_END_STEP + 1.0, 100)
+                t.join(120)
+            answers = out.get("answers", [])
+            lags, early = [], 0
+            for got, body in answers:
+                job = json.loads(body)
+                if job.get("status") not in ("completed", "failed", "canceled"):
+                    early += 1
+                    continue
+                lags.append((got - _ts(job["finished_at"])) * 1000)
+            late = sum(1 for x in lags if x > 100)
+            ctx.report.add(
+                section,
+                f"{n:,} long-polls",
+                answered=f"{len(lags):,} / {n:,}",
+                **{
+                    "after the end p50/p99/max ms": (
+                        f"{fmt_ms(pct(lags, 50))} / {fmt_ms(pct(lags, 99))} / {fmt_ms(max(lags))}"
+                        if lags
+                        else "-"
+                    ),
+                    "> 100 ms": str(late),
+                    "answered early": str(early),
+                    "RSS per waiter": f"{(rss1 - rss0) * 1024 / n:,.0f} B",
+                    "store reads/s (held)": f"{(reads1 - reads0) / quiet_s:,.1f}",
+                    "hello p99 idle / held / ends ms": (
+                        f"{fmt_ms(pct(idle, 99) * 1000)} / {fmt_ms(pct(held, 99) * 1000)}"
+                        f" / {fmt_ms(pct(ending, 99) * 1000)}"
+                    ),
+                },
+            )
+        finally:
+            p.stop()
 
 
 def remote_executor_missing(kind: str) -> str | None:

@@ -8,6 +8,8 @@
   in ``routes=[...]``: accepted on arrival) or ``decorator`` (``@long_running``: the
   app decides first, its stack runs once in the request before the 202).
 - ``BENCH_FRAMEWORK``: ``starlette`` (default) or ``fastapi`` for the ASGI app.
+- ``BENCH_COUNT_READS``: ``1`` counts the SELECTs of every SQLite connection this
+  process opens, served (unmarked) at ``GET /store-reads``.
 
 Routes (the same on ASGI and WSGI):
 
@@ -62,6 +64,36 @@ async def hello(request: Request) -> Response:
     return PlainTextResponse("hello")
 
 
+#: SELECT statements run on this process's SQLite connections (BENCH_COUNT_READS=1)
+STORE_READS = [0]
+
+
+def _count_sqlite_reads() -> None:
+    import sqlite3
+
+    connect = sqlite3.connect
+
+    def counted(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+
+        def trace(sql: str) -> None:
+            if sql.lstrip()[:6].upper() == "SELECT":
+                STORE_READS[0] += 1
+
+        conn.set_trace_callback(trace)
+        return conn
+
+    sqlite3.connect = counted  # type: ignore[assignment]
+
+
+if os.environ.get("BENCH_COUNT_READS") == "1":
+    _count_sqlite_reads()
+
+
+async def store_reads(request: Request) -> Response:
+    return JSONResponse({"reads": STORE_READS[0]})
+
+
 async def work(request: Request) -> Response:
     await request.body()
     return JSONResponse({"ok": True})
@@ -96,6 +128,7 @@ bare_asgi: Any = (
     else Starlette(
         routes=[
             Route("/hello", hello),
+            Route("/store-reads", store_reads),
             Route("/work", _marked_work(), methods=["POST"]),
             Route("/sleep", sleep, methods=["POST"]),
         ]
