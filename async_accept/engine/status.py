@@ -26,7 +26,7 @@ from ..identity import (
 from ..job import ACTIVE, CapturedRequest, Headers, Job, JobStatus
 from ..options import Options
 from ..sealing import RequestSealer
-from ..timings import RunTimes
+from ..timings import RunTime, RunTimes
 from ..tokens import TokenError, TokenExpired, TokenSigner
 from ..tracing import Tracing
 from . import ops, waiting
@@ -178,18 +178,29 @@ class Status:
             return max(0.0, total - (now - job.started_at))
         return self.learned_remaining(job, now)
 
-    def learned_remaining(self, job: Job, now: float) -> float | None:
-        """Seconds left by the route's learned run time: to its mean, or for a job
-        past that, to its 90th percentile; None when nothing is learned or both passed."""
+    def _learned_from(self, job: Job, now: float) -> tuple[RunTime, float] | None:
+        """The route's learned run time and when the job's run counts from (its
+        start; now for a queued job); None when nothing is learned or it ended."""
         learned = self.run_times.get(job.route)
         if learned is None:
             return None
         if job.status is JobStatus.QUEUED:
-            return learned.mean
+            return learned, now
         if job.status is not JobStatus.PROCESSING or job.started_at is None:
             return None
+        return learned, job.started_at
+
+    def learned_remaining(self, job: Job, now: float) -> float | None:
+        """Seconds left by the route's learned run time: to its mean, or for a job
+        past that, to its 90th percentile; None when nothing is learned or both passed."""
+        found = self._learned_from(job, now)
+        if found is None:
+            return None
+        learned, start = found
+        if job.status is JobStatus.QUEUED:
+            return learned.mean
         for total in (learned.mean, learned.high):
-            left = job.started_at + total - now
+            left = start + total - now
             if left > 0:
                 return left
         return None
@@ -197,14 +208,11 @@ class Status:
     def learned_end_left(self, job: Job, now: float) -> float | None:
         """Seconds until the job ends by its route's learned high percentile (from
         its start; a queued job's whole run); None when nothing is learned."""
-        learned = self.run_times.get(job.route)
-        if learned is None:
+        found = self._learned_from(job, now)
+        if found is None:
             return None
-        if job.status is JobStatus.QUEUED:
-            return learned.high
-        if job.status is not JobStatus.PROCESSING or job.started_at is None:
-            return None
-        return job.started_at + learned.high - now
+        learned, start = found
+        return start + learned.high - now
 
     @staticmethod
     def progress_known(job: Job) -> bool:
