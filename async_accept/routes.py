@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, cast, overload
 
 from .errors import ConfigurationError
 
@@ -232,6 +233,11 @@ def _wrap(func: Callable[..., Any], options: RouteOptions) -> Callable[..., Any]
             return func(*args, **kwargs)
 
         wrapper = swrapper
+    # Frameworks that read the signature with the wrapper's globals (FastAPI before
+    # 0.112) can't resolve string annotations from the handler's module: hand them
+    # the handler's signature with its annotations already evaluated, where they can be.
+    with contextlib.suppress(Exception):
+        cast(Any, wrapper).__signature__ = inspect.signature(func, eval_str=True)
     setattr(wrapper, WRAPPER, True)
     setattr(wrapper, MARKER, options)
     return wrapper

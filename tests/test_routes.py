@@ -29,7 +29,14 @@ def test_decorator_returns_the_function_behind_its_precheck() -> None:
     wf = long_running(f)
     assert wf is not f
     assert wf.__wrapped__ is f  # type: ignore[attr-defined]
-    assert (wf(1), wf.__name__, inspect.signature(wf)) == (2, "f", inspect.signature(f))
+    # The same signature, its string annotations evaluated in f's module (FastAPI
+    # before 0.112 reads them with the wrapper's globals, where they can't resolve).
+    assert (wf(1), wf.__name__, inspect.signature(wf)) == (
+        2,
+        "f",
+        inspect.signature(f, eval_str=True),
+    )
+    assert inspect.signature(wf).parameters["x"].annotation is int
     assert marker_of(wf) == marker_of(f) == RouteOptions(precheck=True)
     wg = long_running(sla=5, wait=1)(g)
     assert asyncio.iscoroutinefunction(wg)
