@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from async_accept.dashboard.page import NOTICES
 from async_accept.job import Job, JobStatus
 from async_accept.stores.sqlite import SQLiteStore
 from tests import dashboard_app
@@ -145,13 +146,41 @@ def sign_in(driver: Any, site: Site) -> None:
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll *condition* until it is truthy; an element replaced under it (the page's
+    refresh swaps the panels) counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         assert time.monotonic() < deadline, "the page never showed it"
         time.sleep(0.1)
+
+
+def notice_reads(driver: Any, *texts: str) -> None:
+    """Wait for the page after a button's POST: its notice reads one of *texts*.
+
+    The page before the click may still carry an older notice (and its element goes
+    stale while the browser navigates), so the wait is on the text, not the element:
+    a wait for the element alone read the previous action's notice."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    def shown() -> str:
+        try:
+            return " ".join(e.text for e in driver.find_elements(By.ID, "notice"))
+        except StaleElementReferenceException:
+            return ""
+
+    try:
+        wait_for(lambda: shown() in texts)
+    except AssertionError:
+        raise AssertionError(f"the notice reads {shown()!r}, not one of {texts!r}") from None
 
 
 def shown_counts(driver: Any) -> dict[JobStatus, int]:
@@ -186,7 +215,7 @@ def test_the_dashboard_in_chromium_shows_the_store_and_its_buttons_work(
     # Cancel the oldest queued job.
     queued_row = browser.find_element(By.ID, f"job-{jobs['queued']}")
     queued_row.find_element(By.CSS_SELECTOR, "button[aria-label^='Cancel job']").click()
-    assert wait_for(lambda: browser.find_elements(By.ID, "notice"))[0].text == "Job canceled."
+    notice_reads(browser, "Job canceled.")
     assert site.store.get(jobs["queued"], time.time()).status is JobStatus.CANCELED
     assert not browser.find_elements(By.ID, f"job-{jobs['queued']}")
     assert shown_counts(browser)[JobStatus.CANCELED] == 2
@@ -194,7 +223,7 @@ def test_the_dashboard_in_chromium_shows_the_store_and_its_buttons_work(
     # Retry the failed job: it runs again and completes.
     failed_row = browser.find_element(By.ID, f"job-{jobs['failed']}")
     failed_row.find_element(By.CSS_SELECTOR, "button[aria-label^='Retry job']").click()
-    assert wait_for(lambda: browser.find_elements(By.ID, "notice"))[0].text == "Job queued again."
+    notice_reads(browser, "Job queued again.")
     job = site.wait(jobs["failed"], lambda j: j.status is JobStatus.COMPLETED)
     assert job.attempts == 2
     browser.find_element(By.LINK_TEXT, "Refresh").click()
@@ -204,7 +233,7 @@ def test_the_dashboard_in_chromium_shows_the_store_and_its_buttons_work(
     # Cancel the running job: its handler stops and it ends canceled.
     running_row = browser.find_element(By.ID, f"job-{jobs['running']}")
     running_row.find_element(By.CSS_SELECTOR, "button[aria-label^='Cancel job']").click()
-    wait_for(lambda: browser.find_elements(By.ID, "notice"))
+    notice_reads(browser, NOTICES["canceled"], NOTICES["cancel-requested"])
     site.wait(jobs["running"], lambda j: j.status is JobStatus.CANCELED)
 
 
@@ -286,5 +315,5 @@ def test_with_javascript_off_the_page_reads_and_its_forms_work(
     assert shown_counts(driver) == site.store.count_by_status()
     row = driver.find_element(By.ID, f"job-{queued}")
     row.find_element(By.CSS_SELECTOR, "button[aria-label^='Cancel job']").click()
-    assert wait_for(lambda: driver.find_elements(By.ID, "notice"))[0].text == "Job canceled."
+    notice_reads(driver, "Job canceled.")
     assert site.store.get(queued, time.time()).status is JobStatus.CANCELED
