@@ -15,7 +15,7 @@ from async_accept import long_running
 SECRET = "test-secret-key-0123456789abcdef"
 
 
-def _app() -> Any:
+def _app(store: Any = "memory://") -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import RedirectResponse
@@ -34,7 +34,7 @@ def _app() -> Any:
     app.add_middleware(
         AsyncAcceptMiddleware,
         secret_key=SECRET,
-        store="memory://",
+        store=store,
         executor="asyncio",
     )
     return app
@@ -61,3 +61,32 @@ def test_303_to_the_handlers_location_carries_its_cookie(wait: bool) -> None:
         assert r.status_code == 303, r.text
         assert r.headers["location"].endswith("/posts")
         assert r.headers.get_list("set-cookie") == ["flash=created; HttpOnly; Path=/; SameSite=lax"]
+
+
+def test_a_long_poll_that_sees_the_job_complete_reads_it_once() -> None:
+    """The long poll's 303 is built from the record the change feed handed over: the job
+    is read for the owner check and once by the feed as the first waiter parks (closing
+    the gap between the two), never again after the wake."""
+    from starlette.testclient import TestClient
+
+    from async_accept.stores.memory import MemoryStore
+
+    store = MemoryStore()
+    reads: list[str] = []
+    plain_get = store.get
+
+    def counted_get(job_id: str, now: float) -> Any:
+        reads.append(job_id)
+        return plain_get(job_id, now)
+
+    store.get = counted_get  # type: ignore[method-assign]
+    headers = {"authorization": "Bearer alice"}
+    with TestClient(_app(store), follow_redirects=False) as client:
+        accepted = client.post("/create", headers={**headers, "prefer": "respond-async"})
+        assert accepted.status_code == 202
+        reads.clear()
+        r = client.get(accepted.headers["location"], headers={**headers, "prefer": "wait=10"})
+        assert r.status_code == 303, r.text
+        assert r.headers["location"].endswith("/posts")
+        assert r.headers.get_list("set-cookie") == ["flash=created; HttpOnly; Path=/; SameSite=lax"]
+    assert len(reads) <= 2, f"{len(reads)} reads of the job for one long poll"

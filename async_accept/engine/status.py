@@ -425,7 +425,7 @@ class Status:
             return waiting.open_stream(self, request, token, job)
         asked = waiting.asked_wait(self, request)
         if asked is not None:
-            response = yield from waiting.long_poll(self, request, token, job, *asked)
+            job, response = yield from waiting.long_poll(self, request, token, job, *asked)
         else:
             hold = self.hold_near_end(job, now) if request.method == "GET" else None
             if hold is not None:
@@ -436,10 +436,6 @@ class Status:
                 job = yield from waiting.fresh(self, changed)
                 now = self.clock()
             response = self.status_response(job, request.root_path, token, now)
-        if response.status == 303 and not job.terminal:
-            # The long poll saw the job complete: its outcome (the handler's Location)
-            # is on the fresh record, not on the one read before the wait.
-            job = (yield from ops.get(job.id, now)) or job
         if response.status == 303 and _same_origin_path(job.result_location):
             # The 303 leads to the handler's own Location: it carries the handler's
             # cookies too (a flash-and-redirect flow), as the handler's 3xx would have.

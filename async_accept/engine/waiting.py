@@ -81,17 +81,19 @@ def fresh(engine: Status, job: Job) -> Gen[Job]:
 
 def long_poll(
     engine: Status, request: CapturedRequest, token: str, job: Job, wait: float, applied: bytes
-) -> Gen[Response]:
-    """Answer as soon as the job changes, else after ``wait`` seconds."""
+) -> Gen[tuple[Job, Response]]:
+    """Answer as soon as the job changes, else after ``wait`` seconds: the job as the
+    answer saw it (the changed record the feed handed over, outcome included), and
+    the answer."""
     if not job.terminal:
         changed = yield from ops.wait_change(job, wait)
         if changed is None:
-            return not_found()  # deleted meanwhile
+            return job, not_found()  # deleted meanwhile
         job = yield from fresh(engine, changed)
     response = engine.status_response(job, request.root_path, token, engine.clock())
     response.headers.append((b"preference-applied", applied))
     response.headers.append((b"vary", b"Prefer"))
-    return response
+    return job, response
 
 
 @dataclass
