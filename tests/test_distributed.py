@@ -586,22 +586,28 @@ class ExecutorContract:
             APPS[door], env, tmp_path / "worker.log", *worker_args(self.executor)
         )
         try:
-            worker.start(store)
-            with web_app(door, env) as web:
-                loc = web.accept("/hybrid?delay=30", headers=ASYNC)
-                web.wait(loc, lambda r: r.json()["status"] == "processing")
-                assert f":{worker.pid}:" in (web.job(loc).worker_id or "")
-                worker.kill()
-                killed = time.monotonic()
-                done = web.finished(loc, timeout=WORKER_LOST_AFTER + 5)
-                took = time.monotonic() - killed
-            body = done.json()
-            assert body["status"] == "failed"
-            assert body["error"]["type"].endswith("worker-lost")
-            assert took < WORKER_LOST_AFTER + 1.5, took
+            kill_worker_mid_job(worker, store, door, env)
         finally:
             worker.kill()
             store.close()
+
+
+def kill_worker_mid_job(worker: WorkerProcess, store: Any, door: str, env: dict[str, str]) -> None:
+    """Start ``worker``, kill -9 it while it runs a job accepted by ``door``'s app, and
+    check the job turns failed/worker-lost within the bound (the caller stops both)."""
+    worker.start(store)
+    with web_app(door, env) as web:
+        loc = web.accept("/hybrid?delay=30", headers=ASYNC)
+        web.wait(loc, lambda r: r.json()["status"] == "processing")
+        assert f":{worker.pid}:" in (web.job(loc).worker_id or "")
+        worker.kill()
+        killed = time.monotonic()
+        done = web.finished(loc, timeout=WORKER_LOST_AFTER + 5)
+        took = time.monotonic() - killed
+    body = done.json()
+    assert body["status"] == "failed"
+    assert body["error"]["type"].endswith("worker-lost")
+    assert took < WORKER_LOST_AFTER + 1.5, took
 
 
 # -- end to end: two web servers and a worker --------------------------------------------------

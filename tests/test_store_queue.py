@@ -27,11 +27,10 @@ from tests.services import drop_postgres_schema, postgres_schema_url, require_po
 from tests.test_distributed import (
     ALICE,
     APPS,
-    ASYNC,
     TIMING,
-    WORKER_LOST_AFTER,
     WorkerProcess,
     is_finished,
+    kill_worker_mid_job,
     poll,
     web_app,
 )
@@ -149,19 +148,7 @@ def test_worker_killed_mid_job_fails_it_worker_lost(door: str, tmp_path: Path) -
     store = _open_store(url)
     worker = WorkerProcess(APPS[door], env, tmp_path / "worker.log")
     try:
-        worker.start(store)
-        with web_app(door, env) as web:
-            loc = web.accept("/hybrid?delay=30", headers=ASYNC)
-            web.wait(loc, lambda r: r.json()["status"] == "processing")
-            assert f":{worker.pid}:" in (web.job(loc).worker_id or "")
-            worker.kill()
-            killed = time.monotonic()
-            done = web.finished(loc, timeout=WORKER_LOST_AFTER + 5)
-            took = time.monotonic() - killed
-        body = done.json()
-        assert body["status"] == "failed"
-        assert body["error"]["type"].endswith("worker-lost")
-        assert took < WORKER_LOST_AFTER + 1.5, took
+        kill_worker_mid_job(worker, store, door, env)
     finally:
         worker.kill()
         store.close()
