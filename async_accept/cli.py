@@ -429,7 +429,10 @@ def cmd_jobs_purge(args: argparse.Namespace) -> int:
 def _store_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("where the jobs are")
     g.add_argument("--store", help="store URL (default: $ASYNC_ACCEPT_STORE)")
-    g.add_argument("--namespace", help="Redis store namespace (default: async_accept)")
+    g.add_argument(
+        "--namespace",
+        help="Redis store namespace (default: the URL's ?namespace=, else async_accept)",
+    )
     g.add_argument("--app", help="take the store from this application, e.g. mysite.asgi:app")
 
 

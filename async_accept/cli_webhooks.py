@@ -35,7 +35,7 @@ def _dispatcher(args: argparse.Namespace) -> tuple[Any, bool]:
 
     outbox: Outbox
     if url.startswith(("redis://", "rediss://", "unix://")):
-        outbox = RedisOutbox.from_url(url, namespace=args.namespace or "async_accept")
+        outbox = RedisOutbox.from_url(url, namespace=args.namespace or None)
     else:
         if args.namespace:
             raise ConfigurationError("--namespace applies to Redis outboxes only")
@@ -101,7 +101,10 @@ def cmd_webhooks_replay(args: argparse.Namespace) -> int:
 def _outbox_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("where the deliveries are")
     g.add_argument("--outbox", help="outbox URL (default: $ASYNC_ACCEPT_WEBHOOK_OUTBOX)")
-    g.add_argument("--namespace", help="Redis outbox namespace (default: async_accept)")
+    g.add_argument(
+        "--namespace",
+        help="Redis outbox namespace (default: the URL's ?namespace=, else async_accept)",
+    )
     g.add_argument("--app", help="take the outbox from this application")
 
 

@@ -3,8 +3,10 @@ and its webhook outbox."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ...errors import ConfigurationError, MissingDependencyError
 
@@ -114,3 +116,46 @@ def _pool_timeout(kwargs: dict[str, Any]) -> float:
 def _blocking_pool_from_url(url: str, kwargs: dict[str, Any]) -> aioredis.BlockingConnectionPool:
     """An asyncio pool on ``url`` that waits for a free connection when full."""
     return aioredis.BlockingConnectionPool.from_url(url, timeout=_pool_timeout(kwargs), **kwargs)
+
+
+#: The key prefix of a store or outbox given none (``?namespace=`` or ``namespace=``).
+DEFAULT_NAMESPACE = "async_accept"
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def split_namespace(url: str, namespace: str | None) -> tuple[str, str]:
+    """``url`` without its ``?namespace=`` option, and the namespace to use: the
+    keyword's, else the URL's, else :data:`DEFAULT_NAMESPACE`. Several apps share one
+    Redis database by giving each its own namespace (the store's keys, its
+    store-as-queue and its webhook outbox are all under it)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    from_url = [v for k, v in query if k == "namespace"]
+    if len(from_url) > 1:
+        raise ConfigurationError(f"{_redacted(url)}: give ?namespace= once")
+    rest = urlunsplit(
+        parts._replace(query=urlencode([(k, v) for k, v in query if k != "namespace"]))
+    )
+    if namespace is not None and from_url and from_url[0] != namespace:
+        raise ConfigurationError(
+            f"{_redacted(url)} says namespace={from_url[0]!r} but namespace={namespace!r} "
+            "was given too: keep one of them"
+        )
+    chosen = (
+        namespace if namespace is not None else (from_url[0] if from_url else DEFAULT_NAMESPACE)
+    )
+    if not _NAMESPACE.fullmatch(chosen):
+        raise ConfigurationError(
+            f"Redis namespace {chosen!r}: use 1-64 letters, digits, '_', '.' or '-' "
+            "(e.g. ?namespace=billing)"
+        )
+    return (rest if from_url else url), chosen
+
+
+def _redacted(url: str) -> str:
+    """``url`` with its password hidden, for an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -19,7 +19,13 @@ from ..outbox_base import (
     OutboxBase,
     check_claim_args,
 )
-from .connection import DEFAULT_CONNECT_TIMEOUT, DEFAULT_SOCKET_TIMEOUT, PRELUDE
+from .connection import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_NAMESPACE,
+    DEFAULT_SOCKET_TIMEOUT,
+    PRELUDE,
+    split_namespace,
+)
 
 __all__ = ["RedisOutbox"]
 
@@ -165,7 +171,7 @@ class RedisOutbox(OutboxBase):
     persistence (AOF or RDB) decides what survives a Redis restart.
     """
 
-    def __init__(self, client: Any, *, namespace: str = "async_accept") -> None:
+    def __init__(self, client: Any, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         if not isinstance(client, redis.Redis):
             raise ConfigurationError(f"RedisOutbox needs a redis.Redis client, not {client!r}")
         if not namespace or not isinstance(namespace, str):
@@ -185,8 +191,10 @@ class RedisOutbox(OutboxBase):
         return cls(store.client, namespace=store.namespace)
 
     @classmethod
-    def from_url(cls, url: str, *, namespace: str = "async_accept", **kwargs: Any) -> RedisOutbox:
-        """An outbox with its own client on ``url``; :meth:`close` disconnects it."""
+    def from_url(cls, url: str, *, namespace: str | None = None, **kwargs: Any) -> RedisOutbox:
+        """An outbox with its own client on ``url`` (keys under ``namespace``, else the
+        URL's ``?namespace=``, else ``async_accept``); :meth:`close` disconnects it."""
+        url, namespace = split_namespace(url, namespace)
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         box = cls(redis.Redis.from_url(url, **kwargs), namespace=namespace)

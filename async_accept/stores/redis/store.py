@@ -52,10 +52,12 @@ from .aio import AsyncRedisStore
 from .connection import (
     DEFAULT_ASYNC_MAX_CONNECTIONS,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_NAMESPACE,
     DEFAULT_SOCKET_TIMEOUT,
     _async_twin_factory,
     _blocking_pool_from_url,
     _refuse_decoding,
+    split_namespace,
 )
 from .layout import _Call, _Layout, _store_error
 from .outbox import RedisOutbox
@@ -93,7 +95,7 @@ class RedisStore(StoreBase):
         client: redis.Redis,
         *,
         async_client: aioredis.Redis | None = None,
-        namespace: str = "async_accept",
+        namespace: str = DEFAULT_NAMESPACE,
         _async_factory: Callable[[], aioredis.Redis] | None = None,
     ) -> None:
         if not isinstance(client, redis.Redis):
@@ -118,17 +120,21 @@ class RedisStore(StoreBase):
         self.aio = AsyncRedisStore(self._layout, factory)
 
     @classmethod
-    def from_url(cls, url: str, *, namespace: str = "async_accept", **kwargs: Any) -> RedisStore:
+    def from_url(cls, url: str, *, namespace: str | None = None, **kwargs: Any) -> RedisStore:
         """A store on ``redis://``, ``rediss://`` or ``unix://`` ``url``.
 
-        ``kwargs`` go to both redis-py clients (``redis.Redis.from_url`` and
-        ``redis.asyncio.Redis.from_url``). Socket timeouts default to 5 seconds.
+        Its keys live under ``namespace``: the keyword's, else the URL's
+        ``?namespace=``, else ``async_accept``; apps sharing one Redis database
+        each take their own. ``kwargs`` go to both redis-py clients
+        (``redis.Redis.from_url`` and ``redis.asyncio.Redis.from_url``). Socket
+        timeouts default to 5 seconds.
         """
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("redis", "rediss", "unix"):
             raise ConfigurationError(
                 f"RedisStore.from_url({url!r}): use a redis://, rediss:// or unix:// URL"
             )
+        url, namespace = split_namespace(url, namespace)
         if kwargs.get("decode_responses"):
             raise ConfigurationError(
                 "RedisStore stores bodies as bytes: do not pass decode_responses=True"
