@@ -54,6 +54,8 @@ def dashboard_urls(allow: Callable[[Any], bool] | None = None) -> list[Any]:
         if not check(request):
             return _login_redirect(request) or HttpResponseForbidden()
         door = get_front_door()
+        if not door._discovered:
+            door.discover()  # the routes the page lists
         path: str = request.path_info
         mount = path[: len(path) - len(rest)].rstrip("/")
         body: bytes = request.body if request.method == "POST" else b""
@@ -63,6 +65,8 @@ def dashboard_urls(allow: Callable[[Any], bool] | None = None) -> list[Any]:
             door.runtime.observer.dispatcher,
             anyone,
             mount=mount,
+            feed=door.runtime.feed,
+            routes=door.marked_routes,
         )
         return to_django(door.runtime.drive(gen), request.method)
 

@@ -11,6 +11,14 @@ watched by one thread per process (:class:`ChangeSignal`): SQLite's
 the feed reads each *watched job* once and hands that copy to all of its
 waiters, so store reads grow with the jobs being watched, never with the
 number of waiters.
+
+Waiters on *any* job (the dashboard's live updates) wait for :attr:`ChangeFeed.version`
+to move: it moves when a store call of this process returns a job whose visible
+state this feed had not seen, and when the store's signal reports a write of
+another process (:data:`ANY` in the watched ids asks the signal for any change).
+The version is kept moving for ``ANY_LINGER`` seconds after the last such waiter
+left (or :meth:`ChangeFeed.touch_any`), so a client that reconnects with the
+version it had misses nothing in between; with nobody interested it costs nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +41,13 @@ log = logging.getLogger("async_accept")
 
 #: what a client can see change on a job (heartbeats aren't changes)
 Signature = tuple[Any, ...]
+
+#: among the watched ids: a waiter on any job listens (never a job id: ids hold no "*")
+ANY = "*"
+#: jobs whose last seen state the feed keeps for its waiters on any job
+ANY_SEEN = 4096
+#: seconds the feed keeps counting changes after the last waiter on any job left
+ANY_LINGER = 10.0
 
 
 def signature(job: Job) -> Signature:
@@ -119,7 +134,7 @@ class PollSignal:
         self, watched: Collection[str], timeout: float, wake: threading.Event
     ) -> Collection[str]:
         wake.wait(min(timeout, self.interval))
-        return watched
+        return [w for w in watched if w != ANY]  # a read can't tell of other jobs
 
     def close(self) -> None:
         pass
@@ -216,6 +231,11 @@ class ChangeFeed:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        #: moves on every change seen while someone waits on any job
+        self.version = 0
+        self._any: set[Callable[[], None]] = set()
+        self._any_seen: dict[str, Signature] = {}
+        self._any_until = 0.0
 
     # -- waiters ------------------------------------------------------------------------
 
@@ -268,11 +288,80 @@ class ChangeFeed:
             self.remove(waiter)
         return waiter.result()
 
+    # -- waiters on any job -----------------------------------------------------------
+
+    def wait_any(self, since: int, timeout: float) -> int:
+        """Block up to ``timeout`` s for :attr:`version` to move from ``since``; the
+        version then."""
+        event = threading.Event()
+        self._add_any(event.set)
+        try:
+            if self.version == since:
+                event.wait(timeout)
+        finally:
+            self._remove_any(event.set)
+        return self.version
+
+    async def await_any(self, since: int, timeout: float) -> int:
+        """:meth:`wait_any`, awaited on the running loop."""
+        event = asyncio.Event()
+        wake = loop_waker(asyncio.get_running_loop(), event)
+        self._add_any(wake)
+        try:
+            if self.version == since:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(event.wait(), timeout)
+        finally:
+            self._remove_any(wake)
+        return self.version
+
+    def touch_any(self) -> int:
+        """Count changes for the next ``ANY_LINGER`` s (a page about to open its
+        stream); the version now."""
+        self._add_any(None)
+        return self.version
+
+    def _interested(self) -> bool:
+        return bool(self._any_until) and (bool(self._any) or time.monotonic() < self._any_until)
+
+    def _add_any(self, wake: Callable[[], None] | None) -> None:
+        with self._lock:
+            self._reset_if_forked()
+            if wake is not None:
+                self._any.add(wake)
+            self._any_until = time.monotonic() + ANY_LINGER
+            self._ensure_thread()
+
+    def _remove_any(self, wake: Callable[[], None]) -> None:
+        with self._lock:
+            self._any.discard(wake)
+            self._any_until = time.monotonic() + ANY_LINGER
+
+    def _moved(self, job: Job | None = None) -> None:
+        """Something changed (``job``, when known): wake the waiters on any job."""
+        with self._lock:
+            if job is not None:
+                sig = signature(job)
+                if self._any_seen.get(job.id) == sig:
+                    return  # a read, or a heartbeat: nothing a page shows moved
+                self._any_seen.pop(job.id, None)
+                self._any_seen[job.id] = sig
+                if len(self._any_seen) > ANY_SEEN:
+                    del self._any_seen[next(iter(self._any_seen))]
+            self.version += 1
+            wakes = list(self._any)
+        for wake in wakes:
+            wake()
+
     # -- changes ------------------------------------------------------------------------
 
     def saw(self, job: Job | None) -> None:
         """A job as a store call of this process returned it: wake its waiters."""
-        if job is not None and job.id in self._waiters:
+        if job is None:
+            return
+        if self._any_until and self._interested():
+            self._moved(job)
+        if job.id in self._waiters:
             self._deliver(job.id, job)
 
     def saw_result(self, result: Any) -> None:
@@ -284,6 +373,8 @@ class ChangeFeed:
 
     def poke(self, job_id: str) -> None:
         """The job changed here but the caller has no copy: read it once, for all."""
+        if self._any_until and self._interested():
+            self._moved()
         if job_id in self._waiters:
             with self._lock:
                 self._dirty.add(job_id)
@@ -313,6 +404,9 @@ class ChangeFeed:
             self._waiters.clear()
             self._latest.clear()
             self._dirty.clear()
+            self._any.clear()
+            self._any_seen.clear()
+            self._any_until = 0.0
 
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -328,6 +422,8 @@ class ChangeFeed:
         while True:
             with self._lock:
                 watched = list(self._waiters)
+                if self._interested():
+                    watched.append(ANY)
                 if not watched:
                     idle_since = idle_since or time.monotonic()
                     if time.monotonic() - idle_since > self._linger:
@@ -345,7 +441,10 @@ class ChangeFeed:
             if watched and not ids:
                 if self._signal is not None:
                     try:
-                        ids.update(self._signal.changed(watched, 0.5, self._wake))
+                        changed = self._signal.changed(watched, 0.5, self._wake)
+                        if changed and self._interested():
+                            self._moved()  # another process wrote
+                        ids.update(changed)
                     except Exception:  # a broken signal must not stop the waits
                         log.exception("async_accept: the store's change signal failed")
                         time.sleep(0.5)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from .dashboard import guard_for, serve_dashboard
+from .dashboard import Marked, SignInLimiter, guard_for, serve_dashboard
 from .engine import Engine, Gen
 from .engine.responses import Response, problem_response, rebase_problem
 from .engine.waiting import SSE_KEEPALIVE, EventStream
@@ -106,15 +106,29 @@ class FrontDoor:
         guard = guard_for(opts.dashboard, opts.health, opts.health_token)
         if guard is None:
             return
-        engine, observer = self.engine, self.runtime.observer
+        engine, observer, feed = self.engine, self.runtime.observer, self.runtime.feed
+        limiter = SignInLimiter()
 
         def dashboard(request: CapturedRequest) -> Gen[Response]:
             # The dispatcher is looked up per request: a forked child makes its own.
-            return serve_dashboard(engine, request, observer.dispatcher, guard)
+            return serve_dashboard(
+                engine,
+                request,
+                observer.dispatcher,
+                guard,
+                feed=feed,
+                routes=self.marked_routes,
+                limiter=limiter,
+            )
 
         engine.dashboard = dashboard
 
     # -- marked routes --------------------------------------------------------------
+
+    def marked_routes(self) -> Marked:
+        """The marked routes as configured now, and the sla of those that set none."""
+        sla = self.default_route.sla
+        return Marked(list(self.routes.patterns), self.options.sla if sla is None else sla)
 
     def add_routes(self, patterns: Iterable[RoutePattern]) -> None:
         for p in patterns:

@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick] [--full] [--only NAME ...]``
+"""``python -m benchmarks [--quick] [--full] [--sizes N,N] [--stores S,S] [--only NAME ...]``
 
 Starts real servers on 127.0.0.1 (uvicorn / gunicorn, one worker, pinned to
 core 0), drives them from core 1 (wrk, else a bounded Python load generator),
@@ -43,6 +43,17 @@ SCENARIOS: dict[str, Callable[[scenarios.Ctx], None]] = {
     "profile": scenarios.profile,
 }
 
+
+def _ints(value: str) -> list[int]:
+    try:
+        sizes = [int(v.replace("_", "")) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: comma-separated numbers") from None
+    if not sizes or min(sizes) < 200:
+        raise argparse.ArgumentTypeError(f"{value!r}: sizes of at least 200 jobs")
+    return sizes
+
+
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
 
@@ -50,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="short rounds and small sizes (smoke run)")
     p.add_argument("--full", action="store_true", help="also the 1M-job scale case")
+    p.add_argument(
+        "--sizes",
+        type=_ints,
+        help="store sizes of the scale and owned cases, e.g. 10000,100000,1000000",
+    )
+    p.add_argument(
+        "--stores",
+        type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
+        help="stores of the owned case, e.g. redis (default: memory, sqlite, redis)",
+    )
     p.add_argument(
         "--only",
         action="append",
@@ -90,7 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     tmp = Path(tempfile.mkdtemp(prefix="aa-bench-"))
-    ctx = scenarios.Ctx(quick=args.quick, full=args.full, settings=settings, report=report, tmp=tmp)
+    ctx = scenarios.Ctx(
+        quick=args.quick,
+        full=args.full,
+        settings=settings,
+        report=report,
+        tmp=tmp,
+        sizes=args.sizes,
+        stores=args.stores,
+    )
     report.notes.append(f"Code measured: {_revision()}; load average at start {_loadavg()}.")
     names = args.only or list(SCENARIOS)
     failed = False

@@ -1,7 +1,9 @@
 """An app with jobs of every kind and the dashboard on, for the dashboard tests.
 
 ``uvicorn tests.dashboard_app:app`` serves it from a real process, configured by
-``ASYNC_ACCEPT_STORE`` (a SQLite file the test seeds and reads too).
+``ASYNC_ACCEPT_STORE`` (a SQLite file the test seeds and reads too) and
+``DASHBOARD_REFRESH`` (seconds of the page's periodic refresh, live stream or not:
+a browser test sets an hour, so only the live updates can change the page).
 
 Routes (all long-running but ``/hello``): ``/ok`` completes; ``/boom`` fails with
 ``<script>`` in its error; ``/flaky`` fails on a job's first run and completes on
@@ -91,6 +93,11 @@ def _from_env() -> Any:
     store = os.environ.get("ASYNC_ACCEPT_STORE")
     if not store:
         return None
+    refresh = os.environ.get("DASHBOARD_REFRESH")
+    if refresh:
+        from async_accept.dashboard import page
+
+        page.REFRESH_SECONDS = page.FALLBACK_SECONDS = int(refresh)
     return build(store=store)
 
 

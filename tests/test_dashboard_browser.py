@@ -3,8 +3,10 @@
 
 The app has jobs in every state; the test signs in through the form, checks the
 figures against the store, clicks Cancel and Retry and sees the states change,
-and saves a screenshot under its temp dir. Nothing is downloaded at run time: a
-missing browser fails in CI and skips elsewhere with the install command.
+and saves a screenshot under its temp dir. The app's periodic refresh is set to
+an hour, so whatever changes on a page without a click came by its live stream.
+Nothing is downloaded at run time: a missing browser fails in CI and skips
+elsewhere with the install command.
 """
 
 from __future__ import annotations
@@ -64,8 +66,10 @@ def _driver(javascript: bool) -> Any:
     return driver
 
 
+# The browsers depend on the site: they close (and their live streams with them)
+# before the server stops, which would otherwise wait for the open streams.
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def browser(site: Site) -> Iterator[Any]:
     driver = _driver(javascript=True)
     try:
         yield driver
@@ -74,7 +78,7 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def browser_without_js() -> Iterator[Any]:
+def browser_without_js(site: Site) -> Iterator[Any]:
     driver = _driver(javascript=False)
     try:
         yield driver
@@ -101,7 +105,8 @@ class Site:
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     db = tmp_path / "jobs.db"
-    env = base_env(ASYNC_ACCEPT_STORE=f"sqlite:///{db}")
+    # An hour: only the live updates can change a page in the test's time.
+    env = base_env(ASYNC_ACCEPT_STORE=f"sqlite:///{db}", DASHBOARD_REFRESH="3600")
     server = uvicorn("tests.dashboard_app:app", env, tmp_path / "server.log").start()
     store = SQLiteStore(str(db))
     s = Site(server, store)
@@ -145,6 +150,18 @@ def sign_in(driver: Any, site: Site) -> None:
     wait_for(lambda: driver.find_elements(By.ID, "count-completed"))
 
 
+def hold_still(driver: Any) -> None:
+    """Turn the page's live updates off (the checkbox), so that the rows a test reads
+    and clicks are not swapped under it while a running job reports progress."""
+    from selenium.webdriver.common.by import By
+
+    box = driver.find_element(By.ID, "auto")
+    if box.is_displayed() and box.is_selected():
+        box.click()
+        body = driver.find_element(By.TAG_NAME, "body")
+        driver.execute_script("arguments[0].focus()", body)
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 15.0) -> Any:
     """Poll *condition* until it is truthy; an element replaced under it (the page's
     refresh swaps the panels) counts as not yet."""
@@ -180,7 +197,10 @@ def notice_reads(driver: Any, *texts: str) -> None:
     try:
         wait_for(lambda: shown() in texts)
     except AssertionError:
-        raise AssertionError(f"the notice reads {shown()!r}, not one of {texts!r}") from None
+        raise AssertionError(
+            f"the notice reads {shown()!r}, not one of {texts!r} at {driver.current_url}"
+            f"\n{driver.page_source[:3000]}"
+        ) from None
 
 
 def shown_counts(driver: Any) -> dict[JobStatus, int]:
@@ -202,6 +222,7 @@ def test_the_dashboard_in_chromium_shows_the_store_and_its_buttons_work(
 
     jobs = every_state(site)
     sign_in(browser, site)
+    hold_still(browser)
     assert shown_counts(browser) == site.store.count_by_status()
     assert shown_counts(browser)[JobStatus.QUEUED] == 2
     row = browser.find_element(By.ID, f"job-{jobs['running']}")
@@ -216,6 +237,7 @@ def test_the_dashboard_in_chromium_shows_the_store_and_its_buttons_work(
     queued_row = browser.find_element(By.ID, f"job-{jobs['queued']}")
     queued_row.find_element(By.CSS_SELECTOR, "button[aria-label^='Cancel job']").click()
     notice_reads(browser, "Job canceled.")
+    hold_still(browser)
     assert site.store.get(jobs["queued"], time.time()).status is JobStatus.CANCELED
     assert not browser.find_elements(By.ID, f"job-{jobs['queued']}")
     assert shown_counts(browser)[JobStatus.CANCELED] == 2
@@ -224,10 +246,12 @@ def test_the_dashboard_in_chromium_shows_the_store_and_its_buttons_work(
     failed_row = browser.find_element(By.ID, f"job-{jobs['failed']}")
     failed_row.find_element(By.CSS_SELECTOR, "button[aria-label^='Retry job']").click()
     notice_reads(browser, "Job queued again.")
+    hold_still(browser)
     job = site.wait(jobs["failed"], lambda j: j.status is JobStatus.COMPLETED)
     assert job.attempts == 2
     browser.find_element(By.LINK_TEXT, "Refresh").click()
     wait_for(lambda: not browser.find_elements(By.ID, f"job-{jobs['failed']}"))
+    hold_still(browser)
     assert shown_counts(browser) == site.store.count_by_status()
 
     # Cancel the running job: its handler stops and it ends canceled.
@@ -249,6 +273,7 @@ def test_script_in_a_jobs_path_and_message_is_inert_in_the_browser(
     site.wait(job_id, lambda j: j.message is not None)
     site.wait(failed, lambda j: j.status is JobStatus.FAILED)
     sign_in(browser, site)
+    hold_still(browser)
     row = browser.find_element(By.ID, f"job-{job_id}")
     assert f"working on {evil}" in row.text
     assert browser.execute_script("return window.pwned === undefined")
@@ -257,14 +282,17 @@ def test_script_in_a_jobs_path_and_message_is_inert_in_the_browser(
     assert not browser.find_elements(By.CSS_SELECTOR, "main script")
 
 
-def test_the_page_refreshes_itself_and_is_keyboard_usable(browser: Any, site: Site) -> None:
-    """The vanilla-JS refresh shows a new job without a reload; every control has a name
-    and a visible focus ring when reached with the keyboard."""
+def test_the_page_updates_live_and_is_keyboard_usable(browser: Any, site: Site) -> None:
+    """A job accepted after the page loaded shows without a reload, by the live stream
+    (the periodic refresh is an hour away); every control has a name and a visible
+    focus ring when reached with the keyboard."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     sign_in(browser, site)
     assert browser.find_element(By.ID, "auto").is_displayed()  # JS on: the toggle shows
+    assert "live updates" in browser.find_element(By.ID, "auto-label").text
+    assert "3600000" in browser.page_source  # the periodic refresh: an hour away
     browser.execute_script("window.sameDocument = true")
     job_id = site.job("/ok")
     site.wait(job_id, lambda j: j.status is JobStatus.COMPLETED)

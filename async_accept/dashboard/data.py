@@ -8,14 +8,17 @@ terminal state), so they cost one bounded read per state rather than a second
 bookkeeping path on every job.
 
 Nothing of a captured request is read here: no headers, body or query string
-ever reaches the page. A job's ``route`` is its method and path.
+ever reaches the page. A job's ``route`` is its method and path; with the app's
+marked routes given (``Marked``), each job counts under the pattern it matches
+(``POST /reports/{id}``) and each route's sla is the one configured now, so a
+route shows even before its first job.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -70,6 +73,37 @@ class RouteStats:
         return self.p99 / self.sla
 
 
+class Pattern(Protocol):
+    """A marked route as the route table holds it (``routes.RoutePattern``)."""
+
+    @property
+    def spec(self) -> str: ...
+    @property
+    def regex(self) -> Any: ...
+    @property
+    def methods(self) -> frozenset[str] | None: ...
+    @property
+    def options(self) -> Any: ...
+    def matches(self, method: str, path: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Marked:
+    """The app's marked routes now, and the sla of a route that sets none."""
+
+    patterns: Sequence[Pattern]
+    default_sla: float
+
+    def ordered(self) -> list[Pattern]:
+        """As the route table looks them up: exact paths before templates, a route
+        with methods before one for any method, else in the order marked."""
+        return sorted(self.patterns, key=lambda p: (p.regex is not None, p.methods is None))
+
+    def sla_of(self, pattern: Pattern | None) -> float:
+        sla = None if pattern is None else pattern.options.sla
+        return float(self.default_sla if sla is None else sla)
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A webhook that kept failing, as the page shows it (URL without credentials
@@ -108,28 +142,44 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def route_stats(active: list[Job], finished: list[Job]) -> list[RouteStats]:
-    """Per-route counts, run-time percentiles, failure rate and sla, busiest first."""
+def route_stats(
+    active: list[Job], finished: list[Job], marked: Marked | None = None
+) -> list[RouteStats]:
+    """Per-route counts, run-time percentiles, failure rate and sla, busiest first.
+
+    Without ``marked`` a route is a job's ``METHOD /path`` and its sla the one its
+    newest job recorded; with it, jobs count under the pattern they match and the
+    sla is the route's now (every marked route is listed, jobs or not)."""
     by_route: dict[str, dict[str, Any]] = {}
+    patterns = marked.ordered() if marked is not None else []
+    key_of: dict[str, tuple[str, float | None]] = {}
+
+    def new(sla: float | None) -> dict[str, Any]:
+        return {"active": 0, "completed": 0, "failed": 0, "times": [], "sla": sla, "at": -1.0}
 
     def entry(job: Job) -> dict[str, Any]:
-        key = job.route or "(unknown)"
-        return by_route.setdefault(
-            key, {"active": 0, "completed": 0, "failed": 0, "times": [], "sla": None, "at": -1.0}
-        )
+        route = job.route or "(unknown)"
+        if marked is None:
+            e = by_route.setdefault(route, new(None))
+            if job.created_at > e["at"]:
+                e["sla"], e["at"] = job.sla, job.created_at
+            return e
+        if route not in key_of:
+            method, _, path = route.partition(" ")
+            hit = next((p for p in patterns if p.matches(method, path)), None)
+            key_of[route] = (route if hit is None else hit.spec, marked.sla_of(hit))
+        key, sla = key_of[route]
+        return by_route.setdefault(key, new(sla))
 
+    for p in patterns:
+        by_route.setdefault(p.spec, new(marked.sla_of(p) if marked is not None else None))
     for job in active:
-        e = entry(job)
-        e["active"] += 1
-        if job.created_at > e["at"]:
-            e["sla"], e["at"] = job.sla, job.created_at
+        entry(job)["active"] += 1
     for job in finished:
         e = entry(job)
         e["completed" if job.status is JobStatus.COMPLETED else "failed"] += 1
         if job.started_at is not None and job.finished_at is not None:
             e["times"].append(max(0.0, job.finished_at - job.started_at))
-        if job.created_at > e["at"]:
-            e["sla"], e["at"] = job.sla, job.created_at
     out = []
     for route, e in by_route.items():
         times = sorted(e["times"])
@@ -217,6 +267,7 @@ def snapshot(
     worker_lost_after: float,
     dead: DeadLetters | None,
     remaining: Callable[[Job, float], float | None],
+    marked: Marked | None = None,
 ) -> Gen[Snapshot]:
     """Read everything the page shows (raises StoreError when the store is down)."""
     counts = yield from ops.count_by_status()
@@ -245,7 +296,7 @@ def snapshot(
         queued=queued[:ROWS],
         running=running[:ROWS],
         failures=failures[:ROWS],
-        routes=route_stats(queued + running, finished),
+        routes=route_stats(queued + running, finished, marked),
         buckets=hour_buckets(finished, now),
         workers=workers,
         dead=letters,

@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
@@ -135,3 +139,52 @@ def check_allows(check: Check, request: CapturedRequest) -> bool:
         return bool(check(headers_dict(request)))
     except Exception:
         return False
+
+
+class SignInLimiter:
+    """Failed sign-ins per client address: a token bucket of ``burst`` tries that
+    refills one every ``per`` seconds, kept in memory (this process), for at most
+    ``addresses`` addresses (the longest unseen are forgotten first).
+
+    Only failures take a token and a sign-in that succeeds forgets the address, so
+    an operator who types the token right is never slowed; an address with no
+    token left is refused before its token is even compared.
+    """
+
+    def __init__(
+        self,
+        burst: int = 5,
+        per: float = 12.0,
+        addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.burst, self.per, self.addresses, self.clock = burst, per, addresses, clock
+        self._lock = threading.Lock()
+        #: address -> (tokens, when counted), least recently seen first
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def _tokens(self, who: str, now: float) -> float:
+        tokens, at = self._buckets.get(who, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - at) / self.per)
+
+    def retry_after(self, who: str) -> int | None:
+        """Seconds until ``who`` may try again; None: it may now."""
+        now = self.clock()
+        with self._lock:
+            tokens = self._tokens(who, now)
+        if tokens >= 1.0:
+            return None
+        return max(1, math.ceil((1.0 - tokens) * self.per))
+
+    def failed(self, who: str) -> None:
+        now = self.clock()
+        with self._lock:
+            tokens = self._tokens(who, now)
+            self._buckets.pop(who, None)
+            self._buckets[who] = (max(0.0, tokens - 1.0), now)
+            while len(self._buckets) > self.addresses:
+                self._buckets.popitem(last=False)
+
+    def succeeded(self, who: str) -> None:
+        with self._lock:
+            self._buckets.pop(who, None)

@@ -6,8 +6,11 @@ Every value that comes from a job, a worker or a webhook goes through
 (see ``serve.py``) that runs only its own inline script and style, by nonce.
 
 Reading works with JavaScript off (a plain "Refresh" link); with it on, a few
-lines of vanilla JS fetch the page again every few seconds and swap the
-``<main>`` element, pausing while a control in it has the keyboard focus.
+lines of vanilla JS fetch the page again and swap the ``<main>`` element when
+the live stream (``live.py``) says something changed, at most once per
+``MIN_GAP`` seconds, with a periodic refresh as the fallback (every
+``FALLBACK_SECONDS`` while the stream is open, every ``REFRESH_SECONDS`` when
+it is not), pausing while a control in it has the keyboard focus.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from urllib.parse import quote
 
 from ..job import Job, JobStatus
 from .data import BUCKET, DeadLetter, RouteStats, Snapshot
+from .live import MIN_GAP
 
+#: the page's periodic refresh without a live stream (seconds)
 REFRESH_SECONDS = 5
+#: ... and while its live stream is open: only a fallback
+FALLBACK_SECONDS = 60
 
 #: The outcomes an action redirects back with (``?done=...``); anything else is ignored.
 NOTICES = {
@@ -96,26 +103,64 @@ svg text{font:11px system-ui,sans-serif;fill:#4a4a4a}
 
 SCRIPT = """
 (function(){
-  var label=document.getElementById('auto-label'),box=document.getElementById('auto');
-  if(!label||!box)return;
+  var label=document.getElementById('auto-label'),box=document.getElementById('auto'),
+    first=document.getElementById('main');
+  if(!label||!box||!first)return;
   label.hidden=false;
-  function tick(){
+  var since=first.getAttribute('data-live'),events=first.getAttribute('data-events');
+  var connected=false,busy=false,pending=false,last=0,soonTimer=null,slowTimer=null;
+  function refresh(){
     var main=document.getElementById('main');
-    if(!box.checked||document.hidden||!main)return;
+    if(!box.checked||!main)return;
     var f=document.activeElement;
-    if(f&&f!==document.body&&main.contains(f))return;
+    if(document.hidden||busy||(f&&f!==document.body&&main.contains(f))){
+      pending=true;if(!busy)later(GAP_MS);return;
+    }
+    busy=true;pending=false;last=Date.now();
     fetch(location.pathname,{credentials:'same-origin',headers:{'Accept':'text/html'}})
       .then(function(r){if(!r.ok)throw new Error(r.status);return r.text();})
       .then(function(t){
         var doc=new DOMParser().parseFromString(t,'text/html');
         var fresh=doc.getElementById('main'),at=doc.getElementById('checked');
-        if(fresh)main.replaceWith(document.importNode(fresh,true));
+        var now=document.getElementById('main');
+        if(!fresh||!now)return;
+        fresh=document.importNode(fresh,true);
+        var note=document.getElementById('notice');  /* an action's outcome stays */
+        if(note&&!fresh.querySelector('#notice'))fresh.insertBefore(note,fresh.firstChild);
+        now.replaceWith(fresh);
         if(at)document.getElementById('checked').textContent=at.textContent;
-      }).catch(function(){});
+      }).catch(function(){})
+      .then(function(){busy=false;if(pending)soon();});
   }
-  setInterval(tick,REFRESH_MS);
+  function later(ms){
+    if(soonTimer)return;
+    soonTimer=setTimeout(function(){soonTimer=null;refresh();},ms);
+  }
+  function soon(){later(Math.max(0,last+GAP_MS-Date.now()));}
+  function periodic(){
+    clearTimeout(slowTimer);
+    slowTimer=setTimeout(function(){refresh();periodic();},connected?SLOW_MS:FAST_MS);
+  }
+  if(since&&events&&window.EventSource){
+    var source=new EventSource(events+'?since='+encodeURIComponent(since));
+    source.addEventListener('open',function(){connected=true;periodic();});
+    source.addEventListener('error',function(){connected=false;periodic();});
+    source.addEventListener('changed',soon);
+  }
+  document.addEventListener('visibilitychange',function(){if(!document.hidden&&pending)soon();});
+  box.addEventListener('change',function(){if(box.checked)soon();});
+  periodic();
 })();
-""".replace("REFRESH_MS", str(REFRESH_SECONDS * 1000))
+"""
+
+
+def script() -> str:
+    """The page's script, with the refresh periods as they are set now."""
+    return (
+        SCRIPT.replace("GAP_MS", str(int(MIN_GAP * 1000)))
+        .replace("SLOW_MS", str(int(FALLBACK_SECONDS * 1000)))
+        .replace("FAST_MS", str(int(REFRESH_SECONDS * 1000)))
+    )
 
 
 def _document(title: str, body: str, nonce: str) -> bytes:
@@ -130,11 +175,17 @@ def _document(title: str, body: str, nonce: str) -> bytes:
     ).encode()
 
 
-def login_page(action: str, nonce: str, wrong: bool) -> bytes:
-    """The sign-in form of a token-guarded dashboard."""
+def login_page(action: str, nonce: str, wrong: bool, retry_after: int | None = None) -> bytes:
+    """The sign-in form of a token-guarded dashboard (``retry_after``: too many
+    wrong tokens from this address, try again in that many seconds)."""
     error = (
         '<p class="err" role="alert">That token is not the dashboard token.</p>' if wrong else ""
     )
+    if retry_after is not None:
+        error = (
+            '<p class="err" role="alert">Too many wrong tokens from this address: '
+            f"try again in {retry_after} s.</p>"
+        )
     body = (
         '<main class="login"><h1>Jobs dashboard</h1>'
         "<p>Sign in with the token the health endpoint takes "
@@ -481,9 +532,17 @@ def _dead_row(d: DeadLetter, base: str, csrf: str) -> str:
 
 
 def dashboard_page(
-    snap: Snapshot, base: str, csrf: str, nonce: str, notice: str | None, webhooks: bool
+    snap: Snapshot,
+    base: str,
+    csrf: str,
+    nonce: str,
+    notice: str | None,
+    webhooks: bool,
+    live: str | None = None,
 ) -> bytes:
-    """The whole dashboard for one snapshot; ``base`` is the dashboard's URL path."""
+    """The whole dashboard for one snapshot; ``base`` is the dashboard's URL path;
+    ``live`` where the live stream starts (``live.mark``; None: no live stream)."""
+    auto = "live updates" if live else f"refresh every {REFRESH_SECONDS} s"
     note = (
         f'<p class="notice" role="status" id="notice">{esc(NOTICES[notice])}</p>'
         if notice in NOTICES
@@ -494,12 +553,19 @@ def dashboard_page(
         f'<div class="status-line">Checked at <span id="checked">{esc(when(snap.now))}</span> · '
         f'<a href="{esc(base)}/">Refresh</a> '
         '<label id="auto-label" hidden><input type="checkbox" id="auto" checked> '
-        f"refresh every {REFRESH_SECONDS} s</label> · "
+        f"{auto}</label> · "
         f"{_action(base, '/logout', csrf, 'Sign out', 'Sign out of the dashboard')}</div></header>"
-        f'<main id="main">{note}{_overview(snap)}{_routes(snap)}'
+        f"<main{_live_attrs(base, live)}>{note}{_overview(snap)}{_routes(snap)}"
         f"{_running(snap, base, csrf)}{_queued(snap, base, csrf)}"
         f"{_failures(snap, base, csrf)}{_workers(snap)}{_dead(snap, base, csrf, webhooks)}"
         "</main>"
-        f'<script nonce="{esc(nonce)}">{SCRIPT}</script>'
+        f'<script nonce="{esc(nonce)}">{script()}</script>'
     )
     return _document("async_accept jobs", body, nonce)
+
+
+def _live_attrs(base: str, live: str | None) -> str:
+    attrs = ' id="main"'
+    if live:
+        attrs += f' data-live="{esc(live)}" data-events="{esc(base)}/events"'
+    return attrs

@@ -7,7 +7,9 @@ runtime drives it, blocking or awaited. The URLs below ``{prefix}/dashboard``:
 - ``GET`` ``/``: the page (``401`` with a sign-in form, or ``403``, to a caller
   the guard refuses; ``404`` when the dashboard is off);
 - ``POST /login`` (token guard): ``token=...``; the right one sets the session
-  cookie and redirects to the page, a wrong one is ``401``;
+  cookie and redirects to the page, a wrong one is ``401``; an address with too
+  many wrong ones is ``429`` with ``Retry-After`` (``gate.SignInLimiter``);
+- ``GET /events``: the page's live updates, an event stream (``live.py``);
 - ``POST /logout``: ends the session;
 - ``POST /jobs/<id>/cancel``, ``POST /jobs/<id>/retry``,
   ``POST /dead/<delivery id>/replay``: each wants the form field ``csrf`` of
@@ -36,8 +38,17 @@ from ..engine.responses import (
 from ..errors import StoreError
 from ..job import CapturedRequest, Headers, Job, JobStatus
 from ..options import Options
-from .data import DeadLetters, replay_dead, snapshot
-from .gate import Guard, Sessions, bearer_matches, check_allows, guard_for, token_matches
+from .data import DeadLetters, Marked, replay_dead, snapshot
+from .gate import (
+    Guard,
+    Sessions,
+    SignInLimiter,
+    bearer_matches,
+    check_allows,
+    guard_for,
+    token_matches,
+)
+from .live import Feed, mark, open_live
 from .page import dashboard_page, login_page
 
 log = logging.getLogger("async_accept")
@@ -50,6 +61,8 @@ class Engine(Protocol):
 
     options: Options
     clock: Callable[[], float]
+    #: seconds an event stream may stay open (WSGI caps it; None: no cap)
+    stream_limit: float | None
 
     def remaining(self, job: Job, now: float) -> float | None: ...
 
@@ -94,6 +107,55 @@ def _redirect(location: str, cookie: bytes | None = None) -> Response:
     return Response(303, headers)
 
 
+def _wants_html(request: CapturedRequest) -> bool:
+    accept = (request.header(b"accept") or b"").lower()
+    return b"text/html" in accept
+
+
+def _too_many(request: CapturedRequest, base: str, retry_after: int) -> Response:
+    """429 to an address with too many wrong tokens: the form again for a browser,
+    problem+json for anything else; either way with ``Retry-After``."""
+    wait = (b"retry-after", str(retry_after).encode())
+    if _wants_html(request):
+        nonce = secrets.token_urlsafe(12)
+        body = login_page(base + "/login", nonce, False, retry_after=retry_after)
+        return Response(429, [*_security_headers(nonce), wait], body)
+    return problem_response(
+        429,
+        "too-many-sign-ins",
+        "Too Many Requests",
+        f"Too many wrong dashboard tokens from this address; try again in {retry_after} s.",
+        retry_after=retry_after,
+    )
+
+
+def _sign_in(
+    request: CapturedRequest,
+    guard: Guard,
+    sessions: Sessions,
+    limiter: SignInLimiter | None,
+    base: str,
+    secure: bool,
+) -> Response:
+    """``POST /login``: the token form, its session cookie, and its rate limit."""
+    assert guard.token is not None
+    who = _who(request)
+    wait = None if limiter is None else limiter.retry_after(who)
+    if wait is not None:
+        log.warning("async_accept dashboard: sign-in refused (rate limit) from %s", who)
+        return _too_many(request, base, wait)
+    if not token_matches(_form(request).get("token", ""), guard.token):
+        if limiter is not None:
+            limiter.failed(who)
+        log.warning("async_accept dashboard: wrong token from %s", who)
+        return _refused(guard, request, base, wrong=True)
+    if limiter is not None:
+        limiter.succeeded(who)
+    _sid, value = sessions.new()
+    log.info("async_accept dashboard: sign-in from %s", who)
+    return _redirect(base + "/", sessions.cookie(value, base, secure))
+
+
 def _refused(guard: Guard, request: CapturedRequest, base: str, wrong: bool = False) -> Response:
     """The answer to a caller the guard refuses: 401 (token) or 403 (check)."""
     if guard.token is None:
@@ -119,13 +181,20 @@ def serve_dashboard(
     dead_letters: DeadLetters | None = None,
     guard: Guard | None = None,
     mount: str | None = None,
+    *,
+    feed: Feed | None = None,
+    routes: Callable[[], Marked] | None = None,
+    limiter: SignInLimiter | None = None,
 ) -> Gen[Response]:
     """Answer a request below ``{prefix}/dashboard``.
 
     ``guard`` defaults to the one the options describe (``dashboard=``);
     ``dead_letters`` is the webhook dispatcher when webhooks are on;
     ``mount`` is where the dashboard lives below the root path (default
-    ``{prefix}/dashboard``; the Django admin view mounts it elsewhere).
+    ``{prefix}/dashboard``; the Django admin view mounts it elsewhere);
+    ``feed`` the process's change feed (live updates; without it the page
+    refreshes every few seconds); ``routes()`` the app's marked routes now;
+    ``limiter`` counts wrong sign-in tokens per client address.
     """
     opts = engine.options
     if guard is None:
@@ -148,12 +217,7 @@ def serve_dashboard(
             return not_found()
         if method != "POST":
             return method_not_allowed(b"POST")
-        if not token_matches(_form(request).get("token", ""), guard.token):
-            log.warning("async_accept dashboard: wrong token from %s", _who(request))
-            return _refused(guard, request, base, wrong=True)
-        sid, value = sessions.new()
-        log.info("async_accept dashboard: sign-in from %s", _who(request))
-        return _redirect(base + "/", sessions.cookie(value, base, secure))
+        return _sign_in(request, guard, sessions, limiter, base, secure)
 
     if guard.token is not None:
         allowed = sid is not None or bearer_matches(request, guard.token)
@@ -166,7 +230,19 @@ def serve_dashboard(
     if sub in ("", "/"):
         if method not in ("GET", "HEAD"):
             return method_not_allowed(b"GET, HEAD")
-        return (yield from _page(engine, request, base, sessions, sid, dead_letters, secure))
+        marked = routes() if routes is not None else None
+        return (
+            yield from _page(
+                engine, request, base, sessions, sid, dead_letters, secure, feed, marked
+            )
+        )
+
+    if sub == "/events":
+        if feed is None:
+            return not_found()
+        if method != "GET":
+            return method_not_allowed(b"GET")
+        return open_live(feed, request, engine.stream_limit)
 
     if sub == "/logout":
         if method != "POST":
@@ -247,11 +323,14 @@ def _page(
     sid: str | None,
     dead_letters: DeadLetters | None,
     secure: bool,
+    feed: Feed | None,
+    marked: Marked | None,
 ) -> Gen[Response]:
     now = engine.clock()
+    since = mark(feed) if feed is not None else None  # before the read: nothing missed
     try:
         snap = yield from snapshot(
-            now, engine.options.worker_lost_after, dead_letters, engine.remaining
+            now, engine.options.worker_lost_after, dead_letters, engine.remaining, marked
         )
     except StoreError:
         return unavailable("store-unavailable", "The job store is unavailable.", 5)
@@ -262,7 +341,7 @@ def _page(
     done = parse_qs(request.query_string.decode("latin-1")).get("done", [None])[0]
     nonce = secrets.token_urlsafe(12)
     body = dashboard_page(
-        snap, base, sessions.csrf(sid), nonce, done, webhooks=dead_letters is not None
+        snap, base, sessions.csrf(sid), nonce, done, webhooks=dead_letters is not None, live=since
     )
     headers = _security_headers(nonce)
     if cookie is not None:
