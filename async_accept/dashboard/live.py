@@ -33,7 +33,7 @@ from ..engine.waiting import SSE_KEEPALIVE, EventStream
 from ..job import CapturedRequest
 
 #: seconds a stream stays open before the browser reconnects
-STREAM_SECONDS = 55.0
+STREAM_SECONDS = 25.0
 #: at least this many seconds between two events of one stream
 MIN_GAP = 1.0
 #: how long the browser waits before it reconnects (ms)
