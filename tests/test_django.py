@@ -582,3 +582,35 @@ def test_the_dashboard_beside_the_admin_needs_no_model_and_checks_staff() -> Non
         assert r.status_code == 303 and r.headers["Location"] == "/admin/jobs/?done=canceled"
         job = aa_django.get_front_door().store.get(job_id, time.time())
         assert job is not None and job.status.value == "canceled"
+
+
+def test_the_dashboard_beside_the_admin_streams_its_live_updates() -> None:
+    """Beside the admin the page names its live stream, and the stream (capped by
+    wsgi_max_wait, as Django holds a thread) tells of a job accepted meanwhile."""
+    import re
+    import threading
+
+    from tests.test_dashboard import seed_queued
+
+    staff = {"X-Staff": "yes"}
+    with override_settings(
+        ROOT_URLCONF="tests.django_project.dashboard_urls",
+        ASYNC_ACCEPT={"store": "memory://", "wsgi_max_wait": 1.5},
+    ):
+        client = Client()
+        html = client.get("/admin/jobs/", headers=staff).content.decode()
+        since = re.search(r'data-live="([^"]+)"', html)
+        assert since and 'data-events="/admin/jobs/events"' in html
+        assert client.get("/admin/jobs/events").status_code == 403
+        door = aa_django.get_front_door()
+
+        def accept() -> None:  # a job this process accepts, through the runtime's feed
+            time.sleep(0.3)
+            job_id = seed_queued(door.store)
+            door.runtime.feed.saw(door.store.get(job_id, time.time()))
+
+        threading.Thread(target=accept, daemon=True).start()
+        r = client.get("/admin/jobs/events", {"since": since.group(1)}, headers=staff)
+        assert r.status_code == 200 and r["Content-Type"].startswith("text/event-stream")
+        body = b"".join(r.streaming_content).decode()
+        assert "event: changed\n" in body
