@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.browser import chromium
 from tests.servers import Server, base_env, gunicorn, uvicorn
-from tests.test_dashboard_browser import _driver
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +24,10 @@ SERVERS = {
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
-    driver = _driver(javascript=True)
-    try:
+def browser(site: tuple[Server, str]) -> Iterator[Any]:
+    """Quit before the server stops (a graceful stop waits for open streams)."""
+    with chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(params=sorted(SERVERS))

@@ -11,7 +11,6 @@ elsewhere with the install command.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,66 +23,25 @@ from async_accept.dashboard.page import NOTICES
 from async_accept.job import Job, JobStatus
 from async_accept.stores.sqlite import SQLiteStore
 from tests import dashboard_app
+from tests.browser import chromium
 from tests.servers import Server, base_env, uvicorn
-from tests.services import IN_CI
 from tests.test_dashboard import post_job, wait_job
 
-INSTALL = "apt-get install -y chromium chromium-driver"
 ALICE = {"Authorization": "Bearer alice"}
-
-
-def _chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if browser is None or driver is None:
-        msg = f"Chromium and its WebDriver are not installed; install them with: {INSTALL}"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        pytest.fail("selenium is missing: pip install -e '.[test]'")
-    return browser, driver
-
-
-def _driver(javascript: bool) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver_path = _chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
-    options.add_argument("--window-size=1280,1800")
-    if not javascript:
-        options.add_experimental_option(
-            "prefs", {"profile.managed_default_content_settings.javascript": 2}
-        )
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    driver.set_page_load_timeout(30)
-    return driver
 
 
 # The browsers depend on the site: they close (and their live streams with them)
 # before the server stops, which would otherwise wait for the open streams.
 @pytest.fixture
 def browser(site: Site) -> Iterator[Any]:
-    driver = _driver(javascript=True)
-    try:
+    with chromium(javascript=True) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
 def browser_without_js(site: Site) -> Iterator[Any]:
-    driver = _driver(javascript=False)
-    try:
+    with chromium(javascript=False) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 class Site:
