@@ -67,12 +67,14 @@ async def replay_asgi(
     state: dict[str, Any] | None = None,
     on_start: Callable[[], None] | None = None,
     max_size: int | None = None,
+    on_task: Callable[[asyncio.Task[None]], None] | None = None,
 ) -> CapturedResponse:
     """Run ``request`` through the ASGI ``app`` and return what it answered.
 
     ``on_start`` is called when the app begins its response (a cancel then comes
     too late to stop the handler). A body over ``max_size`` bytes raises
-    :class:`ResultTooLarge` (the rest is not kept)."""
+    :class:`ResultTooLarge` (the rest is not kept). ``on_task`` is handed the task
+    the app runs in (a cancel looks there for a sync handler on a thread)."""
     scope = asgi_scope(request, job_id, state)
     body_sent = False
     done = asyncio.Event()
@@ -109,6 +111,8 @@ async def replay_asgi(
     # after the job's response is recorded, as a server lets it go on after
     # sending, neither delaying the answer nor changing the job's outcome.
     task = asyncio.ensure_future(_guarded(app, scope, receive, send))
+    if on_task is not None:
+        on_task(task)
     finished = asyncio.ensure_future(done.wait())
     try:
         await asyncio.wait({task, finished}, return_when=asyncio.FIRST_COMPLETED)

@@ -34,11 +34,11 @@ from .supervision import (
     Draining,
     HandlerExit,
     Heartbeats,
+    ThreadWatch,
     adurable_call,
     cancelled_from_outside,
     durable_call,
     in_main_thread,
-    waiting_on_thread,
     watch_stop_signals,
 )
 from .timings import RunTimes
@@ -323,16 +323,16 @@ class Runtime(Draining):
         task = asyncio.current_task()
         ctx = self._register(op.job)
         cancelled_by_us: list[bool] = []
+        app_task = ThreadWatch()
 
         def cancel_job() -> None:
             def do() -> None:
                 if task is None or task.done() or ctx.handler_done or ctx.response_started:
                     return  # the handler got there first: its result stands
-                if waiting_on_thread(task):
-                    # A sync handler in a thread can't be interrupted, and cancelling
-                    # the task now would throw away the response the thread is making:
-                    # ask again once the thread has returned.
-                    loop.call_later(0.02, do)
+                if app_task.past_no_return():
+                    # A sync handler in a thread can't be interrupted and its side effects
+                    # happen: cancelling would only throw its response away. The cancel
+                    # loses, the job ends with the handler's outcome.
                     return
                 cancelled_by_us.append(True)
                 task.cancel()
@@ -349,7 +349,7 @@ class Runtime(Draining):
                 limit = self.options.max_result_size
                 state = self.lifespan_state
                 response = await replay_asgi(
-                    self.app, op.request, ctx.id, state, ctx.mark_started, limit
+                    self.app, op.request, ctx.id, state, ctx.mark_started, limit, app_task.set
                 )
         except asyncio.CancelledError:
             if cancelled_by_us and task is not None:

@@ -67,6 +67,27 @@ def waiting_on_thread(task: asyncio.Task[Any]) -> bool:
     )
 
 
+class ThreadWatch:
+    """The task a replayed app runs in, and whether its handler was seen in a worker
+    thread: from then on it is past the point of no return (a thread can't be
+    interrupted, its side effects happen), so a cancel must not throw its result away."""
+
+    __slots__ = ("_on_thread", "_task")
+
+    def __init__(self) -> None:
+        self._task: asyncio.Task[Any] | None = None
+        self._on_thread = False
+
+    def set(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
+
+    def past_no_return(self) -> bool:
+        """True once the app's task was seen waiting on a thread (sticky; loop only)."""
+        if not self._on_thread and self._task is not None and not self._task.done():
+            self._on_thread = waiting_on_thread(self._task)
+        return self._on_thread
+
+
 def cancelled_from_outside(task: asyncio.Task[Any]) -> bool:
     """True when someone called ``task.cancel()`` (Python < 3.11 can't tell: assume so)."""
     cancelling: Callable[[], int] | None = getattr(task, "cancelling", None)

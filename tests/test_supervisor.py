@@ -392,3 +392,24 @@ def test_jobs_recovered_at_startup_replay_through_the_whole_app() -> None:
     app = build_asgi(store="memory://")
     with TestClient(app, follow_redirects=False):
         assert find_middleware(app).runtime.app is app
+
+
+def test_thread_watch_sees_a_sync_handler_on_a_thread_and_remembers_it() -> None:
+    """ThreadWatch: an app task waiting on a worker thread is past the point of no
+    return, and stays so once the thread returned; an app task on the loop is not."""
+    from async_accept.supervision import ThreadWatch
+
+    async def main() -> tuple[bool, bool, bool]:
+        release = threading.Event()
+        on_loop = ThreadWatch()
+        on_loop.set(asyncio.ensure_future(asyncio.sleep(0.5)))
+        await asyncio.sleep(0.01)
+        watch = ThreadWatch()
+        watch.set(asyncio.ensure_future(asyncio.to_thread(release.wait, 5)))
+        await asyncio.sleep(0.05)
+        during = watch.past_no_return()
+        release.set()
+        await asyncio.sleep(0.05)
+        return on_loop.past_no_return(), during, watch.past_no_return()
+
+    assert asyncio.run(main()) == (False, True, True)

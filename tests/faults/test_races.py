@@ -12,11 +12,6 @@ from tests.faults.harness import assert_nothing_lost
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: since replays run the app in a task of their own, the cancel no "
-    "longer sees that the handler waits on a thread, and a sync handler's result is lost",
-)
 @pytest.mark.parametrize("n", SIZES)
 def test_cancel_racing_a_finishing_sync_handler_keeps_completed(deploy: Deployment, n: int) -> None:
     """DELETE while a sync endpoint (in a thread) finishes: a handler that ran ends completed."""
