@@ -9,15 +9,21 @@ reports the event and says whether the job has webhook deliveries to record.
 That covers every way to an end: a worker's outcome, the deadman switch in a
 sweep or a status read, the cancel of a queued job.
 
-Deliveries go to the outbox (a disk write for SQLite, so the ASGI runtime
-calls :meth:`Observer.deliver` in a thread); the dispatcher thread of any
-process that shares the outbox sends them, signed, with retries.
+When the outbox is the store's own (``store.default_outbox()``, the default),
+the store writes each ended job's deliveries in the very transaction (Lua
+script, lock) that ends the job, with an empty payload: a crash right after the
+end can't lose them. :meth:`Observer.deliver` then fills in the payload; after
+a crash the dispatcher renders it when it claims the delivery
+(:meth:`Observer.render`). With an outbox of its own (``webhook_outbox=``) the
+deliveries are written after the end, as before. Outbox writes are disk writes
+for SQLite, so the ASGI runtime calls :meth:`Observer.deliver` in a thread; the
+dispatcher thread of any process that shares the outbox sends them, signed,
+with retries.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import json
 import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -26,6 +32,7 @@ from urllib.parse import urljoin
 from . import metrics
 from .errors import AsyncAcceptError, ConfigurationError
 from .job import Job
+from .stores.outbox_base import Delivery, delivery_id, notice_targets
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -38,13 +45,6 @@ log = logging.getLogger("async_accept")
 
 #: Dispatchers inherited from a parent process, kept alive on purpose (see after_fork).
 _FORK_ORPHANS: list[Any] = []
-
-
-def delivery_id(job_id: str, url: str) -> str:
-    """The ``webhook-id`` of a job's notification to ``url``: the same every time,
-    so recording it twice (two processes, a retry) records it once."""
-    digest = hashlib.sha256(f"{job_id}\x00{url}".encode()).digest()[:18]
-    return "msg_" + base64.urlsafe_b64encode(digest).decode("ascii")
 
 
 def envelope(job: Job, status: dict[str, Any], now: float) -> dict[str, Any]:
@@ -63,18 +63,19 @@ def envelope(job: Job, status: dict[str, Any], now: float) -> dict[str, Any]:
     }
 
 
-def derive_outbox(spec: Any, store: Store) -> Outbox:
-    """The webhook outbox: ``spec`` when given, else one that lives where the jobs do."""
+def derive_outbox(spec: Any, store: Store) -> tuple[Outbox, bool]:
+    """The webhook outbox: ``spec`` when given, else one that lives where the jobs do;
+    and whether the store writes ended jobs' deliveries into it itself."""
     from .outbox import MemoryOutbox, resolve_outbox
 
     if spec is not None:
-        return resolve_outbox(spec)
+        return resolve_outbox(spec), False
     default_outbox = getattr(store, "default_outbox", None)
     outbox: Outbox | None = default_outbox() if callable(default_outbox) else None
     if outbox is not None:
-        return outbox
+        return outbox, True
     if not getattr(store, "shared", False):
-        return MemoryOutbox()
+        return MemoryOutbox(), False
     raise ConfigurationError(
         f"webhooks need a durable outbox that every process shares, and none is known for "
         f"store={store!r}: pass webhook_outbox='sqlite:////var/lib/app/webhooks.db' "
@@ -91,6 +92,8 @@ class Observer:
         self._store = store
         self._listeners = () if self.options.on_event is None else (self.options.on_event,)
         self.dispatcher: WebhookDispatcher | None = None
+        #: True when the store records ended jobs' deliveries with their end
+        self.outbox_in_store = False
         if self.options.webhooks_enabled:
             self.dispatcher = self._make_dispatcher()
 
@@ -98,9 +101,9 @@ class Observer:
         from .webhooks import WebhookDispatcher
 
         opts = self.options
-        outbox = derive_outbox(opts.webhook_outbox, self._store)
+        outbox, self.outbox_in_store = derive_outbox(opts.webhook_outbox, self._store)
         try:
-            return WebhookDispatcher(
+            dispatcher = WebhookDispatcher(
                 opts.webhook_secret,
                 outbox=outbox,
                 policy=opts.webhook_policy,
@@ -109,6 +112,8 @@ class Observer:
         except BaseException:
             outbox.close()
             raise
+        dispatcher.render = self.render
+        return dispatcher
 
     # -- events ---------------------------------------------------------------------
 
@@ -122,28 +127,41 @@ class Observer:
             return None
         name, fields = metrics.job_fields(job)
         metrics.emit(self._listeners, name, **fields)
-        if self.dispatcher is None or not ("webhook" in job.meta or "callback" in job.meta):
-            return None
-        if fields.get("reason") == "executor-unavailable" and job.started_at is None:
-            return None  # its client got a 503, not a job: nothing to notify
+        if self.dispatcher is None or not notice_targets(job):
+            return None  # (a job whose submit failed: its client got a 503, not a job)
         return job
 
     # -- webhooks ---------------------------------------------------------------------
 
-    def deliver(self, job: Job) -> None:
-        """Record the job's notifications in the outbox (blocking; never raises)."""
-        dispatcher = self.dispatcher
-        if dispatcher is None:
-            return
+    def _payload(self, job: Job) -> dict[str, Any]:
         engine = self.engine
         root_path = str(job.meta.get("root_path") or "")
         token = engine.token_for(job)
         now = engine.clock()
-        payload = envelope(job, engine.status_json(job, root_path, token, now), now)
-        targets = [(job.meta.get("webhook"), False), (job.meta.get("callback"), True)]
-        for url, client_supplied in targets:
-            if not isinstance(url, str) or not url:
-                continue
+        return envelope(job, engine.status_json(job, root_path, token, now), now)
+
+    def render(self, delivery: Delivery) -> str | None:
+        """The payload of a delivery the store recorded with its job's end but whose
+        process stopped before filling it in (the dispatcher asks when it claims it):
+        rendered from the job as stored, None when the job is gone."""
+        dispatcher = self.dispatcher
+        if dispatcher is None or delivery.job_id is None:
+            return None
+        job = self._store.get(delivery.job_id, self.engine.clock())
+        if job is None or not job.terminal:
+            return None
+        body = json.dumps(self._payload(job), separators=(",", ":"))
+        dispatcher.outbox.fill_payload(delivery.id, body)
+        return body
+
+    def deliver(self, job: Job) -> None:
+        """Record the job's notifications in the outbox, or fill in the payload of
+        those the store recorded with the job's end (blocking; never raises)."""
+        dispatcher = self.dispatcher
+        if dispatcher is None:
+            return
+        payload = self._payload(job)
+        for url, client_supplied in notice_targets(job):
             try:
                 dispatcher.enqueue(
                     url,
@@ -151,6 +169,7 @@ class Observer:
                     job_id=job.id,
                     msg_id=delivery_id(job.id, url),
                     client_supplied=client_supplied,
+                    recorded=self.outbox_in_store,
                 )
             except AsyncAcceptError as exc:
                 log.warning(

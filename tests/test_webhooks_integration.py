@@ -8,6 +8,7 @@ outside 127.0.0.0/8 fails the test, so a policy bug can't reach another host.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -529,7 +530,8 @@ def test_delivery_ids_are_stable_per_job_and_target() -> None:
     assert a == delivery_id("job-1", "https://h.example/a")
     assert a != delivery_id("job-1", "https://h.example/b")
     assert a != delivery_id("job-2", "https://h.example/a")
-    assert a.startswith("msg_") and len(a) == 28
+    # SHA-1 hex of "job\0url", as the Redis scripts compute it (redis.sha1hex)
+    assert a == "msg_" + hashlib.sha1(b"job-1\x00https://h.example/a").hexdigest()
 
 
 # -- the Redis outbox passes the outbox contract --------------------------------------------------

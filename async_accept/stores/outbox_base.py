@@ -22,10 +22,13 @@ never pickled.
 from __future__ import annotations
 
 import enum
+import hashlib
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from ..job import Job
 
 #: Seconds a claimed delivery stays ours before another dispatcher may take it.
 DEFAULT_LEASE = 120.0
@@ -46,6 +49,50 @@ class DeliveryState(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+def delivery_id(job_id: str, url: str) -> str:
+    """The ``webhook-id`` of a job's notification to ``url``: the same every time,
+    so recording it twice (two processes, a retry) records it once. SHA-1 hex, so
+    the Redis scripts (``redis.sha1hex``) name it as Python does."""
+    digest = hashlib.sha1(f"{job_id}\x00{url}".encode(), usedforsecurity=False)
+    return "msg_" + digest.hexdigest()
+
+
+def notice_targets(job: Job) -> list[tuple[str, bool]]:
+    """Where an ended job is notified: ``(url, client_supplied)`` for its route's
+    webhook and its client's callback. None for a job that is not over, or that
+    never was one (its submit failed at accept: its client got a 503)."""
+    if not job.terminal:
+        return []
+    kind = str((job.error or {}).get("type", ""))
+    if job.started_at is None and kind.endswith("executor-unavailable"):
+        return []
+    out: list[tuple[str, bool]] = []
+    for key, client_supplied in (("webhook", False), ("callback", True)):
+        url = job.meta.get(key)
+        if isinstance(url, str) and url:
+            out.append((url, client_supplied))
+    return out
+
+
+def pending_notices(job: Job, now: float) -> list[Delivery]:
+    """The deliveries a store writes with the call that ended ``job`` (in the same
+    transaction, script or lock): due at once, their payload empty until the runtime
+    renders it (:meth:`Outbox.fill_payload`), or the dispatcher does after a crash."""
+    return [
+        Delivery(
+            id=delivery_id(job.id, url),
+            url=url,
+            payload="",
+            created_at=now,
+            next_at=0.0,  # due at once, whatever the dispatcher's clock says
+            updated_at=now,
+            job_id=job.id,
+            client_supplied=client_supplied,
+        )
+        for url, client_supplied in notice_targets(job)
+    ]
 
 
 @dataclass
@@ -95,6 +142,11 @@ class Outbox(Protocol):
 
     def get(self, delivery_id: str) -> Delivery | None:
         """One delivery by id, or None."""
+        ...
+
+    def fill_payload(self, delivery_id: str, payload: str) -> bool:
+        """Set the payload of a delivery written without one (with its job's end,
+        see :func:`pending_notices`); False when it has one already or is unknown."""
         ...
 
     def due(self, now: float, limit: int = 20, lease: float = DEFAULT_LEASE) -> list[Delivery]:
@@ -183,6 +235,14 @@ DELIVERY_COLUMNS = (
     "id, url, payload, state, attempts, created_at, updated_at, next_at, claim, "
     "last_error, last_status, job_id, client_supplied"
 )
+
+
+def notice_row(d: Delivery) -> tuple[Any, ...]:
+    """A pending notice's :data:`DELIVERY_COLUMNS` values (``client_supplied`` as a bool)."""
+    return (
+        d.id, d.url, d.payload, DeliveryState.PENDING.value, 0, d.created_at, d.updated_at,
+        d.next_at, None, None, None, d.job_id, d.client_supplied,
+    )  # fmt: skip
 
 
 def delivery_from_row(row: Sequence[Any]) -> Delivery:

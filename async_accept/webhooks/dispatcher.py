@@ -174,6 +174,9 @@ class WebhookDispatcher:
             follow_redirects=False,
             trust_env=False,  # an environment proxy would bypass the address check
         )
+        #: renders the payload of a delivery recorded without one (the runtime's
+        #: Observer.render; None: such a delivery waits, as a failed attempt)
+        self.render: Callable[[Delivery], str | None] | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -189,6 +192,7 @@ class WebhookDispatcher:
         msg_id: str | None = None,
         client_supplied: bool = False,
         now: float | None = None,
+        recorded: bool = False,
     ) -> Delivery:
         """Record a delivery of ``payload`` (the job's status JSON) to ``url``.
 
@@ -196,7 +200,9 @@ class WebhookDispatcher:
         raises :class:`WebhookTargetError`, so a bad client callback can be
         refused at accept time) and fully, with DNS, before every attempt.
         ``msg_id`` (the ``webhook-id``) defaults to a random one; passing a
-        stable one makes a repeated enqueue a no-op.
+        stable one makes a repeated enqueue a no-op. ``recorded``: the store has
+        written the delivery already (with its job's end), without a payload; this
+        fills it in (and falls back to writing it when it is not there).
         """
         self.policy.check_url(url, client_supplied=client_supplied)
         if isinstance(payload, bytes):
@@ -206,6 +212,9 @@ class WebhookDispatcher:
         else:
             body = json.dumps(payload, separators=(",", ":"))
         t = self._clock() if now is None else now
+        if recorded and msg_id and self.outbox.fill_payload(msg_id, body):
+            self._wake.set()
+            return Delivery(msg_id, url, body, t, t, job_id=job_id, client_supplied=client_supplied)
         delivery = Delivery(
             id=msg_id or new_message_id(),
             url=url,
@@ -217,6 +226,8 @@ class WebhookDispatcher:
             client_supplied=client_supplied,
         )
         stored = self.outbox.enqueue(delivery)
+        if not stored.payload and body and self.outbox.fill_payload(stored.id, body):
+            stored.payload = body  # recorded with its job's end, never filled in
         self._wake.set()
         return stored
 
@@ -272,6 +283,8 @@ class WebhookDispatcher:
 
     def _attempt(self, delivery: Delivery, now: float | None) -> None:
         t = self._clock() if now is None else now
+        if not delivery.payload and not self._render(delivery, t):
+            return
         if self.outbox.endpoint_disabled(delivery.url):
             self.outbox.mark_dead(
                 delivery,
@@ -326,6 +339,26 @@ class WebhookDispatcher:
             )
         else:
             self._failed(delivery, t, attempts, f"HTTP {status}", status, retry_after)
+
+    def _render(self, delivery: Delivery, t: float) -> bool:
+        """Fill in the payload of a delivery its store recorded with its job's end
+        (its process stopped before doing so); False when that can't be done now."""
+        render = self.render
+        if render is None:
+            self._failed(delivery, t, delivery.attempts + 1, "payload not written yet", None, None)
+            return False
+        try:
+            payload = render(delivery)
+        except Exception as exc:  # the store is down: try again later
+            self._failed(delivery, t, delivery.attempts + 1, f"render: {exc}", None, None)
+            return False
+        if payload is None:
+            self.outbox.mark_dead(
+                delivery, now=t, attempts=delivery.attempts, last_error="its job is gone"
+            )
+            return False
+        delivery.payload = payload
+        return True
 
     def _failed(
         self,

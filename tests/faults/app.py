@@ -6,8 +6,13 @@ Every job handler appends its input id (the request body) to the ledger file
 ``ASYNC_ACCEPT_FAULT_LEDGER`` when its side effect is done, so a run can count
 how often each accepted job really executed. ``ASYNC_ACCEPT_FAULT_FINISH_FAILURES=N``
 wraps the store so that its first N ``finish`` calls fail with a transient
-``StoreError``; ``GET /_fault/stats`` answers the wrapped store's call counts
-in this process.
+``StoreError``; ``ASYNC_ACCEPT_FAULT_LOST_REPLIES=N`` makes its first N finish
+calls write the outcome and then fail (the reply was lost);
+``ASYNC_ACCEPT_FAULT_EXIT_AFTER_FINISH=<marker file>`` kills the process right
+after the first finish that wrote (once: the marker file says it happened).
+``GET /_fault/stats`` answers the wrapped store's call counts in this process.
+``ASYNC_ACCEPT_WEBHOOK_URL`` (+ ``ASYNC_ACCEPT_WEBHOOK_SECRET``) sends every
+job's end there.
 """
 
 from __future__ import annotations
@@ -72,10 +77,18 @@ class FaultyStore:
     #: no native async face: the middleware runs these (blocking) calls in threads
     aio = None
 
-    def __init__(self, inner: Any, finish_failures: int = 0) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        finish_failures: int = 0,
+        lost_replies: int = 0,
+        exit_marker: str | None = None,
+    ) -> None:
         self._inner = inner
         self._lock = threading.Lock()
         self.finish_failures = finish_failures
+        self.lost_replies = lost_replies
+        self.exit_marker = exit_marker
         self.calls: dict[str, int] = {}
 
     def _count(self, name: str) -> None:
@@ -90,7 +103,21 @@ class FaultyStore:
                 self.finish_failures -= 1
         if fail:
             raise StoreError("injected: the store is briefly unavailable")
-        return self._inner.finish(*args, **kwargs)
+        out = self._inner.finish(*args, **kwargs)
+        if out is None:
+            return out
+        marker = self.exit_marker
+        if marker is not None and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(out.id)
+            os._exit(9)  # killed right after the outcome was written: nothing after runs
+        with self._lock:
+            lost = self.lost_replies > 0
+            if lost:
+                self.lost_replies -= 1
+        if lost:
+            raise StoreError("injected: the outcome was written, the reply was lost")
+        return out
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -133,8 +160,15 @@ def _options() -> dict[str, Any]:
         FAULTY = FaultyStore(
             resolve_store(opts["store"]),
             int(env.get("ASYNC_ACCEPT_FAULT_FINISH_FAILURES", "0")),
+            int(env.get("ASYNC_ACCEPT_FAULT_LOST_REPLIES", "0")),
+            env.get("ASYNC_ACCEPT_FAULT_EXIT_AFTER_FINISH") or None,
         )
         opts["store"] = FAULTY
+    if env.get("ASYNC_ACCEPT_WEBHOOK_URL"):
+        opts["webhook_url"] = env["ASYNC_ACCEPT_WEBHOOK_URL"]
+        opts["webhook_secret"] = env["ASYNC_ACCEPT_WEBHOOK_SECRET"]
+        opts["webhook_allow_private"] = True  # the test's receiver is on 127.0.0.1
+        opts["webhook_dispatcher_options"] = {"interval": 0.1}
     return opts
 
 

@@ -42,6 +42,14 @@ class MemoryOutbox(OutboxBase):
             self._rows[row.id] = row
             return dataclasses.replace(row)
 
+    def fill_payload(self, delivery_id: str, payload: str) -> bool:
+        with self._lock:
+            row = self._rows.get(delivery_id)
+            if row is None or row.payload:
+                return False
+            row.payload = payload
+            return True
+
     def get(self, delivery_id: str) -> Delivery | None:
         with self._lock:
             row = self._rows.get(delivery_id)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ...job import DROP_REQUEST_ON, CapturedRequest, CapturedResponse, Job, JobStatus
 from ..base import EVERY, WORKER_RETENTION, Outcome, OwnedQuery, Progress, StoreBase
-from ..outbox_base import Outbox
+from ..outbox_base import Outbox, pending_notices
 from .outbox import MemoryOutbox
 
 
@@ -45,6 +45,8 @@ class MemoryStore(StoreBase):
         self._by_owner: dict[str, set[str]] = {}
         self._workers: dict[str, dict[str, Any]] = {}
         self._run_times: dict[str, str] = {}
+        #: the outbox default_outbox() handed out: ended jobs' notices go there
+        self._outbox: MemoryOutbox | None = None
 
     def _live(self, job_id: str, now: float) -> Job | None:
         """A private copy of the job, if it exists and has not expired."""
@@ -154,7 +156,7 @@ class MemoryStore(StoreBase):
                 job.eta = None
             if status in DROP_REQUEST_ON:
                 self._requests.pop(job_id, None)
-            return self._put(job)
+            return self._ended(self._put(job), now)
 
     def fail(
         self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
@@ -167,7 +169,7 @@ class MemoryStore(StoreBase):
             job.error = error  # frozen by _put: the caller keeps its own dict
             job.finished_at = now
             job.updated_at = now
-            return self._put(job)
+            return self._ended(self._put(job), now)
 
     def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
         with self._lock:
@@ -180,7 +182,7 @@ class MemoryStore(StoreBase):
                 job.finished_at = now
                 job.updated_at = now
                 self._requests.pop(job_id, None)
-                return self._put(job), True
+                return self._ended(self._put(job), now), True
             if job.status is JobStatus.PROCESSING and not job.cancel_requested:
                 job.cancel_requested = True
                 job.updated_at = now
@@ -200,7 +202,14 @@ class MemoryStore(StoreBase):
             job.worker_id = None
             job.heartbeat_at = None
             job.updated_at = now
-            return self._put(job)
+            return self._ended(self._put(job), now)
+
+    def _ended(self, job: Job, now: float) -> Job:
+        """Under the lock: an ended job's webhook notices go to the outbox with it."""
+        if self._outbox is not None:
+            for notice in pending_notices(job, now):
+                self._outbox.enqueue(notice)
+        return job
 
     def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
         marked: list[str] = []
@@ -325,7 +334,11 @@ class MemoryStore(StoreBase):
     def default_outbox(self) -> Outbox | None:
         """An outbox in this process's memory too; none for a subclass that says
         other processes share it (deliveries kept here would be lost to them)."""
-        return None if self.shared else MemoryOutbox()
+        if self.shared:
+            return None
+        if self._outbox is None:
+            self._outbox = MemoryOutbox()
+        return self._outbox
 
 
 # -- frozen records ------------------------------------------------------------------

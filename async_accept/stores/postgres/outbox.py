@@ -14,7 +14,10 @@ import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import psycopg
+
 from ...errors import StoreError
+from ...job import Job
 from ..outbox_base import (
     DEFAULT_LEASE,
     DELIVERY_COLUMNS,
@@ -25,14 +28,53 @@ from ..outbox_base import (
     OutboxBase,
     check_claim_args,
     delivery_from_row,
+    notice_row,
+    pending_notices,
 )
 from .connection import quoted
+from .sql import one
 
 __all__ = ["PostgresOutbox"]
 
 
 #: Selected in this order, as delivery_from_row reads them.
 _COLUMNS = DELIVERY_COLUMNS
+
+
+def insert_notice(schema: str) -> str:
+    """The statement that writes one of a job's notices in the transaction that ends it."""
+    return (
+        f"INSERT INTO {quoted(schema)}.webhook_deliveries ({_COLUMNS}) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING"
+    )
+
+
+def end_with_notices(
+    conn: psycopg.Connection[Any], statement: tuple[str, Sequence[Any]], insert: str, now: float
+) -> Job | None:
+    """Run ``statement`` (it may end a job) and write the ended job's notices
+    (``insert``: :func:`insert_notice`) in the same transaction."""
+    with conn.transaction():
+        job = one(conn.execute(*statement).fetchall())
+        notices = [] if job is None else pending_notices(job, now)
+        if notices:
+            conn.cursor().executemany(insert, [notice_row(n) for n in notices])
+    return job
+
+
+async def aend_with_notices(
+    conn: psycopg.AsyncConnection[Any],
+    statement: tuple[str, Sequence[Any]],
+    insert: str,
+    now: float,
+) -> Job | None:
+    """The awaited twin of :func:`end_with_notices`."""
+    async with conn.transaction():
+        job = one(await (await conn.execute(*statement)).fetchall())
+        notices = [] if job is None else pending_notices(job, now)
+        if notices:
+            await conn.cursor().executemany(insert, [notice_row(n) for n in notices])
+    return job
 
 
 class PostgresOutbox(OutboxBase):
@@ -99,6 +141,15 @@ class PostgresOutbox(OutboxBase):
         if stored is None:  # pragma: no cover - deleted by another process in between
             raise StoreError(f"delivery {delivery.id} vanished right after enqueue")
         return stored
+
+    def fill_payload(self, delivery_id: str, payload: str) -> bool:
+        return (
+            self._count(
+                f"UPDATE {self._t} SET payload = %s WHERE id = %s AND payload = ''",
+                (payload, delivery_id),
+            )
+            == 1
+        )
 
     def get(self, delivery_id: str) -> Delivery | None:
         rows = self._rows(f"SELECT {_COLUMNS} FROM {self._t} WHERE id = %s", (delivery_id,))

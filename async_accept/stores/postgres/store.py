@@ -49,7 +49,7 @@ from ..base import EVERY, WORKER_RETENTION, AsyncStoreBase, Outcome, OwnedQuery,
 from ..outbox_base import Outbox
 from . import connection as pg
 from .connection import PostgresSettings, parse_url
-from .outbox import PostgresOutbox
+from .outbox import PostgresOutbox, aend_with_notices, end_with_notices, insert_notice
 from .signals import PostgresChangeSignal, QueueListener
 from .sql import (
     Statements,
@@ -125,6 +125,9 @@ class PostgresStore(StoreBase):
         self._closed = False
         self._ready = False
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        #: the statement writing an ended job's notice, once default_outbox() made the
+        #: outbox beside the jobs: from then on it runs in the transaction of each end
+        self._notice_sql: str | None = None
         #: The native asyncio face (psycopg's async connections), picked up by ``as_async()``.
         self.aio = AsyncPostgresStore(self)
         try:
@@ -250,7 +253,15 @@ class PostgresStore(StoreBase):
 
     def _finish(self, job_id: str, worker_id: str, now: float, outcome: Outcome) -> Job | None:
         query, args = finish_query(self._sql, job_id, worker_id, now, outcome)
-        return one(self._rows(query, args))
+        return self._ending(query, args, now)
+
+    def _ending(self, query: str, args: Sequence[Any], now: float) -> Job | None:
+        """A statement that may end a job, and the ended job's webhook notices
+        written in the same transaction (when the outbox is beside the jobs)."""
+        insert = self._notice_sql
+        if insert is None:
+            return one(self._rows(query, args))
+        return self._run(lambda conn: end_with_notices(conn, (query, args), insert, now))
 
     def fail(
         self,
@@ -262,16 +273,16 @@ class PostgresStore(StoreBase):
         states = list(dict.fromkeys(JobStatus(s).value for s in expected))
         if not states:
             return None
-        return one(self._rows(self._sql.fail, (dumps(error), now, now, job_id, states, now)))
+        return self._ending(self._sql.fail, (dumps(error), now, now, job_id, states, now), now)
 
     def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
-        job = one(self._rows(self._sql.cancel, (now, now, job_id, now)))
+        job = self._ending(self._sql.cancel, (now, now, job_id, now), now)
         if job is not None:
             return job, True
         return self.get(job_id, now), False
 
     def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
-        return one(self._rows(self._sql.requeue, (now, now, job_id, worker_id, now)))
+        return self._ending(self._sql.requeue, (now, now, job_id, worker_id, now), now)
 
     def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
         if not job_ids:
@@ -345,7 +356,9 @@ class PostgresStore(StoreBase):
         self._count(self._sql.save_run_time, (route, data))
 
     def default_outbox(self) -> Outbox:
-        """The webhook outbox beside the jobs: same database, schema and pool."""
+        """The webhook outbox beside the jobs: same database, schema and pool. From
+        now on each statement that ends a job writes its notices in its transaction."""
+        self._notice_sql = insert_notice(self.schema)
         return PostgresOutbox(self.schema, self._rows, self._count)
 
     def close(self) -> None:
@@ -539,7 +552,14 @@ class AsyncPostgresStore(AsyncStoreBase):
         self, job_id: str, worker_id: str, now: float, outcome: Outcome
     ) -> Job | None:
         query, args = finish_query(self._sql, job_id, worker_id, now, outcome)
-        return one(await self._rows(query, args))
+        return await self._ending(query, args, now)
+
+    async def _ending(self, query: str, args: Sequence[Any], now: float) -> Job | None:
+        """The awaited twin of :meth:`PostgresStore._ending`."""
+        insert = self._store._notice_sql
+        if insert is None:
+            return one(await self._rows(query, args))
+        return await self._run(lambda conn: aend_with_notices(conn, (query, args), insert, now))
 
     async def fail(
         self,
@@ -552,16 +572,16 @@ class AsyncPostgresStore(AsyncStoreBase):
         if not states:
             return None
         args = (dumps(error), now, now, job_id, states, now)
-        return one(await self._rows(self._sql.fail, args))
+        return await self._ending(self._sql.fail, args, now)
 
     async def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
-        job = one(await self._rows(self._sql.cancel, (now, now, job_id, now)))
+        job = await self._ending(self._sql.cancel, (now, now, job_id, now), now)
         if job is not None:
             return job, True
         return await self.get(job_id, now), False
 
     async def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
-        return one(await self._rows(self._sql.requeue, (now, now, job_id, worker_id, now)))
+        return await self._ending(self._sql.requeue, (now, now, job_id, worker_id, now), now)
 
     async def mark_dispatched(
         self, job_ids: Sequence[str], now: float, stale_before: float

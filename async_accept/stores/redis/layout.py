@@ -42,6 +42,8 @@ class _Layout:
         if not namespace or not isinstance(namespace, str):
             raise ConfigurationError("RedisStore namespace must be a non-empty string")
         self.ns = namespace
+        #: the scripts that end a job also write its webhook notices (default_outbox)
+        self.notify = False
 
     def job_key(self, job_id: str) -> str:
         return f"{self.ns}:job:{job_id}"
@@ -158,20 +160,26 @@ class _Layout:
             _opt(None if error is None else _enc("j", error)),
             _opt(result_location),
         ]
-        return _Call("finish", [self.job_key(job_id)], args, _job)
+        return _Call(self._ending("finish"), [self.job_key(job_id)], args, _job)
 
     def fail(
         self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
     ) -> _Call[Job | None]:
         args: list[str | bytes] = [self.ns, _f(now), _enc("j", error)]
         args += [JobStatus(s).value for s in expected]
-        return _Call("fail", [self.job_key(job_id)], args, _job)
+        return _Call(self._ending("fail"), [self.job_key(job_id)], args, _job)
 
     def cancel(self, job_id: str, now: float) -> _Call[tuple[Job | None, bool]]:
-        return _Call("cancel", [self.job_key(job_id)], [self.ns, _f(now)], _parse_cancel)
+        key = [self.job_key(job_id)]
+        return _Call(self._ending("cancel"), key, [self.ns, _f(now)], _parse_cancel)
 
     def requeue(self, job_id: str, worker_id: str, now: float) -> _Call[Job | None]:
-        return _Call("requeue", [self.job_key(job_id)], [self.ns, worker_id, _f(now)], _job)
+        args: list[str | bytes] = [self.ns, worker_id, _f(now)]
+        return _Call(self._ending("requeue"), [self.job_key(job_id)], args, _job)
+
+    def _ending(self, script: str) -> str:
+        """The script that may end a job: with its notices when the outbox is ours."""
+        return script + "_notify" if self.notify else script
 
     def mark_dispatched(
         self, job_ids: Sequence[str], now: float, stale_before: float

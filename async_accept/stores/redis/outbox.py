@@ -39,6 +39,35 @@ local function move(id, from, to, created)
 end
 """
 
+#: For the store's scripts that end a job (after their prelude, P the store's
+#: namespace): ``notify(k, now)`` writes the ended job's notices into this outbox
+#: in the same script, as :func:`~async_accept.stores.outbox_base.pending_notices`
+#: does in Python (same ids, same rule).
+NOTIFY_LUA = """
+local function notify(k, now)
+  local r = redis.call('HMGET', k, 'meta', 'id', 'started_at', 'error')
+  if not r[1] then return end
+  if (not r[3]) and r[4] and string.find(r[4], 'executor-unavailable', 1, true) then return end
+  local m = cjson.decode(r[1])
+  local W = P .. ':wh'
+  for _, t in ipairs({{'webhook', '0'}, {'callback', '1'}}) do
+    local url = m[t[1]]
+    if type(url) == 'string' and url ~= '' then
+      local id = 'msg_' .. redis.sha1hex(r[2] .. '\\0' .. url)
+      local dk = W .. ':d:' .. id
+      if redis.call('EXISTS', dk) == 0 then
+        redis.call('HSET', dk, 'state', 'pending', 'id', id, 'url', url, 'payload', '',
+                   'attempts', '0', 'created_at', now, 'updated_at', now, 'next_at', '0.0',
+                   'client_supplied', t[2], 'job_id', r[2])
+        redis.call('ZADD', W .. ':due', 0, id)
+        redis.call('ZADD', W .. ':all', now, id)
+        redis.call('ZADD', W .. ':s:pending', now, id)
+      end
+    end
+  end
+end
+"""
+
 _REDIS_SCRIPTS = {
     # ARGV: P, id, created_at, next_at, field, value, ...
     "enqueue": """
@@ -50,6 +79,13 @@ if redis.call('EXISTS', k) == 0 then
   redis.call('ZADD', P .. ':s:pending', ARGV[3], ARGV[2])
 end
 return redis.call('HGETALL', k)
+""",
+    # ARGV: P, id, payload
+    "fill": """
+local k = dkey(ARGV[2])
+if redis.call('HGET', k, 'payload') ~= '' then return 0 end
+redis.call('HSET', k, 'payload', ARGV[3])
+return 1
 """,
     # ARGV: P, now, limit, lease end, claim token
     "due": """
@@ -243,6 +279,9 @@ class RedisOutbox(OutboxBase):
             "enqueue", delivery.id, _rf(delivery.created_at), _rf(delivery.next_at), *fields
         )
         return _redis_row(raw)
+
+    def fill_payload(self, delivery_id: str, payload: str) -> bool:
+        return bool(self._run("fill", delivery_id, payload))
 
     def get(self, delivery_id: str) -> Delivery | None:
         raw = self._plain(self._client.hgetall, f"{self._p}:d:{delivery_id}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .codec import _NAMES_M, STATUSES
 from .connection import PRELUDE
+from .outbox import NOTIFY_LUA
 
 # Shared by every script of the store, after the common PRELUDE (ARGV[1] is
 # always the namespace).
@@ -411,5 +412,19 @@ for i = 1, #ids, 2 do
 end
 return out
 """
+
+# The scripts that may end a job, in a second version that also writes the ended
+# job's webhook notices into the outbox beside the store (RedisStore.default_outbox):
+# name -> (the line the notices go before, the call; ARGV[k] is the script's now).
+_NOTIFY_AT = {
+    "finish": ("changed(k)\nreturn meta(k)", "notify(k, ARGV[3])\n"),
+    "fail": ("changed(k)\nreturn meta(k)", "notify(k, ARGV[2])\n"),
+    "cancel": ("  redis.call('HDEL', k, 'req_meta', 'req_body')\n", "  notify(k, ARGV[2])\n"),
+    "requeue": ("else\n  setstatus(k, 'queued')", "  notify(k, ARGV[3])\n"),
+}
+for _name, (_marker, _call) in _NOTIFY_AT.items():
+    _body = _SCRIPTS[_name]
+    assert _body.count(_marker) == 1, _name
+    _SCRIPTS[_name + "_notify"] = NOTIFY_LUA + _body.replace(_marker, _call + _marker)
 
 SOURCES = {name: _PRELUDE + body for name, body in _SCRIPTS.items()}

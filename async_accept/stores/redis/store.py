@@ -279,7 +279,9 @@ class RedisStore(StoreBase):
         return RedisSignal(self._client, f"{self._layout.ns}:changes")
 
     def default_outbox(self) -> Outbox:
-        """The webhook outbox beside this store's keys, on the same client."""
+        """The webhook outbox beside this store's keys, on the same client. From
+        now on each script that ends a job writes its notices there too."""
+        self._layout.notify = True
         return RedisOutbox.for_store(self)
 
     def close(self) -> None:

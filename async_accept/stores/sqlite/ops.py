@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 
 from ...job import DROP_REQUEST_ON, CapturedRequest, CapturedResponse, Job, JobStatus
 from ..base import Outcome, Progress
+from ..outbox_base import notice_row, pending_notices
 from .groupcommit import GroupCommit
+from .outbox import INSERT_NOTICE
 from .schema import (
     _DELETE_REQUEST,
     _INSERT_BODY,
@@ -30,6 +32,9 @@ class SQLiteOps(GroupCommit):
     """The compare-and-set and the ``_op_<name>`` builders of :class:`SQLiteStore`."""
 
     _returning: bool
+    #: write ended jobs' webhook notices in the transaction that ends them (set by
+    #: default_outbox: the outbox's tables are in this file)
+    _notify: bool = False
 
     def _cas(
         self, conn: sqlite3.Connection, job_id: str, sql: str, args: tuple[Any, ...]
@@ -58,6 +63,24 @@ class SQLiteOps(GroupCommit):
         self, job_id: str, sql: str, args: tuple[Any, ...]
     ) -> Callable[[sqlite3.Connection], Job | None]:
         return lambda conn: self._cas(conn, job_id, sql, args)
+
+    def _ending(
+        self, op: Callable[[sqlite3.Connection], Job | None], now: float
+    ) -> Callable[[sqlite3.Connection], Job | None]:
+        """``op``, which may end a job, and the ended job's webhook notices written
+        in the same transaction (when the outbox lives in this file)."""
+        if not self._notify:
+            return op
+
+        def q(conn: sqlite3.Connection) -> Job | None:
+            with _immediate(conn):
+                job = op(conn)
+                notices = [] if job is None else pending_notices(job, now)
+                if notices:
+                    conn.executemany(INSERT_NOTICE, [notice_row(n) for n in notices])
+            return job
+
+        return q
 
     def _cas_run(self, job_id: str, sql: str, args: tuple[Any, ...]) -> Job | None:
         return self._run(self._cas_op(job_id, sql, args))
@@ -206,7 +229,7 @@ class SQLiteOps(GroupCommit):
         args += (job_id, worker_id, now)
         drop = status in DROP_REQUEST_ON
         if response is None and not drop:
-            return self._cas_op(job_id, sql, args)
+            return self._ending(self._cas_op(job_id, sql, args), now)
         body = None if response is None else (job_id, "result", response.meta_json(), response.body)
 
         def q(conn: sqlite3.Connection) -> Job | None:
@@ -219,7 +242,7 @@ class SQLiteOps(GroupCommit):
                         conn.execute(_DELETE_REQUEST, (job_id,))
             return job
 
-        return q
+        return self._ending(q, now)
 
     def _op_fail(
         self,
@@ -232,17 +255,20 @@ class SQLiteOps(GroupCommit):
         if not states:
             return lambda conn: None
         marks = ", ".join("?" * len(states))
-        return self._cas_op(
-            job_id,
-            "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, updated_at = ? "
-            f"WHERE id = ? AND status IN ({marks}) AND expires_at > ?",
-            (_dumps(error), now, now, job_id, *states, now),
+        return self._ending(
+            self._cas_op(
+                job_id,
+                "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, updated_at = ? "
+                f"WHERE id = ? AND status IN ({marks}) AND expires_at > ?",
+                (_dumps(error), now, now, job_id, *states, now),
+            ),
+            now,
         )
 
     def _op_requeue(
         self, job_id: str, worker_id: str, now: float
     ) -> Callable[[sqlite3.Connection], Job | None]:
-        return self._cas_op(
+        requeue = self._cas_op(
             job_id,
             # A job whose cancel was requested ends canceled: nobody would claim it.
             "UPDATE jobs SET "
@@ -252,6 +278,7 @@ class SQLiteOps(GroupCommit):
             "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?",
             (now, now, job_id, worker_id, now),
         )
+        return self._ending(requeue, now)
 
     def _op_mark_dispatched(
         self, job_ids: Sequence[str], now: float, stale_before: float

@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS webhook_disabled_endpoints (
 #: Selected in this order, as delivery_from_row reads them.
 _COLUMNS = DELIVERY_COLUMNS
 
+#: A job's notices, written by the store in the transaction that ends the job.
+INSERT_NOTICE = (
+    f"INSERT OR IGNORE INTO webhook_deliveries ({_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
 
 class SQLiteOutbox(OutboxBase):
     """An outbox in a SQLite file (tables ``webhook_deliveries`` and
@@ -114,6 +120,14 @@ class SQLiteOutbox(OutboxBase):
         if stored is None:  # pragma: no cover - deleted between the two statements
             raise StoreError(f"delivery {delivery.id} vanished right after enqueue")
         return stored
+
+    def fill_payload(self, delivery_id: str, payload: str) -> bool:
+        with self._tx() as con:
+            cur = con.execute(
+                "UPDATE webhook_deliveries SET payload = ? WHERE id = ? AND payload = ''",
+                (payload, delivery_id),
+            )
+        return cur.rowcount == 1
 
     def get(self, delivery_id: str) -> Delivery | None:
         with self._tx() as con:

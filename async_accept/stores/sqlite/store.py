@@ -190,16 +190,15 @@ class SQLiteStore(SQLiteOps, StoreBase):
     def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
         # One statement for both cases. SET expressions see the row as it was, so
         # "status" inside the CASEs is the state before this update.
-        job = self._cas_run(
-            job_id,
+        sql = (
             "UPDATE jobs SET "
             "status = CASE status WHEN 'queued' THEN 'canceled' ELSE status END, "
             "finished_at = CASE status WHEN 'queued' THEN ? ELSE finished_at END, "
             "cancel_requested = 1, updated_at = ? "
             "WHERE id = ? AND expires_at > ? "
-            "AND (status = 'queued' OR (status = 'processing' AND cancel_requested = 0))",
-            (now, now, job_id, now),
+            "AND (status = 'queued' OR (status = 'processing' AND cancel_requested = 0))"
         )
+        job = self._run(self._ending(self._cas_op(job_id, sql, (now, now, job_id, now)), now))
         if job is not None:
             if job.status is JobStatus.CANCELED:  # it never runs: its request goes
                 self._run(lambda conn: conn.execute(_DELETE_REQUEST, (job_id,)) and None)
@@ -377,8 +376,11 @@ class SQLiteStore(SQLiteOps, StoreBase):
         return DataVersionSignal(self.path)
 
     def default_outbox(self) -> Outbox:
-        """The webhook outbox in this store's file (its own tables)."""
-        return SQLiteOutbox(self.path)
+        """The webhook outbox in this store's file (its own tables). From now on
+        each write that ends a job records its notices there in the same transaction."""
+        outbox = SQLiteOutbox(self.path)
+        self._notify = True
+        return outbox
 
     def close(self) -> None:
         """Close every connection this store opened in this process, in any thread."""
