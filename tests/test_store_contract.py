@@ -671,6 +671,19 @@ def test_cancel_of_a_terminal_job_changes_nothing(store: Store, now: float) -> N
     assert store.cancel(failed.id, now + 1) == (failed, False)
 
 
+def test_finish_wins_over_a_cancel_that_came_while_the_job_ran(store: Store, now: float) -> None:
+    """A cancel requested while the handler ran does not stop its finish: the job ends
+    completed with its result, and a later cancel changes nothing (never both)."""
+    job = claimed(store, now)
+    requested, changed = store.cancel(job.id, now + 1)
+    assert changed and requested is not None and requested.cancel_requested
+    done = store.finish(job.id, "w1", now + 2, JobStatus.COMPLETED, RESPONSE)
+    assert done is not None and done.status is JobStatus.COMPLETED
+    assert store.cancel(job.id, now + 3) == (done, False)
+    assert store.get(job.id, now + 3) == done
+    assert store.get_result(job.id) == RESPONSE
+
+
 def test_cancel_of_an_unknown_job(store: Store, now: float) -> None:
     """An unknown job: (None, False)."""
     assert store.cancel("no-such-job", now) == (None, False)
