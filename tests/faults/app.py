@@ -95,13 +95,17 @@ class FaultyStore:
         with self._lock:
             self.calls[name] = self.calls.get(name, 0) + 1
 
+    def _take(self, budget: str) -> bool:
+        """Spend one of the ``budget`` faults left (an attribute); False when none is."""
+        with self._lock:
+            left: int = getattr(self, budget)
+            if left > 0:
+                setattr(self, budget, left - 1)
+            return left > 0
+
     def finish(self, *args: Any, **kwargs: Any) -> Any:
         self._count("finish")
-        with self._lock:
-            fail = self.finish_failures > 0
-            if fail:
-                self.finish_failures -= 1
-        if fail:
+        if self._take("finish_failures"):
             raise StoreError("injected: the store is briefly unavailable")
         out = self._inner.finish(*args, **kwargs)
         if out is None:
@@ -111,11 +115,7 @@ class FaultyStore:
             with open(marker, "w") as f:
                 f.write(out.id)
             os._exit(9)  # killed right after the outcome was written: nothing after runs
-        with self._lock:
-            lost = self.lost_replies > 0
-            if lost:
-                self.lost_replies -= 1
-        if lost:
+        if self._take("lost_replies"):
             raise StoreError("injected: the outcome was written, the reply was lost")
         return out
 
