@@ -88,7 +88,7 @@ def test_a_process_killed_right_after_finish_still_notifies(
     env = hook_env(receiver, ASYNC_ACCEPT_FAULT_EXIT_AFTER_FINISH=str(marker))
     server = deploy.uvicorn(**env)
     run = deploy.run(server)
-    run.submit("/work", n, query="sleep=0.2")
+    run.submit("/work", n, query="sleep=0.5")
     deadline = time.monotonic() + 30
     while not marker.exists():
         assert time.monotonic() < deadline, "no job finished"
@@ -103,7 +103,9 @@ def test_a_process_killed_right_after_finish_still_notifies(
     assert rows == [("",)], rows
     deploy.started(restart(server))
     report = run.poll_all(timeout=60 + n * 0.3)
-    assert report.accepted == n and not report.never_ending, report.summary()
+    # (a submission still in flight when the process died is refused, not lost)
+    assert report.accepted >= 1 and not report.never_ending, report.summary()
+    assert not report.vanished, report.summary()
     got = notified(receiver, report, timeout=30 + n * 0.1)
     assert got.get(killed) == ["completed"], got.get(killed)
     assert set(got) == {body["id"] for body in report.final.values()}
