@@ -144,15 +144,12 @@ class Observer:
         """The payload of a delivery the store recorded with its job's end but whose
         process stopped before filling it in (the dispatcher asks when it claims it):
         rendered from the job as stored, None when the job is gone."""
-        dispatcher = self.dispatcher
-        if dispatcher is None or delivery.job_id is None:
+        if delivery.job_id is None:
             return None
         job = self._store.get(delivery.job_id, self.engine.clock())
         if job is None or not job.terminal:
             return None
-        body = json.dumps(self._payload(job), separators=(",", ":"))
-        dispatcher.outbox.fill_payload(delivery.id, body)
-        return body
+        return json.dumps(self._payload(job), separators=(",", ":"))
 
     def deliver(self, job: Job) -> None:
         """Record the job's notifications in the outbox, or fill in the payload of

@@ -1179,3 +1179,56 @@ def test_default_retries_follow_the_standard_webhooks_schedule(
         assert default.timeout == 15.0
     finally:
         default.close()
+
+
+def test_a_delivery_recorded_without_payload_is_rendered_when_claimed(
+    receiver: Receiver, make_dispatcher: Callable[..., WebhookDispatcher]
+) -> None:
+    """A delivery its store wrote with the job's end, never filled in (the process died):
+    the dispatcher has it rendered, sends that, and keeps it; without a renderer it waits
+    as a failed attempt; when the job is gone it becomes a dead letter."""
+    d = make_dispatcher()
+    rendered: list[str] = []
+
+    def render(delivery: Delivery) -> str | None:
+        rendered.append(delivery.id)
+        return None if delivery.job_id == "gone" else json.dumps(STATUS)
+
+    def recorded(msg: str, job_id: str) -> None:
+        d.outbox.enqueue(
+            Delivery(msg, receiver.url(), "", NOW, NOW, job_id=job_id, client_supplied=False)
+        )
+
+    recorded("msg_waits", "job1")
+    assert d.deliver_due(NOW) == 1  # no renderer yet: a failed attempt, nothing sent
+    waits = d.outbox.get("msg_waits")
+    assert waits is not None and waits.state is DeliveryState.PENDING
+    assert waits.attempts == 1 and waits.last_error == "payload not written yet"
+    d.render = render
+    recorded("msg_sent", "job1")
+    recorded("msg_gone", "gone")
+    assert d.deliver_due(NOW) == 2
+    assert sorted(rendered) == ["msg_gone", "msg_sent"]
+    assert [json.loads(r.body) for r in receiver.requests] == [STATUS]
+    sent = d.outbox.get("msg_sent")
+    assert sent is not None and sent.state is DeliveryState.SENT
+    assert sent.payload == json.dumps(STATUS)
+    gone = d.outbox.get("msg_gone")
+    assert gone is not None and gone.state is DeliveryState.DEAD
+    assert gone.last_error == "its job is gone or not over"
+
+
+def test_enqueue_of_a_recorded_delivery_fills_in_its_payload(
+    make_dispatcher: Callable[..., WebhookDispatcher],
+) -> None:
+    """enqueue(recorded=True) fills in the payload of the delivery the store wrote, and
+    writes the delivery itself when the store did not (nor ever overwrites a payload)."""
+    d = make_dispatcher()
+    url = "http://127.0.0.1:9/hook"
+    d.outbox.enqueue(Delivery("msg_rec", url, "", NOW, NOW, job_id="job1"))
+    d.enqueue(url, STATUS, job_id="job1", msg_id="msg_rec", recorded=True)
+    d.enqueue(url, {"other": 1}, job_id="job1", msg_id="msg_rec", recorded=True)
+    d.enqueue(url, STATUS, job_id="job2", msg_id="msg_new", recorded=True)
+    for msg in ("msg_rec", "msg_new"):
+        stored = d.outbox.get(msg)
+        assert stored is not None and json.loads(stored.payload) == STATUS

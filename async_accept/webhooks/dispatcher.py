@@ -354,9 +354,13 @@ class WebhookDispatcher:
             return False
         if payload is None:
             self.outbox.mark_dead(
-                delivery, now=t, attempts=delivery.attempts, last_error="its job is gone"
+                delivery,
+                now=t,
+                attempts=delivery.attempts,
+                last_error="its job is gone or not over",
             )
             return False
+        self.outbox.fill_payload(delivery.id, payload)  # every later attempt sends the same
         delivery.payload = payload
         return True
 
