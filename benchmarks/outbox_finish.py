@@ -46,17 +46,9 @@ PAYLOAD = '{"type":"job.completed","data":{"id":"x","status":"completed"}}' * 8
 def _claimed(store: Any, n: int, now: float) -> list[str]:
     ids = []
     for _ in range(n):
-        job = Job(
-            id=new_job_id(),
-            status=JobStatus.QUEUED,
-            owner="o",
-            created_at=now,
-            updated_at=now,
-            expires_at=now + 3600,
-            deadline_at=now + 600,
-            sla=300.0,
-            meta={"webhook": HOOK},
-        )
+        # id, status, owner, created_at, updated_at, expires_at, deadline_at, sla
+        job = Job(new_job_id(), JobStatus.QUEUED, "o", now, now, now + 3600, now + 600, 300.0)
+        job.meta = {"webhook": HOOK}
         store.create(job, REQUEST)
         store.claim(job.id, "w", now)
         ids.append(job.id)
