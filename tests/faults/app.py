@@ -168,7 +168,8 @@ def _options() -> dict[str, Any]:
         opts["webhook_url"] = env["ASYNC_ACCEPT_WEBHOOK_URL"]
         opts["webhook_secret"] = env["ASYNC_ACCEPT_WEBHOOK_SECRET"]
         opts["webhook_allow_private"] = True  # the test's receiver is on 127.0.0.1
-        opts["webhook_dispatcher_options"] = {"interval": 0.1}
+        # A delivery claimed by a process that died is due again after the lease.
+        opts["webhook_dispatcher_options"] = {"interval": 0.1, "timeout": 2.0, "lease": 10.0}
     return opts
 
 
