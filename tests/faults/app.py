@@ -4,10 +4,12 @@ uvicorn tests.faults.app:asgi_app   /   gunicorn tests.faults.app:wsgi_app
 
 Every job handler appends its input id (the request body) to the ledger file
 ``ASYNC_ACCEPT_FAULT_LEDGER`` when its side effect is done, so a run can count
-how often each accepted job really executed. ``ASYNC_ACCEPT_FAULT_FINISH_FAILURES=N``
-wraps the store so that its first N ``finish`` calls fail with a transient
-``StoreError``; ``GET /_fault/stats`` answers the wrapped store's call counts
-in this process.
+how often each accepted job really executed. ``ASYNC_ACCEPT_FAULT_WRAP_STORE=1`` wraps
+the store: ``ASYNC_ACCEPT_FAULT_FAIL=create:3,heartbeat:5`` makes the first N
+calls of each named method fail with a transient ``StoreError``
+(``ASYNC_ACCEPT_FAULT_FINISH_FAILURES=N`` is ``finish:N``), before the write, or
+after it with ``ASYNC_ACCEPT_FAULT_FAIL_AFTER=1``; ``GET /_fault/stats``
+answers the wrapped store's call counts (and the failures injected) in this process.
 """
 
 from __future__ import annotations
@@ -65,32 +67,41 @@ def _raise(kind: str) -> None:
 
 
 class FaultyStore:
-    """A store whose first ``finish_failures`` finish calls raise a transient
+    """A store whose first N calls of chosen methods raise a transient
     ``StoreError`` (as a locked or briefly unreachable store does), counting
-    every call by method name. Everything else goes to the wrapped store."""
+    every call by method name. Everything else goes to the wrapped store.
+
+    ``failures``: how many calls of each method fail (``{"create": 3}``);
+    ``after``: the failing call reaches the store first and only its answer is
+    lost (a timeout after the write), instead of failing before the write.
+    """
 
     #: no native async face: the middleware runs these (blocking) calls in threads
     aio = None
 
-    def __init__(self, inner: Any, finish_failures: int = 0) -> None:
+    def __init__(
+        self, inner: Any, failures: dict[str, int] | None = None, after: bool = False
+    ) -> None:
         self._inner = inner
         self._lock = threading.Lock()
-        self.finish_failures = finish_failures
+        self.failures = dict(failures or {})
+        self.injected: dict[str, int] = {}
+        self.after = after
         self.calls: dict[str, int] = {}
 
-    def _count(self, name: str) -> None:
+    @property
+    def finish_failures(self) -> int:
+        return self.failures.get("finish", 0)
+
+    def _due(self, name: str) -> bool:
+        """Count the call; whether it is one of the failing ones."""
         with self._lock:
             self.calls[name] = self.calls.get(name, 0) + 1
-
-    def finish(self, *args: Any, **kwargs: Any) -> Any:
-        self._count("finish")
-        with self._lock:
-            fail = self.finish_failures > 0
+            fail = self.failures.get(name, 0) > 0
             if fail:
-                self.finish_failures -= 1
-        if fail:
-            raise StoreError("injected: the store is briefly unavailable")
-        return self._inner.finish(*args, **kwargs)
+                self.failures[name] -= 1
+                self.injected[name] = self.injected.get(name, 0) + 1
+            return fail
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -98,10 +109,22 @@ class FaultyStore:
             return attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            self._count(name)
-            return attr(*args, **kwargs)
+            if not self._due(name):
+                return attr(*args, **kwargs)
+            if self.after:
+                attr(*args, **kwargs)
+            raise StoreError(f"injected: the store is briefly unavailable ({name})")
 
         return call
+
+
+def parse_failures(spec: str) -> dict[str, int]:
+    """``"create:3,heartbeat:5"`` -> ``{"create": 3, "heartbeat": 5}``."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, count = part.partition(":")
+        out[name] = int(count or 1)
+    return out
 
 
 #: the wrapped store of this process (None when the store is not wrapped)
@@ -130,9 +153,14 @@ def _options() -> dict[str, Any]:
     if env.get("ASYNC_ACCEPT_FAULT_WRAP_STORE"):
         from async_accept.stores import resolve_store
 
+        failures = parse_failures(env.get("ASYNC_ACCEPT_FAULT_FAIL", ""))
+        finish = env.get("ASYNC_ACCEPT_FAULT_FINISH_FAILURES")
+        if finish:
+            failures["finish"] = int(finish)
         FAULTY = FaultyStore(
             resolve_store(opts["store"]),
-            int(env.get("ASYNC_ACCEPT_FAULT_FINISH_FAILURES", "0")),
+            failures,
+            after=env.get("ASYNC_ACCEPT_FAULT_FAIL_AFTER") == "1",
         )
         opts["store"] = FAULTY
     return opts
@@ -141,7 +169,10 @@ def _options() -> dict[str, Any]:
 def _stats() -> bytes:
     calls = dict(FAULTY.calls) if FAULTY is not None else {}
     left = FAULTY.finish_failures if FAULTY is not None else 0
-    return json.dumps({"pid": os.getpid(), "calls": calls, "finish_failures_left": left}).encode()
+    injected = dict(FAULTY.injected) if FAULTY is not None else {}
+    return json.dumps(
+        {"pid": os.getpid(), "calls": calls, "finish_failures_left": left, "injected": injected}
+    ).encode()
 
 
 def _progress_steps(query: dict[str, list[str]]) -> tuple[int, float, float]:

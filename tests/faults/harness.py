@@ -35,6 +35,8 @@ class Submission:
     key: str
     code: int | None  # None: the connection failed
     location: str | None = None
+    #: the answer's Content-Type (a refusal must be problem+json)
+    content_type: str | None = None
 
 
 @dataclass
@@ -55,6 +57,8 @@ class FaultReport:
     completed_not_executed: list[str] = field(default_factory=list)
     canceled_but_executed: list[str] = field(default_factory=list)
     executed_more_than_once: list[str] = field(default_factory=list)
+    #: jobs refused (an answer other than 202) whose handler ran anyway
+    refused_but_executed: list[str] = field(default_factory=list)
     #: the final status JSON of each accepted job, by input id
     final: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
@@ -65,7 +69,8 @@ class FaultReport:
             f"vanished={self.vanished} never_ending={len(self.never_ending)} "
             f"completed_not_executed={len(self.completed_not_executed)} "
             f"canceled_but_executed={len(self.canceled_but_executed)} "
-            f"executed_more_than_once={len(self.executed_more_than_once)}"
+            f"executed_more_than_once={len(self.executed_more_than_once)} "
+            f"refused_but_executed={len(self.refused_but_executed)}"
         )
 
 
@@ -81,6 +86,7 @@ def record_report(report: FaultReport) -> None:
         "completed_not_executed",
         "canceled_but_executed",
         "executed_more_than_once",
+        "refused_but_executed",
     ):
         row[name] = len(row[name])
     row["test"] = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
@@ -127,6 +133,8 @@ def assert_nothing_lost(
         problems.append(
             f"{len(report.canceled_but_executed)} canceled though the handler produced a result"
         )
+    if report.refused_but_executed:
+        problems.append(f"{len(report.refused_but_executed)} refused but executed")
     if report.executed_more_than_once and not retries_allowed:
         problems.append(f"{len(report.executed_more_than_once)} executed more than once")
     unexpected = {k: v for k, v in report.failed.items() if k not in allowed_errors}
@@ -160,7 +168,9 @@ class FaultRun:
             sep = "&" if query else ""
             try:
                 r = self._client.post(f"{path}?id={key}{sep}{query}", content=key.encode())
-                sub = Submission(key, r.status_code, r.headers.get("location"))
+                sub = Submission(
+                    key, r.status_code, r.headers.get("location"), r.headers.get("content-type")
+                )
             except httpx.HTTPError:
                 sub = Submission(key, None)
             self.submissions.append(sub)
@@ -252,6 +262,12 @@ class FaultRun:
                 if runs[key] > 0:
                     report.canceled_but_executed.append(key)
         report.executed_more_than_once = sorted(k for k, n in runs.items() if n > 1)
+        report.refused_but_executed = sorted(
+            # (a lost connection may hide a 202: only an answered refusal counts)
+            s.key
+            for s in self.submissions
+            if s.code is not None and s.code != 202 and runs[s.key] > 0
+        )
         record_report(report)
         return report
 
