@@ -214,11 +214,15 @@ class FaultRun:
             assert time.monotonic() < deadline, f"fewer than {at_least} jobs reached {states}"
             time.sleep(0.05)
 
-    def poll_all(self, timeout: float = 60.0, settle: float = 0.0) -> FaultReport:
+    def poll_all(
+        self, timeout: float = 60.0, settle: float = 0.0, gone_is_final: bool = False
+    ) -> FaultReport:
         """Poll every accepted job until all ended (or ``timeout``); the report.
 
         ``settle``: seconds to wait after the last end before reading the ledger
         (a handler a cancel could not interrupt may still be writing it).
+        ``gone_is_final``: a 404/410 ends the polling of that job (it is counted
+        as vanished), for scenarios where losing the store's data is the fault.
         """
         report = FaultReport(submitted=len(self.submissions))
         pending: dict[str, Submission] = {}
@@ -237,6 +241,9 @@ class FaultRun:
                 last_code[key] = code
                 if body is not None and body["status"] in TERMINAL:
                     report.final[key] = body
+                    del pending[key]
+                elif gone_is_final and code in (404, 410):
+                    report.vanished[code] = report.vanished.get(code, 0) + 1
                     del pending[key]
             if pending:
                 time.sleep(0.1)
