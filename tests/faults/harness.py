@@ -54,6 +54,8 @@ class FaultReport:
     #: accepted jobs whose status URL later answered 404/410 (by code)
     vanished: dict[int, int] = field(default_factory=dict)
     never_ending: list[str] = field(default_factory=list)
+    #: the last status code each never-ending job answered (0: no answer), by code
+    stuck_codes: dict[int, int] = field(default_factory=dict)
     completed_not_executed: list[str] = field(default_factory=list)
     canceled_but_executed: list[str] = field(default_factory=list)
     executed_more_than_once: list[str] = field(default_factory=list)
@@ -67,6 +69,7 @@ class FaultReport:
             f"submitted={self.submitted} accepted={self.accepted} refused={self.refused} "
             f"completed={self.completed} failed={self.failed} canceled={self.canceled} "
             f"vanished={self.vanished} never_ending={len(self.never_ending)} "
+            f"stuck_codes={self.stuck_codes} "
             f"completed_not_executed={len(self.completed_not_executed)} "
             f"canceled_but_executed={len(self.canceled_but_executed)} "
             f"executed_more_than_once={len(self.executed_more_than_once)} "
@@ -253,6 +256,7 @@ class FaultRun:
                 report.vanished[code] = report.vanished.get(code, 0) + 1
             else:
                 report.never_ending.append(key)
+                report.stuck_codes[code] = report.stuck_codes.get(code, 0) + 1
         time.sleep(settle)
         runs = read_ledger(self.ledger)
         for key, body in report.final.items():

@@ -99,12 +99,7 @@ def test_full_disk_answers_503_and_recovers(
 ) -> None:
     """Disk full: 503 problem+json, earlier status URLs still answer; space freed: 202s again."""
     deploy.store = f"sqlite:///{small_disk / 'jobs.db'}"
-    if door == "gunicorn":
-        server = deploy.gunicorn(ASYNC_ACCEPT_EXECUTOR="thread?max_workers=4")
-        path = "/work-sync"
-    else:
-        server = deploy.uvicorn(ASYNC_ACCEPT_EXECUTOR="asyncio?max_concurrency=4")
-        path = "/work"
+    server, path = deploy.door(door)
     run = deploy.run(server)
     before = run.submit(path, n, query="sleep=0.05", prefix="before")
     run.wait_for(before, ("completed",), at_least=n, timeout=30 + n * 0.2)

@@ -27,9 +27,21 @@ def faulty(deploy: Deployment, door: str, fail: str, mode: str, **extra: str) ->
     env = {"ASYNC_ACCEPT_FAULT_WRAP_STORE": "1", "ASYNC_ACCEPT_FAULT_FAIL": fail, **extra}
     if mode == "after":
         env["ASYNC_ACCEPT_FAULT_FAIL_AFTER"] = "1"
-    if door == "gunicorn":
-        return deploy.gunicorn(ASYNC_ACCEPT_EXECUTOR="thread?max_workers=4", **env)
-    return deploy.uvicorn(ASYNC_ACCEPT_EXECUTOR="asyncio?max_concurrency=4", **env)
+    return deploy.door(door, **env)[0]
+
+
+def every_job_completes_once(
+    deploy: Deployment, door: str, mode: str, fail: str, path: str, query: str, n: int
+) -> None:
+    """``n`` jobs to ``path`` while the calls ``fail`` names fail: all complete, once."""
+    server = faulty(deploy, door, fail, mode)
+    run = deploy.run(server)
+    run.submit(path, n, query=query)
+    report = run.poll_all(timeout=30 + n * 0.5, settle=0.5)
+    name, _, count = fail.partition(":")
+    assert injected(server) == {name: int(count)}
+    assert report.completed == n, report.summary()
+    assert_nothing_lost(report)
 
 
 def injected(server: Server) -> dict[str, Any]:
@@ -72,26 +84,15 @@ def test_failed_claims_neither_lose_nor_double_run_a_job(
     deploy: Deployment, door: str, mode: str, n: int
 ) -> None:
     """The first 3 claims fail: those jobs are handed over again; every job completes once."""
-    server = faulty(deploy, door, "claim_with_request:3", mode)
-    run = deploy.run(server)
-    run.submit("/work", n, query="sleep=0.05")
-    report = run.poll_all(timeout=30 + n * 0.2, settle=0.5)
-    assert injected(server) == {"claim_with_request": 3}
-    assert report.completed == n, report.summary()
-    assert_nothing_lost(report)
+    every_job_completes_once(deploy, door, mode, "claim_with_request:3", "/work", "sleep=0.05", n)
 
 
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("door", ["uvicorn", "gunicorn"])
 def test_failed_heartbeats_are_not_a_lost_worker(deploy: Deployment, door: str, n: int) -> None:
     """6 heartbeats fail (~1 s of a 2 s worker_lost_after): running jobs complete, once."""
-    server = faulty(deploy, door, "heartbeat:6", "before")
-    run = deploy.run(server)
-    run.submit("/work" if door == "uvicorn" else "/work-sync", n, query="sleep=1.5")
-    report = run.poll_all(timeout=30 + n * 0.5)
-    assert injected(server) == {"heartbeat": 6}
-    assert report.completed == n, report.summary()
-    assert_nothing_lost(report)
+    path = "/work" if door == "uvicorn" else "/work-sync"
+    every_job_completes_once(deploy, door, "before", "heartbeat:6", path, "sleep=1.5", n)
 
 
 @pytest.mark.parametrize("n", SIZES)
@@ -101,10 +102,6 @@ def test_failed_progress_writes_lose_no_job(
     deploy: Deployment, door: str, mode: str, n: int
 ) -> None:
     """The first 3 progress writes fail: every job still completes, once."""
-    server = faulty(deploy, door, "set_progress:3", mode)
-    run = deploy.run(server)
-    run.submit("/progress", n, query="count=5&gap=0.1&hold=0.1")
-    report = run.poll_all(timeout=30 + n * 0.3)
-    assert injected(server) == {"set_progress": 3}
-    assert report.completed == n, report.summary()
-    assert_nothing_lost(report)
+    every_job_completes_once(
+        deploy, door, mode, "set_progress:3", "/progress", "count=5&gap=0.1&hold=0.1", n
+    )
