@@ -47,7 +47,7 @@ class Statements:
     """Every statement of the store, for one schema."""
 
     def __init__(self, schema: str) -> None:
-        s = quoted(schema)
+        s = self.schema_sql = quoted(schema)
         jobs = f"{s}.jobs"
         bodies = f"{s}.job_bodies"
         marks = ", ".join(["%s"] * len(_COLUMNS))

@@ -1,0 +1,306 @@
+"""Group commit of the PostgreSQL store's creates: accepts that arrive while one
+batch is on its way to the database go together in the next, one ``INSERT``
+(one statement, so one transaction and one round trip) for all of them.
+
+The first caller becomes the leader and sends what has queued (itself
+included); the others wait for their own outcome. A job the batch statement
+did not insert (its id already there, or its idempotency key held by a live
+job, possibly one inserted by the same batch) is settled on its own, exactly
+as a single create would be, so each caller gets its own ``(job, created)``.
+A batch statement that fails for a reason of its own (not the connection) is
+split: each create runs alone and gets its own outcome or error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Generic, TypeVar, cast
+
+import psycopg
+
+from ...errors import StoreError
+from ...job import CapturedRequest, Job
+from .sql import _COLS, _COLUMNS, Statements, after_conflict, job_values, one
+
+__all__ = ["MAX_BATCH", "AsyncBatcher", "Batcher", "create_many", "create_many_async"]
+
+ItemT = TypeVar("ItemT")
+OutT = TypeVar("OutT")
+
+#: Creates sent in one statement at most.
+MAX_BATCH = 64
+#: Times a create is tried again when the holder of its idempotency key vanishes
+#: (expired and deleted, or deleted by another process) between two statements.
+CREATE_ROUNDS = 5
+
+Create = tuple[Job, CapturedRequest]
+Outcome = tuple[Job, bool] | BaseException
+Conn = psycopg.Connection[Any]
+AConn = psycopg.AsyncConnection[Any]
+
+
+# -- the statements -----------------------------------------------------------------------------
+
+
+def _insert_many(sql: Statements, n: int) -> str:
+    s = sql.schema_sql
+    row = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+    bodies = ", ".join(["(%s::text, %s::text, %s::bytea)"] * n)
+    return (
+        f"WITH v (id, meta, body) AS (VALUES {bodies}), "
+        f"j AS (INSERT INTO {s}.jobs ({_COLS}) VALUES {', '.join([row] * n)} "
+        # Any conflict: the id (a repeated create) or a live idempotency key, also
+        # one taken by an earlier row of this very statement.
+        "ON CONFLICT DO NOTHING RETURNING id) "
+        f"INSERT INTO {s}.job_bodies (job_id, kind, meta, body) "
+        "SELECT v.id, 'request', v.meta, v.body FROM v JOIN j ON j.id = v.id RETURNING job_id"
+    )
+
+
+def _split(creates: Sequence[Create]) -> tuple[list[int], list[Any]]:
+    """The creates the batch statement carries (by index: one per job id) and its
+    arguments."""
+    seen: set[str] = set()
+    sent: list[int] = []
+    for i, (job, _) in enumerate(creates):
+        if job.id not in seen:
+            seen.add(job.id)
+            sent.append(i)
+    args: list[Any] = []
+    for i in sent:
+        job, request = creates[i]
+        args += [job.id, request.meta_json(), request.body]
+    for i in sent:
+        args += job_values(creates[i][0])
+    return sent, args
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, psycopg.OperationalError)
+
+
+def create_one(conn: Conn, sql: Statements, job: Job, request: CapturedRequest) -> tuple[Job, bool]:
+    """One create: insert, or settle the conflict (a repeat, a live or an expired key)."""
+    values = (*job_values(job), request.meta_json(), request.body)
+    for _ in range(CREATE_ROUNDS):
+        if conn.execute(sql.create, values).fetchall():
+            return job, True
+        same = one(conn.execute(sql.by_id, (job.id,)).fetchall())
+        holder = None
+        if same is None and job.idempotency_key is not None:
+            holder = one(conn.execute(sql.by_key, (job.idempotency_key,)).fetchall())
+        step = after_conflict(job, same, holder)
+        if step.result is not None:
+            return step.result
+        if step.drop is not None:
+            conn.execute(sql.drop_expired_holder, (step.drop, job.created_at))
+    raise StoreError(f"PostgreSQL store: create of job {job.id} kept conflicting")
+
+
+async def create_one_async(
+    conn: AConn, sql: Statements, job: Job, request: CapturedRequest
+) -> tuple[Job, bool]:
+    """:func:`create_one` on an asyncio connection."""
+    values = (*job_values(job), request.meta_json(), request.body)
+    for _ in range(CREATE_ROUNDS):
+        if await (await conn.execute(sql.create, values)).fetchall():
+            return job, True
+        same = one(await (await conn.execute(sql.by_id, (job.id,))).fetchall())
+        holder = None
+        if same is None and job.idempotency_key is not None:
+            cur = await conn.execute(sql.by_key, (job.idempotency_key,))
+            holder = one(await cur.fetchall())
+        step = after_conflict(job, same, holder)
+        if step.result is not None:
+            return step.result
+        if step.drop is not None:
+            await conn.execute(sql.drop_expired_holder, (step.drop, job.created_at))
+    raise StoreError(f"PostgreSQL store: create of job {job.id} kept conflicting")
+
+
+def create_many(conn: Conn, sql: Statements, creates: Sequence[Create]) -> list[Outcome]:
+    """Every create of the batch: one statement, then the conflicts one by one."""
+    if len(creates) == 1:
+        return [create_one(conn, sql, *creates[0])]
+    sent, args = _split(creates)
+    try:
+        inserted = {r[0] for r in conn.execute(_insert_many(sql, len(sent)), args).fetchall()}
+    except psycopg.Error as exc:
+        if _is_connection_error(exc):
+            raise
+        inserted = set()  # nothing of it was written: each create alone says why
+    out: list[Outcome] = []
+    for job, request in creates:
+        if job.id in inserted:
+            inserted.discard(job.id)  # a second create of the same job settles as a repeat
+            out.append((job, True))
+            continue
+        try:
+            out.append(create_one(conn, sql, job, request))
+        except psycopg.Error as exc:
+            if _is_connection_error(exc):
+                raise
+            out.append(exc)
+        except StoreError as exc:
+            out.append(exc)
+    return out
+
+
+async def create_many_async(
+    conn: AConn, sql: Statements, creates: Sequence[Create]
+) -> list[Outcome]:
+    """:func:`create_many` on an asyncio connection."""
+    if len(creates) == 1:
+        return [await create_one_async(conn, sql, *creates[0])]
+    sent, args = _split(creates)
+    try:
+        cur = await conn.execute(_insert_many(sql, len(sent)), args)
+        inserted = {r[0] for r in await cur.fetchall()}
+    except psycopg.Error as exc:
+        if _is_connection_error(exc):
+            raise
+        inserted = set()
+    out: list[Outcome] = []
+    for job, request in creates:
+        if job.id in inserted:
+            inserted.discard(job.id)
+            out.append((job, True))
+            continue
+        try:
+            out.append(await create_one_async(conn, sql, job, request))
+        except psycopg.Error as exc:
+            if _is_connection_error(exc):
+                raise
+            out.append(exc)
+        except StoreError as exc:
+            out.append(exc)
+    return out
+
+
+# -- who sends the batch ------------------------------------------------------------------------
+
+
+def _own(error: BaseException, shared: bool) -> BaseException:
+    """An exception to raise in one caller: a copy when several callers share it."""
+    if not shared or not isinstance(error, StoreError):
+        return error
+    copy = StoreError(str(error))
+    copy.__cause__ = error
+    return copy
+
+
+class _Op(Generic[ItemT, OutT]):
+    __slots__ = ("done", "error", "item", "result")
+
+    def __init__(self, item: ItemT) -> None:
+        self.item = item
+        self.done = False
+        self.result: OutT | None = None
+        self.error: BaseException | None = None
+
+
+class Batcher(Generic[ItemT, OutT]):
+    """Blocking callers: whoever holds the leader's lock sends what has queued, up
+    to :data:`MAX_BATCH` at a time, until its own item is done."""
+
+    def __init__(self, send: Callable[[list[ItemT]], list[OutT | BaseException]]) -> None:
+        self._send = send
+        self._leader = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Op[ItemT, OutT]] = []
+
+    def submit(self, item: ItemT) -> OutT:
+        op: _Op[ItemT, OutT] = _Op(item)
+        with self._queue_lock:
+            self._queue.append(op)
+        with self._leader:
+            # Either still queued (then a flush takes it) or taken by a leader
+            # that finished it before letting go of the lock.
+            while not op.done:
+                self._flush()
+        if op.error is not None:
+            raise op.error
+        return cast(OutT, op.result)
+
+    def _flush(self) -> None:
+        with self._queue_lock:
+            batch = self._queue[:MAX_BATCH]
+            del self._queue[:MAX_BATCH]
+        try:
+            outs = self._send([op.item for op in batch])
+        except BaseException as exc:
+            for op in batch:
+                op.error, op.done = _own(exc, len(batch) > 1), True
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for op, out in zip(batch, outs, strict=True):
+            if isinstance(out, BaseException):
+                op.error = out
+            else:
+                op.result = out
+            op.done = True
+
+
+class AsyncBatcher(Generic[ItemT, OutT]):
+    """The same for one event loop's tasks: the first caller sends batches until
+    its own item is done, then hands what is left to a task of its own."""
+
+    def __init__(
+        self, send: Callable[[list[ItemT]], Awaitable[list[OutT | BaseException]]]
+    ) -> None:
+        self._send = send
+        self._queue: list[tuple[ItemT, asyncio.Future[OutT]]] = []
+        self._busy = False
+        self._drains: set[asyncio.Task[None]] = set()
+
+    async def submit(self, item: ItemT) -> OutT:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[OutT] = loop.create_future()
+        self._queue.append((item, future))
+        if not self._busy:
+            self._busy = True
+            try:
+                while not future.done() and self._queue:
+                    await self._flush()
+            finally:
+                self._busy = False
+                if self._queue and not loop.is_closed():
+                    self._start_drain(loop)
+        return await future
+
+    def _start_drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._busy = True
+        task = loop.create_task(self._drain())
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                await self._flush()
+        finally:
+            self._busy = False
+
+    async def _flush(self) -> None:
+        batch = self._queue[:MAX_BATCH]
+        del self._queue[:MAX_BATCH]
+        try:
+            outs = await self._send([item for item, _ in batch])
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else StoreError("the call was cancelled")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(_own(error, len(batch) > 1))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), out in zip(batch, outs, strict=True):
+            if future.done():  # its caller was cancelled; the create stands anyway
+                continue
+            if isinstance(out, BaseException):
+                future.set_exception(out)
+            else:
+                future.set_result(out)
