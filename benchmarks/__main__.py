@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--stores",
         type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
-        help="stores of the owned case, e.g. redis (default: memory, sqlite, redis)",
+        help="stores of the owned case, e.g. redis,postgres (default: every one reachable)",
     )
     p.add_argument(
         "--only",
