@@ -250,6 +250,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX jobs_owner2_created ON {s}.jobs "
         "((CASE WHEN strpos(owner, ' ') > 0 THEN substr(owner, strpos(owner, ' ') + 1) "
         "ELSE '' END), created_at DESC, id DESC)",
+        # A random name for this schema in this database: processes that reach it
+        # by different host names still see one store (a worker checks it against
+        # its application's, see executors/store.py).
+        "CREATE TABLE {s}.instance (id text NOT NULL "
+        "DEFAULT md5(random()::text || clock_timestamp()::text || txid_current()::text))",
+        "INSERT INTO {s}.instance DEFAULT VALUES",
     ),
 }
 

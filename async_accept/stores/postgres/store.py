@@ -338,6 +338,12 @@ class PostgresStore(StoreBase):
         """Job changes from every process (``LISTEN``; a trigger sends them)."""
         return PostgresChangeSignal(self.settings)
 
+    def instance_id(self) -> str:
+        """The random name this schema of this database got when it was created: the
+        same for every process that reaches it, however it names the server."""
+        rows = self._rows(f"SELECT id FROM {self._sql.schema_sql}.instance", (), repeatable=True)
+        return str(rows[0][0])
+
     # -- learned run times (timings.py) ---------------------------------------------
 
     def load_run_times(self) -> dict[str, str]:
