@@ -202,46 +202,59 @@ class _Op(Generic[ItemT, OutT]):
 
 
 class Batcher(Generic[ItemT, OutT]):
-    """Blocking callers: whoever holds the leader's lock sends what has queued, up
-    to :data:`MAX_BATCH` at a time, until its own item is done."""
+    """Blocking callers: one at a time leads, sending what has queued (up to
+    :data:`MAX_BATCH` a statement) until its own item is done; the others sleep
+    until theirs is, or until the leader leaves and one of them takes over."""
 
     def __init__(self, send: Callable[[list[ItemT]], list[OutT | BaseException]]) -> None:
         self._send = send
-        self._leader = threading.Lock()
-        self._queue_lock = threading.Lock()
+        self._cond = threading.Condition()
         self._queue: list[_Op[ItemT, OutT]] = []
+        self._leading = False
 
     def submit(self, item: ItemT) -> OutT:
         op: _Op[ItemT, OutT] = _Op(item)
-        with self._queue_lock:
+        with self._cond:
             self._queue.append(op)
-        with self._leader:
-            # Either still queued (then a flush takes it) or taken by a leader
-            # that finished it before letting go of the lock.
-            while not op.done:
-                self._flush()
+            while not op.done and self._leading:
+                self._cond.wait()
+            lead = not op.done
+            if lead:
+                self._leading = True
+        if lead:
+            try:
+                while not op.done:
+                    self._flush()
+            finally:
+                with self._cond:
+                    self._leading = False
+                    self._cond.notify_all()
         if op.error is not None:
             raise op.error
         return cast(OutT, op.result)
 
     def _flush(self) -> None:
-        with self._queue_lock:
+        with self._cond:
             batch = self._queue[:MAX_BATCH]
             del self._queue[:MAX_BATCH]
         try:
-            outs = self._send([op.item for op in batch])
+            outs: list[OutT | BaseException] = self._send([op.item for op in batch])
         except BaseException as exc:
-            for op in batch:
-                op.error, op.done = _own(exc, len(batch) > 1), True
+            outs = [_own(exc, len(batch) > 1) for _ in batch]
             if not isinstance(exc, Exception):
+                self._settle(batch, outs)
                 raise
-            return
-        for op, out in zip(batch, outs, strict=True):
-            if isinstance(out, BaseException):
-                op.error = out
-            else:
-                op.result = out
-            op.done = True
+        self._settle(batch, outs)
+
+    def _settle(self, batch: list[_Op[ItemT, OutT]], outs: list[OutT | BaseException]) -> None:
+        with self._cond:
+            for op, out in zip(batch, outs, strict=True):
+                if isinstance(out, BaseException):
+                    op.error = out
+                else:
+                    op.result = out
+                op.done = True
+            self._cond.notify_all()
 
 
 class AsyncBatcher(Generic[ItemT, OutT]):
