@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from async_accept.errors import StoreError
-from async_accept.job import CapturedRequest, Job, JobStatus, new_job_id
+from async_accept.job import CapturedRequest, Job
 from tests.services import drop_postgres_schema, postgres_schema_url, require_postgres
+from tests.test_store_postgres import _job as base_job
 
 REQUEST = CapturedRequest("POST", "/render", b"", [], b"body")
 
@@ -36,19 +37,7 @@ def store() -> Iterator[Any]:
 
 
 def _job(now: float, key: str | None = None, **kw: Any) -> Job:
-    fields: dict[str, Any] = {
-        "id": new_job_id(),
-        "status": JobStatus.QUEUED,
-        "owner": "o",
-        "created_at": now,
-        "updated_at": now,
-        "expires_at": now + 3600,
-        "deadline_at": now + 60,
-        "sla": 30.0,
-        "idempotency_key": key,
-    }
-    fields.update(kw)
-    return Job(**fields)
+    return base_job(now, idempotency_key=key, **kw)
 
 
 def _sizes(store: Any, twin: bool) -> list[int]:

@@ -111,7 +111,8 @@ class StoreExecutor(BaseExecutor):
         if self._thread is not None:
             with self._sent:
                 self._asked += 1
-            self._wake.set()
+            if not self._wake.is_set():  # set: the thread has yet to read _asked
+                self._wake.set()
 
     # is_pending (always False: queued in the store is all there is, the sweeper may
     # signal again) and cancel (workers see it through their heartbeats): BaseExecutor's.

@@ -14,6 +14,7 @@ split: each create runs alone and gets its own outcome or error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar, cast
@@ -44,37 +45,43 @@ AConn = psycopg.AsyncConnection[Any]
 # -- the statements -----------------------------------------------------------------------------
 
 
-def _insert_many(sql: Statements, n: int) -> str:
-    s = sql.schema_sql
-    row = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
-    bodies = ", ".join(["(%s::text, %s::text, %s::bytea)"] * n)
+#: Each column's SQL type (migration 1), for the arrays the batch statement unnests.
+_FLOATS = {
+    "created_at", "updated_at", "expires_at", "deadline_at", "sla", "started_at",
+    "finished_at", "percent", "eta", "progress_at", "heartbeat_at",
+}  # fmt: skip
+_TYPES = {"cancel_requested": "boolean", "result_status": "integer", "attempts": "integer"}
+_TYPES.update(meta="jsonb", **dict.fromkeys(_FLOATS, "double precision"))
+
+
+@functools.cache
+def insert_many(s: str) -> str:
+    """The batch statement: one array per column (so one short statement, parsed and
+    prepared once, whatever the batch's size), rows inserted in the callers' order.
+    ``s`` is the quoted schema."""
+    arrays = ", ".join(f"%s::{_TYPES.get(c, 'text')}[]" for c in _COLUMNS)
     return (
-        f"WITH v (id, meta, body) AS (VALUES {bodies}), "
-        f"j AS (INSERT INTO {s}.jobs ({_COLS}) VALUES {', '.join([row] * n)} "
+        f"WITH v AS (SELECT * FROM unnest({arrays}, %s::text[], %s::bytea[]) "
+        f"WITH ORDINALITY AS v ({_COLS}, req_meta, req_body, n)), "
+        f"j AS (INSERT INTO {s}.jobs ({_COLS}) SELECT {_COLS} FROM v ORDER BY n "
         # Any conflict: the id (a repeated create) or a live idempotency key, also
         # one taken by an earlier row of this very statement.
         "ON CONFLICT DO NOTHING RETURNING id) "
         f"INSERT INTO {s}.job_bodies (job_id, kind, meta, body) "
-        "SELECT v.id, 'request', v.meta, v.body FROM v JOIN j ON j.id = v.id RETURNING job_id"
+        "SELECT v.id, 'request', v.req_meta, v.req_body FROM v JOIN j ON j.id = v.id "
+        "RETURNING job_id"
     )
 
 
-def _split(creates: Sequence[Create]) -> tuple[list[int], list[Any]]:
-    """The creates the batch statement carries (by index: one per job id) and its
-    arguments."""
+def _arrays(creates: Sequence[Create]) -> list[Any]:
+    """The batch statement's arguments, a list per column: one row per job id."""
     seen: set[str] = set()
-    sent: list[int] = []
-    for i, (job, _) in enumerate(creates):
+    rows: list[tuple[Any, ...]] = []
+    for job, request in creates:
         if job.id not in seen:
             seen.add(job.id)
-            sent.append(i)
-    args: list[Any] = []
-    for i in sent:
-        job, request = creates[i]
-        args += [job.id, request.meta_json(), request.body]
-    for i in sent:
-        args += job_values(creates[i][0])
-    return sent, args
+            rows.append((*job_values(job), request.meta_json(), request.body))
+    return [list(col) for col in zip(*rows, strict=True)]
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -124,9 +131,9 @@ def create_many(conn: Conn, sql: Statements, creates: Sequence[Create]) -> list[
     """Every create of the batch: one statement, then the conflicts one by one."""
     if len(creates) == 1:
         return [create_one(conn, sql, *creates[0])]
-    sent, args = _split(creates)
+    args = _arrays(creates)
     try:
-        inserted = {r[0] for r in conn.execute(_insert_many(sql, len(sent)), args).fetchall()}
+        inserted = {r[0] for r in conn.execute(insert_many(sql.schema_sql), args).fetchall()}
     except psycopg.Error as exc:
         if _is_connection_error(exc):
             raise
@@ -154,9 +161,9 @@ async def create_many_async(
     """:func:`create_many` on an asyncio connection."""
     if len(creates) == 1:
         return [await create_one_async(conn, sql, *creates[0])]
-    sent, args = _split(creates)
+    args = _arrays(creates)
     try:
-        cur = await conn.execute(_insert_many(sql, len(sent)), args)
+        cur = await conn.execute(insert_many(sql.schema_sql), args)
         inserted = {r[0] for r in await cur.fetchall()}
     except psycopg.Error as exc:
         if _is_connection_error(exc):
