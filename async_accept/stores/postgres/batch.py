@@ -133,7 +133,8 @@ def create_many(conn: Conn, sql: Statements, creates: Sequence[Create]) -> list[
         return [create_one(conn, sql, *creates[0])]
     args = _arrays(creates)
     try:
-        inserted = {r[0] for r in conn.execute(insert_many(sql.schema_sql), args).fetchall()}
+        rows = conn.execute(insert_many(sql.schema_sql), args, binary=True).fetchall()
+        inserted = {r[0] for r in rows}
     except psycopg.Error as exc:
         if _is_connection_error(exc):
             raise
@@ -163,7 +164,7 @@ async def create_many_async(
         return [await create_one_async(conn, sql, *creates[0])]
     args = _arrays(creates)
     try:
-        cur = await conn.execute(insert_many(sql.schema_sql), args)
+        cur = await conn.execute(insert_many(sql.schema_sql), args, binary=True)
         inserted = {r[0] for r in await cur.fetchall()}
     except psycopg.Error as exc:
         if _is_connection_error(exc):
@@ -269,30 +270,33 @@ class AsyncBatcher(Generic[ItemT, OutT]):
     its own item is done, then hands what is left to a task of its own."""
 
     def __init__(
-        self, send: Callable[[list[ItemT]], Awaitable[list[OutT | BaseException]]]
+        self,
+        send: Callable[[list[ItemT]], Awaitable[list[OutT | BaseException]]],
+        in_flight: int = 1,
     ) -> None:
+        self.in_flight = in_flight
         self._send = send
         self._queue: list[tuple[ItemT, asyncio.Future[OutT]]] = []
-        self._busy = False
+        self._active = 0  # batches being sent
         self._drains: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: ItemT) -> OutT:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[OutT] = loop.create_future()
         self._queue.append((item, future))
-        if not self._busy:
-            self._busy = True
+        if self._active < self.in_flight:
+            self._active += 1
             try:
                 while not future.done() and self._queue:
                     await self._flush()
             finally:
-                self._busy = False
-                if self._queue and not loop.is_closed():
+                self._active -= 1
+                if self._queue and self._active < self.in_flight and not loop.is_closed():
                     self._start_drain(loop)
         return await future
 
     def _start_drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._busy = True
+        self._active += 1
         task = loop.create_task(self._drain())
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
@@ -302,7 +306,7 @@ class AsyncBatcher(Generic[ItemT, OutT]):
             while self._queue:
                 await self._flush()
         finally:
-            self._busy = False
+            self._active -= 1
 
     async def _flush(self) -> None:
         batch = self._queue[:MAX_BATCH]
