@@ -59,9 +59,9 @@ def insert_many(s: str) -> str:
     """The batch statement: one array per column (so one short statement, parsed and
     prepared once, whatever the batch's size), rows inserted in the callers' order.
     ``s`` is the quoted schema."""
-    arrays = ", ".join(f"%s::{_TYPES.get(c, 'text')}[]" for c in _COLUMNS)
+    arrays = ", ".join(f"%b::{_TYPES.get(c, 'text')}[]" for c in _COLUMNS)
     return (
-        f"WITH v AS (SELECT * FROM unnest({arrays}, %s::text[], %s::bytea[]) "
+        f"WITH v AS (SELECT * FROM unnest({arrays}, %b::text[], %b::bytea[]) "
         f"WITH ORDINALITY AS v ({_COLS}, req_meta, req_body, n)), "
         f"j AS (INSERT INTO {s}.jobs ({_COLS}) SELECT {_COLS} FROM v ORDER BY n "
         # Any conflict: the id (a repeated create) or a live idempotency key, also
