@@ -28,7 +28,7 @@ user's access, while another browser never gets it.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .errors import ConfigurationError
 
@@ -182,6 +182,31 @@ def starlette_principal(user: object) -> str | None:
         except (NotImplementedError, AttributeError):
             ident = getattr(user, "display_name", None)
         return None if ident in (None, "") else f"starlette:{ident}"
+    except Exception:  # an app's user object that fails: no principal, never a 500
+        return None
+
+
+#: attributes naming a user object, tried in this order by :func:`object_principal`
+_USER_KEYS = ("pk", "id", "identity", "username", "email")
+
+
+def object_principal(framework: str, user: object) -> str | None:
+    """The principal of a framework's user object of any shape (Litestar's
+    ``request.user``): a ``str``/``int`` itself, else its type and the first of
+    ``pk``, ``id``, ``identity``, ``username``, ``email`` it has (attribute or
+    key); None for no user."""
+    try:
+        if user is None or isinstance(user, bool):
+            return None
+        if isinstance(user, (str, int)):
+            return f"{framework}:{type(user).__name__}:{user}" if user != "" else None
+        if getattr(user, "is_authenticated", True) is False:
+            return None
+        for key in _USER_KEYS:
+            value = user.get(key) if isinstance(user, Mapping) else getattr(user, key, None)
+            if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
+                return f"{framework}:{type(user).__qualname__}:{key}:{value}"
+        return None
     except Exception:  # an app's user object that fails: no principal, never a 500
         return None
 
