@@ -211,19 +211,11 @@ def object_principal(framework: str, user: object) -> str | None:
         return None
 
 
-def django_principal(request: object) -> str | None:
-    """The principal of a Django request's ``user`` (AuthenticationMiddleware ran before).
-
-    Only a user already loaded is read in async views (loading it there would
-    touch the database from the event loop).
-    """
+def django_user_principal(user: object) -> str | None:
+    """The principal of a Django user object (model label and primary key), None
+    for an anonymous or unsaved one."""
     try:
-        if not hasattr(request, "user"):
-            return None
-        if getattr(request, "scope", None) is not None and not hasattr(request, "_cached_user"):
-            return None
-        user = request.user
-        if not getattr(user, "is_authenticated", False):
+        if user is None or not getattr(user, "is_authenticated", False):
             return None
         pk = getattr(user, "pk", None)
         if pk is None:
@@ -232,3 +224,33 @@ def django_principal(request: object) -> str | None:
         return f"django:{label}:{pk}"
     except Exception:  # a broken auth backend: no principal, never a 500
         return None
+
+
+def django_principal(request: object) -> str | None:
+    """The principal of a Django request's ``user`` (AuthenticationMiddleware ran
+    before, or DRF's authentication set it on the request in the view).
+
+    In async code only a user already loaded is read (loading it there would
+    touch the database from the event loop): DRF's, or a lazy one evaluated.
+    """
+    try:
+        if not hasattr(request, "user"):
+            return None
+        if getattr(request, "scope", None) is not None and not _user_loaded(request):
+            return None
+        return django_user_principal(request.user)
+    except Exception:  # a broken auth backend: no principal, never a 500
+        return None
+
+
+def _user_loaded(request: object) -> bool:
+    """Whether ``request.user`` is there without a database query."""
+    if hasattr(request, "_cached_user"):
+        return True
+    user = vars(request).get("user")
+    wrapped = getattr(user, "_wrapped", None)
+    if wrapped is None:
+        return user is not None  # set by DRF (or the app) as it is
+    from django.utils.functional import empty
+
+    return wrapped is not empty
