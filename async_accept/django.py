@@ -61,6 +61,7 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
+from .cookie_rules import django_asgi_cookies, django_cookies
 from .django_auth import acaller_principal, caller_principal, capture
 from .engine.ops import Gen
 from .engine.responses import Response
@@ -188,7 +189,12 @@ def get_front_door() -> FrontDoor:
                 return [*discover_urlconf(), *(extra() if extra is not None else ())]
 
             _door = FrontDoor(_DjangoWSGIApp(), "wsgi", {**opts, "discover": discover})
+            _door.engine.cookie_reader = django_asgi_cookies if _asgi[0] else django_cookies
         return _door
+
+
+#: whether the middleware runs under Django's ASGI handler (its cookie reading differs)
+_asgi = [False]
 
 
 def reset() -> None:
@@ -553,6 +559,7 @@ class AsyncAcceptMiddleware:
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
         self.async_mode = iscoroutinefunction(get_response)
+        _asgi[0] = self.async_mode  # which of Django's cookie readings the app has
         if self.async_mode:
             markcoroutinefunction(self)
         get_front_door()  # bad settings stop the start-up here

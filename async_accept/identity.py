@@ -30,6 +30,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 
+from .cookie_rules import CookieReader, read_cookies
 from .errors import ConfigurationError
 
 #: request headers whose value identifies the caller (lower-case)
@@ -118,8 +119,14 @@ def read_identity(
     principal: str | None,
     identity_headers: Sequence[bytes],
     session_cookies: Sequence[bytes],
+    cookie_reader: CookieReader | None = None,
 ) -> Identity:
-    """The caller's identity from a request's headers (and the framework principal)."""
+    """The caller's identity from a request's headers (and the framework principal).
+
+    ``cookie_reader`` (cookie_rules.py) says which value of a repeated session
+    cookie the app's framework reads: the owner is bound to that one. Without
+    one, every value counts, in order (a second cookie can only narrow access).
+    """
     cookie_lines = [v for k, v in headers if k == b"cookie"]
     cookies = parse_cookie_header(cookie_lines) if cookie_lines else []
     owner_cookie = None
@@ -136,12 +143,15 @@ def read_identity(
             if k == name and v:
                 parts.append((b"h:" + k, v))
     credential = bool(parts)
-    if session_cookies:
-        for name, value in cookies:
-            if value and name in session_cookies:
-                # Every value of a repeated cookie counts, in order: a second
-                # cookie of the same name can only ever narrow access.
-                parts.append((b"c:" + name, value))
+    if session_cookies and cookie_lines:
+        if cookie_reader is None:
+            parts.extend((b"c:" + n, v) for n, v in cookies if v and n in session_cookies)
+        else:
+            seen = read_cookies(cookie_reader, cookie_lines)
+            for name in session_cookies:
+                text = seen.get(name.decode("latin-1"))
+                if text:
+                    parts.append((b"c:" + name, text.encode("utf-8", "surrogatepass")))
     session_only = bool(parts) and not credential
     return Identity(
         encode_parts(parts), principal=False, session_only=session_only, cookie=owner_cookie

@@ -30,6 +30,7 @@ from typing import Any
 
 from . import asgi
 from ._integrations import path_template
+from .cookie_rules import litestar_cookies
 from .identity import object_principal
 from .routes import RoutePattern, marker_of, method_marks, parse_route
 
@@ -121,6 +122,7 @@ class AsyncAcceptMiddleware(asgi.AsyncAcceptMiddleware):
             return [*discover_routes(app), *(extra() if extra is not None else ())]
 
         super().__init__(app, discover=discover, **options)
+        self._door.engine.cookie_reader = litestar_cookies
         self._litestar = app
         self._authenticators: list[Any] | None = None
 

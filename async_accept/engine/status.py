@@ -14,6 +14,7 @@ from typing import Any
 
 from werkzeug.http import parse_date, parse_etags, unquote_etag
 
+from ..cookie_rules import CookieReader
 from ..errors import ExecutorError, StoreError
 from ..identity import (
     DEFAULT_IDENTITY_HEADERS,
@@ -150,6 +151,9 @@ class Status:
     #: Answers below ``{prefix}/dashboard``; set by the front door when the dashboard
     #: is on (the dashboard package sits above the engine, which never imports it).
     dashboard: Callable[[CapturedRequest], Gen[Response]] | None = None
+    #: which value of a repeated cookie the app's framework reads (cookie_rules.py);
+    #: set by the middleware for the framework it wraps; None: every value counts
+    cookie_reader: CookieReader | None = None
 
     def __init__(self, options: Options, clock: Callable[[], float] = time.time) -> None:
         self.options = options
@@ -188,7 +192,11 @@ class Status:
             material = encode_parts([(b"identity", given)]) if given else b""
             return Identity(material, principal=True, session_only=False, cookie=None)
         return read_identity(
-            request.headers, request.principal, self._identity_headers, self._session_cookies
+            request.headers,
+            request.principal,
+            self._identity_headers,
+            self._session_cookies,
+            self.cookie_reader,
         )
 
     def identity_material(self, request: CapturedRequest) -> bytes:
