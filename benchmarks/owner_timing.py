@@ -2,10 +2,10 @@
 
 ::
 
-    python -m benchmarks.owner_timing [--rounds 20000]
+    python -m benchmarks.owner_timing [--rounds 20000] [--store sqlite:///tmp/t.db]
 
 In-process (no sockets, so no network noise hides a difference): a WSGI app
-behind the middleware with a memory store; Alice has a job; Bob reads its
+behind the middleware with a memory store (or ``--store``); Alice has a job; Bob reads its
 status URL (a), and a validly signed URL of an id that does not exist (b).
 Both answer the same 404. The requests alternate, each is timed, and the
 report gives the medians and how often the best single threshold on one
@@ -79,11 +79,12 @@ def separation(a: list[int], b: list[int]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20000)
+    parser.add_argument("--store", default="memory://", help="a store URL (default memory://)")
     args = parser.parse_args(argv)
     mw = AsyncAcceptMiddleware(
         _app,
         secret_key=KEY,
-        store="memory://",
+        store=args.store,
         executor="thread",
         routes={"POST /work": {}},
         sweep_interval=None,
