@@ -203,14 +203,15 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         except _Disconnected:
             return
         request = self._capture(scope, path, body)
+        # Found here, the way a status read finds it (not from inside the app,
+        # where an auth middleware below this one may have set scope["user"]):
+        # the job's owner must be someone a status read can recognize.
+        request.principal = await self._status_principal(scope)
         if route.precheck:
             reached = await self._precheck(scope, receive, send, body)
             if reached is None:
                 return  # the app answered before the handler: its answer stands, no job
             route = reached
-            # The app's own auth ran on this scope before the handler (Litestar's
-            # AbstractAuthenticationMiddleware sets scope["user"] there).
-            request.principal = self._principal(scope) or request.principal
         response = await self.runtime.adrive(self._door.engine.accept(request, route))
         await _send(send, self._door.answer(response), scope["method"])
 

@@ -534,8 +534,8 @@ class _Check:
     decides (the rest of MIDDLEWARE and the view's decorators run; the view's
     wrapper stops the call with AcceptNow, which Django's
     ``convert_exception_to_response`` lets pass: it catches ``Exception``).
-    A request below the prefix (``subpath``): the caller's principal is
-    established first, DRF's authenticators included (django_auth.py)."""
+    Either way the caller's principal is established first, the same way
+    for both, DRF's authenticators included (django_auth.py)."""
 
     __slots__ = ("request", "subpath")
 
@@ -573,8 +573,11 @@ class AsyncAcceptMiddleware:
         plan = _plan(door, request)
         if plan is None:
             return self._pass(door, self.get_response(request))
-        if isinstance(plan, _Check) and plan.subpath is not None:
+        if isinstance(plan, _Check):
+            # Who is calling, found here as a status read finds it (DRF's authenticators
+            # included): not from inside the view, where a status read can't look.
             plan.request.principal = caller_principal(request)
+        if isinstance(plan, _Check) and plan.subpath is not None:
             plan = door.engine.serve(plan.request, plan.subpath)
         elif isinstance(plan, _Check):
             with open_gate():
@@ -584,8 +587,6 @@ class AsyncAcceptMiddleware:
                     signal = accept_signal(exc)
                     if signal is None:
                         raise
-                    # The app's auth ran (DRF's in the view): its user owns the job.
-                    plan.request.principal = caller_principal(request)
                     plan = door.engine.accept(plan.request, signal.options)
         if isinstance(plan, Response):
             return _logged(to_django(door.answer(plan), request.method), request)
@@ -600,8 +601,9 @@ class AsyncAcceptMiddleware:
         plan = _plan(door, request)
         if plan is None:
             return self._pass(door, await self.get_response(request))
+        if isinstance(plan, _Check):
+            plan.request.principal = await acaller_principal(request)  # as in __call__
         if isinstance(plan, _Check) and plan.subpath is not None:
-            plan.request.principal = await acaller_principal(request)
             plan = door.engine.serve(plan.request, plan.subpath)
         elif isinstance(plan, _Check):
             with open_gate():
@@ -611,8 +613,6 @@ class AsyncAcceptMiddleware:
                     signal = accept_signal(exc)
                     if signal is None:
                         raise
-                    # The app's auth ran (DRF's in the view): its user owns the job.
-                    plan.request.principal = await acaller_principal(request)
                     plan = door.engine.accept(plan.request, signal.options)
         if isinstance(plan, Response):
             return _logged(to_django(door.answer(plan), request.method), request)

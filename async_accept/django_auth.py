@@ -1,16 +1,18 @@
 """Django: the captured request, and who is calling (Django's and DRF's principal).
 
-The owner of a job is the user the app authenticated. Django's
-``AuthenticationMiddleware`` puts ``request.user`` on the request before this
-middleware when it comes earlier in ``MIDDLEWARE``. DRF authenticates inside
-the view (``APIView.initial``), so a caller known by a DRF token has no user
-at the middleware: at accept the pre-check runs the view up to the handler,
-after DRF set ``request.user`` (on the Django request too), and the user is
-read then. A status URL is no DRF view, so for a status read the middleware
-asks DRF's authenticators itself: ``DEFAULT_AUTHENTICATION_CLASSES`` and the
-``authentication_classes`` of the DRF views in the URLconf, the first that
-knows the caller wins. A second token of the same user (a refresh, Basic
-instead of Token) reads the job; another user's gets the 404.
+The owner of a job is the user the app authenticated, found where a status
+read can find it again: at this middleware's place in ``MIDDLEWARE``.
+Django's ``AuthenticationMiddleware`` puts ``request.user`` on the request
+when it comes earlier. DRF authenticates inside the view
+(``APIView.initial``), so a caller known by a DRF token has no user here: for
+an accept (before the pre-check runs the view) and for a status read alike,
+the middleware asks DRF's authenticators itself:
+``DEFAULT_AUTHENTICATION_CLASSES`` and the ``authentication_classes`` of the
+DRF views in the URLconf, the first that knows the caller wins. A second
+token of the same user (a refresh, Basic instead of Token) reads the job;
+another user's gets the 404. The user is not taken from inside the view: an
+auth middleware placed after this one would name a user there that no status
+read could recognize.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Litestar: the owner of a job is ``request.user`` as the app's own
-``AbstractAuthenticationMiddleware`` found it, at accept (the pre-check ran
-the app up to the handler) and at the status read (the middleware asks the
-app's authentication middleware, since status URLs are answered before
-Litestar's own middleware stack)."""
+``AbstractAuthenticationMiddleware`` finds it. Litestar runs that middleware
+only inside the app, after this one, so at accept and at a status read alike
+the middleware asks the app's (and the marked handlers') authentication
+middlewares who the caller is."""
 
 from __future__ import annotations
 
