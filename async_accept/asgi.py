@@ -178,9 +178,18 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             http_version=scope.get("http_version", "1.1"),
             server=(str(server[0]), int(server[1])) if server and server[1] is not None else None,
             client=(str(client[0]), int(client[1])) if client else None,
-            principal=starlette_principal(scope["user"]) if "user" in scope else None,
+            principal=self._principal(scope),
             extensions=_replayable_extensions(scope),
         )
+
+    def _principal(self, scope: Scope) -> str | None:
+        """The principal the framework authenticated (Starlette's ``scope["user"]``)."""
+        return starlette_principal(scope["user"]) if "user" in scope else None
+
+    async def _status_principal(self, scope: Scope) -> str | None:
+        """The principal of a request below the prefix: what :meth:`_principal` finds
+        (an integration whose auth runs inside the app runs it here)."""
+        return self._principal(scope)
 
     async def _accept(
         self, scope: Scope, receive: Receive, send: Send, route: RouteOptions, path: str
@@ -194,6 +203,10 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         except _Disconnected:
             return
         request = self._capture(scope, path, body)
+        # Found here, the way a status read finds it (not from inside the app,
+        # where an auth middleware below this one may have set scope["user"]):
+        # the job's owner must be someone a status read can recognize.
+        request.principal = await self._status_principal(scope)
         if route.precheck:
             reached = await self._precheck(scope, receive, send, body)
             if reached is None:
@@ -246,6 +259,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             except _Disconnected:
                 return
         request = self._capture(scope, path, body)
+        request.principal = await self._status_principal(scope)
         response = await self.runtime.adrive(self._door.engine.serve(request, subpath))
         if isinstance(response, EventStream):
             await self._stream(receive, send, response)

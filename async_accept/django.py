@@ -61,18 +61,19 @@ from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
+from .cookie_rules import django_asgi_cookies, django_cookies
+from .django_auth import acaller_principal, caller_principal, capture
 from .engine.ops import Gen
 from .engine.responses import Response
 from .engine.waiting import EventStream
 from .errors import ConfigurationError, JobCanceled, MissingDependencyError
 from .frontdoor import Accept, FrontDoor, Pass, Serve, blocking_stream
-from .identity import django_principal
 from .job import CapturedRequest
 from .options import ENV_SECRET, build_options
 from .precheck import accept_signal, open_gate
 from .replay import REPLAY_KEY
 from .routes import RouteOptions, RoutePattern, marker_of, method_marks
-from .wsgi import capture_environ, latin1
+from .wsgi import latin1
 
 try:
     from django.conf import settings
@@ -188,7 +189,12 @@ def get_front_door() -> FrontDoor:
                 return [*discover_urlconf(), *(extra() if extra is not None else ())]
 
             _door = FrontDoor(_DjangoWSGIApp(), "wsgi", {**opts, "discover": discover})
+            _door.engine.cookie_reader = django_asgi_cookies if _asgi[0] else django_cookies
         return _door
+
+
+#: whether the middleware runs under Django's ASGI handler (its cookie reading differs)
+_asgi = [False]
 
 
 def reset() -> None:
@@ -402,29 +408,6 @@ def discover_urlconf(urlconf: str | None = None) -> list[RoutePattern]:
 # --- HttpRequest <-> the core ----------------------------------------------------------
 
 
-def capture(request: Any, path: str, body: bytes) -> CapturedRequest:
-    """The engine's view of a Django request (WSGIRequest or ASGIRequest)."""
-    full_path: str = request.path
-    root = full_path[: len(full_path) - len(path)] if full_path.endswith(path) else ""
-    scope = getattr(request, "scope", None)
-    http_version = str(scope.get("http_version", "1.1")) if isinstance(scope, Mapping) else None
-    captured = capture_environ(
-        request.META,
-        path,
-        body,
-        method=str(request.method).upper(),
-        root_path=root.rstrip("/"),
-        scheme=request.scheme,
-        http_version=http_version,
-    )
-    captured.principal = django_principal(request)
-    if body and captured.header(b"content-length") is None:
-        # A chunked body (ASGI reads it whole): the job replays through Django's WSGI
-        # handler, which reads exactly CONTENT_LENGTH bytes.
-        captured.headers.append((b"content-length", str(len(body)).encode()))
-    return captured
-
-
 class _RawCookie:
     """A Set-Cookie value kept byte for byte in ``HttpResponse.cookies``: Django's
     handlers emit each cookie with ``output(header="")``."""
@@ -534,7 +517,7 @@ def _plan(door: FrontDoor, request: Any) -> Gen[Response] | Response | _Check | 
         return None
     if isinstance(plan, Serve):
         form: bytes = request.body if request.method == "POST" else b""  # dashboard forms
-        return door.engine.serve(capture(request, path, form), plan.subpath)
+        return _Check(capture(request, path, form), plan.subpath)
     if isinstance(plan, Accept):
         body: bytes = request.body  # over DATA_UPLOAD_MAX_MEMORY_SIZE: Django answers 400
         if len(body) > door.max_body:
@@ -547,15 +530,18 @@ def _plan(door: FrontDoor, request: Any) -> Gen[Response] | Response | _Check | 
 
 
 class _Check:
-    """A view marked with the decorator: the app decides first (the rest of
-    MIDDLEWARE and the view's decorators run; the view's wrapper stops the call
-    with AcceptNow, which Django's ``convert_exception_to_response`` lets pass:
-    it catches ``Exception``)."""
+    """Who is calling decides first. A marked view (no ``subpath``): the app
+    decides (the rest of MIDDLEWARE and the view's decorators run; the view's
+    wrapper stops the call with AcceptNow, which Django's
+    ``convert_exception_to_response`` lets pass: it catches ``Exception``).
+    Either way the caller's principal is established first, the same way
+    for both, DRF's authenticators included (django_auth.py)."""
 
-    __slots__ = ("request",)
+    __slots__ = ("request", "subpath")
 
-    def __init__(self, request: CapturedRequest) -> None:
+    def __init__(self, request: CapturedRequest, subpath: str | None = None) -> None:
         self.request = request
+        self.subpath = subpath
 
 
 class AsyncAcceptMiddleware:
@@ -573,6 +559,7 @@ class AsyncAcceptMiddleware:
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
         self.async_mode = iscoroutinefunction(get_response)
+        _asgi[0] = self.async_mode  # which of Django's cookie readings the app has
         if self.async_mode:
             markcoroutinefunction(self)
         get_front_door()  # bad settings stop the start-up here
@@ -587,6 +574,12 @@ class AsyncAcceptMiddleware:
         if plan is None:
             return self._pass(door, self.get_response(request))
         if isinstance(plan, _Check):
+            # Who is calling, found here as a status read finds it (DRF's authenticators
+            # included): not from inside the view, where a status read can't look.
+            plan.request.principal = caller_principal(request)
+        if isinstance(plan, _Check) and plan.subpath is not None:
+            plan = door.engine.serve(plan.request, plan.subpath)
+        elif isinstance(plan, _Check):
             with open_gate():
                 try:
                     return self.get_response(request)  # the app answered: no job
@@ -609,6 +602,10 @@ class AsyncAcceptMiddleware:
         if plan is None:
             return self._pass(door, await self.get_response(request))
         if isinstance(plan, _Check):
+            plan.request.principal = await acaller_principal(request)  # as in __call__
+        if isinstance(plan, _Check) and plan.subpath is not None:
+            plan = door.engine.serve(plan.request, plan.subpath)
+        elif isinstance(plan, _Check):
             with open_gate():
                 try:
                     return await self.get_response(request)  # the app answered: no job

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .django import capture, get_front_door, to_django
+from .django import get_front_door, to_django
+from .django_auth import capture
 
 __all__ = ["dashboard_urls"]
 

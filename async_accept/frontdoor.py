@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from .cookie_rules import reader_for_app
 from .dashboard import Marked, SignInLimiter, guard_for, serve_dashboard
 from .engine import Engine, Gen
 from .engine.responses import Response, problem_response, rebase_problem
@@ -263,6 +264,8 @@ class DoorMiddleware:
 
     def __init__(self, app: Any, kind: AppKind, options: Mapping[str, Any]) -> None:
         self._door = FrontDoor(app, kind, options)
+        # The owner is the session cookie the app's framework reads (cookie_rules.py).
+        self._door.engine.cookie_reader = reader_for_app(app)
         self.runtime = self._door.runtime
         self.options = self._door.options
         self.store = self._door.store

@@ -28,8 +28,9 @@ user's access, while another browser never gets it.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from .cookie_rules import CookieReader, read_cookies
 from .errors import ConfigurationError
 
 #: request headers whose value identifies the caller (lower-case)
@@ -118,8 +119,14 @@ def read_identity(
     principal: str | None,
     identity_headers: Sequence[bytes],
     session_cookies: Sequence[bytes],
+    cookie_reader: CookieReader | None = None,
 ) -> Identity:
-    """The caller's identity from a request's headers (and the framework principal)."""
+    """The caller's identity from a request's headers (and the framework principal).
+
+    ``cookie_reader`` (cookie_rules.py) says which value of a repeated session
+    cookie the app's framework reads: the owner is bound to that one. Without
+    one, every value counts, in order (a second cookie can only narrow access).
+    """
     cookie_lines = [v for k, v in headers if k == b"cookie"]
     cookies = parse_cookie_header(cookie_lines) if cookie_lines else []
     owner_cookie = None
@@ -136,12 +143,15 @@ def read_identity(
             if k == name and v:
                 parts.append((b"h:" + k, v))
     credential = bool(parts)
-    if session_cookies:
-        for name, value in cookies:
-            if value and name in session_cookies:
-                # Every value of a repeated cookie counts, in order: a second
-                # cookie of the same name can only ever narrow access.
-                parts.append((b"c:" + name, value))
+    if session_cookies and cookie_lines:
+        if cookie_reader is None:
+            parts.extend((b"c:" + n, v) for n, v in cookies if v and n in session_cookies)
+        else:
+            seen = read_cookies(cookie_reader, cookie_lines)
+            for name in session_cookies:
+                text = seen.get(name.decode("latin-1"))
+                if text:
+                    parts.append((b"c:" + name, text.encode("utf-8", "surrogatepass")))
     session_only = bool(parts) and not credential
     return Identity(
         encode_parts(parts), principal=False, session_only=session_only, cookie=owner_cookie
@@ -186,19 +196,36 @@ def starlette_principal(user: object) -> str | None:
         return None
 
 
-def django_principal(request: object) -> str | None:
-    """The principal of a Django request's ``user`` (AuthenticationMiddleware ran before).
+#: attributes naming a user object, tried in this order by :func:`object_principal`
+_USER_KEYS = ("pk", "id", "identity", "username", "email")
 
-    Only a user already loaded is read in async views (loading it there would
-    touch the database from the event loop).
-    """
+
+def object_principal(framework: str, user: object) -> str | None:
+    """The principal of a framework's user object of any shape (Litestar's
+    ``request.user``): a ``str``/``int`` itself, else its type and the first of
+    ``pk``, ``id``, ``identity``, ``username``, ``email`` it has (attribute or
+    key); None for no user."""
     try:
-        if not hasattr(request, "user"):
+        if user is None or isinstance(user, bool):
             return None
-        if getattr(request, "scope", None) is not None and not hasattr(request, "_cached_user"):
+        if isinstance(user, (str, int)):
+            return f"{framework}:{type(user).__name__}:{user}" if user != "" else None
+        if getattr(user, "is_authenticated", True) is False:
             return None
-        user = request.user
-        if not getattr(user, "is_authenticated", False):
+        for key in _USER_KEYS:
+            value = user.get(key) if isinstance(user, Mapping) else getattr(user, key, None)
+            if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
+                return f"{framework}:{type(user).__qualname__}:{key}:{value}"
+        return None
+    except Exception:  # an app's user object that fails: no principal, never a 500
+        return None
+
+
+def django_user_principal(user: object) -> str | None:
+    """The principal of a Django user object (model label and primary key), None
+    for an anonymous or unsaved one."""
+    try:
+        if user is None or not getattr(user, "is_authenticated", False):
             return None
         pk = getattr(user, "pk", None)
         if pk is None:
@@ -207,3 +234,33 @@ def django_principal(request: object) -> str | None:
         return f"django:{label}:{pk}"
     except Exception:  # a broken auth backend: no principal, never a 500
         return None
+
+
+def django_principal(request: object) -> str | None:
+    """The principal of a Django request's ``user`` (AuthenticationMiddleware ran
+    before, or DRF's authentication set it on the request in the view).
+
+    In async code only a user already loaded is read (loading it there would
+    touch the database from the event loop): DRF's, or a lazy one evaluated.
+    """
+    try:
+        if not hasattr(request, "user"):
+            return None
+        if getattr(request, "scope", None) is not None and not _user_loaded(request):
+            return None
+        return django_user_principal(request.user)
+    except Exception:  # a broken auth backend: no principal, never a 500
+        return None
+
+
+def _user_loaded(request: object) -> bool:
+    """Whether ``request.user`` is there without a database query."""
+    if hasattr(request, "_cached_user"):
+        return True
+    user = vars(request).get("user")
+    wrapped = getattr(user, "_wrapped", None)
+    if wrapped is None:
+        return user is not None  # set by DRF (or the app) as it is
+    from django.utils.functional import empty
+
+    return wrapped is not empty

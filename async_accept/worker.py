@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RemoteExecutor",
     "allow_only",
+    "allowed_apps",
     "find_front_door",
     "import_app",
     "load_runtime",
@@ -341,21 +342,25 @@ def allow_only(app_paths: Iterable[str] | None) -> None:
     _allowed = None if app_paths is None else frozenset(app_paths)
 
 
+def allowed_apps() -> frozenset[str]:
+    """The applications this worker may run: :func:`allow_only`'s list, else
+    ``ASYNC_ACCEPT_WORKER_APPS``. Neither: a ConfigurationError naming both
+    (a worker never runs whatever a message names)."""
+    if _allowed is not None:
+        return _allowed
+    env = os.environ.get(ALLOWED_ENV, "")
+    allowed = frozenset(p.strip() for p in env.split(",") if p.strip())
+    if not allowed:
+        raise ConfigurationError(
+            f"this worker was started without the list of the applications it runs: set "
+            f"{ALLOWED_ENV}=module:app (comma-separated) in its environment, or start it "
+            f"with async-accept worker --app module:app"
+        )
+    return allowed
+
+
 def _check_allowed(app_path: str) -> None:
-    allowed = _allowed
-    if allowed is None:
-        env = os.environ.get(ALLOWED_ENV, "")
-        if not env.strip():
-            # No allow-list: only an application this process already has (nothing
-            # to import) may run; a message can't make it import anything.
-            if app_path in _loaded or app_path.partition(":")[0] in sys.modules:
-                return
-            raise ConfigurationError(
-                f"a message asks this worker to run jobs of {app_path!r}, and it was started "
-                f"without a list of the applications it runs: set {ALLOWED_ENV}={app_path} "
-                f"(comma-separated) or start it with async-accept worker --app {app_path}"
-            )
-        allowed = frozenset(p.strip() for p in env.split(",") if p.strip())
+    allowed = allowed_apps()
     if app_path not in allowed:
         raise ConfigurationError(
             f"this worker runs jobs of {', '.join(sorted(allowed))} only, and a message "

@@ -202,7 +202,8 @@ def capture_environ(
     headers: list[tuple[bytes, bytes]] = []
     for key, value in environ.items():
         if key.startswith("HTTP_"):
-            headers.append((key[5:].replace("_", "-").lower().encode("latin-1"), latin1(value)))
+            # Django's ASGIRequest upper-cases a latin-1 name: 0xB5 becomes U+039C.
+            headers.append((latin1(key[5:].replace("_", "-").lower()), latin1(value)))
     if environ.get("CONTENT_TYPE"):
         headers.append((b"content-type", latin1(environ["CONTENT_TYPE"])))
     if environ.get("CONTENT_LENGTH"):

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import scenarios
+from . import scenarios, scenarios_pg
 from ._load import Settings
 from ._proc import LOAD_CPU, stop_all
 from ._report import Report
@@ -36,6 +36,7 @@ SCENARIOS: dict[str, Callable[[scenarios.Ctx], None]] = {
     "waiting": scenarios.waiting,
     "waiters": scenarios.waiters,
     "peers": scenarios.peers,
+    "pg_peers": scenarios_pg.pg_peers,
     "loop": scenarios.loop_health,
     "scale": scenarios.scale,
     "owned": scenarios.owned,
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--stores",
         type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
-        help="stores of the owned case, e.g. redis (default: memory, sqlite, redis)",
+        help="stores of the owned case, e.g. redis,postgres (default: every one reachable)",
     )
     p.add_argument(
         "--only",

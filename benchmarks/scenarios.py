@@ -1357,6 +1357,27 @@ def _owned_jobs(store: Any, n: int, mine: str, keep: int) -> None:
         pipe.execute()
 
 
+def _owned_jobs_pg(n: int, mine: str, keep: int) -> None:
+    """The same jobs as ``_owned_jobs``, written into the PostgreSQL store's table with
+    ``COPY`` (a million creates one by one would take the better part of an hour);
+    list_owned reads no request body, so none is written."""
+    import psycopg
+
+    from async_accept.job import new_job_id
+
+    every = max(1, n // keep)
+    base = time.time()
+    cols = "id, status, owner, created_at, updated_at, expires_at, deadline_at, sla, route"
+    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as conn:
+        with conn.cursor().copy(f'COPY "{PG_SCHEMA}".jobs ({cols}) FROM STDIN') as copy:
+            for i in range(n):
+                now = base + i * 1e-4
+                owner = mine if i % every == 0 else f"other-{i % 1000}"
+                row = (new_job_id(), "queued", owner, now, now, now + 86400, now + 3600)
+                copy.write_row((*row, 1800.0, "POST /work"))
+        conn.execute(f'ANALYZE "{PG_SCHEMA}".jobs')
+
+
 def owned(ctx: Ctx) -> None:
     """``Store.list_owned`` (what ``GET {prefix}/`` reads): one owner's first page and a
     later page at 10k/100k (1M with --full) jobs in the store; flat when it is indexed."""
@@ -1368,22 +1389,30 @@ def owned(ctx: Ctx) -> None:
         stores.append("redis")
     elif not ctx.stores or "redis" in ctx.stores:
         ctx.report.skip("owned (redis store)", str(redis_store_missing()))
-    if ctx.stores:
-        stores = [s for s in stores if s in ctx.stores]
+    if postgres_store_missing() is None:
+        stores.append("postgres")
+    elif not ctx.stores or "postgres" in ctx.stores:
+        ctx.report.skip("owned (postgres store)", str(postgres_store_missing()))
     section = "A caller's own jobs: Store.list_owned, one owner with 200 of N jobs"
-    for label in stores:
+    for label in [s for s in stores if ctx.stores is None or s in ctx.stores]:
         for n in scale_sizes(ctx):
             if label == "redis":
                 flush_redis()
+            if label == "postgres":
+                reset_postgres()
             url = {
                 "memory": "memory://",
                 "sqlite": ctx.sqlite_url(f"owned-{n}"),
                 "redis": REDIS_URL,
+                "postgres": PG_URL,
             }[label]
             store = resolve_store(url)
             try:
                 t_seed = time.monotonic()
-                _owned_jobs(store, n, "bench-owner", 200)
+                if label == "postgres":
+                    _owned_jobs_pg(n, "bench-owner", 200)
+                else:
+                    _owned_jobs(store, n, "bench-owner", 200)
                 seeded = time.monotonic() - t_seed
                 now = time.time() + n * 1e-4 + 1
                 page = OwnedQuery(limit=21)

@@ -978,6 +978,7 @@ def test_worker_finds_a_middleware_the_app_hides_and_runs_a_job(
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(worker.ALLOWED_ENV, "hidden_app:app")
     try:
         runtime = worker.load_runtime("hidden_app:app")
         module = sys.modules["hidden_app"]
@@ -1029,11 +1030,36 @@ def test_worker_runs_only_the_apps_it_was_started_for(monkeypatch: pytest.Monkey
     with pytest.raises(ConfigurationError, match="only"):
         worker.run_job("no_such_module:app", "job")
     assert "no_such_module" not in sys.modules
-    # No list at all: nothing this process has not imported yet runs either.
+    # No list at all: nothing runs, not even an application already imported.
     monkeypatch.delenv(worker.ALLOWED_ENV)
-    with pytest.raises(ConfigurationError, match=worker.ALLOWED_ENV):
-        worker.run_job("no_such_module_either:app", "job")
+    for path in ("no_such_module_either:app", "tests.e2e_app:asgi_app"):
+        with pytest.raises(ConfigurationError, match=f"{worker.ALLOWED_ENV}=module:app"):
+            worker.run_job(path, "job")
+        with pytest.raises(ConfigurationError, match="async-accept worker --app"):
+            worker.run_jobs(path, ["job"])
     assert "no_such_module_either" not in sys.modules
+
+
+def test_a_celery_worker_without_an_allow_list_does_not_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Celery's worker_init refuses a worker with neither --app nor ASYNC_ACCEPT_WORKER_APPS."""
+    pytest.importorskip("celery")
+    from celery import Celery
+    from celery.signals import worker_init
+
+    from async_accept import worker
+    from async_accept.errors import ConfigurationError
+    from async_accept.executors.celery import register_task
+
+    register_task(Celery("allow-list-test", broker="memory://"))
+    monkeypatch.delenv(worker.ALLOWED_ENV, raising=False)
+    with pytest.raises(SystemExit, match=worker.ALLOWED_ENV) as stopped:
+        worker_init.send(sender=None)
+    assert isinstance(stopped.value.__cause__, ConfigurationError)
+    monkeypatch.setenv(worker.ALLOWED_ENV, "tests.e2e_app:asgi_app")
+    worker_init.send(sender=None)  # with the list it starts
+    assert worker.allowed_apps() == frozenset({"tests.e2e_app:asgi_app"})
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])

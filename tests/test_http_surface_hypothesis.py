@@ -341,7 +341,8 @@ def _flask_door() -> Door:
     return door
 
 
-def _django_door() -> Door:
+def _django_door(kind: str = "wsgi") -> Door:
+    """The Django test project behind the middleware, through Django's WSGI or ASGI handler."""
     pytest.importorskip("django")
     import django
     from django.conf import settings as dj_settings
@@ -351,10 +352,18 @@ def _django_door() -> Door:
         django.setup()
     if dj_settings.ROOT_URLCONF != "tests.django_project.urls":  # pragma: no cover
         pytest.skip("Django was configured by someone else in this process")
+    from django.core.asgi import get_asgi_application
     from django.core.wsgi import get_wsgi_application
     from django.test.utils import override_settings
 
     import async_accept.django as aa_django
+
+    loop = _Loop() if kind == "asgi" else None
+
+    def caller() -> Callable[[str, str, list[tuple[bytes, bytes]], bytes], Reply]:
+        if loop is None:
+            return _wsgi_caller(get_wsgi_application())
+        return _asgi_caller(get_asgi_application(), loop)
 
     ref: list[Door] = []
     overridden = override_settings(
@@ -362,15 +371,14 @@ def _django_door() -> Door:
     )
     overridden.enable()
     aa_django.reset()
-    app = get_wsgi_application()
-    call = _wsgi_caller(app)
+    call = caller()
     # Django itself answers 500 to some malformed requests (request.body with a
     # Content-Length that is not a number): the same app without the middleware
     # tells the app's own 500s from the middleware's.
     with override_settings(
         MIDDLEWARE=[m for m in dj_settings.MIDDLEWARE if not m.startswith("async_accept")]
     ):
-        bare = _wsgi_caller(get_wsgi_application())
+        bare = caller()
 
     def django_call(
         method: str, path: str, headers: list[tuple[bytes, bytes]], body: bytes
@@ -380,15 +388,18 @@ def _django_door() -> Door:
         # job; /slow/ is marked for the unsafe methods (OPTIONS and unknown ones pass).
         marked = method.upper() in ("POST", "PUT", "PATCH", "DELETE")
         if marked and reply.body.startswith(b'{"view"') and b'"in_job": false' in reply.body:
-            ref[0].outside_job.append(f"django {method} {path}")
+            ref[0].outside_job.append(f"django-{kind} {method} {path}")
         return reply
 
-    door = Door("django", django_call, aa_django.get_front_door(), bare=bare)
+    name = "django" if kind == "wsgi" else "django-asgi"
+    door = Door(name, django_call, aa_django.get_front_door(), bare=bare)
 
     def close() -> None:
-        aa_django.reset()
+        aa_django.reset()  # jobs of Django's ASGI handler run in threads too
         overridden.disable()
         aa_django.reset()
+        if loop is not None:
+            loop.close()
 
     door.close = close
     ref.append(door)
@@ -401,9 +412,10 @@ BUILDERS: dict[str, Callable[[], Door]] = {
     "wsgi": _raw_wsgi_door,
     "flask": _flask_door,
     "django": _django_door,
+    "django-asgi": lambda: _django_door("asgi"),
 }
 #: the marked route of each door (Django's test project marks ``/slow/`` for every method)
-WORK = {"django": "/slow/"}
+WORK = {"django": "/slow/", "django-asgi": "/slow/"}
 
 
 @pytest.fixture(scope="module", params=sorted(BUILDERS))

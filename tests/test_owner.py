@@ -95,7 +95,7 @@ def test_flask_session_of_another_user_gets_404(flask_app: Any) -> None:
 # -- Starlette sessions and principals --------------------------------------------------------
 
 
-def _starlette_app(with_auth: bool = False, **options: Any) -> Any:
+def _starlette_app(with_auth: bool = False, auth_inside: bool = False, **options: Any) -> Any:
     from starlette.applications import Starlette
     from starlette.authentication import (
         AuthCredentials,
@@ -136,11 +136,14 @@ def _starlette_app(with_auth: bool = False, **options: Any) -> Any:
         return PlainTextResponse("done")
 
     middleware = [Middleware(SessionMiddleware, secret_key=SECRET)]
-    if with_auth:
-        middleware.append(Middleware(AuthenticationMiddleware, backend=BearerUser()))
+    auth = Middleware(AuthenticationMiddleware, backend=BearerUser())
+    if with_auth and not auth_inside:
+        middleware.append(auth)
     middleware.append(
         Middleware(AsyncAcceptMiddleware, **{"secret_key": SECRET, **FAST, **options})
     )
+    if with_auth and auth_inside:  # below ours: it sets scope["user"] inside the app
+        middleware.append(auth)
     return Starlette(
         routes=[
             Route("/login/{name}", login, methods=["POST"]),
@@ -190,6 +193,19 @@ def test_starlette_principal_keeps_access_across_a_token_refresh(starlette_clien
     url = accepted.headers["location"]
     refreshed = client.get(url, headers={"Authorization": "Bearer alice:token-2"})
     assert refreshed.status_code in (200, 303), refreshed.text
+    assert client.get(url, headers={"Authorization": "Bearer bob:token-1"}).status_code == 404
+
+
+def test_an_auth_middleware_below_ours_still_lets_the_caller_read(starlette_client: Any) -> None:
+    """AuthenticationMiddleware below this one sets scope["user"] only inside the
+    app: the job is bound as a status read sees the caller, who reads it."""
+    client = starlette_client(_starlette_app(with_auth=True, auth_inside=True))
+    alice = {"Authorization": "Bearer alice:token-1"}
+    accepted = client.post("/work", headers=alice)
+    assert accepted.status_code == 202
+    url = accepted.headers["location"]
+    client.cookies.clear()
+    assert client.get(url, headers=alice).status_code in (200, 303)
     assert client.get(url, headers={"Authorization": "Bearer bob:token-1"}).status_code == 404
 
 

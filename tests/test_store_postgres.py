@@ -317,3 +317,41 @@ def test_change_signal_names_visible_changes_not_heartbeats(pg_url: tuple[str, s
     finally:
         signal.close()
         store.close()
+
+
+def test_a_version_2_schema_is_upgraded_to_indexed_owner_lookups(pg_url: tuple[str, str]) -> None:
+    """A database left at schema 2 (owner matched without an index) is brought to the
+    current version on first use; its jobs are then listed by either owner hash, and
+    the owner lookup is answered from the owner indexes."""
+    import psycopg
+
+    from async_accept.stores.base import OwnedQuery
+    from async_accept.stores.postgres import SCHEMA_VERSION, PostgresStore, ddl
+    from async_accept.stores.postgres.sql import Statements, owned_query
+
+    url, schema = pg_url
+    base = url.split("?")[0]
+    now = time.time()
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(ddl(schema, 0, 2))
+        for i, owner in enumerate(["cred cookie", "cred", "other cookie", "other"]):
+            conn.execute(
+                f'INSERT INTO "{schema}".jobs (id, status, owner, created_at, updated_at, '
+                "expires_at, deadline_at, sla) VALUES (%s, 'queued', %s, %s, %s, %s, %s, 1)",
+                (f"job{i}", owner, now + i, now + i, now + 3600, now + 60),
+            )
+    store = PostgresStore.from_url(url)
+    try:
+        assert [j.id for j in store.list_owned("cred", now)] == ["job1", "job0"]
+        assert [j.id for j in store.list_owned("cookie", now)] == ["job2", "job0"]
+        later = OwnedQuery(limit=1, before=(now + 1, "job1"))
+        assert [j.id for j in store.list_owned("cred", now, later)] == ["job0"]
+    finally:
+        store.close()
+    with psycopg.connect(base, autocommit=True) as conn:
+        versions = conn.execute(f'SELECT version FROM "{schema}".schema_version').fetchall()
+        assert [v for (v,) in versions] == list(range(1, SCHEMA_VERSION + 1))
+        conn.execute("SET enable_seqscan = off")
+        query, args = owned_query(Statements(schema), "cred", now, OwnedQuery(limit=20))
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, args).fetchall())
+        assert "jobs_owner1_created" in plan and "jobs_owner2_created" in plan

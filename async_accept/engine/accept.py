@@ -151,6 +151,10 @@ class Accepting(Status):
             try:
                 stored, created = yield from ops.create(job, sealed)
             except StoreError:
+                # The write may have landed with only its answer lost (a timeout past
+                # the commit): no 202 promises this job, so it must not exist or run.
+                with contextlib.suppress(StoreError):
+                    yield from ops.delete(job.id)
                 return unavailable(
                     "store-unavailable",
                     "The job store cannot take the request right now; retry later.",

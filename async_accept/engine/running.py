@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin
 
-from ..errors import ExecutorError, JobCanceled, ResultTooLarge
+from ..errors import ExecutorError, JobCanceled, ResultTooLarge, StoreError
 from ..job import CapturedResponse, Job, JobStatus
 from ..routes import retry_matches
 from ..tracing import ExecuteSpan
@@ -25,7 +25,15 @@ class Running(Status):
     def run(self, job_id: str, worker_id: str) -> Gen[Job | None]:
         """Claim the job, replay its request, store the outcome."""
         now = self.clock()
-        claimed = yield from ops.claim_with_request(job_id, worker_id, now)
+        try:
+            claimed = yield from ops.claim_with_request(job_id, worker_id, now)
+        except StoreError:
+            # The claim may have landed with only its answer lost: this worker would
+            # hold a lease nobody beats for (worker-lost later). Give it back (a
+            # compare-and-set on our lease); the sweeper hands the queued job over again.
+            with contextlib.suppress(StoreError):
+                yield from ops.requeue(job_id, worker_id, self.clock(), durable=False)
+            raise
         if claimed is None:
             return None  # canceled, taken by another worker, or gone
         job, stored = claimed

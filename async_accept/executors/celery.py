@@ -55,6 +55,20 @@ def run_async_accept_jobs(app_path: str, job_ids: list[str]) -> list[str | None]
     return run_jobs(app_path, job_ids)
 
 
+def _require_allow_list(**_kw: Any) -> None:
+    """Celery's ``worker_init``: stop the worker when it has no allow-list.
+
+    Celery logs and swallows an ``Exception`` from a signal handler, so the
+    ConfigurationError leaves as the ``SystemExit`` that ends the start-up.
+    """
+    from ..worker import allowed_apps
+
+    try:
+        allowed_apps()
+    except ConfigurationError as exc:
+        raise SystemExit(f"async_accept: {exc}") from exc
+
+
 def register_task(celery_app: Any) -> Any:
     """Register the ``async_accept.run_job`` and ``async_accept.run_jobs`` tasks on
     ``celery_app`` (idempotent); returns the first.
@@ -62,6 +76,11 @@ def register_task(celery_app: Any) -> Any:
     ``async-accept worker`` does it; call it in your Celery module when you
     start workers with ``celery -A proj worker -Q async_accept`` instead.
     """
+    from celery.signals import worker_init
+
+    # A worker started with Celery's own command refuses to start without its
+    # allow-list (ASYNC_ACCEPT_WORKER_APPS), not at its first message.
+    worker_init.connect(_require_allow_list, weak=False, dispatch_uid="async_accept.allow_list")
     celery_app.task(name=GROUP_TASK_NAME, ignore_result=True, shared=False)(run_async_accept_jobs)
     return celery_app.task(name=TASK_NAME, ignore_result=True, shared=False)(run_async_accept_job)
 

@@ -111,7 +111,8 @@ class StoreExecutor(BaseExecutor):
         if self._thread is not None:
             with self._sent:
                 self._asked += 1
-            self._wake.set()
+            if not self._wake.is_set():  # set: the thread has yet to read _asked
+                self._wake.set()
 
     # is_pending (always False: queued in the store is all there is, the sweeper may
     # signal again) and cancel (workers see it through their heartbeats): BaseExecutor's.
@@ -295,6 +296,42 @@ class StoreWorker:
                 listener.join(2.0)
 
 
+def _place(store: Any) -> tuple[str, str] | None:
+    """Where a store keeps its jobs, when that can be told for sure: its backend and a
+    name for the place (the database's own marker, a file's real path), or None."""
+    kind = type(store).__name__
+    marker = getattr(store, "instance_id", None)
+    if callable(marker):
+        return kind, str(marker())
+    path = getattr(store, "path", None)
+    if isinstance(path, str):
+        return kind, os.path.realpath(path)
+    return None
+
+
+def check_same_store(app_store: Any, worker_store: Any, app_path: str, store_url: str) -> None:
+    """Refuse a worker whose ``--store`` is not where ``app_path`` puts its jobs: it
+    would wait for jobs that never come (or run another application's)."""
+    if worker_store is app_store:
+        return
+    kinds = (type(app_store).__name__, type(worker_store).__name__)
+    try:
+        places = (_place(app_store), _place(worker_store))
+    except StoreError as exc:  # not reachable now: the worker waits for it as usual
+        log.warning(
+            "async_accept: could not check --store %s against %s: %s", store_url, app_path, exc
+        )
+        return
+    if kinds[0] == kinds[1] and (None in places or places[0] == places[1]):
+        return  # the same place, or one this check can't tell apart (then trusted)
+    raise ConfigurationError(
+        f"--store {store_url} is not the store {app_path} accepts its jobs into "
+        f"({app_store!r}): the worker would never see them. Drop --store (the worker "
+        "then uses the application's own), or give the store URL the application is "
+        "configured with (ASYNC_ACCEPT_STORE or its middleware's store=)"
+    )
+
+
 def serve(
     app_paths: list[str],
     *,
@@ -323,6 +360,8 @@ def serve(
         for path in app_paths:
             app_store = worker.start_worker(path).store  # lifespan, sweeper, heartbeat
             store = stores[0] if stores else app_store
+            if store_url:
+                check_same_store(app_store, store, path, store_url)
 
             def run(job_id: str, path: str = path) -> Any:
                 return worker.run_job(path, job_id)

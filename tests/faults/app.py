@@ -4,15 +4,17 @@ uvicorn tests.faults.app:asgi_app   /   gunicorn tests.faults.app:wsgi_app
 
 Every job handler appends its input id (the request body) to the ledger file
 ``ASYNC_ACCEPT_FAULT_LEDGER`` when its side effect is done, so a run can count
-how often each accepted job really executed. ``ASYNC_ACCEPT_FAULT_FINISH_FAILURES=N``
-wraps the store so that its first N ``finish`` calls fail with a transient
-``StoreError``; ``ASYNC_ACCEPT_FAULT_LOST_REPLIES=N`` makes its first N finish
-calls write the outcome and then fail (the reply was lost);
-``ASYNC_ACCEPT_FAULT_EXIT_AFTER_FINISH=<marker file>`` kills the process right
-after the first finish that wrote (once: the marker file says it happened).
-``GET /_fault/stats`` answers the wrapped store's call counts in this process.
-``ASYNC_ACCEPT_WEBHOOK_URL`` (+ ``ASYNC_ACCEPT_WEBHOOK_SECRET``) sends every
-job's end there.
+how often each accepted job really executed. ``ASYNC_ACCEPT_FAULT_WRAP_STORE=1`` wraps
+the store: ``ASYNC_ACCEPT_FAULT_FAIL=create:3,heartbeat:5`` makes the first N
+calls of each named method fail with a transient ``StoreError``
+(``ASYNC_ACCEPT_FAULT_FINISH_FAILURES=N`` is ``finish:N``), before the write, or
+after it with ``ASYNC_ACCEPT_FAULT_FAIL_AFTER=1``; ``ASYNC_ACCEPT_FAULT_LOST_REPLIES=N``
+makes the first N finish calls that write their outcome fail afterwards (the reply
+was lost); ``ASYNC_ACCEPT_FAULT_EXIT_AFTER_FINISH=<marker file>`` kills the process
+right after the first finish that wrote (once: the marker file says it happened).
+``GET /_fault/stats`` answers the wrapped store's call counts (and the failures
+injected) in this process. ``ASYNC_ACCEPT_WEBHOOK_URL`` (+
+``ASYNC_ACCEPT_WEBHOOK_SECRET``) sends every job's end there.
 """
 
 from __future__ import annotations
@@ -70,9 +72,17 @@ def _raise(kind: str) -> None:
 
 
 class FaultyStore:
-    """A store whose first ``finish_failures`` finish calls raise a transient
+    """A store whose first N calls of chosen methods raise a transient
     ``StoreError`` (as a locked or briefly unreachable store does), counting
-    every call by method name. Everything else goes to the wrapped store."""
+    every call by method name. Everything else goes to the wrapped store.
+
+    ``failures``: how many calls of each method fail (``{"create": 3}``);
+    ``after``: the failing call reaches the store first and only its answer is
+    lost (a timeout after the write), instead of failing before the write.
+    ``lost_replies``: how many finish calls that wrote an outcome then fail;
+    ``exit_marker``: a file whose absence makes the first finish that wrote kill
+    the process (``os._exit``) right after the write.
+    """
 
     #: no native async face: the middleware runs these (blocking) calls in threads
     aio = None
@@ -80,44 +90,33 @@ class FaultyStore:
     def __init__(
         self,
         inner: Any,
-        finish_failures: int = 0,
+        failures: dict[str, int] | None = None,
+        after: bool = False,
         lost_replies: int = 0,
         exit_marker: str | None = None,
     ) -> None:
         self._inner = inner
         self._lock = threading.Lock()
-        self.finish_failures = finish_failures
+        self.failures = dict(failures or {})
+        self.injected: dict[str, int] = {}
+        self.after = after
         self.lost_replies = lost_replies
         self.exit_marker = exit_marker
         self.calls: dict[str, int] = {}
 
-    def _count(self, name: str) -> None:
+    @property
+    def finish_failures(self) -> int:
+        return self.failures.get("finish", 0)
+
+    def _due(self, name: str) -> bool:
+        """Count the call; whether it is one of the failing ones."""
         with self._lock:
             self.calls[name] = self.calls.get(name, 0) + 1
-
-    def _take(self, budget: str) -> bool:
-        """Spend one of the ``budget`` faults left (an attribute); False when none is."""
-        with self._lock:
-            left: int = getattr(self, budget)
-            if left > 0:
-                setattr(self, budget, left - 1)
-            return left > 0
-
-    def finish(self, *args: Any, **kwargs: Any) -> Any:
-        self._count("finish")
-        if self._take("finish_failures"):
-            raise StoreError("injected: the store is briefly unavailable")
-        out = self._inner.finish(*args, **kwargs)
-        if out is None:
-            return out
-        marker = self.exit_marker
-        if marker is not None and not os.path.exists(marker):
-            with open(marker, "w") as f:
-                f.write(out.id)
-            os._exit(9)  # killed right after the outcome was written: nothing after runs
-        if self._take("lost_replies"):
-            raise StoreError("injected: the outcome was written, the reply was lost")
-        return out
+            fail = self.failures.get(name, 0) > 0
+            if fail:
+                self.failures[name] -= 1
+                self.injected[name] = self.injected.get(name, 0) + 1
+            return fail
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
@@ -125,10 +124,40 @@ class FaultyStore:
             return attr
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            self._count(name)
-            return attr(*args, **kwargs)
+            if not self._due(name):
+                out = attr(*args, **kwargs)
+                return self._after_finish(out) if name == "finish" else out
+            if self.after:
+                attr(*args, **kwargs)
+            raise StoreError(f"injected: the store is briefly unavailable ({name})")
 
         return call
+
+    def _after_finish(self, out: Any) -> Any:
+        """A finish that wrote its outcome: the process may die now, or the reply be lost."""
+        if out is None:
+            return out
+        marker = self.exit_marker
+        if marker is not None and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(out.id)
+            os._exit(9)  # killed right after the outcome was written: nothing after runs
+        with self._lock:
+            lost = self.lost_replies > 0
+            if lost:
+                self.lost_replies -= 1
+        if lost:
+            raise StoreError("injected: the outcome was written, the reply was lost")
+        return out
+
+
+def parse_failures(spec: str) -> dict[str, int]:
+    """``"create:3,heartbeat:5"`` -> ``{"create": 3, "heartbeat": 5}``."""
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, count = part.partition(":")
+        out[name] = int(count or 1)
+    return out
 
 
 #: the wrapped store of this process (None when the store is not wrapped)
@@ -157,11 +186,16 @@ def _options() -> dict[str, Any]:
     if env.get("ASYNC_ACCEPT_FAULT_WRAP_STORE"):
         from async_accept.stores import resolve_store
 
+        failures = parse_failures(env.get("ASYNC_ACCEPT_FAULT_FAIL", ""))
+        finish = env.get("ASYNC_ACCEPT_FAULT_FINISH_FAILURES")
+        if finish:
+            failures["finish"] = int(finish)
         FAULTY = FaultyStore(
             resolve_store(opts["store"]),
-            int(env.get("ASYNC_ACCEPT_FAULT_FINISH_FAILURES", "0")),
-            int(env.get("ASYNC_ACCEPT_FAULT_LOST_REPLIES", "0")),
-            env.get("ASYNC_ACCEPT_FAULT_EXIT_AFTER_FINISH") or None,
+            failures,
+            after=env.get("ASYNC_ACCEPT_FAULT_FAIL_AFTER") == "1",
+            lost_replies=int(env.get("ASYNC_ACCEPT_FAULT_LOST_REPLIES", "0")),
+            exit_marker=env.get("ASYNC_ACCEPT_FAULT_EXIT_AFTER_FINISH") or None,
         )
         opts["store"] = FAULTY
     if env.get("ASYNC_ACCEPT_WEBHOOK_URL"):
@@ -176,7 +210,10 @@ def _options() -> dict[str, Any]:
 def _stats() -> bytes:
     calls = dict(FAULTY.calls) if FAULTY is not None else {}
     left = FAULTY.finish_failures if FAULTY is not None else 0
-    return json.dumps({"pid": os.getpid(), "calls": calls, "finish_failures_left": left}).encode()
+    injected = dict(FAULTY.injected) if FAULTY is not None else {}
+    return json.dumps(
+        {"pid": os.getpid(), "calls": calls, "finish_failures_left": left, "injected": injected}
+    ).encode()
 
 
 def _progress_steps(query: dict[str, list[str]]) -> tuple[int, float, float]:

@@ -68,6 +68,13 @@ class Deployment:
         )
         return self.started(server.start())
 
+    def door(self, door: str, **env: str) -> tuple[Server, str]:
+        """gunicorn with a 4-thread executor or uvicorn with a 4-task asyncio one; the
+        server and its job route (a sync handler under gunicorn)."""
+        if door == "gunicorn":
+            return self.gunicorn(ASYNC_ACCEPT_EXECUTOR="thread?max_workers=4", **env), "/work-sync"
+        return self.uvicorn(ASYNC_ACCEPT_EXECUTOR="asyncio?max_concurrency=4", **env), "/work"
+
     def started(self, server: Server) -> Server:
         self.servers.append(server)
         return server

@@ -35,6 +35,8 @@ class Submission:
     key: str
     code: int | None  # None: the connection failed
     location: str | None = None
+    #: the answer's Content-Type (a refusal must be problem+json)
+    content_type: str | None = None
 
 
 @dataclass
@@ -52,9 +54,13 @@ class FaultReport:
     #: accepted jobs whose status URL later answered 404/410 (by code)
     vanished: dict[int, int] = field(default_factory=dict)
     never_ending: list[str] = field(default_factory=list)
+    #: the last status code each never-ending job answered (0: no answer), by code
+    stuck_codes: dict[int, int] = field(default_factory=dict)
     completed_not_executed: list[str] = field(default_factory=list)
     canceled_but_executed: list[str] = field(default_factory=list)
     executed_more_than_once: list[str] = field(default_factory=list)
+    #: jobs refused (an answer other than 202) whose handler ran anyway
+    refused_but_executed: list[str] = field(default_factory=list)
     #: the final status JSON of each accepted job, by input id
     final: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
@@ -63,9 +69,11 @@ class FaultReport:
             f"submitted={self.submitted} accepted={self.accepted} refused={self.refused} "
             f"completed={self.completed} failed={self.failed} canceled={self.canceled} "
             f"vanished={self.vanished} never_ending={len(self.never_ending)} "
+            f"stuck_codes={self.stuck_codes} "
             f"completed_not_executed={len(self.completed_not_executed)} "
             f"canceled_but_executed={len(self.canceled_but_executed)} "
-            f"executed_more_than_once={len(self.executed_more_than_once)}"
+            f"executed_more_than_once={len(self.executed_more_than_once)} "
+            f"refused_but_executed={len(self.refused_but_executed)}"
         )
 
 
@@ -81,6 +89,7 @@ def record_report(report: FaultReport) -> None:
         "completed_not_executed",
         "canceled_but_executed",
         "executed_more_than_once",
+        "refused_but_executed",
     ):
         row[name] = len(row[name])
     row["test"] = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
@@ -127,6 +136,8 @@ def assert_nothing_lost(
         problems.append(
             f"{len(report.canceled_but_executed)} canceled though the handler produced a result"
         )
+    if report.refused_but_executed:
+        problems.append(f"{len(report.refused_but_executed)} refused but executed")
     if report.executed_more_than_once and not retries_allowed:
         problems.append(f"{len(report.executed_more_than_once)} executed more than once")
     unexpected = {k: v for k, v in report.failed.items() if k not in allowed_errors}
@@ -160,7 +171,9 @@ class FaultRun:
             sep = "&" if query else ""
             try:
                 r = self._client.post(f"{path}?id={key}{sep}{query}", content=key.encode())
-                sub = Submission(key, r.status_code, r.headers.get("location"))
+                sub = Submission(
+                    key, r.status_code, r.headers.get("location"), r.headers.get("content-type")
+                )
             except httpx.HTTPError:
                 sub = Submission(key, None)
             self.submissions.append(sub)
@@ -204,11 +217,15 @@ class FaultRun:
             assert time.monotonic() < deadline, f"fewer than {at_least} jobs reached {states}"
             time.sleep(0.05)
 
-    def poll_all(self, timeout: float = 60.0, settle: float = 0.0) -> FaultReport:
+    def poll_all(
+        self, timeout: float = 60.0, settle: float = 0.0, gone_is_final: bool = False
+    ) -> FaultReport:
         """Poll every accepted job until all ended (or ``timeout``); the report.
 
         ``settle``: seconds to wait after the last end before reading the ledger
         (a handler a cancel could not interrupt may still be writing it).
+        ``gone_is_final``: a 404/410 ends the polling of that job (it is counted
+        as vanished), for scenarios where losing the store's data is the fault.
         """
         report = FaultReport(submitted=len(self.submissions))
         pending: dict[str, Submission] = {}
@@ -228,6 +245,9 @@ class FaultRun:
                 if body is not None and body["status"] in TERMINAL:
                     report.final[key] = body
                     del pending[key]
+                elif gone_is_final and code in (404, 410):
+                    report.vanished[code] = report.vanished.get(code, 0) + 1
+                    del pending[key]
             if pending:
                 time.sleep(0.1)
         for key in pending:
@@ -236,6 +256,7 @@ class FaultRun:
                 report.vanished[code] = report.vanished.get(code, 0) + 1
             else:
                 report.never_ending.append(key)
+                report.stuck_codes[code] = report.stuck_codes.get(code, 0) + 1
         time.sleep(settle)
         runs = read_ledger(self.ledger)
         for key, body in report.final.items():
@@ -252,6 +273,12 @@ class FaultRun:
                 if runs[key] > 0:
                     report.canceled_but_executed.append(key)
         report.executed_more_than_once = sorted(k for k, n in runs.items() if n > 1)
+        report.refused_but_executed = sorted(
+            # (a lost connection may hide a 202: only an answered refusal counts)
+            s.key
+            for s in self.submissions
+            if s.code is not None and s.code != 202 and runs[s.key] > 0
+        )
         record_report(report)
         return report
 

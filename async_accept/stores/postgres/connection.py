@@ -130,7 +130,7 @@ def parse_url(spec: str) -> PostgresSettings:
 # -- the schema ------------------------------------------------------------------------------
 
 #: Version :func:`upgrade` brings a schema to; a schema from a newer release is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Migration ``n`` takes a schema from version ``n - 1`` to ``n``. Never edit a
 #: released one: add the next. ``{s}`` is the quoted schema name.
@@ -241,7 +241,27 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         EXECUTE FUNCTION {s}.notify_change()
         """,
     ),
+    3: (
+        # One owner's jobs, newest first (GET {prefix}/): the owner field holds the
+        # credential's hash and, after a space, the owner cookie's; one index each,
+        # on the expressions OWNER1 / OWNER2 that the query repeats.
+        "CREATE INDEX jobs_owner1_created ON {s}.jobs "
+        "((split_part(owner, ' ', 1)), created_at DESC, id DESC)",
+        "CREATE INDEX jobs_owner2_created ON {s}.jobs "
+        "((CASE WHEN strpos(owner, ' ') > 0 THEN substr(owner, strpos(owner, ' ') + 1) "
+        "ELSE '' END), created_at DESC, id DESC)",
+        # A random name for this schema in this database: processes that reach it
+        # by different host names still see one store (a worker checks it against
+        # its application's, see executors/store.py).
+        "CREATE TABLE {s}.instance (id text NOT NULL "
+        "DEFAULT md5(random()::text || clock_timestamp()::text || txid_current()::text))",
+        "INSERT INTO {s}.instance DEFAULT VALUES",
+    ),
 }
+
+#: The two hashes of a job's owner field, as the expressions migration 3 indexes.
+OWNER1 = "split_part(owner, ' ', 1)"
+OWNER2 = "(CASE WHEN strpos(owner, ' ') > 0 THEN substr(owner, strpos(owner, ' ') + 1) ELSE '' END)"
 
 
 def quoted(schema: str) -> str:
@@ -258,25 +278,25 @@ def _version_table(s: str) -> str:
     )
 
 
-def _steps(schema: str, start: int) -> list[str]:
+def _steps(schema: str, start: int, stop: int = SCHEMA_VERSION) -> list[str]:
     s = quoted(schema)
     out: list[str] = []
-    for version in range(start + 1, SCHEMA_VERSION + 1):
+    for version in range(start + 1, stop + 1):
         out.extend(" ".join(stmt.split()).format(s=s) for stmt in MIGRATIONS[version])
         out.append(f"INSERT INTO {s}.schema_version (version) VALUES ({version})")
     return out
 
 
-def ddl(schema: str = "async_accept", start: int = 0) -> str:
-    """The SQL that brings ``schema`` from version ``start`` to :data:`SCHEMA_VERSION`,
-    as one transaction a DBA can apply with ``psql -1 -f``."""
+def ddl(schema: str = "async_accept", start: int = 0, stop: int = SCHEMA_VERSION) -> str:
+    """The SQL that brings ``schema`` from version ``start`` to ``stop`` (by default
+    :data:`SCHEMA_VERSION`), as one transaction a DBA can apply with ``psql -1 -f``."""
     s = quoted(schema)
     lines = [
-        f"-- async_accept schema {schema!r}, version {start} -> {SCHEMA_VERSION}",
+        f"-- async_accept schema {schema!r}, version {start} -> {stop}",
         "BEGIN;",
         f"CREATE SCHEMA IF NOT EXISTS {s};",
         _version_table(s) + ";",
-        *(stmt + ";" for stmt in _steps(schema, start)),
+        *(stmt + ";" for stmt in _steps(schema, start, stop)),
         "COMMIT;",
     ]
     return "\n".join(lines) + "\n"

@@ -35,7 +35,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,20 +45,21 @@ from psycopg.types.json import Jsonb
 
 from ...errors import StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
+from .._perloop import PerLoop
 from ..base import EVERY, WORKER_RETENTION, AsyncStoreBase, Outcome, OwnedQuery, Progress, StoreBase
 from ..outbox_base import Outbox
 from . import connection as pg
+from .batch import AsyncBatcher, Batcher, Create, create_many, create_many_async
+from .batch import Outcome as BatchOutcome
 from .connection import PostgresSettings, parse_url
 from .outbox import PostgresOutbox, aend_with_notices, end_with_notices, insert_notice
 from .signals import PostgresChangeSignal, QueueListener
 from .sql import (
     Statements,
-    after_conflict,
     counts,
     dumps,
     finish_query,
     in_order,
-    job_values,
     list_query,
     one,
     owned_query,
@@ -78,9 +79,6 @@ AConn = psycopg.AsyncConnection[Any]
 #: Rows deleted per statement by ``purge_expired``: each batch commits on its own,
 #: so a large purge never holds many row locks for long.
 PURGE_BATCH = 500
-#: Times a create is tried again when the holder of its idempotency key vanishes
-#: (expired and deleted, or deleted by another process) between two statements.
-_CREATE_ROUNDS = 5
 _CLOSE_TIMEOUT = 5.0
 
 #: Pools inherited through ``fork()``: kept referenced and never closed, since
@@ -99,6 +97,11 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError) and not isinstance(
         exc, (psycopg_pool.PoolTimeout, pg.PoolTimeout)
     )
+
+
+def _wrapped(settings: PostgresSettings, outs: list[BatchOutcome]) -> list[BatchOutcome]:
+    """A batch's outcomes, the database's refusals as StoreError."""
+    return [_store_error(settings, out) if isinstance(out, psycopg.Error) else out for out in outs]
 
 
 # -- the blocking store -------------------------------------------------------------------------
@@ -128,6 +131,8 @@ class PostgresStore(StoreBase):
         #: the statement writing an ended job's notice, once default_outbox() made the
         #: outbox beside the jobs: from then on it runs in the transaction of each end
         self._notice_sql: str | None = None
+        self._creates: Batcher[Create, tuple[Job, bool]] | None = None
+        self._creates_pid = self._pid
         #: The native asyncio face (psycopg's async connections), picked up by ``as_async()``.
         self.aio = AsyncPostgresStore(self)
         try:
@@ -208,26 +213,23 @@ class PostgresStore(StoreBase):
     # -- the contract ---------------------------------------------------------------------
 
     def create(self, job: Job, request: CapturedRequest) -> tuple[Job, bool]:
+        # Group commit: creates racing in this process share one statement.
+        return self._batcher().submit((job, request))
+
+    def _batcher(self) -> Batcher[Create, tuple[Job, bool]]:
+        creates = self._creates
+        if creates is None or self._creates_pid != os.getpid():
+            with self._lock:
+                if self._creates is None or self._creates_pid != os.getpid():
+                    self._creates = Batcher(self._create_many)
+                    self._creates_pid = os.getpid()
+                creates = self._creates
+        return creates
+
+    def _create_many(self, creates: list[Create]) -> list[BatchOutcome]:
         sql = self._sql
-        values = (*job_values(job), request.meta_json(), request.body)
-
-        def q(conn: Conn) -> tuple[Job, bool]:
-            for _ in range(_CREATE_ROUNDS):
-                if conn.execute(sql.create, values).fetchall():
-                    return job, True
-                same = one(conn.execute(sql.by_id, (job.id,)).fetchall())
-                holder = None
-                if same is None and job.idempotency_key is not None:
-                    rows = conn.execute(sql.by_key, (job.idempotency_key,)).fetchall()
-                    holder = one(rows)
-                step = after_conflict(job, same, holder)
-                if step.result is not None:
-                    return step.result
-                if step.drop is not None:
-                    conn.execute(sql.drop_expired_holder, (step.drop, job.created_at))
-            raise StoreError(f"{self!r}: create of job {job.id} kept conflicting")
-
-        return self._run(q, repeatable=True)
+        outs = self._run(lambda conn: create_many(conn, sql, creates), repeatable=True)
+        return _wrapped(self.settings, outs)
 
     def get(self, job_id: str, now: float) -> Job | None:
         return one(self._rows(self._sql.get, (job_id, now), repeatable=True))
@@ -347,6 +349,12 @@ class PostgresStore(StoreBase):
         """Job changes from every process (``LISTEN``; a trigger sends them)."""
         return PostgresChangeSignal(self.settings)
 
+    def instance_id(self) -> str:
+        """The random name this schema of this database got when it was created: the
+        same for every process that reaches it, however it names the server."""
+        rows = self._rows(f"SELECT id FROM {self._sql.schema_sql}.instance", (), repeatable=True)
+        return str(rows[0][0])
+
     # -- learned run times (timings.py) ---------------------------------------------
 
     def load_run_times(self) -> dict[str, str]:
@@ -380,9 +388,10 @@ class PostgresStore(StoreBase):
 
 @dataclass
 class _LoopPool:
-    loop: asyncio.AbstractEventLoop
+    """What one event loop uses: its connections and its group commit of creates."""
+
     pool: pg.AsyncConnections
-    guard: Any = None  # the async generator whose finalization closes the pool
+    creates: AsyncBatcher[Create, tuple[Job, bool]]
 
 
 class AsyncPostgresStore(AsyncStoreBase):
@@ -390,53 +399,36 @@ class AsyncPostgresStore(AsyncStoreBase):
     asyncio connections.
 
     Asyncio connections belong to the event loop that opened them, so each loop
-    that uses the store gets its own pool, closed when that loop shuts down
-    (``asyncio.run``, uvicorn and AnyIO portals finalize async generators then),
-    when :meth:`aclose` is awaited on it, or by :meth:`PostgresStore.close`.
+    that uses the store gets its own pool (see :class:`PerLoop`), closed when
+    that loop shuts down, when :meth:`aclose` is awaited on it, or by
+    :meth:`PostgresStore.close`.
     """
 
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
         self._sql = store._sql
-        self._lock = threading.Lock()
-        self._loops: dict[asyncio.AbstractEventLoop, _LoopPool] = {}
-        self._pid = os.getpid()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._pools: PerLoop[_LoopPool] = PerLoop(
+            self._open,
+            self._close,
+            closed_error=lambda: StoreError(f"{self._store!r} is closed"),
+            forked=lambda inherited: _FORK_ORPHANS.extend(lp.pool for lp in inherited),
+            close_timeout=_CLOSE_TIMEOUT + 1,
+        )
 
     def __repr__(self) -> str:
         return f"<AsyncPostgresStore schema={self._store.schema!r}>"
 
+    def _open(self, loop: asyncio.AbstractEventLoop) -> _LoopPool:
+        return _LoopPool(pg.AsyncConnections(self._store.settings), AsyncBatcher(self._create_many))
+
+    @staticmethod
+    async def _close(lp: _LoopPool) -> None:
+        await lp.pool.close()
+
     async def _pool(self) -> pg.AsyncConnections:
-        loop = asyncio.get_running_loop()
-        lp = self._loops.get(loop)
-        if lp is not None and self._pid == os.getpid():
-            return lp.pool
         if self._store._closed:
             raise StoreError(f"{self._store!r} is closed")
-        with self._lock:
-            if self._pid != os.getpid():
-                _FORK_ORPHANS.extend(p.pool for p in self._loops.values())
-                self._loops = {}
-                self._pid = os.getpid()
-            stale = [other for other in self._loops.values() if other.loop.is_closed()]
-            for other in stale:  # loops closed without finalizing: nothing left to await
-                del self._loops[other.loop]
-        pool = pg.AsyncConnections(self._store.settings)
-        lp = _LoopPool(loop, pool)
-        with self._lock:
-            self._loops[loop] = lp
-        lp.guard = self._guard(lp)
-        await lp.guard.__anext__()  # registers it with the loop's async-generator hooks
-        return pool
-
-    async def _guard(self, lp: _LoopPool) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._loops.get(lp.loop) is lp:
-                    del self._loops[lp.loop]
-            await lp.pool.close()
+        return (await self._pools.get()).pool
 
     async def _run(self, fn: Callable[[AConn], Awaitable[T]], *, repeatable: bool = False) -> T:
         store = self._store
@@ -472,58 +464,25 @@ class AsyncPostgresStore(AsyncStoreBase):
 
     async def aclose(self) -> None:
         """Close the pool of the running event loop (other loops close on shutdown)."""
-        lp = self._loops.get(asyncio.get_running_loop())
-        if lp is not None and lp.guard is not None:
-            await lp.guard.aclose()
+        await self._pools.aclose()
 
     def _close_from_sync(self) -> None:
-        with self._lock:
-            remaining = list(self._loops.values()) if self._pid == os.getpid() else []
-        for lp in remaining:
-            loop = lp.loop
-            if loop.is_closed() or lp.guard is None:
-                continue
-            coro = lp.guard.aclose()
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                # close() called from a coroutine on that very loop: finish it soon after
-                task = loop.create_task(coro)
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-            elif loop.is_running():
-                fut = asyncio.run_coroutine_threadsafe(coro, loop)
-                with contextlib.suppress(Exception):
-                    fut.result(_CLOSE_TIMEOUT + 1)
-            else:
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(coro)
+        self._pools.close_all()
 
     # -- the contract ---------------------------------------------------------------------
 
     async def create(self, job: Job, request: CapturedRequest) -> tuple[Job, bool]:
+        if self._store._closed:
+            raise StoreError(f"{self._store!r} is closed")
+        return await (await self._pools.get()).creates.submit((job, request))
+
+    async def _create_many(self, creates: list[Create]) -> list[BatchOutcome]:
         sql = self._sql
-        values = (*job_values(job), request.meta_json(), request.body)
 
-        async def q(conn: AConn) -> tuple[Job, bool]:
-            for _ in range(_CREATE_ROUNDS):
-                if await (await conn.execute(sql.create, values)).fetchall():
-                    return job, True
-                same = one(await (await conn.execute(sql.by_id, (job.id,))).fetchall())
-                holder = None
-                if same is None and job.idempotency_key is not None:
-                    cur = await conn.execute(sql.by_key, (job.idempotency_key,))
-                    holder = one(await cur.fetchall())
-                step = after_conflict(job, same, holder)
-                if step.result is not None:
-                    return step.result
-                if step.drop is not None:
-                    await conn.execute(sql.drop_expired_holder, (step.drop, job.created_at))
-            raise StoreError(f"{self._store!r}: create of job {job.id} kept conflicting")
+        async def q(conn: AConn) -> list[BatchOutcome]:
+            return await create_many_async(conn, sql, creates)
 
-        return await self._run(q, repeatable=True)
+        return _wrapped(self._store.settings, await self._run(q, repeatable=True))
 
     async def get(self, job_id: str, now: float) -> Job | None:
         return one(await self._rows(self._sql.get, (job_id, now), repeatable=True))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ...errors import MissingDependencyError, StoreError
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
+from .._perloop import PerLoop
 from ..base import EVERY, AsyncStoreBase, Outcome, OwnedQuery, Progress
 from .layout import _Call, _Layout, _store_error
 from .scripts import SOURCES
@@ -45,7 +45,6 @@ class _LoopClient:
     loop: asyncio.AbstractEventLoop
     client: aioredis.Redis
     scripts: dict[str, AsyncScript]
-    guard: Any = None  # the async generator whose finalization closes the client
     #: round trips in flight (direct calls and pipelines)
     active: int = 0
     #: calls waiting for a pipeline, with the futures their callers await
@@ -57,51 +56,40 @@ class AsyncRedisStore(AsyncStoreBase):
     """The awaitable face of :class:`RedisStore` (``store.aio``), on ``redis.asyncio``.
 
     asyncio connections belong to the event loop that opened them, so each
-    loop that uses the store gets its own client. The client is closed when
-    its loop shuts down (``asyncio.run``, uvicorn, AnyIO portals all finalize
-    async generators then), when :meth:`aclose` is awaited on that loop, or by
+    loop that uses the store gets its own client (see :class:`PerLoop`), closed
+    when its loop shuts down, when :meth:`aclose` is awaited on that loop, or by
     :meth:`RedisStore.close`, whichever comes first.
     """
 
     def __init__(self, layout: _Layout, factory: Callable[[], aioredis.Redis]) -> None:
         self._layout = layout
         self._factory = factory
-        self._lock = threading.Lock()
-        self._loops: dict[asyncio.AbstractEventLoop, _LoopClient] = {}
-        self._closed = False
-        self._closing: set[asyncio.Task[None]] = set()
+        self._clients: PerLoop[_LoopClient] = PerLoop(
+            self._open,
+            self._close,
+            closed_error=lambda: StoreError("Redis store: the store was closed"),
+            close_timeout=_CLOSE_TIMEOUT,
+        )
 
     def __repr__(self) -> str:
         return f"<AsyncRedisStore namespace={self._layout.ns!r}>"
 
-    async def _connection(self) -> _LoopClient:
-        loop = asyncio.get_running_loop()
-        lc = self._loops.get(loop)
-        if lc is not None:
-            return lc
-        if self._closed:
-            raise StoreError("Redis store: the store was closed")
+    @property
+    def _loops(self) -> dict[asyncio.AbstractEventLoop, _LoopClient]:
+        return self._clients.by_loop
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> _LoopClient:
         client = self._factory()
         scripts = {name: client.register_script(src) for name, src in SOURCES.items()}
-        lc = _LoopClient(loop, client, scripts)
-        with self._lock:
-            stale = [other for other in self._loops.values() if other.loop.is_closed()]
-            for other in stale:  # loops closed without finalizing: nothing left to await
-                del self._loops[other.loop]
-            self._loops[loop] = lc
-        lc.guard = self._guard(lc)
-        await lc.guard.__anext__()  # registers it with the loop's async-generator hooks
-        return lc
+        return _LoopClient(loop, client, scripts)
 
-    async def _guard(self, lc: _LoopClient) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            with self._lock:
-                if self._loops.get(lc.loop) is lc:
-                    del self._loops[lc.loop]
-            with contextlib.suppress(RedisError, OSError):
-                await lc.client.aclose(close_connection_pool=True)
+    @staticmethod
+    async def _close(lc: _LoopClient) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await lc.client.aclose(close_connection_pool=True)
+
+    async def _connection(self) -> _LoopClient:
+        return await self._clients.get()
 
     async def _run(self, call: _Call[T]) -> T:
         try:
@@ -185,35 +173,10 @@ class AsyncRedisStore(AsyncStoreBase):
 
     async def aclose(self) -> None:
         """Close the client of the running event loop (other loops close on shutdown)."""
-        lc = self._loops.get(asyncio.get_running_loop())
-        if lc is not None and lc.guard is not None:
-            await lc.guard.aclose()
+        await self._clients.aclose()
 
     def _close_from_sync(self) -> None:
-        self._closed = True
-        with self._lock:
-            remaining = list(self._loops.values())
-        for lc in remaining:
-            loop = lc.loop
-            if loop.is_closed() or lc.guard is None:
-                continue  # closed without finalizing its async generators: nothing to await on
-            coro = lc.guard.aclose()
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is loop:
-                # close() called from a coroutine on that very loop: finish it soon after
-                task = loop.create_task(coro)
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-            elif loop.is_running():
-                fut = asyncio.run_coroutine_threadsafe(coro, loop)
-                with contextlib.suppress(Exception):
-                    fut.result(_CLOSE_TIMEOUT)
-            else:
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(coro)
+        self._clients.close_all()
 
     async def create(self, job: Job, request: CapturedRequest) -> tuple[Job, bool]:
         return await self._run(self._layout.create(job, request))

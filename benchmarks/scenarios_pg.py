@@ -1,0 +1,230 @@
+"""PostgreSQL against the plain way on PostgreSQL: the hand-written peer
+(``peers/pg_peer.py``: insert a row, 202 with its id, a status view reading the
+row) side by side with async_accept's PostgreSQL store (``executor="store"``:
+the queued job is the message), both served by one uvicorn process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ._load import Target, compare, run_load
+from ._proc import LOAD_CPU, PY, Proc, pin, uvicorn
+from ._report import ratio_cols
+from .scenarios import (
+    HTTP,
+    PG_URL,
+    Ctx,
+    asgi_server,
+    middleware_missing,
+    paths_file,
+    post_jobs,
+    postgres_store_missing,
+    reset_postgres,
+    summarize_profile,
+)
+
+PEER_TABLE = "bench_peer_jobs"
+DSN = PG_URL.split("?")[0]
+
+
+def _reset_peer() -> None:
+    import psycopg
+
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {PEER_TABLE}")
+
+
+@contextlib.contextmanager
+def pg_peer_server(ctx: Ctx) -> Iterator[Proc]:
+    env = {"BENCH_PG_DSN": DSN, "BENCH_PG_TABLE": PEER_TABLE}
+    p = uvicorn("pg-peer", "benchmarks.peers.pg_peer:app", env, ctx.tmp)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def pg_peers(ctx: Ctx) -> None:
+    """async_accept's PostgreSQL store (executor="store", no workers running) against
+    the hand-written PostgreSQL peer: accept throughput (goal >= 2x), and status
+    reads of queued jobs."""
+    why = middleware_missing() or postgres_store_missing()
+    if why:
+        ctx.report.skip("pg_peers", why)
+        return
+    reset_postgres()
+    _reset_peer()
+    with (
+        pg_peer_server(ctx) as peer,
+        asgi_server(ctx, "aa-pg", mw=True, store=PG_URL, executor="store") as mw,
+        asgi_server(ctx, "bare", mw=False) as bare,
+    ):
+        bare_t = Target("bare", bare)
+        pa = Target("pg peer accept", peer, "/work", "POST", "{}")
+        ma = Target("async_accept accept", mw, "/work", "POST", "{}")
+        c = compare(pa, bare_t, ctx.settings)
+        ctx.report.add(HTTP, "pg peer: accept / bare hello", **ratio_cols(c))
+        c = compare(ma, bare_t, ctx.settings)
+        ctx.report.add(HTTP, "async_accept accept (PostgreSQL store) / bare hello", **ratio_cols(c))
+        c = compare(ma, pa, ctx.settings)
+        ctx.report.add(
+            HTTP,
+            'async_accept accept (PostgreSQL store, executor="store") / pg peer accept',
+            **ratio_cols(c, 2.0),
+        )
+        peer_urls = post_jobs(peer.port, "/work", 200)
+        aa_urls = post_jobs(mw.port, "/work", 200)
+        pp = Target("pg peer poll", peer, peer_urls[0])
+        pp.paths_file = paths_file(ctx, "pg-peer", peer_urls)
+        mp = Target("async_accept poll", mw, aa_urls[0])
+        mp.paths_file = paths_file(ctx, "aa-pg", aa_urls)
+        c = compare(mp, pp, ctx.settings)
+        ctx.report.add(
+            HTTP,
+            "async_accept poll (PostgreSQL store, queued jobs) / pg peer poll",
+            **ratio_cols(c),
+        )
+    reset_postgres()
+    _reset_peer()
+    _creates(ctx)
+    _profile_accept(ctx)
+
+
+STORE_SECTION = "Store creates in one process: 64 concurrent tasks on one event loop"
+
+
+def _jobs(n: int) -> list[Any]:
+    from async_accept.job import Job, JobStatus, new_job_id
+
+    now = time.time()
+    return [
+        Job(
+            id=new_job_id(),
+            status=JobStatus.QUEUED,
+            owner="bench",
+            created_at=now,
+            updated_at=now,
+            expires_at=now + 3600,
+            deadline_at=now + 60,
+            sla=30.0,
+            route="POST /work",
+        )
+        for _ in range(n)
+    ]
+
+
+async def _gather(n: int, tasks: int, one: Any) -> float:
+    """Creates per second of ``n`` calls of ``one(i)`` from ``tasks`` concurrent tasks."""
+    queue = list(range(n))
+
+    async def runner() -> None:
+        while queue:
+            await one(queue.pop())
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(runner() for _ in range(tasks)))
+    return n / (time.perf_counter() - t0)
+
+
+def _creates(ctx: Ctx) -> None:
+    """The database part alone, without HTTP: async_accept's create with its group
+    commit, the same create one statement each, and the peer's INSERT."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from async_accept.job import CapturedRequest
+    from async_accept.stores import resolve_store
+    from async_accept.stores.postgres.batch import create_one_async
+
+    n = 1_000 if ctx.quick else 5_000
+    request = CapturedRequest("POST", "/work", body=b"{}")
+    reset_postgres()
+    _reset_peer()
+    store = resolve_store(PG_URL)
+    sql = store._sql
+
+    async def main() -> dict[str, float]:
+        out: dict[str, float] = {}
+        jobs = _jobs(n)
+        out["async_accept create, group commit"] = await _gather(
+            n, 64, lambda i: store.aio.create(jobs[i], request)
+        )
+        jobs = _jobs(n)
+
+        async def single(i: int) -> Any:
+            async def q(conn: Any) -> Any:
+                return await create_one_async(conn, sql, jobs[i], request)
+
+            return await store.aio._run(q)
+
+        out["async_accept create, one statement per create"] = await _gather(n, 64, single)
+        async with AsyncConnectionPool(
+            DSN, min_size=10, max_size=10, kwargs={"autocommit": True}
+        ) as pool:
+            async with pool.connection() as conn:
+                from .peers.pg_peer import DDL
+
+                await conn.execute(DDL.replace("bench_peer_jobs", PEER_TABLE))
+
+            async def peer(i: int) -> Any:
+                async with pool.connection() as conn:
+                    cur = await conn.execute(
+                        f"INSERT INTO {PEER_TABLE} (payload) VALUES (%s) RETURNING id", ("{}",)
+                    )
+                    return await cur.fetchone()
+
+            out["peer INSERT ... RETURNING id (pool of 10)"] = await _gather(n, 64, peer)
+        return out
+
+    try:
+        rates = asyncio.run(main())
+    finally:
+        store.close()
+    peer_rate = rates["peer INSERT ... RETURNING id (pool of 10)"]
+    for name, rate in rates.items():
+        ctx.report.add(
+            STORE_SECTION,
+            f"{name}, {n:,} creates",
+            **{"creates/s": f"{rate:,.0f}", "/ peer": f"{rate / peer_rate:.2f}"},
+        )
+    reset_postgres()
+    _reset_peer()
+
+
+def _profile_accept(ctx: Ctx) -> None:
+    """py-spy (--gil: where the server's CPU goes) while it accepts into PostgreSQL."""
+    spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
+    if not Path(spy).exists():
+        ctx.report.skip("pg_peers profile", "py-spy is not installed (pip install py-spy)")
+        return
+    seconds = 4 if ctx.quick else 8
+    reset_postgres()
+    with asgi_server(ctx, "prof-pg", mw=True, store=PG_URL, executor="store") as p:
+        t = Target("accept", p, "/work", "POST", "{}")
+        load = threading.Thread(target=run_load, args=(t, seconds + 4, ctx.settings))
+        load.start()
+        time.sleep(1.0)
+        out = ctx.path("prof-pg-accept.txt")
+        argv = [*pin(LOAD_CPU), spy, "record", "-p", str(p.pid), "-d", str(seconds)]
+        argv += ["-r", "250", "-f", "raw", "-o", str(out), "--nonblocking", "--gil"]
+        rec = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+        load.join()
+    reset_postgres()
+    if rec.returncode != 0 or not out.exists():
+        ctx.report.skip("pg_peers profile", f"py-spy failed: {rec.stderr[-300:]}")
+        return
+    own, incl = summarize_profile(out, 12)
+    section = "Profile: accept path, CPU (py-spy --gil), PostgreSQL store"
+    for (frame, pc), (iframe, ipc) in zip(own, incl, strict=False):
+        ctx.report.add(
+            section,
+            frame,
+            **{"self %": f"{pc:.1f}", "async_accept frame": iframe, "incl. %": f"{ipc:.1f}"},
+        )
