@@ -163,6 +163,43 @@ class DelayedSubmits:
 # -- heartbeats ------------------------------------------------------------------------
 
 
+class FailureStreak:
+    """Logs a repeating failure once per streak instead of once per attempt: the first
+    failure with its traceback, then a count at most every ``every`` seconds while it
+    goes on, and one line when it ends (a full disk or a store outage would otherwise
+    log a traceback per job per heartbeat)."""
+
+    def __init__(self, what: str, every: float = 60.0) -> None:
+        self._what = what
+        self._every = every
+        self._failures = 0
+        self._logged_at = 0.0
+
+    def failed(self, detail: str) -> None:
+        """One more failure (call from an ``except`` block: the first logs its traceback)."""
+        self._failures += 1
+        now = time.monotonic()
+        if self._failures == 1:
+            self._logged_at = now
+            log.warning("async_accept: %s failed (%s)", self._what, detail, exc_info=True)
+        elif now - self._logged_at >= self._every:
+            self._logged_at = now
+            log.warning(
+                "async_accept: %s still failing: %d failures so far (%s)",
+                self._what,
+                self._failures,
+                detail,
+            )
+
+    def succeeded(self) -> None:
+        """A round without failure: the streak, if any, ends with a line saying so."""
+        if self._failures:
+            log.warning(
+                "async_accept: %s works again after %d failures", self._what, self._failures
+            )
+            self._failures = 0
+
+
 class BeatHost(Protocol):
     """What the heartbeat thread needs of the runtime."""
 
@@ -191,6 +228,7 @@ class Heartbeats:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.wake = threading.Event()
+        self._failing = FailureStreak("heartbeat")
 
     def ensure_running(self) -> None:
         with self._lock:
@@ -210,11 +248,15 @@ class Heartbeats:
                     self._thread = None
                     return
             wait = interval
+            failed = False
             for ctx in list(self._board.values()):
                 try:
                     wait = min(wait, self.beat_one(ctx))
-                except Exception:  # the beater must outlive any store trouble
-                    log.warning("async_accept: heartbeat of job %s failed", ctx.id, exc_info=True)
+                except Exception as exc:  # the beater must outlive any store trouble
+                    failed = True
+                    self._failing.failed(f"job {ctx.id}: {exc}")
+            if not failed:
+                self._failing.succeeded()
             self.wake.wait(max(wait, 0.005))
             self.wake.clear()
 

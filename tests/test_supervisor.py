@@ -413,3 +413,102 @@ def test_thread_watch_sees_a_sync_handler_on_a_thread_and_remembers_it() -> None
         return on_loop.past_no_return(), during, watch.past_no_return()
 
     assert asyncio.run(main()) == (False, True, True)
+
+
+# -- a repeating failure is logged once per streak ----------------------------------------------
+
+
+def test_a_failure_streak_logs_one_traceback_then_counts_then_its_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """100 failures in a row: one warning with the traceback; its end: one line with the
+    count; the next failure starts a new streak with its traceback again."""
+    import logging
+
+    from async_accept.supervision import FailureStreak
+
+    streak = FailureStreak("heartbeat", every=3600)
+    caplog.set_level(logging.WARNING, logger="async_accept")
+    for i in range(100):
+        try:
+            raise OSError(f"disk full {i}")
+        except OSError:
+            streak.failed(f"attempt {i}")
+    assert [r.exc_info is not None for r in caplog.records] == [True]
+    assert "disk full 0" in caplog.text
+    streak.succeeded()
+    streak.succeeded()  # no streak: nothing more
+    assert (
+        caplog.records[-1].getMessage() == "async_accept: heartbeat works again after 100 failures"
+    )
+    assert len(caplog.records) == 2
+    try:
+        raise OSError("again")
+    except OSError:
+        streak.failed("attempt 101")
+    assert len(caplog.records) == 3 and caplog.records[-1].exc_info is not None
+
+
+def test_a_long_streak_is_counted_every_period_without_tracebacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With a period of 0 s every later failure says the count so far, without a traceback."""
+    import logging
+
+    from async_accept.supervision import FailureStreak
+
+    streak = FailureStreak("sweep", every=0.0)
+    caplog.set_level(logging.WARNING, logger="async_accept")
+    for i in range(3):
+        try:
+            raise OSError("store down")
+        except OSError:
+            streak.failed(f"attempt {i}")
+    assert [r.exc_info is not None for r in caplog.records] == [True, False, False]
+    assert "3 failures so far" in caplog.records[-1].getMessage()
+
+
+def test_heartbeats_failing_for_a_while_log_one_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The heartbeat thread over a store failing its first 30 beats: every beat is tried,
+    one traceback is logged for all of them, and one line when the beats work again."""
+    import logging
+
+    from async_accept.context import JobContext
+    from async_accept.errors import StoreError
+    from async_accept.supervision import Heartbeats
+
+    class Host:
+        worker_id = "w"
+
+        def __init__(self) -> None:
+            self.calls = 0
+            self.ok = threading.Event()
+
+        def beat_write(self, job_id: str, progress: Any) -> Any:
+            self.calls += 1
+            if self.calls <= 30:
+                raise StoreError("database or disk is full")
+            self.ok.set()
+            return _Alive()
+
+    class _Alive:
+        cancel_requested = False
+
+    caplog.set_level(logging.WARNING, logger="async_accept")
+    host = Host()
+    board = {"job-1": JobContext("job-1")}
+    beats = Heartbeats(host, board, interval=0.01)
+    beats.ensure_running()
+    try:
+        assert host.ok.wait(10), "the heartbeat never got through"
+        deadline = time.monotonic() + 5
+        while "works again" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        board.clear()
+        beats.wake.set()
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert len(tracebacks) == 1 and "database or disk is full" in caplog.text
+    assert "heartbeat works again after 30 failures" in caplog.text
