@@ -61,6 +61,33 @@ end
 """
 )
 
+#: The body of the ``list`` scripts; RANGE is the sorted-set read (oldest or newest first).
+_LIST = """
+local limit = tonumber(ARGV[2])
+local out, stale = {}, {}
+for i = 4, #ARGV do
+  local zk = skey(ARGV[i])
+  local found, offset = 0, 0
+  while found < limit do
+    local want = limit - found
+    local ms = RANGE
+    for _, m in ipairs(ms) do
+      local jk = jkey(idof(m))
+      if redis.call('EXISTS', jk) == 1 then
+        out[#out + 1] = meta(jk)
+        found = found + 1
+      else
+        stale[#stale + 1] = m
+      end
+    end
+    offset = offset + #ms
+    if #ms < want then break end
+  end
+end
+for _, m in ipairs(stale) do unindex(m, nil) end
+return out
+"""
+
 _SCRIPTS: dict[str, str] = {
     # KEYS: job, [idempotency key]. ARGV: ns, id, created_at, expires_at, status,
     # fields (a JSON array: field, value, ...), request meta, request body, owner.
@@ -217,57 +244,13 @@ return meta(k)
     # ARGV: ns, limit, max score, status, ... Returns the first `limit` live jobs
     # of each status (oldest first); index entries whose job Redis already
     # expired are dropped on the way.
-    "list": """
-local limit = tonumber(ARGV[2])
-local out, stale = {}, {}
-for i = 4, #ARGV do
-  local zk = skey(ARGV[i])
-  local found, offset = 0, 0
-  while found < limit do
-    local want = limit - found
-    local ms = redis.call('ZRANGEBYSCORE', zk, '-inf', ARGV[3], 'LIMIT', offset, want)
-    for _, m in ipairs(ms) do
-      local jk = jkey(idof(m))
-      if redis.call('EXISTS', jk) == 1 then
-        out[#out + 1] = meta(jk)
-        found = found + 1
-      else
-        stale[#stale + 1] = m
-      end
-    end
-    offset = offset + #ms
-    if #ms < want then break end
-  end
-end
-for _, m in ipairs(stale) do unindex(m, nil) end
-return out
-""",
+    "list": _LIST.replace(
+        "RANGE", "redis.call('ZRANGEBYSCORE', zk, '-inf', ARGV[3], 'LIMIT', offset, want)"
+    ),
     # The same, newest first (the dashboard's recent jobs).
-    "list_newest": """
-local limit = tonumber(ARGV[2])
-local out, stale = {}, {}
-for i = 4, #ARGV do
-  local zk = skey(ARGV[i])
-  local found, offset = 0, 0
-  while found < limit do
-    local want = limit - found
-    local ms = redis.call('ZREVRANGEBYSCORE', zk, ARGV[3], '-inf', 'LIMIT', offset, want)
-    for _, m in ipairs(ms) do
-      local jk = jkey(idof(m))
-      if redis.call('EXISTS', jk) == 1 then
-        out[#out + 1] = meta(jk)
-        found = found + 1
-      else
-        stale[#stale + 1] = m
-      end
-    end
-    offset = offset + #ms
-    if #ms < want then break end
-  end
-end
-for _, m in ipairs(stale) do unindex(m, nil) end
-return out
-""",
+    "list_newest": _LIST.replace(
+        "RANGE", "redis.call('ZREVRANGEBYSCORE', zk, ARGV[3], '-inf', 'LIMIT', offset, want)"
+    ),
     # ARGV: ns, owner, now, limit, top score ('+inf', 'x' or '(x'), cursor id ('-'
     # none, else '=id': skip ids >= it at score x), bottom score ('-inf' or 'x'),
     # status ('-' any, else '=status'), route (same). Live jobs of the owner,
