@@ -597,7 +597,7 @@ class Runtime(Draining):
             # Its store calls must be over before anyone closes the store.
             sweeper.join(self.options.shutdown_timeout)
         if self._started:
-            deadline = time.monotonic() + self.options.shutdown_timeout
+            deadline = time.monotonic() + self.drain_timeout
             while self._running and time.monotonic() < deadline:
                 time.sleep(0.02)
             self.requeue_running()
@@ -620,7 +620,7 @@ class Runtime(Draining):
             await asyncio.wait({self._sweeper_task}, timeout=5)
             self._sweeper_task = None
         if self._started:
-            timeout = self.options.shutdown_timeout
+            timeout = self.drain_timeout
             deadline = time.monotonic() + timeout
             while self._running and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

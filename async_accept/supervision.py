@@ -329,7 +329,16 @@ class Draining:
 
     @property
     def drain_timeout(self: _DrainHost) -> float:
-        return float(self.options.shutdown_timeout)
+        """``shutdown_timeout``, cut to what is left of the server's own graceful
+        timeout since its stop signal (gunicorn kills a worker that outlives it, and
+        a killed worker requeues nothing), less a margin to requeue and exit."""
+        timeout = float(self.options.shutdown_timeout)
+        grace, since = _server_grace, _stop_signal_at
+        if grace is None:
+            return timeout
+        elapsed = 0.0 if since is None else time.monotonic() - since
+        left = grace - min(2.0, grace * 0.2) - elapsed
+        return max(0.0, min(timeout, left))
 
     def requeue_running(self: _DrainHost) -> int:
         """Hand the jobs still running here back to the queue; how many were."""
@@ -369,6 +378,21 @@ class Drainable(Protocol):
 _LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
 _watching_pid: int | None = None
 _atexit_registered = False
+#: the graceful timeout of the server whose SIGTERM handler we wrapped, if it has one
+_server_grace: float | None = None
+#: time.monotonic() of this process's first stop signal
+_stop_signal_at: float | None = None
+
+
+def server_graceful_timeout(handler: Any) -> float | None:
+    """The graceful timeout of the server a signal handler belongs to: gunicorn's
+    worker and arbiter handle signals with bound methods of objects holding their
+    config (``cfg.graceful_timeout``); None for any other handler."""
+    cfg = getattr(getattr(handler, "__self__", None), "cfg", None)
+    value = getattr(cfg, "graceful_timeout", None)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return None
+    return float(value)
 
 
 def watch_stop_signals(runtime: Drainable) -> None:
@@ -376,7 +400,7 @@ def watch_stop_signals(runtime: Drainable) -> None:
     drains. Called when the middleware is built (gunicorn loads the app in its worker's
     main thread, after installing its handlers) and when it starts. The handler found
     in place (the server's own) still runs after ours."""
-    global _watching_pid, _atexit_registered
+    global _watching_pid, _atexit_registered, _server_grace, _stop_signal_at
     _LIVE.add(runtime)
     if not _atexit_registered:
         _atexit_registered = True
@@ -385,17 +409,23 @@ def watch_stop_signals(runtime: Drainable) -> None:
     if _watching_pid == pid or not in_main_thread():
         return
     _watching_pid = pid
+    _server_grace, _stop_signal_at = None, None  # a forked child starts afresh
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             previous = signal.getsignal(sig)
             if previous is None:
                 continue  # a handler installed outside Python (uWSGI, mod_wsgi): leave it be
+            if sig == signal.SIGTERM:
+                _server_grace = server_graceful_timeout(previous)
             signal.signal(sig, functools.partial(_on_stop_signal, previous))
         except (ValueError, OSError):  # pragma: no cover - a subinterpreter
             continue
 
 
 def _on_stop_signal(previous: Any, signum: int, frame: Any) -> None:
+    global _stop_signal_at
+    if _stop_signal_at is None:
+        _stop_signal_at = time.monotonic()
     for runtime in list(_LIVE):
         runtime.begin_drain()
     if callable(previous):

@@ -4,6 +4,7 @@ process, its pool and its other jobs are untouched; a stop hands jobs back."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 import threading
 import time
@@ -512,3 +513,50 @@ def test_heartbeats_failing_for_a_while_log_one_traceback(
     tracebacks = [r for r in caplog.records if r.exc_info is not None]
     assert len(tracebacks) == 1 and "database or disk is full" in caplog.text
     assert "heartbeat works again after 30 failures" in caplog.text
+
+
+def test_the_graceful_timeout_is_read_off_gunicorns_signal_handler() -> None:
+    """A bound handler of an object with cfg.graceful_timeout gives it; anything else gives None."""
+    from types import SimpleNamespace
+
+    from async_accept.supervision import server_graceful_timeout
+
+    class Worker:
+        def __init__(self, value: object) -> None:
+            self.cfg = SimpleNamespace(graceful_timeout=value)
+
+        def handle_exit(self, signum: int, frame: object) -> None:
+            """gunicorn's handler shape."""
+
+    assert server_graceful_timeout(Worker(30).handle_exit) == 30.0
+    assert server_graceful_timeout(Worker(2.5).handle_exit) == 2.5
+    for bad in (0, -1, True, "30", None):
+        assert server_graceful_timeout(Worker(bad).handle_exit) is None
+    assert server_graceful_timeout(signal.default_int_handler) is None
+    assert server_graceful_timeout(signal.SIG_DFL) is None
+
+
+def test_the_drain_is_cut_to_what_is_left_of_the_servers_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """drain_timeout = min(shutdown_timeout, grace - margin - time since the stop signal)."""
+    from types import SimpleNamespace
+
+    from async_accept import supervision
+
+    host = SimpleNamespace(options=SimpleNamespace(shutdown_timeout=60.0))
+    drain = supervision.Draining.drain_timeout.fget  # type: ignore[attr-defined]
+    monkeypatch.setattr(supervision, "_server_grace", None)
+    assert drain(host) == 60.0
+    monkeypatch.setattr(supervision, "_server_grace", 30.0)
+    monkeypatch.setattr(supervision, "_stop_signal_at", None)
+    assert drain(host) == 28.0  # a margin of min(2 s, 20 %)
+    monkeypatch.setattr(supervision, "_stop_signal_at", time.monotonic() - 10)
+    assert 17.0 <= drain(host) <= 18.0
+    monkeypatch.setattr(supervision, "_stop_signal_at", time.monotonic() - 100)
+    assert drain(host) == 0.0
+    monkeypatch.setattr(supervision, "_server_grace", 5.0)
+    monkeypatch.setattr(supervision, "_stop_signal_at", None)
+    assert drain(host) == 4.0
+    host.options.shutdown_timeout = 1.0
+    assert drain(host) == 1.0

@@ -48,3 +48,21 @@ def test_gunicorn_hup_under_load_loses_no_running_job(deploy: Deployment, n: int
     report = run.poll_all(timeout=120 + n * 1.0)
     assert report.completed == n, report.summary()
     assert_nothing_lost(report)
+
+
+def test_gunicorn_drain_ends_within_its_graceful_timeout(deploy: Deployment) -> None:
+    """shutdown_timeout past gunicorn's graceful timeout: the drain ends in time and requeues."""
+    # gunicorn's graceful timeout here is 5 s (tests/servers.py); a drain of 60 s would be
+    # cut by its SIGKILL, and a killed worker requeues nothing (its jobs end worker-lost).
+    server = deploy.gunicorn(
+        ASYNC_ACCEPT_EXECUTOR="thread?max_workers=4", ASYNC_ACCEPT_SHUTDOWN_TIMEOUT="60"
+    )
+    run = deploy.run(server)
+    subs = run.submit("/work-sync", 4, query="sleep=8")
+    run.wait_for(subs, ("processing",), at_least=4, timeout=20)
+    server.stop(signal.SIGTERM, timeout=30)
+    assert "requeued" in deploy.log(), deploy.log()
+    deploy.started(restart(server))
+    report = run.poll_all(timeout=120)
+    assert report.completed == 4, report.summary()
+    assert_nothing_lost(report)
