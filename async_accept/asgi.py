@@ -132,6 +132,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         async def lifespan_send(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
                 await self._ensure_started()
+                self.runtime.lifespan_drain = True  # the lifespan shutdown drains
             elif message["type"] == "lifespan.shutdown.complete" and self.runtime.started:
                 await self.runtime.ashutdown()
             await send(message)

@@ -620,6 +620,10 @@ class AsyncAcceptMiddleware:
             # Threads (executor, sweeper): jobs replay through the WSGI handler.
             import asyncio
 
+            from .supervision import watch_stop_signals
+
+            # On the server's main thread: uvicorn set its signal handlers over ours.
+            watch_stop_signals(door.runtime)
             await asyncio.to_thread(door.runtime.start)
         return _logged(
             to_django(door.answer(await door.runtime.adrive(plan)), request.method), request

@@ -312,6 +312,8 @@ class Draining:
 
     _running: set[str]
     _draining: threading.Event
+    #: True once an ASGI lifespan startup went through: its shutdown drains
+    lifespan_drain: bool = False
 
     @property
     def draining(self) -> bool:
@@ -360,6 +362,8 @@ class Draining:
 class Drainable(Protocol):
     """A runtime as the stop-signal watcher sees it."""
 
+    lifespan_drain: bool
+
     @property
     def started(self) -> bool: ...
 
@@ -398,23 +402,28 @@ def server_graceful_timeout(handler: Any) -> float | None:
 def watch_stop_signals(runtime: Drainable) -> None:
     """From the first SIGTERM/SIGINT on, ``runtime`` starts no queued job; at exit it
     drains. Called when the middleware is built (gunicorn loads the app in its worker's
-    main thread, after installing its handlers) and when it starts. The handler found
-    in place (the server's own) still runs after ours."""
+    main thread, after installing its handlers), when it starts, and on the first
+    request: a server that installs its handlers after loading the app (uvicorn)
+    replaced ours, and they are wrapped again. The handler found in place (the
+    server's own) still runs after ours."""
     global _watching_pid, _atexit_registered, _server_grace, _stop_signal_at
     _LIVE.add(runtime)
     if not _atexit_registered:
         _atexit_registered = True
         atexit.register(_drain_at_exit)
-    pid = os.getpid()
-    if _watching_pid == pid or not in_main_thread():
+    if not in_main_thread():
         return
-    _watching_pid = pid
-    _server_grace, _stop_signal_at = None, None  # a forked child starts afresh
+    pid = os.getpid()
+    if _watching_pid != pid:
+        _watching_pid = pid
+        _server_grace, _stop_signal_at = None, None  # a forked child starts afresh
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             previous = signal.getsignal(sig)
             if previous is None:
                 continue  # a handler installed outside Python (uWSGI, mod_wsgi): leave it be
+            if isinstance(previous, functools.partial) and previous.func is _on_stop_signal:
+                continue  # ours, around the handler in place
             if sig == signal.SIGTERM:
                 _server_grace = server_graceful_timeout(previous)
             signal.signal(sig, functools.partial(_on_stop_signal, previous))
@@ -424,10 +433,65 @@ def watch_stop_signals(runtime: Drainable) -> None:
 
 def _on_stop_signal(previous: Any, signum: int, frame: Any) -> None:
     global _stop_signal_at
-    if _stop_signal_at is None:
+    first = _stop_signal_at is None
+    if first:
         _stop_signal_at = time.monotonic()
     for runtime in list(_LIVE):
         runtime.begin_drain()
+    if first and _drain_before_the_server_stops(previous, signum):
+        return
+    if first and previous == signal.SIG_DFL:
+        # The default action ends the process at once: no exit handler would drain.
+        _drain_at_exit()
+    _pass_on(previous, signum, frame)
+
+
+#: drains under way before the server hears its stop signal (kept from the GC)
+_PRE_STOP: set[asyncio.Task[None]] = set()
+
+
+def _drain_before_the_server_stops(previous: Any, signum: int) -> bool:
+    """Whether the server will hear this signal only after a drain, started now.
+
+    An ASGI server whose app gets no lifespan shutdown (Django's ASGI handler,
+    ``--lifespan off``) stops its event loop and then re-raises the signal with its
+    default action: no exit handler runs, and running jobs would die with the
+    process instead of being requeued. So when the signal arrives on a running
+    event loop and a runtime with running jobs won't be drained by a lifespan
+    shutdown, the drain runs first on that loop (requests are still answered),
+    and the server's own handler is called after it. A second signal goes
+    through at once."""
+    busy = [rt for rt in list(_LIVE) if rt.started and rt.busy and not rt.lifespan_drain]
+    if not busy:
+        return False
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # no loop here (a gunicorn sync worker): the exit handler drains
+        return False
+    task = loop.create_task(_drain_then(busy, functools.partial(_pass_on, previous, signum, None)))
+    _PRE_STOP.add(task)
+    task.add_done_callback(_PRE_STOP.discard)
+    return True
+
+
+async def _drain_then(busy: list[Any], stop: Callable[[], None]) -> None:
+    """Let ``busy`` runtimes' jobs finish within their drain period, requeue the rest,
+    then ``stop()`` (the server's own signal handler)."""
+    try:
+        deadline = time.monotonic() + max(rt.drain_timeout for rt in busy)
+        while any(rt.busy for rt in busy) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for runtime in busy:
+            if runtime.busy:
+                await asyncio.to_thread(runtime.requeue_running)
+    except Exception:
+        log.warning("async_accept: drain before the server's stop failed", exc_info=True)
+    finally:
+        stop()
+
+
+def _pass_on(previous: Any, signum: int, frame: Any) -> None:
+    """Call the signal handler that was in place before ours."""
     if callable(previous):
         previous(signum, frame)
     elif previous == signal.SIG_DFL:

@@ -8,6 +8,7 @@ import pytest
 
 from tests.faults.conftest import SIZES, Deployment
 from tests.faults.harness import assert_nothing_lost, restart
+from tests.servers import uvicorn
 
 pytestmark = pytest.mark.slow
 
@@ -66,3 +67,48 @@ def test_gunicorn_drain_ends_within_its_graceful_timeout(deploy: Deployment) -> 
     report = run.poll_all(timeout=120)
     assert report.completed == 4, report.summary()
     assert_nothing_lost(report)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("path", ["/work", "/work-sync"])
+def test_sigterm_under_django_asgi_loses_no_running_job(
+    deploy: Deployment, path: str, n: int
+) -> None:
+    """uvicorn SIGTERM under Django's ASGI handler (no lifespan): every job completes once."""
+    # Django replays jobs through its WSGI handler, in the thread executor's threads.
+    env = deploy.env(
+        ASYNC_ACCEPT_EXECUTOR="thread?max_workers=4", ASYNC_ACCEPT_SHUTDOWN_TIMEOUT="1"
+    )
+    server = deploy.started(
+        uvicorn("tests.faults.django_app:application", env, deploy.tmp_path / "server.log")
+    )
+    server.start()
+    run = deploy.run(server)
+    subs = run.submit(path, n, query="sleep=3")
+    run.wait_for(subs, ("processing",), at_least=min(n, 4), timeout=20)
+    server.stop(signal.SIGTERM, timeout=30)
+    deploy.started(restart(server))
+    report = run.poll_all(timeout=120 + n * 1.0)
+    assert report.completed == n, report.summary()
+    assert_nothing_lost(report)
+
+
+def test_uvicorn_reload_loses_no_running_job(deploy: Deployment) -> None:
+    """uvicorn --reload restarting its server on a code change: every job completes once."""
+    watched = deploy.tmp_path / "code"
+    watched.mkdir()
+    (watched / "module.py").write_text("VERSION = 1\n")
+    env = deploy.env(
+        ASYNC_ACCEPT_EXECUTOR="asyncio?max_concurrency=4", ASYNC_ACCEPT_SHUTDOWN_TIMEOUT="1"
+    )
+    server = uvicorn("tests.faults.app:asgi_app", env, deploy.tmp_path / "server.log")
+    server.argv += ["--reload", "--reload-dir", str(watched)]
+    deploy.started(server).start()
+    run = deploy.run(server)
+    subs = run.submit("/work", 8, query="sleep=3")
+    run.wait_for(subs, ("processing",), at_least=4, timeout=20)
+    (watched / "module.py").write_text("VERSION = 2\n")  # the reloader restarts the server
+    report = run.poll_all(timeout=120)
+    assert report.completed == 8, report.summary()
+    assert_nothing_lost(report)
+    assert "Reloading" in deploy.log(), deploy.log()
