@@ -560,3 +560,84 @@ def test_the_drain_is_cut_to_what_is_left_of_the_servers_grace(
     assert drain(host) == 4.0
     host.options.shutdown_timeout = 1.0
     assert drain(host) == 1.0
+
+
+def test_without_a_lifespan_the_server_hears_the_signal_after_the_drain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a running loop, a busy runtime with no lifespan drain delays the server's handler
+    until its jobs end (or are requeued); a second signal goes through at once."""
+    import weakref
+
+    from async_accept import supervision
+
+    class Runtime:
+        started = True
+        lifespan_drain = False
+        drain_timeout = 30.0
+
+        def __init__(self) -> None:
+            self.busy = True
+            self.draining = False
+            self.requeued = 0
+
+        def begin_drain(self) -> None:
+            self.draining = True
+
+        def requeue_running(self) -> int:
+            self.requeued += 1
+            return 0
+
+    rt = Runtime()
+    live: weakref.WeakSet[Any] = weakref.WeakSet()
+    live.add(rt)
+    monkeypatch.setattr(supervision, "_LIVE", live)
+    monkeypatch.setattr(supervision, "_stop_signal_at", None)
+    heard: list[int] = []
+
+    def server(signum: int, frame: Any) -> None:
+        heard.append(signum)
+
+    async def scenario() -> None:
+        supervision._on_stop_signal(server, signal.SIGTERM, None)
+        await asyncio.sleep(0.2)
+        assert rt.draining and heard == []  # still draining: the server doesn't know yet
+        rt.busy = False  # the running jobs ended
+        for _ in range(200):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        assert heard == [signal.SIGTERM] and rt.requeued == 0
+        rt.busy = True
+        supervision._on_stop_signal(server, signal.SIGTERM, None)  # a second signal
+        assert heard == [signal.SIGTERM, signal.SIGTERM]
+
+    asyncio.run(scenario())
+
+
+def test_a_runtime_drained_by_its_lifespan_lets_the_signal_through_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a lifespan shutdown to drain in, the server's handler runs right away."""
+    import weakref
+
+    from async_accept import supervision
+
+    class Runtime:
+        started = busy = lifespan_drain = True
+
+        def begin_drain(self) -> None:
+            """Nothing to do here."""
+
+    rt = Runtime()
+    live: weakref.WeakSet[Any] = weakref.WeakSet()
+    live.add(rt)
+    monkeypatch.setattr(supervision, "_LIVE", live)
+    monkeypatch.setattr(supervision, "_stop_signal_at", None)
+    heard: list[int] = []
+
+    async def scenario() -> None:
+        supervision._on_stop_signal(lambda s, f: heard.append(s), signal.SIGTERM, None)
+
+    asyncio.run(scenario())
+    assert heard == [signal.SIGTERM]
