@@ -361,3 +361,51 @@ def test_racing_requests_across_two_processes_make_one_job(
     # A different payload under the same key is refused by either process.
     other = httpx.post(server.base + "/keyed", content=b"twice", headers=headers, timeout=5)
     assert other.status_code == 422
+
+
+def test_a_repeat_handed_a_job_whose_create_answer_was_lost_never_gets_a_404(
+    make_dep: Any,
+) -> None:
+    """A's create is written but its answer lost (503); B, the same request with the
+    same key, finds that job before A takes it back: B's 202 ends failed, never run,
+    not 404, and the next repeat takes the key over and runs once."""
+    from async_accept.errors import StoreError
+
+    for store in ("sqlite", "memory"):
+        apps.GATES = apps.Gates()
+        d = make_dep("wsgi", store)
+        real = d.store.create
+        repeats: list[httpx.Response] = []
+        calls = [0]
+
+        def repeat(d: Any = d, repeats: list[httpx.Response] = repeats) -> None:
+            repeats.append(d.post("/slow", content=b"once", headers=keyed("lost-answer")))
+
+        def lost_answer(
+            job: Any, request: Any, real: Any = real, repeat: Any = repeat, calls: list[int] = calls
+        ) -> Any:
+            out = real(job, request)
+            calls[0] += 1
+            if calls[0] == 1:
+                # The write landed. Before A's accept takes it back, B arrives.
+                t = threading.Thread(target=repeat)
+                t.start()
+                t.join(30)
+                raise StoreError("injected: the create was written, its answer lost")
+            return out
+
+        d.store.create = lost_answer
+        r_a = d.post("/slow", content=b"once", headers=keyed("lost-answer"))
+        assert r_a.status_code == 503, r_a.text
+        (r_b,) = repeats
+        assert r_b.status_code == 202, r_b.text
+        end = d.finished(r_b.headers["location"])
+        assert end.status_code == 200, end.text
+        assert end.json()["status"] == "failed", end.text
+        assert end.json()["error"]["type"].endswith("store-unavailable"), end.text
+        assert apps.GATES.runs.get("slow", 0) == 0
+        r_c = d.post("/slow", content=b"once", headers=keyed("lost-answer"))
+        assert r_c.status_code == 202, r_c.text
+        assert r_c.json()["id"] != r_b.json()["id"]
+        assert d.finished(r_c.headers["location"]).status_code == 303
+        assert apps.GATES.runs["slow"] == 1

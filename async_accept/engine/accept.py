@@ -152,9 +152,9 @@ class Accepting(Status):
                 stored, created = yield from ops.create(job, sealed)
             except StoreError:
                 # The write may have landed with only its answer lost (a timeout past
-                # the commit): no 202 promises this job, so it must not exist or run.
+                # the commit): this 503 promises no job, so it must not exist or run.
                 with contextlib.suppress(StoreError):
-                    yield from ops.delete(job.id)
+                    yield from self._unpromise(job, now)
                 return unavailable(
                     "store-unavailable",
                     "The job store cannot take the request right now; retry later.",
@@ -247,6 +247,23 @@ class Accepting(Status):
         ]
         headers.extend(extra)
         return Response(202, headers, json_body(body))
+
+    def _unpromise(self, job: Job, now: float) -> Gen[None]:
+        """Take back a job whose create may have been written though its accept
+        answers 503. Without an idempotency key nobody else can find it: it is
+        deleted. With one, a repeat of the request may have found it and answered
+        its 202 meanwhile: it ends failed, never run (what that 202 then shows),
+        and the next repeat takes the key over (``never_dispatched``)."""
+        if job.idempotency_key is None:
+            yield from ops.delete(job.id)
+            return
+        error = problem_dict(
+            503,
+            "store-unavailable",
+            "Store unavailable",
+            "The job store did not confirm this job; retry with the same Idempotency-Key.",
+        )
+        yield from ops.fail(job.id, frozenset({JobStatus.QUEUED}), now, error)
 
     def _webhook_targets(
         self, job: Job, request: CapturedRequest, route: RouteOptions

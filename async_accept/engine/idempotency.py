@@ -51,11 +51,13 @@ def scoped_key(owner: str, method: str, path: str, key: str) -> str:
 
 
 def never_dispatched(job: Job) -> bool:
-    """A job whose accept answered 503 because the executor refused it."""
+    """A job whose accept answered 503 because the executor refused it, or because
+    the store's answer to its create was lost."""
+    kind = str((job.error or {}).get("type", ""))
     return (
         job.status is JobStatus.FAILED
         and job.started_at is None
-        and str((job.error or {}).get("type", "")).endswith("executor-unavailable")
+        and kind.endswith(("executor-unavailable", "store-unavailable"))
     )
 
 
