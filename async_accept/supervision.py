@@ -51,8 +51,12 @@ _THREAD_WAITS = frozenset({"run_sync_in_worker_thread", "to_thread", "run_in_thr
 
 
 def waiting_on_thread(task: asyncio.Task[Any]) -> bool:
-    """Whether ``task`` is suspended waiting for a sync function in a worker thread
-    (the innermost coroutine of its await chain is a thread hop)."""
+    """Whether ``task`` is suspended waiting for a sync function in a worker thread:
+    the innermost coroutine of its await chain is a thread hop (``to_thread``,
+    anyio's and Starlette's, asgiref's ``sync_to_async``), or it awaits the future
+    of a concurrent.futures executor (``loop.run_in_executor``)."""
+    if _executor_future(getattr(task, "_fut_waiter", None)):  # the future it waits on
+        return True
     coro: Any = task.get_coro()
     last = None
     while coro is not None:
@@ -64,6 +68,19 @@ def waiting_on_thread(task: asyncio.Task[Any]) -> bool:
         return False
     return last.co_name in _THREAD_WAITS or last.co_filename.replace("\\", "/").endswith(
         "asgiref/sync.py"
+    )
+
+
+def _executor_future(awaited: Any) -> bool:
+    """An asyncio future chained to a concurrent.futures one (``run_in_executor``,
+    ``wrap_future``): asyncio marks it with its ``_call_check_cancel`` callback."""
+    if not isinstance(awaited, asyncio.Future):
+        return False
+    callbacks = getattr(awaited, "_callbacks", None) or ()
+    return any(
+        getattr(entry[0] if isinstance(entry, tuple) else entry, "__name__", "")
+        == "_call_check_cancel"
+        for entry in callbacks
     )
 
 

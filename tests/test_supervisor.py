@@ -395,9 +395,35 @@ def test_jobs_recovered_at_startup_replay_through_the_whole_app() -> None:
         assert find_middleware(app).runtime.app is app
 
 
-def test_thread_watch_sees_a_sync_handler_on_a_thread_and_remembers_it() -> None:
-    """ThreadWatch: an app task waiting on a worker thread is past the point of no
-    return, and stays so once the thread returned; an app task on the loop is not."""
+def _hops() -> dict[str, Callable[[Callable[[], Any]], Any]]:
+    """Every way a handler hands sync work to a thread, as awaitables of ``fn()``."""
+    import concurrent.futures
+
+    import anyio.to_thread
+    from asgiref.sync import sync_to_async
+    from starlette.concurrency import run_in_threadpool
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    return {
+        "asyncio.to_thread": lambda fn: asyncio.to_thread(fn),
+        "loop.run_in_executor default": lambda fn: asyncio.get_running_loop().run_in_executor(
+            None, fn
+        ),
+        "loop.run_in_executor own pool": lambda fn: asyncio.get_running_loop().run_in_executor(
+            pool, fn
+        ),
+        "asyncio.wrap_future": lambda fn: asyncio.wrap_future(pool.submit(fn)),
+        "anyio.to_thread": lambda fn: anyio.to_thread.run_sync(fn),
+        "starlette run_in_threadpool": lambda fn: run_in_threadpool(fn),
+        "asgiref sync_to_async": lambda fn: sync_to_async(fn, thread_sensitive=False)(),
+    }
+
+
+@pytest.mark.parametrize("hop", list(_hops()))
+def test_thread_watch_sees_a_sync_handler_on_a_thread_and_remembers_it(hop: str) -> None:
+    """ThreadWatch: an app task waiting on a worker thread (each way of getting there)
+    is past the point of no return, and stays so once the thread returned; an app
+    task on the loop is not."""
     from async_accept.supervision import ThreadWatch
 
     async def main() -> tuple[bool, bool, bool]:
@@ -405,12 +431,16 @@ def test_thread_watch_sees_a_sync_handler_on_a_thread_and_remembers_it() -> None
         on_loop = ThreadWatch()
         on_loop.set(asyncio.ensure_future(asyncio.sleep(0.5)))
         await asyncio.sleep(0.01)
+
+        async def handler() -> None:
+            await _hops()[hop](lambda: release.wait(5))
+
         watch = ThreadWatch()
-        watch.set(asyncio.ensure_future(asyncio.to_thread(release.wait, 5)))
-        await asyncio.sleep(0.05)
+        watch.set(asyncio.ensure_future(handler()))
+        await asyncio.sleep(0.1)
         during = watch.past_no_return()
         release.set()
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
         return on_loop.past_no_return(), during, watch.past_no_return()
 
     assert asyncio.run(main()) == (False, True, True)
