@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import contextvars
 import math
 import threading
+import weakref
 from collections.abc import Callable
 
 from .errors import JobCanceled
@@ -174,18 +175,76 @@ def thread_waker(event: threading.Event) -> Callable[[], None]:
     return event.set
 
 
-def loop_waker(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> Callable[[], None]:
-    """A waker callable from any thread that sets an asyncio.Event on ``loop``."""
+#: events a loop's waker sets per loop iteration; the rest wait for the next one
+WAKE_BATCH = 16
 
-    def wake() -> None:
+
+class _LoopWakeups:
+    """The events to set on one loop, set ``WAKE_BATCH`` per loop iteration.
+
+    One job's end may wake thousands of waiters at once. Set together, their
+    tasks all run before the loop next polls its sockets, and a request to any
+    other route waits behind every one of them; set a batch per iteration, the
+    loop polls between batches and a new request waits for one batch at most."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Weak: the table below is keyed by the loop, and a closed loop must go.
+        self._loop = weakref.ref(loop)
+        self._lock = threading.Lock()
+        self._pending: collections.deque[asyncio.Event] = collections.deque()
+        self._scheduled = False
+
+    def add(self, event: asyncio.Event) -> None:
+        with self._lock:
+            self._pending.append(event)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        loop = self._loop()
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is loop:
+        try:
+            if loop is None:
+                raise RuntimeError("the loop is gone")
+            if running is loop:
+                loop.call_soon(self._drain)
+            else:
+                loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed: its waiters are gone with it
+            with self._lock:
+                self._pending.clear()
+                self._scheduled = False
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch = [self._pending.popleft() for _ in range(min(WAKE_BATCH, len(self._pending)))]
+            more = bool(self._pending)
+            if not more:
+                self._scheduled = False
+        for event in batch:
             event.set()
-        else:
-            with contextlib.suppress(RuntimeError):  # loop closed: the job is over
-                loop.call_soon_threadsafe(event.set)
+        loop = self._loop()
+        if more and loop is not None and not loop.is_closed():
+            loop.call_soon(self._drain)
+
+
+_WAKEUPS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWakeups] = (
+    weakref.WeakKeyDictionary()
+)
+_WAKEUPS_LOCK = threading.Lock()
+
+
+def loop_waker(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> Callable[[], None]:
+    """A waker callable from any thread that sets an asyncio.Event on ``loop``
+    (in batches per loop iteration: see :class:`_LoopWakeups`)."""
+    with _WAKEUPS_LOCK:
+        wakeups = _WAKEUPS.get(loop)
+        if wakeups is None:
+            wakeups = _WAKEUPS[loop] = _LoopWakeups(loop)
+
+    def wake() -> None:
+        wakeups.add(event)
 
     return wake

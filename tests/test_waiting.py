@@ -506,3 +506,40 @@ def test_200_waiters_cost_the_store_no_more_than_one(
     )
     assert wake_calls <= 25, f"{wake_calls} store calls to wake {waiters} waiters"
     assert took < 5.0
+
+
+def test_a_loop_wakes_its_waiters_a_batch_per_iteration() -> None:
+    """Many waiters woken at once are set WAKE_BATCH per loop iteration, so a callback
+    that became ready meanwhile (a new request) runs before the last batch, and
+    every waiter is woken in the end, from the loop or from another thread."""
+    import asyncio
+
+    from async_accept.context import WAKE_BATCH, loop_waker
+
+    n = WAKE_BATCH * 3 + 5
+
+    async def main(from_thread: bool) -> tuple[list[int], int]:
+        loop = asyncio.get_running_loop()
+        events = [asyncio.Event() for _ in range(n)]
+        wakers = [loop_waker(loop, e) for e in events]
+        if from_thread:
+            t = threading.Thread(target=lambda: [w() for w in wakers])
+            t.start()
+            t.join()
+        else:
+            for w in wakers:
+                w()
+        seen_by_other: list[int] = []
+        loop.call_soon(lambda: seen_by_other.append(sum(e.is_set() for e in events)))
+        counts = []
+        for _ in range(20):
+            await asyncio.sleep(0)
+            counts.append(sum(e.is_set() for e in events))
+        return counts, seen_by_other[0]
+
+    for from_thread in (False, True):
+        counts, other = asyncio.run(main(from_thread))
+        assert counts[-1] == n
+        steps = [b - a for a, b in zip([0, *counts], counts, strict=False)]
+        assert max(steps) <= WAKE_BATCH, steps
+        assert other < n  # the other callback did not wait for every waiter
