@@ -17,7 +17,7 @@
 ``--app`` takes the store (and, for ``jobs retry``, the executor) from the
 application's own middleware; ``--store`` names a store URL instead (default:
 the ``ASYNC_ACCEPT_STORE`` environment variable), with ``--namespace`` for a
-Redis store under another namespace than ``async_accept``.
+SQLite or Redis store's namespace (as the URL's ``?namespace=``).
 """
 
 from __future__ import annotations
@@ -66,14 +66,12 @@ def _store(args: argparse.Namespace) -> tuple[Any, Any]:
             "which store? give --store URL (e.g. redis://localhost:6379/0 or "
             "sqlite:///jobs.db), set ASYNC_ACCEPT_STORE, or --app mysite.asgi:application"
         )
-    if args.namespace:
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigurationError("--namespace applies to Redis stores only")
-        from .stores.redis import RedisStore
-
-        return RedisStore.from_url(url, namespace=args.namespace), None
     from .stores import resolve_store
 
+    if args.namespace:
+        if not url.startswith(("redis://", "rediss://", "unix://", "sqlite://")):
+            raise ConfigurationError("--namespace applies to SQLite and Redis stores only")
+        return resolve_store(url, namespace=args.namespace), None
     return resolve_store(url), None
 
 
@@ -431,7 +429,8 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--store", help="store URL (default: $ASYNC_ACCEPT_STORE)")
     g.add_argument(
         "--namespace",
-        help="Redis store namespace (default: the URL's ?namespace=, else async_accept)",
+        help="SQLite or Redis store namespace (default: the URL's ?namespace=, else none "
+        "for SQLite and async_accept for Redis)",
     )
     g.add_argument("--app", help="take the store from this application, e.g. mysite.asgi:app")
 

@@ -36,9 +36,11 @@ def _dispatcher(args: argparse.Namespace) -> tuple[Any, bool]:
     outbox: Outbox
     if url.startswith(("redis://", "rediss://", "unix://")):
         outbox = RedisOutbox.from_url(url, namespace=args.namespace or None)
+    elif url.startswith("sqlite:///"):
+        outbox = resolve_outbox(url, namespace=args.namespace or None)
     else:
         if args.namespace:
-            raise ConfigurationError("--namespace applies to Redis outboxes only")
+            raise ConfigurationError("--namespace applies to SQLite and Redis outboxes only")
         outbox = resolve_outbox(url)
     # Listing and replaying sign nothing: the live dispatchers sign when they send.
     secret = os.environ.get("ASYNC_ACCEPT_WEBHOOK_SECRET") or generate_secret()
@@ -103,7 +105,8 @@ def _outbox_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--outbox", help="outbox URL (default: $ASYNC_ACCEPT_WEBHOOK_OUTBOX)")
     g.add_argument(
         "--namespace",
-        help="Redis outbox namespace (default: the URL's ?namespace=, else async_accept)",
+        help="SQLite or Redis outbox namespace (default: the URL's ?namespace=, else none "
+        "for SQLite and async_accept for Redis)",
     )
     g.add_argument("--app", help="take the outbox from this application")
 

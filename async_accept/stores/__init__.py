@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .._imports import import_from_string
 from ..errors import ConfigurationError
 from .adapters import InlineAsyncStore, ThreadedAsyncStore
 from .base import AsyncStore, Store
+from .namespaces import pick_namespace
 from .outbox_base import Outbox
 
 __all__ = ["AsyncStore", "Outbox", "Store", "as_async", "resolve_outbox", "resolve_store"]
@@ -40,9 +41,20 @@ _ASYNC_METHODS = (
 )
 
 
-def resolve_store(spec: str | Store | None) -> Store:
+def resolve_store(spec: str | Store | None, *, namespace: str | None = None) -> Store:
     """Turn ``"memory://"``, ``"sqlite:///jobs.db"``, ``"redis://..."``, a
-    ``"package.module:Factory"`` path or a store instance into a store."""
+    ``"package.module:Factory"`` path or a store instance into a store.
+
+    ``namespace`` (the CLI's ``--namespace``) is a SQLite or Redis URL's
+    ``?namespace=`` given apart; both given must agree."""
+    if namespace is not None and not (
+        isinstance(spec, str)
+        and urlsplit(spec).scheme.lower() in ("sqlite", "redis", "rediss", "unix")
+    ):
+        raise ConfigurationError(
+            f"namespace={namespace!r} applies to SQLite and Redis store URLs only "
+            f"(store={spec!r})"
+        )
     if spec is None or spec == "":
         spec = "sqlite:///async_accept_jobs.db"
     if not isinstance(spec, str):
@@ -76,7 +88,7 @@ def resolve_store(spec: str | Store | None) -> Store:
                 "store='sqlite:///:memory:' would give every connection its own empty "
                 "database; use 'memory://' for an in-process store or a file path."
             )
-        opts = _sqlite_options(spec, {k: v[-1] for k, v in parse_qs(url.query).items()})
+        opts = _sqlite_options(spec, parse_qsl(url.query, keep_blank_values=True), namespace)
         from .sqlite import SQLiteStore
 
         return SQLiteStore(path, **opts)
@@ -85,6 +97,8 @@ def resolve_store(spec: str | Store | None) -> Store:
             mod = importlib.import_module("async_accept.stores.redis")
         except ModuleNotFoundError as exc:  # the store module itself is part of the package
             raise ConfigurationError(f"store={spec!r}: the Redis store is unavailable") from exc
+        if namespace is not None:
+            return cast(Store, mod.RedisStore.from_url(spec, namespace=namespace))
         return cast(Store, mod.RedisStore.from_url(spec))
     if scheme in ("postgresql", "postgres"):
         from .postgres.connection import parse_url
@@ -102,9 +116,11 @@ def resolve_store(spec: str | Store | None) -> Store:
     )
 
 
-def resolve_outbox(spec: Outbox | str) -> Outbox:
-    """Turn ``"memory://"``, ``"sqlite:///webhooks.db"`` (``sqlite:////abs/path.db``)
-    or an outbox instance into an outbox."""
+def resolve_outbox(spec: Outbox | str, *, namespace: str | None = None) -> Outbox:
+    """Turn ``"memory://"``, ``"sqlite:///webhooks.db"`` (``sqlite:////abs/path.db``,
+    ``?namespace=`` as a store's, or ``namespace``) or an outbox instance into an outbox."""
+    if namespace is not None and not (isinstance(spec, str) and spec.startswith("sqlite:///")):
+        raise ConfigurationError(f"namespace={namespace!r} applies to SQLite outbox URLs only")
     if not isinstance(spec, str):
         missing = [
             m
@@ -123,17 +139,33 @@ def resolve_outbox(spec: Outbox | str) -> Outbox:
     if spec.startswith("sqlite:///"):
         from .sqlite.outbox import SQLiteOutbox
 
-        path = spec[len("sqlite:///") :].split("?", 1)[0]
-        return SQLiteOutbox(path)
+        path, _, query = spec[len("sqlite:///") :].partition("?")
+        pairs = parse_qsl(query, keep_blank_values=True)
+        unknown = sorted({k for k, _ in pairs if k != "namespace"})
+        if unknown:
+            raise ConfigurationError(
+                f"outbox={spec!r}: unknown option {unknown[0]!r} (known: namespace)"
+            )
+        values = [v for k, v in pairs if k == "namespace"]
+        chosen = pick_namespace("SQLite", f"outbox={spec!r}", values, namespace, "")
+        return SQLiteOutbox(path, namespace=chosen or None)
     raise ConfigurationError(
         f"outbox={spec!r} is not understood: use 'memory://', 'sqlite:///webhooks.db' "
         "or an Outbox instance."
     )
 
 
-def _sqlite_options(spec: str, opts: dict[str, str]) -> dict[str, Any]:
+def _sqlite_options(
+    spec: str, pairs: list[tuple[str, str]], namespace: str | None = None
+) -> dict[str, Any]:
+    namespaces = [v for k, v in pairs if k == "namespace"]
     out: dict[str, Any] = {}
-    for key, value in opts.items():
+    if namespaces or namespace is not None:
+        where = f"store={spec!r}"
+        out["namespace"] = pick_namespace("SQLite", where, namespaces, namespace, "")
+    for key, value in pairs:
+        if key == "namespace":
+            continue
         if key == "timeout":
             try:
                 out["timeout"] = float(value)
@@ -149,7 +181,7 @@ def _sqlite_options(spec: str, opts: dict[str, str]) -> dict[str, Any]:
             out["synchronous"] = value.upper()
         else:
             raise ConfigurationError(
-                f"store={spec!r}: unknown option {key!r} (known: timeout, synchronous)"
+                f"store={spec!r}: unknown option {key!r} (known: timeout, synchronous, namespace)"
             )
     return out
 

@@ -32,6 +32,8 @@ class SQLiteOps(GroupCommit):
     """The compare-and-set and the ``_op_<name>`` builders of :class:`SQLiteStore`."""
 
     _returning: bool
+    #: the namespace every statement is confined to ('' unless one was given)
+    namespace: str = ""
     #: write ended jobs' webhook notices in the transaction that ends them (set by
     #: default_outbox: the outbox's tables are in this file)
     _notify: bool = False
@@ -77,7 +79,8 @@ class SQLiteOps(GroupCommit):
                 job = op(conn)
                 notices = [] if job is None else pending_notices(job, now)
                 if notices:
-                    conn.executemany(INSERT_NOTICE, [notice_row(n) for n in notices])
+                    ns = self.namespace
+                    conn.executemany(INSERT_NOTICE, [(*notice_row(n), ns) for n in notices])
             return job
 
         return q
@@ -114,9 +117,11 @@ class SQLiteOps(GroupCommit):
             job.fingerprint,
             job.attempts,
             _dumps(job.meta),
+            self.namespace,
         )
         body = (job.id, "request", request.meta_json(), request.body)
         key = job.idempotency_key
+        ns = self.namespace
 
         def insert(conn: sqlite3.Connection) -> tuple[Job, bool]:
             with _immediate(conn):
@@ -127,7 +132,9 @@ class SQLiteOps(GroupCommit):
                         raise
                     # Another job holds the key. The write lock is ours, so what we
                     # read now stays true until we commit.
-                    rows = conn.execute(_SELECT + " WHERE idempotency_key = ?", (key,)).fetchall()
+                    rows = conn.execute(
+                        _SELECT + " WHERE namespace = ? AND idempotency_key = ?", (ns, key)
+                    ).fetchall()
                     holder = _row_to_job(rows[0])
                     if holder.expires_at > job.created_at:
                         return holder, False
@@ -141,21 +148,27 @@ class SQLiteOps(GroupCommit):
         return insert
 
     def _op_get(self, job_id: str, now: float) -> Callable[[sqlite3.Connection], Job | None]:
+        ns = self.namespace
+
         def q(conn: sqlite3.Connection) -> Job | None:
             rows = conn.execute(
-                _SELECT + " WHERE id = ? AND expires_at > ?", (job_id, now)
+                _SELECT + " WHERE id = ? AND namespace = ? AND expires_at > ?", (job_id, ns, now)
             ).fetchall()
             return _row_to_job(rows[0]) if rows else None
 
         return q
 
-    @staticmethod
     def _op_body(
-        job_id: str, kind: str, parse: Callable[[str, bytes], T]
+        self, job_id: str, kind: str, parse: Callable[[str, bytes], T]
     ) -> Callable[[sqlite3.Connection], T | None]:
+        ns = self.namespace
+
         def q(conn: sqlite3.Connection) -> T | None:
+            # A body of another namespace's job is as absent as the job.
             rows = conn.execute(
-                "SELECT meta, body FROM job_bodies WHERE job_id = ? AND kind = ?", (job_id, kind)
+                "SELECT b.meta, b.body FROM job_bodies AS b JOIN jobs AS j ON j.id = b.job_id "
+                "WHERE b.job_id = ? AND b.kind = ? AND j.namespace = ?",
+                (job_id, kind, ns),
             ).fetchall()
             return parse(rows[0][0], bytes(rows[0][1])) if rows else None
 
@@ -178,8 +191,9 @@ class SQLiteOps(GroupCommit):
             job_id,
             "UPDATE jobs SET status = 'processing', worker_id = ?, started_at = ?, "
             "heartbeat_at = ?, updated_at = ?, attempts = attempts + 1 "
-            "WHERE id = ? AND status = 'queued' AND cancel_requested = 0 AND expires_at > ?",
-            (worker_id, now, now, now, job_id, now),
+            "WHERE id = ? AND namespace = ? AND status = 'queued' AND cancel_requested = 0 "
+            "AND expires_at > ?",
+            (worker_id, now, now, now, job_id, self.namespace, now),
         )
 
     def _op_heartbeat(
@@ -187,9 +201,9 @@ class SQLiteOps(GroupCommit):
     ) -> Callable[[sqlite3.Connection], Job | None]:
         return self._cas_op(
             job_id,
-            "UPDATE jobs SET heartbeat_at = ? "
-            "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?",
-            (now, job_id, worker_id, now),
+            "UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND namespace = ? "
+            "AND status = 'processing' AND worker_id = ? AND expires_at > ?",
+            (now, job_id, self.namespace, worker_id, now),
         )
 
     def _op_set_progress(
@@ -199,9 +213,9 @@ class SQLiteOps(GroupCommit):
         return self._cas_op(
             job_id,
             "UPDATE jobs SET percent = ?, message = ?, eta = ?, progress_at = ?, "
-            "updated_at = ?, heartbeat_at = ? "
-            "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?",
-            (percent, message, eta, now, now, now, job_id, worker_id, now),
+            "updated_at = ?, heartbeat_at = ? WHERE id = ? AND namespace = ? "
+            "AND status = 'processing' AND worker_id = ? AND expires_at > ?",
+            (percent, message, eta, now, now, now, job_id, self.namespace, worker_id, now),
         )
 
     def _op_finish(
@@ -223,10 +237,10 @@ class SQLiteOps(GroupCommit):
         if completed:
             sets += ", percent = 100.0, eta = NULL"
         sql = (
-            f"UPDATE jobs SET {sets} "
-            "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?"
+            f"UPDATE jobs SET {sets} WHERE id = ? AND namespace = ? "
+            "AND status = 'processing' AND worker_id = ? AND expires_at > ?"
         )
-        args += (job_id, worker_id, now)
+        args += (job_id, self.namespace, worker_id, now)
         drop = status in DROP_REQUEST_ON
         if response is None and not drop:
             return self._ending(self._cas_op(job_id, sql, args), now)
@@ -259,8 +273,8 @@ class SQLiteOps(GroupCommit):
             self._cas_op(
                 job_id,
                 "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, updated_at = ? "
-                f"WHERE id = ? AND status IN ({marks}) AND expires_at > ?",
-                (_dumps(error), now, now, job_id, *states, now),
+                f"WHERE id = ? AND namespace = ? AND status IN ({marks}) AND expires_at > ?",
+                (_dumps(error), now, now, job_id, self.namespace, *states, now),
             ),
             now,
         )
@@ -275,8 +289,9 @@ class SQLiteOps(GroupCommit):
             "status = CASE cancel_requested WHEN 0 THEN 'queued' ELSE 'canceled' END, "
             "finished_at = CASE cancel_requested WHEN 0 THEN finished_at ELSE ? END, "
             "worker_id = NULL, heartbeat_at = NULL, updated_at = ? "
-            "WHERE id = ? AND status = 'processing' AND worker_id = ? AND expires_at > ?",
-            (now, now, job_id, worker_id, now),
+            "WHERE id = ? AND namespace = ? AND status = 'processing' AND worker_id = ? "
+            "AND expires_at > ?",
+            (now, now, job_id, self.namespace, worker_id, now),
         )
         return self._ending(requeue, now)
 
@@ -289,17 +304,18 @@ class SQLiteOps(GroupCommit):
         # ``now`` and count as stale against ``stale_before=now``.
         sql = (
             "UPDATE jobs SET meta = json_set(meta, '$.dispatched_at', json(?)) "
-            "WHERE id = ? AND status = 'queued' AND cancel_requested = 0 AND expires_at > ? "
-            "AND COALESCE(json_extract(meta, '$.dispatched_at'), -1e308) < ?"
+            "WHERE id = ? AND namespace = ? AND status = 'queued' AND cancel_requested = 0 "
+            "AND expires_at > ? AND COALESCE(json_extract(meta, '$.dispatched_at'), -1e308) < ?"
         )
         mark = repr(float(now))
+        ns = self.namespace
 
         def q(conn: sqlite3.Connection) -> list[str]:
             with _immediate(conn):
                 return [
                     job_id
                     for job_id in job_ids
-                    if conn.execute(sql, (mark, job_id, now, stale_before)).rowcount == 1
+                    if conn.execute(sql, (mark, job_id, ns, now, stale_before)).rowcount == 1
                 ]
 
         return q

@@ -10,8 +10,9 @@ from typing import Any
 
 from ...job import Job, JobStatus
 
-#: ``PRAGMA user_version`` of the layout below; a file from a newer release is refused.
-SCHEMA_VERSION = 2
+#: ``PRAGMA user_version`` of the layout below; a file from a newer release is refused,
+#: one of schema 2 is upgraded in place (:data:`UPGRADE_FROM_2`).
+SCHEMA_VERSION = 3
 
 _COLUMNS = (
     "id",
@@ -43,8 +44,9 @@ _COLUMNS = (
 _COLUMN_LIST = ", ".join(_COLUMNS)
 _SELECT = f"SELECT {_COLUMN_LIST} FROM jobs"
 _RETURNING = f" RETURNING {_COLUMN_LIST}"
+#: A job's values in :data:`_COLUMNS` order, then its store's namespace.
 _INSERT_JOB = (
-    f"INSERT INTO jobs ({_COLUMN_LIST}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+    f"INSERT INTO jobs ({_COLUMN_LIST}, namespace) VALUES ({', '.join('?' * (len(_COLUMNS) + 1))}) "
     # The id is 128 random bits: an existing one means this create is being repeated.
     "ON CONFLICT (id) DO NOTHING"
 )
@@ -84,21 +86,26 @@ _SCHEMA = (
         idempotency_key TEXT,
         fingerprint TEXT,
         attempts INTEGER NOT NULL DEFAULT 0,
-        meta TEXT NOT NULL DEFAULT '{}'
+        meta TEXT NOT NULL DEFAULT '{}',
+        namespace TEXT NOT NULL DEFAULT ''
     )
     """,
+    # Every query of a store is confined to its namespace (the app's: several apps
+    # may share one file), so every index leads with it.
     # Entries carry the rowid, so "ORDER BY created_at, rowid" (oldest first,
     # creation order for equal timestamps) reads the index in order, no sort.
-    "CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (status, created_at)",
-    "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (expires_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_status_created ON jobs (namespace, status, created_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (namespace, expires_at)",
     # One owner's jobs, newest first (GET {prefix}/): the owner field holds the
     # credential's hash and, after a space, the owner cookie's; one index each.
-    # Added without a schema bump: a file of an older release gains them on open.
-    f"CREATE INDEX IF NOT EXISTS jobs_owner1_created ON jobs ({OWNER1}, created_at, id)",
-    f"CREATE INDEX IF NOT EXISTS jobs_owner2_created ON jobs ({OWNER2}, created_at, id)",
-    # One live job per key: create() deletes an expired holder before taking it over.
-    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs (idempotency_key) "
-    "WHERE idempotency_key IS NOT NULL",
+    f"CREATE INDEX IF NOT EXISTS jobs_owner1_created ON jobs "
+    f"(namespace, {OWNER1}, created_at, id)",
+    f"CREATE INDEX IF NOT EXISTS jobs_owner2_created ON jobs "
+    f"(namespace, {OWNER2}, created_at, id)",
+    # One live job per key and namespace: create() deletes an expired holder
+    # before taking it over.
+    "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs "
+    "(namespace, idempotency_key) WHERE idempotency_key IS NOT NULL",
     """
     CREATE TABLE IF NOT EXISTS job_bodies (
         job_id TEXT NOT NULL,
@@ -118,17 +125,58 @@ _SCHEMA = (
     CREATE TABLE IF NOT EXISTS workers (
         id TEXT PRIMARY KEY,
         last_heartbeat REAL NOT NULL,
-        info TEXT NOT NULL DEFAULT '{}'
+        info TEXT NOT NULL DEFAULT '{}',
+        namespace TEXT NOT NULL DEFAULT ''
     ) WITHOUT ROWID
     """,
-    # Each route's learned run time (a JSON text, see timings.py).
+    # Each route's learned run time (a JSON text, see timings.py), per namespace.
     """
     CREATE TABLE IF NOT EXISTS run_times (
-        route TEXT PRIMARY KEY,
-        data TEXT NOT NULL
+        namespace TEXT NOT NULL DEFAULT '',
+        route TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (namespace, route)
     ) WITHOUT ROWID
     """,
 )
+
+
+def upgrade_from_2(conn: sqlite3.Connection) -> None:
+    """Schema 2 -> 3, in the transaction that opens the file, before :data:`_SCHEMA`
+    runs: the rows of a schema 2 file (one app per file) go to the default
+    namespace ``''``. The indexes keep their names (a process of the older release
+    still open on the file finds them); :data:`_SCHEMA` recreates them led by the
+    namespace."""
+
+    def has(table: str) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        return row is not None
+
+    def columns(table: str) -> set[str]:
+        return {r[1] for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
+
+    if has("jobs") and "namespace" not in columns("jobs"):
+        conn.execute("ALTER TABLE jobs ADD COLUMN namespace TEXT NOT NULL DEFAULT ''")
+    for index in (
+        "jobs_status_created",
+        "jobs_expires",
+        "jobs_owner1_created",
+        "jobs_owner2_created",
+        "jobs_idempotency_key",
+    ):
+        conn.execute(f"DROP INDEX IF EXISTS {index}")
+    if has("workers") and "namespace" not in columns("workers"):
+        conn.execute("ALTER TABLE workers ADD COLUMN namespace TEXT NOT NULL DEFAULT ''")
+    if has("run_times") and "namespace" not in columns("run_times"):
+        conn.execute("ALTER TABLE run_times RENAME TO run_times_v2")
+        conn.execute(_SCHEMA[-1])  # run_times, keyed by namespace and route
+        conn.execute(
+            "INSERT INTO run_times (namespace, route, data) "
+            "SELECT '', route, data FROM run_times_v2"
+        )
+        conn.execute("DROP TABLE run_times_v2")
 
 
 def _row_to_job(row: tuple[Any, ...]) -> Job:

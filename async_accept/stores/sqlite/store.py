@@ -23,12 +23,19 @@ Layout (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`):
     them with their job.
 ``workers``
     The worker registry that the health endpoint reads.
+``run_times``
+    Each route's learned run time.
+
+Every row carries its store's ``namespace`` (``''`` unless one was given) and
+every statement is confined to it: apps sharing a file with namespaces of
+their own never see, claim, sweep or purge each other's jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Collection, Sequence
@@ -39,6 +46,7 @@ from ...errors import ConfigurationError, StoreError
 from ...feed import DataVersionSignal
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
 from ..adapters import ForwardingAsyncStore, ThreadedAsyncStore
+from ..namespaces import check_namespace
 from ..base import EVERY, WORKER_RETENTION, AsyncStore, Outcome, OwnedQuery, Progress, StoreBase
 from ..outbox_base import Outbox
 from .connection import SYNCHRONOUS_LEVELS, Connections
@@ -54,9 +62,12 @@ from .schema import (
     _dumps,
     _immediate,
     _row_to_job,
+    upgrade_from_2,
 )
 
 __all__ = ["HAS_RETURNING", "PURGE_BATCH", "AsyncSQLiteStore", "SQLiteStore"]
+
+log = logging.getLogger("async_accept")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -77,15 +88,23 @@ class SQLiteStore(SQLiteOps, StoreBase):
     another process's write lock before failing with
     :class:`~async_accept.errors.StoreError`; ``synchronous`` is SQLite's
     ``PRAGMA synchronous`` (``NORMAL`` is durable across process crashes,
-    ``FULL`` also across power cuts).
+    ``FULL`` also across power cuts). ``namespace`` (1-64 letters, digits, ``_``,
+    ``.``, ``-``; default none) keeps this store's jobs apart from those of other
+    apps using the same file: ``sqlite:///jobs.db?namespace=billing``.
     """
 
     shared = True
     blocking = True
 
     def __init__(
-        self, path: str | os.PathLike[str], *, timeout: float = 5.0, synchronous: str = "NORMAL"
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+        namespace: str | None = None,
     ) -> None:
+        self.namespace = "" if namespace is None else check_namespace("SQLite", namespace)
         self.path = os.path.abspath(os.fspath(path))
         folder = os.path.dirname(self.path)
         if not os.path.isdir(folder):
@@ -122,6 +141,8 @@ class SQLiteStore(SQLiteOps, StoreBase):
             raise
 
     def __repr__(self) -> str:
+        if self.namespace:
+            return f"SQLiteStore({self.path!r}, namespace={self.namespace!r})"
         return f"SQLiteStore({self.path!r})"
 
     def _setup(self, conn: sqlite3.Connection) -> None:
@@ -132,7 +153,10 @@ class SQLiteStore(SQLiteOps, StoreBase):
                     f"{self.path} was written by a newer async_accept (schema {version} > "
                     f"{SCHEMA_VERSION}): upgrade async_accept, or point the store at another file"
                 )
-            if 0 < version < SCHEMA_VERSION:
+            if version == 2:
+                upgrade_from_2(conn)
+                log.info("async_accept: %s upgraded to schema %d", self.path, SCHEMA_VERSION)
+            elif 0 < version < SCHEMA_VERSION:
                 # Schema 1 only existed before the first release.
                 raise ConfigurationError(
                     f"{self.path} holds jobs in a pre-release layout (schema {version}): "
@@ -195,10 +219,11 @@ class SQLiteStore(SQLiteOps, StoreBase):
             "status = CASE status WHEN 'queued' THEN 'canceled' ELSE status END, "
             "finished_at = CASE status WHEN 'queued' THEN ? ELSE finished_at END, "
             "cancel_requested = 1, updated_at = ? "
-            "WHERE id = ? AND expires_at > ? "
+            "WHERE id = ? AND namespace = ? AND expires_at > ? "
             "AND (status = 'queued' OR (status = 'processing' AND cancel_requested = 0))"
         )
-        job = self._run(self._ending(self._cas_op(job_id, sql, (now, now, job_id, now)), now))
+        args = (now, now, job_id, self.namespace, now)
+        job = self._run(self._ending(self._cas_op(job_id, sql, args), now))
         if job is not None:
             if job.status is JobStatus.CANCELED:  # it never runs: its request goes
                 self._run(lambda conn: conn.execute(_DELETE_REQUEST, (job_id,)) and None)
@@ -218,12 +243,14 @@ class SQLiteStore(SQLiteOps, StoreBase):
             "eta = NULL, progress_at = NULL, error = NULL, result_status = NULL, "
             "result_location = NULL, updated_at = ?, deadline_at = ? + 2 * sla, "
             "meta = json_remove(meta, '$.dispatched_at') "
-            "WHERE id = ? AND status = 'failed' AND cancel_requested = 0 AND expires_at > ?"
+            "WHERE id = ? AND namespace = ? AND status = 'failed' AND cancel_requested = 0 "
+            "AND expires_at > ?"
         )
+        args = (now, now, job_id, self.namespace, now)
 
         def q(conn: sqlite3.Connection) -> Job | None:
             with _immediate(conn):
-                job = self._cas(conn, job_id, sql, (now, now, job_id, now))
+                job = self._cas(conn, job_id, sql, args)
                 if job is not None:
                     conn.execute(
                         "DELETE FROM job_bodies WHERE job_id = ? AND kind = 'result'", (job_id,)
@@ -239,15 +266,15 @@ class SQLiteStore(SQLiteOps, StoreBase):
         created_before: float | None = None,
         newest: bool = False,
     ) -> list[Job]:
-        where: list[str] = []
-        args: list[Any] = []
+        where: list[str] = ["namespace = ?"]
+        args: list[Any] = [self.namespace]
         if status is not None:
             where.append("status = ?")
             args.append(JobStatus(status).value)
         if created_before is not None:
             where.append("created_at < ?")
             args.append(created_before)
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql = _SELECT + " WHERE " + " AND ".join(where)
         sql += (
             " ORDER BY created_at DESC, rowid DESC LIMIT ?"
             if newest
@@ -284,12 +311,14 @@ class SQLiteStore(SQLiteOps, StoreBase):
         order = "ORDER BY created_at DESC, id DESC"
         rest = " AND ".join(where)
         sql = " UNION ALL ".join(
-            f"SELECT * FROM ({_SELECT} INDEXED BY {index} WHERE {expr} = ? AND {rest} "
+            f"SELECT * FROM ({_SELECT} INDEXED BY {index} WHERE namespace = ? AND {expr} = ? "
+            f"AND {rest} "
             f"{order} LIMIT ?)"
             for index, expr in (("jobs_owner1_created", OWNER1), ("jobs_owner2_created", OWNER2))
         )
         sql += f" {order} LIMIT ?"
-        params = [owner, *args, limit, owner, *args, limit, limit]
+        ns = self.namespace
+        params = [ns, owner, *args, limit, ns, owner, *args, limit, limit]
 
         def q(conn: sqlite3.Connection) -> list[Job]:
             return [_row_to_job(r) for r in conn.execute(sql, params).fetchall()]
@@ -299,7 +328,10 @@ class SQLiteStore(SQLiteOps, StoreBase):
     def count_by_status(self) -> dict[JobStatus, int]:
         def q(conn: sqlite3.Connection) -> dict[JobStatus, int]:
             counts = dict.fromkeys(JobStatus, 0)
-            for status, n in conn.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status"):
+            for status, n in conn.execute(
+                "SELECT status, COUNT(*) FROM jobs WHERE namespace = ? GROUP BY status",
+                (self.namespace,),
+            ):
                 counts[JobStatus(status)] = int(n)
             return counts
 
@@ -312,8 +344,8 @@ class SQLiteStore(SQLiteOps, StoreBase):
                 # The trigger deletes each job's bodies in the same statement.
                 n = conn.execute(
                     "DELETE FROM jobs WHERE id IN "
-                    "(SELECT id FROM jobs WHERE expires_at <= ? LIMIT ?)",
-                    (now, PURGE_BATCH),
+                    "(SELECT id FROM jobs WHERE namespace = ? AND expires_at <= ? LIMIT ?)",
+                    (self.namespace, now, PURGE_BATCH),
                 ).rowcount
                 total += n
                 if n < PURGE_BATCH:
@@ -323,7 +355,12 @@ class SQLiteStore(SQLiteOps, StoreBase):
 
     def delete(self, job_id: str) -> bool:
         def q(conn: sqlite3.Connection) -> bool:
-            return conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount > 0
+            return (
+                conn.execute(
+                    "DELETE FROM jobs WHERE id = ? AND namespace = ?", (job_id, self.namespace)
+                ).rowcount
+                > 0
+            )
 
         return self._run(q)
 
@@ -332,19 +369,25 @@ class SQLiteStore(SQLiteOps, StoreBase):
 
         def q(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO workers (id, last_heartbeat, info) VALUES (?, ?, ?) "
+                "INSERT INTO workers (id, last_heartbeat, info, namespace) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET last_heartbeat = excluded.last_heartbeat, "
-                "info = excluded.info",
-                (worker_id, now, data),
+                "info = excluded.info, namespace = excluded.namespace",
+                (worker_id, now, data, self.namespace),
             )
 
         self._run(q)
 
     def list_workers(self, now: float) -> list[dict[str, Any]]:
         def q(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-            conn.execute("DELETE FROM workers WHERE last_heartbeat < ?", (now - WORKER_RETENTION,))
+            ns = self.namespace
+            conn.execute(
+                "DELETE FROM workers WHERE namespace = ? AND last_heartbeat < ?",
+                (ns, now - WORKER_RETENTION),
+            )
             rows = conn.execute(
-                "SELECT id, last_heartbeat, info FROM workers ORDER BY last_heartbeat DESC"
+                "SELECT id, last_heartbeat, info FROM workers WHERE namespace = ? "
+                "ORDER BY last_heartbeat DESC",
+                (ns,),
             ).fetchall()
             out = []
             for wid, last, info in rows:
@@ -357,16 +400,20 @@ class SQLiteStore(SQLiteOps, StoreBase):
 
     def load_run_times(self) -> dict[str, str]:
         def q(conn: sqlite3.Connection) -> dict[str, str]:
-            return dict(conn.execute("SELECT route, data FROM run_times").fetchall())
+            return dict(
+                conn.execute(
+                    "SELECT route, data FROM run_times WHERE namespace = ?", (self.namespace,)
+                ).fetchall()
+            )
 
         return self._run(q, write=False)
 
     def save_run_time(self, route: str, data: str) -> None:
         def q(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO run_times (route, data) VALUES (?, ?) "
-                "ON CONFLICT (route) DO UPDATE SET data = excluded.data",
-                (route, data),
+                "INSERT INTO run_times (namespace, route, data) VALUES (?, ?, ?) "
+                "ON CONFLICT (namespace, route) DO UPDATE SET data = excluded.data",
+                (self.namespace, route, data),
             )
 
         self._run(q)
@@ -378,7 +425,7 @@ class SQLiteStore(SQLiteOps, StoreBase):
     def default_outbox(self) -> Outbox:
         """The webhook outbox in this store's file (its own tables). From now on
         each write that ends a job records its notices there in the same transaction."""
-        outbox = SQLiteOutbox(self.path)
+        outbox = SQLiteOutbox(self.path, namespace=self.namespace or None)
         self._notify = True
         return outbox
 
@@ -413,7 +460,7 @@ class AsyncSQLiteStore(ThreadedAsyncStore):
         self._sqlite = store
 
     def __repr__(self) -> str:
-        return f"<AsyncSQLiteStore {self._sqlite.path!r}>"
+        return f"<AsyncSQLiteStore {self._sqlite!r}>"
 
     def _executor(self) -> ThreadPoolExecutor:
         return self._sqlite._io()
