@@ -71,15 +71,27 @@ def make_job(store: Any, status: JobStatus = JobStatus.QUEUED, **fields: Any) ->
     return done  # type: ignore[no-any-return]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "sqlite-namespaced", "redis"])
 def store_args(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, list[str]]]:
-    """A store and the CLI arguments that name it, for SQLite and for Redis."""
+    """A store and the CLI arguments that name it, for SQLite, SQLite with --namespace
+    (beside jobs of the file's default namespace, which the commands must not see)
+    and Redis."""
     if request.param == "sqlite":
         from async_accept.stores.sqlite import SQLiteStore
 
         path = tmp_path / "jobs.db"
         store: Any = SQLiteStore(str(path))
         args = ["--store", f"sqlite:///{path}"]
+    elif request.param == "sqlite-namespaced":
+        from async_accept.stores.sqlite import SQLiteStore
+
+        path = tmp_path / "jobs.db"
+        neighbour = SQLiteStore(str(path))
+        make_job(neighbour)
+        make_job(neighbour, JobStatus.FAILED)
+        neighbour.close()
+        store = SQLiteStore(str(path), namespace="billing")
+        args = ["--store", f"sqlite:///{path}", "--namespace", "billing"]
     else:
         from async_accept.stores.redis import RedisStore
 

@@ -153,12 +153,13 @@ BACKENDS: dict[str, Callable[[Path], Iterator[Store]]] = {
     "memory": _memory_store,
     "sqlite": lambda tmp_path: _sqlite_store(tmp_path, returning=True),
     "sqlite-without-returning": lambda tmp_path: _sqlite_store(tmp_path, returning=False),
+    "sqlite-namespaced": lambda tmp_path: _sqlite_namespaced_store(tmp_path),
     "redis": lambda tmp_path: _redis_store(),
     "postgres": lambda tmp_path: _postgres_store(),
 }
 #: Also called through their awaitable face (``as_async``: SQLite's group commit,
 #: Redis' asyncio client), as ``<name>-awaited``.
-AWAITED = ["sqlite", "redis", "postgres"]
+AWAITED = ["sqlite", "sqlite-namespaced", "redis", "postgres"]
 STORES = [*BACKENDS, *(f"{name}-awaited" for name in AWAITED)]
 
 
@@ -187,6 +188,39 @@ def _sqlite_store(tmp_path: Path, *, returning: bool) -> Iterator[Store]:
         yield sqlite_store
     finally:
         sqlite_store.close()
+
+
+#: Idempotency keys, owners and routes the tests use, held by neighbours of the
+#: namespaced SQLite store (see below).
+NEIGHBOUR_KEYS = ("k", "k1", "k2", "p", "cross", "race", "owner:POST:/render:key-1")
+
+
+def _sqlite_namespaced_store(tmp_path: Path) -> Iterator[Store]:
+    """A SQLite store in namespace ``tenant-a`` of a file whose default namespace and
+    namespace ``other`` already hold jobs: live ones (queued, processing, ended) holding
+    every idempotency key the tests use, and expired ones. The contract's counts,
+    lists, purges and idempotency answers hold only if nothing of theirs leaks in."""
+    path = str(tmp_path / "jobs.db")
+    t = time.time()
+    for ns in (None, "other"):
+        neighbour = SQLiteStore(path, namespace=ns)
+        try:
+            for key in NEIGHBOUR_KEYS:
+                neighbour.create(make_job(t, idempotency_key=key, route="POST /x"), REQUEST)
+            running = created(neighbour, t)
+            neighbour.claim(running.id, "neighbour", t)
+            ended = created(neighbour, t)
+            neighbour.cancel(ended.id, t)
+            neighbour.create(make_job(t - 2 * TTL), REQUEST)  # expired, not purged
+            neighbour.worker_heartbeat("neighbour-worker", t, {"pid": 1})
+            neighbour.save_run_time("POST /a", '{"mean": 9.0}')
+        finally:
+            neighbour.close()
+    store = SQLiteStore(path, namespace="tenant-a")
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 @pytest.fixture

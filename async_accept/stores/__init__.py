@@ -52,8 +52,7 @@ def resolve_store(spec: str | Store | None, *, namespace: str | None = None) -> 
         and urlsplit(spec).scheme.lower() in ("sqlite", "redis", "rediss", "unix")
     ):
         raise ConfigurationError(
-            f"namespace={namespace!r} applies to SQLite and Redis store URLs only "
-            f"(store={spec!r})"
+            f"namespace={namespace!r} applies to SQLite and Redis store URLs only (store={spec!r})"
         )
     if spec is None or spec == "":
         spec = "sqlite:///async_accept_jobs.db"

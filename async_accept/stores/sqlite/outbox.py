@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ...errors import ConfigurationError, StoreError
+from ..namespaces import check_namespace
 from ..outbox_base import (
     DEFAULT_LEASE,
     DELIVERY_COLUMNS,
@@ -19,7 +20,6 @@ from ..outbox_base import (
     check_claim_args,
     delivery_from_row,
 )
-from ..namespaces import check_namespace
 from .connection import Connections
 
 __all__ = ["SQLiteOutbox"]
@@ -98,9 +98,7 @@ class SQLiteOutbox(OutboxBase):
     same file: each app's dispatcher sends (and signs) only its own.
     """
 
-    def __init__(
-        self, path: str, *, timeout: float = 30.0, namespace: str | None = None
-    ) -> None:
+    def __init__(self, path: str, *, timeout: float = 30.0, namespace: str | None = None) -> None:
         self.namespace = "" if namespace is None else check_namespace("SQLite", namespace)
         if not path or path == ":memory:":
             raise ConfigurationError(

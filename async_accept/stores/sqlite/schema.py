@@ -98,10 +98,8 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_expires ON jobs (namespace, expires_at)",
     # One owner's jobs, newest first (GET {prefix}/): the owner field holds the
     # credential's hash and, after a space, the owner cookie's; one index each.
-    f"CREATE INDEX IF NOT EXISTS jobs_owner1_created ON jobs "
-    f"(namespace, {OWNER1}, created_at, id)",
-    f"CREATE INDEX IF NOT EXISTS jobs_owner2_created ON jobs "
-    f"(namespace, {OWNER2}, created_at, id)",
+    f"CREATE INDEX IF NOT EXISTS jobs_owner1_created ON jobs (namespace, {OWNER1}, created_at, id)",
+    f"CREATE INDEX IF NOT EXISTS jobs_owner2_created ON jobs (namespace, {OWNER2}, created_at, id)",
     # One live job per key and namespace: create() deletes an expired holder
     # before taking it over.
     "CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON jobs "

@@ -46,8 +46,8 @@ from ...errors import ConfigurationError, StoreError
 from ...feed import DataVersionSignal
 from ...job import CapturedRequest, CapturedResponse, Job, JobStatus
 from ..adapters import ForwardingAsyncStore, ThreadedAsyncStore
-from ..namespaces import check_namespace
 from ..base import EVERY, WORKER_RETENTION, AsyncStore, Outcome, OwnedQuery, Progress, StoreBase
+from ..namespaces import check_namespace
 from ..outbox_base import Outbox
 from .connection import SYNCHRONOUS_LEVELS, Connections
 from .ops import SQLiteOps
