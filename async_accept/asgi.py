@@ -76,7 +76,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         if ext and REPLAY_KEY in ext:
             await self.app(scope, receive, send)  # a job replaying: let it through
             return
-        if not door._discovered:
+        if not self._first_seen:
             self._first_request(scope)
         path: str = scope["path"]
         root_path: str = scope.get("root_path", "")
@@ -106,6 +106,7 @@ class AsyncAcceptMiddleware(DoorMiddleware):
             self.runtime.app = app
         self._door.discover(app if app is not None else self.app)
         self._fast_methods = self._door.fast_methods()
+        self._first_seen = True
 
     async def _ensure_started(self) -> None:
         if not self.runtime.started:

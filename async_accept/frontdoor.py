@@ -22,6 +22,7 @@ from .errors import ConfigurationError
 from .executors import resolve_executor
 from .job import CapturedRequest
 from .options import Options, build_options, check_route_webhook
+from .ownership import RouteOwnership
 from .routes import RouteOptions, RoutePattern, RouteTable
 from .runtime import AppKind, Runtime
 from .stores import resolve_store
@@ -91,6 +92,8 @@ class FrontDoor:
         self.runtime.app = app
         self._mount_dashboard()
         self.routes = RouteTable(self.options.routes)
+        #: the sweep and store-as-queue workers run only jobs of routes this app marks
+        self.engine.owns_job = RouteOwnership(self).owns
         self.prefix = self.options.prefix
         self.prefix_len = len(self.prefix)
         self.prefer_async = self.options.prefer_async
@@ -272,4 +275,6 @@ class DoorMiddleware:
         #: set after discovery: a request with none of these methods and without
         #: the prefix in its path is passed on at once (see fast_methods)
         self._fast_methods: frozenset[str] | None = None
+        #: the first request seen: discovery (unless the sweeper did it first), fast path
+        self._first_seen = False
         self._prefix = self._door.prefix

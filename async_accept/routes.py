@@ -362,6 +362,10 @@ def marker_of(obj: Any) -> RouteOptions | None:
 
 # --- route patterns ------------------------------------------------------------
 
+#: ``job.meta`` key of a job accepted through ``Prefer: respond-async``
+#: (``prefer_async=True``) rather than through a marked route (see ownership.py).
+PREFER_META = "prefer"
+
 _CONVERTORS: dict[str, str] = {
     "str": r"[^/]+",
     "int": r"[0-9]+",

@@ -78,9 +78,10 @@ class AsyncAcceptMiddleware(DoorMiddleware):
         if REPLAY_KEY in environ:
             return self.app(environ, start_response)  # a job replaying: let it through
         door = self._door
-        if not door._discovered:
+        if not self._first_seen:
             door.discover()
             self._fast_methods = door.fast_methods()
+            self._first_seen = True
         path = _decode_path(environ.get("PATH_INFO", "") or "")
         method = str(environ.get("REQUEST_METHOD", "GET")).upper()
         prefer = environ.get("HTTP_PREFER") if door.prefer_async else None

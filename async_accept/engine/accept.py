@@ -12,7 +12,7 @@ from ..errors import ExecutorError, StoreError
 from ..identity import new_owner_cookie, owner_cookie_header, owner_cookie_material
 from ..job import CapturedRequest, Headers, Job, JobStatus, new_job_id
 from ..prefer import parse_prefer, parse_wait
-from ..routes import RouteOptions
+from ..routes import PREFER_META, RouteOptions
 from ..tracing import TRACE_META, AcceptSpan
 from . import ops
 from .idempotency import idempotency_scope, never_dispatched
@@ -136,6 +136,8 @@ class Accepting(Status):
             meta={"accepting_until": now + wait} if wait > 0 else {},
         )
         job.meta.update(route.retry_meta())
+        if route is opts.default_route:  # no marked route: Prefer: respond-async took it
+            job.meta[PREFER_META] = True
         carrier = span.carrier()
         if carrier is not None:
             job.meta[TRACE_META] = carrier

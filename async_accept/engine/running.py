@@ -20,6 +20,10 @@ from .status import Status, may_retry
 class Running(Status):
     """The worker side of the engine."""
 
+    #: Whether this app may run a queued job it did not accept in this process (a job
+    #: of a route it marks; see ownership.py); None: any. The front door sets it.
+    owns_job: Callable[[Job], bool] | None = None
+
     # -- running a job (the worker side) ----------------------------------------------
 
     def run(self, job_id: str, worker_id: str) -> Gen[Job | None]:
@@ -154,7 +158,7 @@ class Running(Status):
             failed = yield from self._sweep_deadman(job, now)
             if failed is not None:
                 report["failed"] += failed
-            elif not job.cancel_requested and not is_pending(job.id):
+            elif not job.cancel_requested and not is_pending(job.id) and self._owns(job):
                 try:
                     yield from ops.submit(job.id)
                     report["requeued"] += 1
@@ -163,6 +167,11 @@ class Running(Status):
         if purge:
             report["purged"] = yield from ops.purge_expired(now)
         return report
+
+    def _owns(self, job: Job) -> bool:
+        """Another app's job (another route table, one store) is never handed over here."""
+        owns = self.owns_job
+        return owns is None or owns(job)
 
     def _sweep_deadman(self, job: Job, now: float) -> Gen[bool | None]:
         """None when the deadman switch spares the job, else whether this sweep failed it

@@ -32,7 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, ExecutorError, StoreError
-from ..job import JobStatus
+from ..job import Job, JobStatus
 from .base import BaseExecutor, JobHost
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ log = logging.getLogger("async_accept")
 POLL_INTERVAL = 0.5
 #: Seconds between polls of a store that signals them (a lost signal is found then).
 FALLBACK_POLL = 5.0
+#: Other apps' queued jobs a worker's look reaches past at most.
+MAX_SKIPPED = 1000
 
 
 class StoreExecutor(BaseExecutor):
@@ -162,13 +164,30 @@ class StoreExecutor(BaseExecutor):
                 self._sent.notify_all()
 
 
-def _candidates(store: Any, limit: int) -> list[str]:
+def _candidates(
+    store: Any,
+    limit: int,
+    owns: Callable[[Job], bool] | None = None,
+    skipped: list[int] | None = None,
+) -> list[str]:
     """Ids of queued jobs to try, oldest first among twice as many, shuffled a little
-    so that workers starting together don't all race for the same few."""
+    so that workers starting together don't all race for the same few.
+
+    With ``owns`` (the application's rule: a job of a route it marks), another
+    app's queued jobs are left alone; ``skipped[0]`` counts those met last time,
+    so the next look reaches past them to this app's own."""
     now = time.time()
     queued_ids = getattr(store, "queued_ids", None)
-    if queued_ids is not None:
-        ids: list[str] = list(queued_ids(now, 2 * limit))
+    ids: list[str]
+    if owns is not None:
+        extra = 0 if skipped is None else min(skipped[0], MAX_SKIPPED)
+        listed = store.list_jobs(JobStatus.QUEUED, 2 * limit + extra, None)
+        live = [j for j in listed if not j.cancel_requested and j.expires_at > now]
+        ids = [job.id for job in live if owns(job)]
+        if skipped is not None:
+            skipped[0] = len(listed) - len(ids)  # not this app's, or not claimable
+    elif queued_ids is not None:
+        ids = list(queued_ids(now, 2 * limit))
     else:
         ids = [
             job.id
@@ -188,7 +207,8 @@ class StoreWorker:
     ``run_job(job_id)`` runs one job (claim, replay, finish); ``store`` is where
     the queued jobs are found. ``poll_interval`` (default: :data:`FALLBACK_POLL`
     when the store signals new jobs, else :data:`POLL_INTERVAL`) bounds how long
-    a job can wait unseen.
+    a job can wait unseen. ``owns(job)``, when given, says which queued jobs are
+    this application's (see ownership.py): the others are never claimed here.
     """
 
     def __init__(
@@ -198,7 +218,10 @@ class StoreWorker:
         *,
         concurrency: int = 4,
         poll_interval: float | None = None,
+        owns: Callable[[Job], bool] | None = None,
     ) -> None:
+        self.owns = owns
+        self._skipped = [0]
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency={concurrency!r} must be a whole number >= 1")
         self.run_job = run_job
@@ -265,7 +288,7 @@ class StoreWorker:
                 found = 0
                 if free > 0:
                     try:
-                        ids = _candidates(self.store, free)
+                        ids = _candidates(self.store, free, self.owns, self._skipped)
                         backoff = 0.0
                     except StoreError:
                         backoff = min(max(backoff * 2, 0.2), 5.0)
@@ -300,12 +323,15 @@ def _place(store: Any) -> tuple[str, str] | None:
     """Where a store keeps its jobs, when that can be told for sure: its backend and a
     name for the place (the database's own marker, a file's real path), or None."""
     kind = type(store).__name__
+    # Two namespaces of one database or file are two places: jobs never cross them.
+    namespace = getattr(store, "namespace", None)
+    within = f" namespace={namespace}" if isinstance(namespace, str) else ""
     marker = getattr(store, "instance_id", None)
     if callable(marker):
-        return kind, str(marker())
+        return kind, str(marker()) + within
     path = getattr(store, "path", None)
     if isinstance(path, str):
-        return kind, os.path.realpath(path)
+        return kind, os.path.realpath(path) + within
     return None
 
 
@@ -358,7 +384,8 @@ def serve(
 
     try:
         for path in app_paths:
-            app_store = worker.start_worker(path).store  # lifespan, sweeper, heartbeat
+            runtime = worker.start_worker(path)  # lifespan, sweeper, heartbeat
+            app_store = runtime.store
             store = stores[0] if stores else app_store
             if store_url:
                 check_same_store(app_store, store, path, store_url)
@@ -367,7 +394,13 @@ def serve(
                 return worker.run_job(path, job_id)
 
             workers.append(
-                StoreWorker(run, store, concurrency=concurrency, poll_interval=poll_interval)
+                StoreWorker(
+                    run,
+                    store,
+                    concurrency=concurrency,
+                    poll_interval=poll_interval,
+                    owns=runtime.engine.owns_job,  # never another app's jobs
+                )
             )
         worker.allow_only(app_paths)
         for sig in (signal.SIGTERM, signal.SIGINT):
