@@ -27,12 +27,14 @@ class Server:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.base = f"http://127.0.0.1:{port}"
+        #: the directory the server runs in (where relative store paths land)
+        self.cwd: Path = ROOT
 
     def start(self, ready_path: str = "/hello", timeout: float = 30.0) -> Server:
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
             self.argv,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=out,
             stderr=subprocess.STDOUT,
