@@ -27,6 +27,7 @@ from .errors import JobCanceled, StoreError
 from .executors.base import Executor
 from .feed import ChangeFeed, signal_for
 from .job import CapturedResponse, Job, JobStatus
+from .registry import RegistryBeat
 from .replay import replay_asgi, replay_asgi_blocking, replay_wsgi
 from .stores import AsyncStore, Store, as_async
 from .supervision import (
@@ -53,7 +54,7 @@ def make_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-class Runtime(Draining):
+class Runtime(RegistryBeat, Draining):
     """Everything a process needs to accept, answer and run jobs."""
 
     def __init__(self, engine: Engine, store: Store, executor: Executor, kind: AppKind) -> None:
@@ -516,27 +517,6 @@ class Runtime(Draining):
             "pid": os.getpid(),
             "running": len(self._local),
         }
-
-    def beat(self, state: str = "running") -> None:
-        """Record this process's heartbeat (the sweeper calls it every heartbeat_interval;
-        a remote worker without the sweeper calls it itself)."""
-        beat = getattr(self.store, "worker_heartbeat", None)
-        if beat is None:
-            return
-        try:
-            beat(self.worker_id, self.engine.clock(), self.worker_info(state))
-        except StoreError:
-            log.warning("async_accept: worker heartbeat failed", exc_info=True)
-
-    async def abeat(self, state: str = "running") -> None:
-        if getattr(self.store, "worker_heartbeat", None) is None:
-            return
-        try:
-            await self.astore.worker_heartbeat(
-                self.worker_id, self.engine.clock(), self.worker_info(state)
-            )
-        except StoreError:
-            log.warning("async_accept: worker heartbeat failed", exc_info=True)
 
     def _next_wake(self, next_sweep: float | None) -> float:
         step = self.options.heartbeat_interval

@@ -46,6 +46,33 @@ class Clock:
         self.offset += seconds
 
 
+def lapse(watch: Any, seconds: float, step: float = 0.5) -> None:
+    """Let ``seconds`` pass on the liveness watch's monotonic clock (an offset on
+    ``time.monotonic``), in steps each followed by one of the process's own beats
+    landing: writable time, as if the process had watched that long."""
+    if not isinstance(watch.clock, MonotonicOffset):
+        watch.clock = MonotonicOffset()
+    clock = watch.clock
+    while seconds > 0:
+        clock.offset += min(step, seconds)
+        seconds -= step
+        landed = watch.beats_landed
+        deadline = time.monotonic() + 30
+        while watch.beats_landed == landed:
+            assert time.monotonic() < deadline, "the sweeper's own beats stopped"
+            time.sleep(0.01)
+
+
+class MonotonicOffset:
+    """``time.monotonic`` plus an offset tests advance (the liveness watch's clock)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
 @dataclass
 class Deployment:
     """One app behind the middleware, with a client and handles for tests."""

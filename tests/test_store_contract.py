@@ -620,6 +620,35 @@ def test_late_finish_after_fail_changes_nothing(store: Store, now: float) -> Non
     assert store.get_result(job.id) is None
 
 
+def test_fail_with_a_lease_is_a_compare_and_set_on_the_heartbeat(store: Store, now: float) -> None:
+    """fail(lease=) fails only while heartbeat_at is the lease read: a late beat keeps the job."""
+    job = claimed(store, now)
+    lost = {"type": "urn:async-accept:problem:worker-lost", "status": 500}
+    assert job.heartbeat_at is not None
+    beaten = store.heartbeat(job.id, "w1", now + 1.25)
+    assert beaten is not None and beaten.heartbeat_at == now + 1.25
+    stale = store.fail(job.id, [JobStatus.PROCESSING], now + 2, lost, lease=job.heartbeat_at)
+    assert stale is None
+    kept = store.get(job.id, now + 2)
+    assert kept is not None and kept.status is JobStatus.PROCESSING
+    failed = store.fail(job.id, [JobStatus.PROCESSING], now + 3, lost, lease=kept.heartbeat_at)
+    assert failed is not None and failed.status is JobStatus.FAILED
+
+
+def test_requeue_with_a_lease_is_a_compare_and_set_on_the_heartbeat(
+    store: Store, now: float
+) -> None:
+    """requeue(lease=) hands a job back only while heartbeat_at is the lease read."""
+    job = claimed(store, now)
+    beaten = store.heartbeat(job.id, "w1", now + 0.1)
+    assert beaten is not None
+    assert store.requeue(job.id, "w1", now + 2, lease=job.heartbeat_at) is None
+    still = store.get(job.id, now + 2)
+    assert still is not None and still.status is JobStatus.PROCESSING
+    again = store.requeue(job.id, "w1", now + 3, lease=beaten.heartbeat_at)
+    assert again is not None and again.status is JobStatus.QUEUED
+
+
 def test_finish_refuses_a_non_terminal_status(store: Store, now: float) -> None:
     """finish() with queued or processing is a programming error: ValueError, nothing written."""
     job = claimed(store, now)

@@ -164,23 +164,47 @@ def fail(
     error: dict[str, Any],
     *,
     durable: bool = False,
+    lease: float | None = None,
 ) -> Gen[Job | None]:
+    """Fail a job in one of ``expected``; with ``lease``, only while its
+    ``heartbeat_at`` is still that value (the deadman switch's worker-lost)."""
+    if lease is None:
+        return _store(
+            StoreCall(
+                lambda s: s.fail(job_id, expected, now, error),
+                lambda s: s.fail(job_id, expected, now, error),
+                _ended,
+                durable=durable,
+            )
+        )
     return _store(
         StoreCall(
-            lambda s: s.fail(job_id, expected, now, error),
-            lambda s: s.fail(job_id, expected, now, error),
+            lambda s: s.fail(job_id, expected, now, error, lease=lease),
+            lambda s: s.fail(job_id, expected, now, error, lease=lease),
             _ended,
             durable=durable,
         )
     )
 
 
-def requeue(job_id: str, worker_id: str, now: float, *, durable: bool = True) -> Gen[Job | None]:
-    """Hand a job ``worker_id`` runs back to the queue (a canceled one ends canceled)."""
+def requeue(
+    job_id: str, worker_id: str, now: float, *, durable: bool = True, lease: float | None = None
+) -> Gen[Job | None]:
+    """Hand a job ``worker_id`` runs back to the queue (a canceled one ends canceled);
+    with ``lease``, only while its ``heartbeat_at`` is still that value."""
+    if lease is None:
+        return _store(
+            StoreCall(
+                lambda s: s.requeue(job_id, worker_id, now),
+                lambda s: s.requeue(job_id, worker_id, now),
+                _ended,
+                durable=durable,
+            )
+        )
     return _store(
         StoreCall(
-            lambda s: s.requeue(job_id, worker_id, now),
-            lambda s: s.requeue(job_id, worker_id, now),
+            lambda s: s.requeue(job_id, worker_id, now, lease=lease),
+            lambda s: s.requeue(job_id, worker_id, now, lease=lease),
             _ended,
             durable=durable,
         )

@@ -34,6 +34,7 @@ from ..tracing import Tracing
 from . import ops, waiting
 from .health import serve_health
 from .listing import serve_list
+from .liveness import Liveness
 from .ops import Gen
 from .responses import (
     JSON,
@@ -174,6 +175,9 @@ class Status:
         self.status_wait_cap = options.max_wait
         #: how long an event stream may stay open (None: until the job ends); WSGI caps it
         self.stream_limit: float | None = None
+        #: this process's watch over running jobs' leases (worker-lost, liveness.py);
+        #: the sweeper's own beats tell it when the store is writable
+        self.liveness = Liveness(options.worker_lost_after, options.heartbeat_interval)
 
     # -- identity ---------------------------------------------------------------
 
@@ -372,16 +376,17 @@ class Status:
     # -- the deadman switch ------------------------------------------------------------
 
     def verdict(self, job: Job, now: float) -> tuple[frozenset[JobStatus], dict[str, Any]] | None:
-        """Whether the deadman switch must fail ``job`` now, and from which states."""
+        """Whether the deadman switch must fail ``job`` now, and from which states.
+
+        The deadline is the client's promise, a wall-clock time read on this
+        process's clock. A worker is lost when this process watched its lease stay
+        unchanged for ``worker_lost_after`` seconds of writable time (liveness.py):
+        no clock of another process is compared with ours."""
         if job.terminal:
             return None
         if now >= job.deadline_at:
             return ACTIVE, deadline_error(job)
-        if (
-            job.status is JobStatus.PROCESSING
-            and job.heartbeat_at is not None
-            and now - job.heartbeat_at > self.options.worker_lost_after
-        ):
+        if self.liveness.lost(job):
             return frozenset({JobStatus.PROCESSING}), worker_lost_error()
         return None
 
@@ -390,17 +395,26 @@ class Status:
     ) -> Gen[Job | None]:
         """End ``job`` as the deadman switch says: a job whose worker was lost on a
         route that allows retries is requeued (and handed to the executor) while
-        attempts remain; else it fails. None when another process got there first."""
+        attempts remain; else it fails. None when another process got there first,
+        or, for a lost worker, when its lease changed after it was read (a heartbeat
+        that landed late: the job lives on)."""
         expected, error = verdict
         lost = str(error.get("type", "")).endswith("worker-lost")
+        lease = job.heartbeat_at if lost else None
         if lost and job.status is JobStatus.PROCESSING and job.worker_id and may_retry(job):
-            again = yield from ops.requeue(job.id, job.worker_id, now, durable=False)
+            again = yield from ops.requeue(job.id, job.worker_id, now, durable=False, lease=lease)
             if again is not None:
+                self.liveness.forget(job.id)
                 if again.status is JobStatus.QUEUED:
                     with contextlib.suppress(ExecutorError):
                         yield from ops.submit(job.id)
                 return again
-        return (yield from ops.fail(job.id, expected, now, error))
+            if lease is not None:
+                return None  # still ours to judge next time, if it is still the same
+        ended = yield from ops.fail(job.id, expected, now, error, lease=lease)
+        if ended is not None:
+            self.liveness.forget(job.id)
+        return ended
 
     def apply_deadman(self, job: Job, now: float) -> Gen[Job]:
         v = self.verdict(job, now)

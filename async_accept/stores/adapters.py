@@ -69,15 +69,26 @@ class ForwardingAsyncStore(AsyncStoreBase):
         return await self._call(self._store.finish, job_id, worker_id, now, *outcome)
 
     async def fail(
-        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+        lease: float | None = None,
     ) -> Job | None:
-        return await self._call(self._store.fail, job_id, expected, now, error)
+        if lease is None:
+            return await self._call(self._store.fail, job_id, expected, now, error)
+        return await self._call(self._store.fail, job_id, expected, now, error, lease)
 
     async def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
         return await self._call(self._store.cancel, job_id, now)
 
-    async def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
-        return await self._call(self._store.requeue, job_id, worker_id, now)
+    async def requeue(
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
+    ) -> Job | None:
+        if lease is None:
+            return await self._call(self._store.requeue, job_id, worker_id, now)
+        return await self._call(self._store.requeue, job_id, worker_id, now, lease)
 
     async def mark_dispatched(
         self, job_ids: Sequence[str], now: float, stale_before: float

@@ -149,9 +149,18 @@ class Store(Protocol):
         ...
 
     def fail(
-        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+        lease: float | None = None,
     ) -> Job | None:
-        """CAS any of ``expected`` -> failed with ``error`` (deadman switch, dispatch failure)."""
+        """CAS any of ``expected`` -> failed with ``error`` (deadman switch, dispatch failure).
+
+        With ``lease``, also only while the job's ``heartbeat_at`` equals it: the
+        deadman switch fails a lost worker's job only if no heartbeat landed since
+        it read the lease it watched."""
         ...
 
     def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
@@ -163,11 +172,14 @@ class Store(Protocol):
         """
         ...
 
-    def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
+    def requeue(
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
+    ) -> Job | None:
         """CAS processing (owned by ``worker_id``) -> queued, for a graceful handover.
 
         A job whose cancel was requested goes to canceled instead (``finished_at =
-        now``): no worker would claim it again.
+        now``): no worker would claim it again. With ``lease``, only while the job's
+        ``heartbeat_at`` equals it (the deadman switch requeueing a lost worker's job).
         """
         ...
 
@@ -277,10 +289,17 @@ class AsyncStore(Protocol):
         result_location: str | None = None,
     ) -> Job | None: ...
     async def fail(
-        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+        lease: float | None = None,
     ) -> Job | None: ...
     async def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]: ...
-    async def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None: ...
+    async def requeue(
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
+    ) -> Job | None: ...
     async def list_jobs(
         self,
         status: JobStatus | None = None,

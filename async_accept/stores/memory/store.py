@@ -159,12 +159,19 @@ class MemoryStore(StoreBase):
             return self._ended(self._put(job), now)
 
     def fail(
-        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+        lease: float | None = None,
     ) -> Job | None:
         with self._lock:
             job = self._live(job_id, now)
             if job is None or job.status not in expected:
                 return None
+            if lease is not None and job.heartbeat_at != lease:
+                return None  # a heartbeat landed since the lease was read
             job.status = JobStatus.FAILED
             job.error = error  # frozen by _put: the caller keeps its own dict
             job.finished_at = now
@@ -189,10 +196,12 @@ class MemoryStore(StoreBase):
                 return self._put(job), True
             return job, False
 
-    def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
+    def requeue(
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
+    ) -> Job | None:
         with self._lock:
             job = self._owned(job_id, worker_id, now)
-            if job is None:
+            if job is None or (lease is not None and job.heartbeat_at != lease):
                 return None
             if job.cancel_requested:  # nobody will run it again: it ends here
                 job.status = JobStatus.CANCELED

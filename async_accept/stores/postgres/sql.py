@@ -19,6 +19,8 @@ from .connection import OWNER1, OWNER2, quoted
 _COLUMNS = tuple(f.name for f in fields(Job))
 _COLS = ", ".join(_COLUMNS)
 _OWNED = "id = %s AND status = 'processing' AND worker_id = %s AND expires_at > %s"
+#: the deadman switch's lease check (the lease twice; NULL: none)
+_LEASE = " AND (%s::double precision IS NULL OR heartbeat_at = %s)"
 
 
 def row_to_job(row: Sequence[Any]) -> Job:
@@ -100,7 +102,7 @@ class Statements:
         )
         self.fail = (
             f"UPDATE {jobs} SET status = 'failed', error = %s, finished_at = %s, updated_at = %s "
-            f"WHERE id = %s AND status = ANY(%s) AND expires_at > %s RETURNING {_COLS}"
+            f"WHERE id = %s AND status = ANY(%s) AND expires_at > %s{_LEASE} RETURNING {_COLS}"
         )
         # One statement for both cases; SET expressions see the row as it was.
         self.cancel = (
@@ -116,7 +118,7 @@ class Statements:
             f"WITH j AS (UPDATE {jobs} SET "
             "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, "
             "finished_at = CASE WHEN cancel_requested THEN %s ELSE finished_at END, "
-            f"worker_id = NULL, heartbeat_at = NULL, updated_at = %s WHERE {_OWNED} "
+            f"worker_id = NULL, heartbeat_at = NULL, updated_at = %s WHERE {_OWNED}{_LEASE} "
             f"RETURNING {_COLS}), {drop_request} SELECT * FROM j"
         )
         # Rows another marker holds are skipped: that one marks them.

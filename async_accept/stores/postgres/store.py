@@ -271,11 +271,13 @@ class PostgresStore(StoreBase):
         expected: Collection[JobStatus],
         now: float,
         error: dict[str, Any],
+        lease: float | None = None,
     ) -> Job | None:
         states = list(dict.fromkeys(JobStatus(s).value for s in expected))
         if not states:
             return None
-        return self._ending(self._sql.fail, (dumps(error), now, now, job_id, states, now), now)
+        args = (dumps(error), now, now, job_id, states, now, lease, lease)
+        return self._ending(self._sql.fail, args, now)
 
     def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
         job = self._ending(self._sql.cancel, (now, now, job_id, now), now)
@@ -283,8 +285,11 @@ class PostgresStore(StoreBase):
             return job, True
         return self.get(job_id, now), False
 
-    def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
-        return self._ending(self._sql.requeue, (now, now, job_id, worker_id, now), now)
+    def requeue(
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
+    ) -> Job | None:
+        args = (now, now, job_id, worker_id, now, lease, lease)
+        return self._ending(self._sql.requeue, args, now)
 
     def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
         if not job_ids:
@@ -526,11 +531,12 @@ class AsyncPostgresStore(AsyncStoreBase):
         expected: Collection[JobStatus],
         now: float,
         error: dict[str, Any],
+        lease: float | None = None,
     ) -> Job | None:
         states = list(dict.fromkeys(JobStatus(s).value for s in expected))
         if not states:
             return None
-        args = (dumps(error), now, now, job_id, states, now)
+        args = (dumps(error), now, now, job_id, states, now, lease, lease)
         return await self._ending(self._sql.fail, args, now)
 
     async def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
@@ -539,8 +545,11 @@ class AsyncPostgresStore(AsyncStoreBase):
             return job, True
         return await self.get(job_id, now), False
 
-    async def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
-        return await self._ending(self._sql.requeue, (now, now, job_id, worker_id, now), now)
+    async def requeue(
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
+    ) -> Job | None:
+        args = (now, now, job_id, worker_id, now, lease, lease)
+        return await self._ending(self._sql.requeue, args, now)
 
     async def mark_dispatched(
         self, job_ids: Sequence[str], now: float, stale_before: float

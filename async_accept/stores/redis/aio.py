@@ -212,15 +212,22 @@ class AsyncRedisStore(AsyncStoreBase):
         return await self._run(self._layout.finish(job_id, worker_id, now, outcome))
 
     async def fail(
-        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+        lease: float | None = None,
     ) -> Job | None:
-        return await self._run(self._layout.fail(job_id, expected, now, error))
+        return await self._run(self._layout.fail(job_id, expected, now, error, lease))
 
     async def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
         return await self._run(self._layout.cancel(job_id, now))
 
-    async def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
-        return await self._run(self._layout.requeue(job_id, worker_id, now))
+    async def requeue(
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
+    ) -> Job | None:
+        return await self._run(self._layout.requeue(job_id, worker_id, now, lease))
 
     async def mark_dispatched(
         self, job_ids: Sequence[str], now: float, stale_before: float

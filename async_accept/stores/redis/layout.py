@@ -163,9 +163,14 @@ class _Layout:
         return _Call(self._ending("finish"), [self.job_key(job_id)], args, _job)
 
     def fail(
-        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+        lease: float | None = None,
     ) -> _Call[Job | None]:
-        args: list[str | bytes] = [self.ns, _f(now), _enc("j", error)]
+        args: list[str | bytes] = [self.ns, _f(now), _enc("j", error), _lease(lease)]
         args += [JobStatus(s).value for s in expected]
         return _Call(self._ending("fail"), [self.job_key(job_id)], args, _job)
 
@@ -173,8 +178,10 @@ class _Layout:
         key = [self.job_key(job_id)]
         return _Call(self._ending("cancel"), key, [self.ns, _f(now)], _parse_cancel)
 
-    def requeue(self, job_id: str, worker_id: str, now: float) -> _Call[Job | None]:
-        args: list[str | bytes] = [self.ns, worker_id, _f(now)]
+    def requeue(
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
+    ) -> _Call[Job | None]:
+        args: list[str | bytes] = [self.ns, worker_id, _f(now), _lease(lease)]
         return _Call(self._ending("requeue"), [self.job_key(job_id)], args, _job)
 
     def _ending(self, script: str) -> str:
@@ -271,3 +278,8 @@ class _Layout:
 
 def _store_error(exc: BaseException) -> StoreError:
     return StoreError(f"Redis store: {type(exc).__name__}: {exc}")
+
+
+def _lease(lease: float | None) -> str:
+    """A deadman lease as the scripts compare it with ``heartbeat_at`` ('' for none)."""
+    return "" if lease is None else _f(lease)

@@ -193,13 +193,15 @@ end
 changed(k)
 return meta(k)
 """,
-    # KEYS: job. ARGV: ns, now, error json, expected status, ...
+    # KEYS: job. ARGV: ns, now, error json, lease ('' for none), expected status, ...
+    # With a lease, only while heartbeat_at still is it (the deadman switch's CAS).
     "fail": """
 local k = KEYS[1]
 if not live(k, tonumber(ARGV[2])) then return false end
-local st = redis.call('HGET', k, 'status')
+local r = redis.call('HMGET', k, 'status', 'heartbeat_at')
+if ARGV[4] ~= '' and r[2] ~= ARGV[4] then return false end
 local ok = false
-for i = 4, #ARGV do if ARGV[i] == st then ok = true end end
+for i = 5, #ARGV do if ARGV[i] == r[1] then ok = true end end
 if not ok then return false end
 setstatus(k, 'failed')
 redis.call('HSET', k, 'error', ARGV[3], 'finished_at', ARGV[2], 'updated_at', ARGV[2])
@@ -225,10 +227,11 @@ if r[1] == 'processing' and r[2] ~= '1' then
 end
 return {0, meta(k)}
 """,
-    # KEYS: job. ARGV: ns, worker, now.
+    # KEYS: job. ARGV: ns, worker, now, lease ('' for none).
     "requeue": """
 local k = KEYS[1]
 if not owned(k, ARGV[2], tonumber(ARGV[3])) then return false end
+if ARGV[4] ~= '' and redis.call('HGET', k, 'heartbeat_at') ~= ARGV[4] then return false end
 -- A job whose cancel was requested ends canceled: nobody would claim it.
 if redis.call('HGET', k, 'cancel_requested') == '1' then
   setstatus(k, 'canceled')

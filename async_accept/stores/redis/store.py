@@ -210,15 +210,22 @@ class RedisStore(StoreBase):
         return self._run(self._layout.finish(job_id, worker_id, now, outcome))
 
     def fail(
-        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+        lease: float | None = None,
     ) -> Job | None:
-        return self._run(self._layout.fail(job_id, expected, now, error))
+        return self._run(self._layout.fail(job_id, expected, now, error, lease))
 
     def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
         return self._run(self._layout.cancel(job_id, now))
 
-    def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
-        return self._run(self._layout.requeue(job_id, worker_id, now))
+    def requeue(
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
+    ) -> Job | None:
+        return self._run(self._layout.requeue(job_id, worker_id, now, lease))
 
     def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
         if not job_ids:

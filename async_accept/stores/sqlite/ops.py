@@ -27,6 +27,9 @@ from .schema import (
 
 T = TypeVar("T")
 
+#: the deadman switch's lease check (two parameters, the lease twice; NULL: none)
+_LEASE = " AND (? IS NULL OR heartbeat_at = ?)"
+
 
 class SQLiteOps(GroupCommit):
     """The compare-and-set and the ``_op_<name>`` builders of :class:`SQLiteStore`."""
@@ -264,6 +267,7 @@ class SQLiteOps(GroupCommit):
         expected: Collection[JobStatus],
         now: float,
         error: dict[str, Any],
+        lease: float | None = None,
     ) -> Callable[[sqlite3.Connection], Job | None]:
         states = tuple(dict.fromkeys(JobStatus(s).value for s in expected))
         if not states:
@@ -273,14 +277,15 @@ class SQLiteOps(GroupCommit):
             self._cas_op(
                 job_id,
                 "UPDATE jobs SET status = 'failed', error = ?, finished_at = ?, updated_at = ? "
-                f"WHERE id = ? AND namespace = ? AND status IN ({marks}) AND expires_at > ?",
-                (_dumps(error), now, now, job_id, self.namespace, *states, now),
+                f"WHERE id = ? AND namespace = ? AND status IN ({marks}) AND expires_at > ?"
+                f"{_LEASE}",
+                (_dumps(error), now, now, job_id, self.namespace, *states, now, lease, lease),
             ),
             now,
         )
 
     def _op_requeue(
-        self, job_id: str, worker_id: str, now: float
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
     ) -> Callable[[sqlite3.Connection], Job | None]:
         requeue = self._cas_op(
             job_id,
@@ -290,8 +295,8 @@ class SQLiteOps(GroupCommit):
             "finished_at = CASE cancel_requested WHEN 0 THEN finished_at ELSE ? END, "
             "worker_id = NULL, heartbeat_at = NULL, updated_at = ? "
             "WHERE id = ? AND namespace = ? AND status = 'processing' AND worker_id = ? "
-            "AND expires_at > ?",
-            (now, now, job_id, self.namespace, worker_id, now),
+            f"AND expires_at > ?{_LEASE}",
+            (now, now, job_id, self.namespace, worker_id, now, lease, lease),
         )
         return self._ending(requeue, now)
 

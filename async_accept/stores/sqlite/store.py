@@ -207,9 +207,14 @@ class SQLiteStore(SQLiteOps, StoreBase):
         return self._run(self._op_finish(job_id, worker_id, now, outcome))
 
     def fail(
-        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+        lease: float | None = None,
     ) -> Job | None:
-        return self._run(self._op_fail(job_id, expected, now, error))
+        return self._run(self._op_fail(job_id, expected, now, error, lease))
 
     def cancel(self, job_id: str, now: float) -> tuple[Job | None, bool]:
         # One statement for both cases. SET expressions see the row as it was, so
@@ -230,8 +235,10 @@ class SQLiteStore(SQLiteOps, StoreBase):
             return job, True
         return self.get(job_id, now), False
 
-    def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
-        return self._run(self._op_requeue(job_id, worker_id, now))
+    def requeue(
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
+    ) -> Job | None:
+        return self._run(self._op_requeue(job_id, worker_id, now, lease))
 
     def mark_dispatched(self, job_ids: Sequence[str], now: float, stale_before: float) -> list[str]:
         return self._run(self._op_mark_dispatched(job_ids, now, stale_before)) if job_ids else []
@@ -539,18 +546,25 @@ class AsyncSQLiteStore(ThreadedAsyncStore):
         return await self._queue(store._submit, store._op_finish, job_id, worker_id, now, outcome)
 
     async def fail(
-        self, job_id: str, expected: Collection[JobStatus], now: float, error: dict[str, Any]
+        self,
+        job_id: str,
+        expected: Collection[JobStatus],
+        now: float,
+        error: dict[str, Any],
+        lease: float | None = None,
     ) -> Job | None:
         if self._replaced("fail"):
-            return await super().fail(job_id, expected, now, error)
+            return await super().fail(job_id, expected, now, error, lease)
         store = self._sqlite
-        return await self._queue(store._submit, store._op_fail, job_id, expected, now, error)
+        return await self._queue(store._submit, store._op_fail, job_id, expected, now, error, lease)
 
-    async def requeue(self, job_id: str, worker_id: str, now: float) -> Job | None:
+    async def requeue(
+        self, job_id: str, worker_id: str, now: float, lease: float | None = None
+    ) -> Job | None:
         if self._replaced("requeue"):
-            return await super().requeue(job_id, worker_id, now)
+            return await super().requeue(job_id, worker_id, now, lease)
         store = self._sqlite
-        return await self._queue(store._submit, store._op_requeue, job_id, worker_id, now)
+        return await self._queue(store._submit, store._op_requeue, job_id, worker_id, now, lease)
 
     async def mark_dispatched(
         self, job_ids: Sequence[str], now: float, stale_before: float
