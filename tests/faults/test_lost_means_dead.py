@@ -69,7 +69,7 @@ def test_a_write_lock_held_15s_by_another_process_loses_no_job(deploy: Deploymen
     """20 healthy jobs while another process holds SQLite's write lock 15 s: 0 worker-lost."""
     app = server(deploy, "app")
     run = deploy.run(app)
-    subs = run.submit("/work", 20, query="sleep=6")
+    subs = run.submit("/work", 20, query="sleep=20")
     running = run.wait_for(subs, ("processing",), at_least=10, timeout=30)
     assert len(running) >= 10
     locker = hold_write_lock(deploy.tmp_path / "jobs.db", LOCK_HELD)
