@@ -259,7 +259,7 @@ class Options:
     )
     worker_lost_after: float = field(
         metadata=option(
-            10.0, "seconds without a heartbeat before a job's worker counts as lost", _positive
+            10.0, "seconds a job's heartbeat stays unchanged before it is worker-lost", _positive
         )
     )
     sweep_interval: float | None = field(
