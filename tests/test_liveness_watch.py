@@ -272,3 +272,13 @@ def test_the_deadline_stays_a_wall_clock_promise() -> None:
     ended = drive(engine.apply_deadman(job, job.deadline_at + 1), store)
     assert ended.status is JobStatus.FAILED
     assert ended.error["type"].endswith("deadline-exceeded")
+
+
+def test_a_status_read_without_watch_history_declares_no_one_lost() -> None:
+    """A process that never saw the job doesn't fail it on a read, however old its
+    heartbeat by this process's wall clock: the read starts the watch."""
+    engine, store, job, clock = engine_and_job(time.time() - 3600.0)
+    beats(engine.liveness, clock, 60.0)  # a warm sweeper, its beats landing
+    read = drive(engine.apply_deadman(job, time.time()), store)
+    assert read.status is JobStatus.PROCESSING
+    assert engine.liveness.watching(job.id)
