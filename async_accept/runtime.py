@@ -453,6 +453,7 @@ class Runtime(RegistryBeat, Draining):
             self.heartbeats = Heartbeats(self, self._local, self.options.heartbeat_interval)
             self._draining = threading.Event()
             self.observer.after_fork()
+            self.engine.liveness.after_fork()
             reset = getattr(self.executor, "after_fork", None)
             if reset is not None:
                 reset()

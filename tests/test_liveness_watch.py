@@ -282,3 +282,15 @@ def test_a_status_read_without_watch_history_declares_no_one_lost() -> None:
     read = drive(engine.apply_deadman(job, time.time()), store)
     assert read.status is JobStatus.PROCESSING
     assert engine.liveness.watching(job.id)
+
+
+def test_a_forked_child_starts_its_watch_afresh() -> None:
+    """after_fork() forgets the parent's leases and writable time: the child waits a window."""
+    w, clock = watch()
+    w.landed()
+    assert not w.lost(running())
+    beats(w, clock, LOST_AFTER + 1)
+    w.after_fork()
+    assert w.writable_seconds == 0.0 and w.beats_landed == 0
+    assert not w.watching("job-1")
+    assert not w.lost(running())

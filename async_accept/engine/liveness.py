@@ -68,13 +68,18 @@ class Liveness:
         #: than the window
         self.max_gap = beat_interval + max(0.0, lost_after - beat_interval) / 2
         self.clock = clock
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """Start afresh (a forked child: nothing it watched is its own, and a lock
+        held by a parent's thread at the fork would never be released)."""
         self._lock = threading.Lock()
         self._credit = 0.0  # writable seconds counted so far
         self._landed = 0  # own beats landed so far
         self._last_landing: float | None = None
         self._broken = False  # a beat failed since the last landing
         self._seen: dict[str, _Seen] = {}
-        self._pruned_at = clock()
+        self._pruned_at = self.clock()
 
     # -- the judge's own beats ------------------------------------------------------
 
