@@ -13,6 +13,7 @@ import pytest
 
 from async_accept.errors import ConfigurationError
 from async_accept.options import build_options
+from tests.pysource import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "https://docs.example.com/problems/"
@@ -24,7 +25,7 @@ def problem_names() -> set[str]:
     """Every literal problem name passed to the problem helpers in async_accept/."""
     names: set[str] = set()
     for path in (ROOT / "async_accept").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(parse(path.read_text(encoding="utf-8"))):
             if not isinstance(node, ast.Call):
                 continue
             func = node.func

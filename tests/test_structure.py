@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.pysource import parse
+
 PACKAGE = Path(__file__).resolve().parent.parent / "async_accept"
 #: The longest module a maintainer should have to read in one sitting.
 MAX_LINES = 650
@@ -29,7 +31,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     is_pkg = path.name == "__init__.py"
     package = name if is_pkg else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(parse(path.read_text(encoding="utf-8"))):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
