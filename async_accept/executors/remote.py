@@ -6,7 +6,10 @@ never waits on the broker: the store write is the commit point). A sender
 thread hands the buffer over in batches. Before publishing, it marks the jobs
 dispatched in the store (``Store.mark_dispatched``, compare-and-set), so that
 the sweepers of all web processes re-send a job only when nobody dispatched it
-within ``redispatch_after`` seconds.
+within ``redispatch_after`` seconds -- or when it was dispatched before a worker
+died (the sender thread watches the worker registry: see
+:mod:`~async_accept.executors.liveness`), since that worker may have taken its
+message with it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from .._imports import split_import_path
 from ..errors import ConfigurationError, ExecutorError
+from ..supervision import FailureStreak
 from .base import BaseExecutor
+from .liveness import WorkerWatch
 
 if TYPE_CHECKING:
     from .base import JobHost
@@ -86,8 +91,12 @@ class RemoteExecutor(BaseExecutor):
         at once.
     ``redispatch_after``
         A queued job dispatched less than this many seconds ago is not sent
-        again by a sweeper (the broker still holds it). Keep it well below
-        2 x sla, so that a lost message is re-sent before the deadline.
+        again by a sweeper (the broker still holds it), unless a worker died
+        since: jobs dispatched before a worker stopped beating (for
+        ``worker_lost_after``) are sent again at the next sweep, since the dead
+        worker may have taken (prefetched) their messages. So this is only the
+        safety net for a message lost otherwise (a broker that lost its data);
+        keep it below 2 x sla.
     ``max_buffer``
         Jobs waiting for the broker in this process beyond which ``submit``
         refuses (the client then gets 503 instead of an ever-growing backlog).
@@ -134,6 +143,10 @@ class RemoteExecutor(BaseExecutor):
         self._owned: set[str] = set()
         self._thread: threading.Thread | None = None
         self._sending = False
+        #: the worker registry, read by the sender thread (see liveness.py)
+        self._watch: WorkerWatch | None = None
+        self._next_look = 0.0
+        self._look_streak = FailureStreak(f"reading the worker registry ({self.name})")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} app={self.app_path!r}>"
@@ -145,6 +158,14 @@ class RemoteExecutor(BaseExecutor):
             self._runtime = runtime
             self._closed = False
             self._stop.clear()
+            opts = getattr(runtime.engine, "options", None)
+            if self._watch is None and opts is not None and hasattr(runtime.store, "list_workers"):
+                self._watch = WorkerWatch(
+                    self.name,
+                    lost_after=opts.worker_lost_after,
+                    beat_every=opts.heartbeat_interval,
+                    forget_after=self.redispatch_after,
+                )
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._send_forever,
@@ -254,7 +275,33 @@ class RemoteExecutor(BaseExecutor):
         if mark is None:  # a store without dispatch marks: publish, the claim dedups
             return job_ids
         now = runtime.engine.clock()
-        return list(mark(job_ids, now, now - self.redispatch_after))
+        stale_before = now - self.redispatch_after
+        cutoff = None if self._watch is None else self._watch.cutoff
+        if cutoff is not None and cutoff > stale_before:
+            # A worker died since: what was dispatched before may be in its hands.
+            stale_before = min(cutoff, now)
+        return list(mark(job_ids, now, stale_before))
+
+    def _wait_time(self) -> float | None:
+        """Seconds the idle sender sleeps: until the next look at the registry."""
+        if self._watch is None:
+            return None
+        return max(0.0, self._next_look - time.monotonic())
+
+    def _look(self) -> None:
+        """Read the worker registry when a look is due (every heartbeat_interval)."""
+        watch, runtime = self._watch, self._runtime
+        if watch is None or runtime is None or time.monotonic() < self._next_look:
+            return
+        self._next_look = time.monotonic() + watch.beat_every
+        try:
+            now = runtime.engine.clock()
+            watch.observe(runtime.store.list_workers(now), now)
+        except Exception as exc:
+            # The store is down or slow: the loss shows once it answers again.
+            self._look_streak.failed(f"{type(exc).__name__}: {exc}")
+        else:
+            self._look_streak.succeeded()
 
     def _send(self, batch: list[str]) -> None:
         fresh = [j for j in batch if j not in self._owned]
@@ -281,9 +328,11 @@ class RemoteExecutor(BaseExecutor):
             if backoff:
                 self._stop.wait(backoff)
             else:
-                self._wake.wait()
+                self._wake.wait(self._wait_time())
             self._wake.clear()
             closing = self._stop.is_set()
+            if not closing:
+                self._look()
             # A lone job to an idle sender goes at once (no batching delay); only a
             # burst already forming (several waiting, or a round just sent) waits
             # flush_interval for the rest of it to join this round.
@@ -292,10 +341,12 @@ class RemoteExecutor(BaseExecutor):
             if forming and not closing and self.flush_interval > 0 and waiting < self.batch_size:
                 time.sleep(self.flush_interval)
             failed = False
+            took = False
             while True:
                 batch = self._take()
                 if not batch:
                     break
+                took = True
                 try:
                     self._send(batch)
                 except Exception:
@@ -310,7 +361,8 @@ class RemoteExecutor(BaseExecutor):
                         exc_info=True,
                     )
                     break
-            last_round = time.monotonic()
+            if took:
+                last_round = time.monotonic()
             if not failed:
                 backoff = 0.0
             if self._cancels:

@@ -28,16 +28,24 @@ APP = "tests.faults.app:asgi_app"
 class Remote:
     """A web server and a worker of one kind (``celery`` / ``rq``) on a private Redis."""
 
-    def __init__(self, deploy: Deployment, redis: OwnRedis, kind: str) -> None:
+    def __init__(
+        self,
+        deploy: Deployment,
+        redis: OwnRedis,
+        kind: str,
+        redispatch_after: float | None = 2.0,
+        **env: str,
+    ) -> None:
         from async_accept.stores.redis import RedisStore
 
         self.deploy = deploy
         self.kind = kind
         broker = "redis_url" if kind == "rq" else "broker_url"
-        # Jobs a dead worker had taken (or prefetched) are handed over again soon.
-        spec = f"{kind}?app={APP}&{broker}={redis.url}&queue=faults&redispatch_after=2"
+        spec = f"{kind}?app={APP}&{broker}={redis.url}&queue=faults"
+        if redispatch_after is not None:
+            spec += f"&redispatch_after={redispatch_after:g}"
         deploy.store = redis.url
-        self.env = deploy.env(ASYNC_ACCEPT_EXECUTOR=spec, ASYNC_ACCEPT_SHUTDOWN_TIMEOUT="1")
+        self.env = deploy.env(ASYNC_ACCEPT_EXECUTOR=spec, ASYNC_ACCEPT_SHUTDOWN_TIMEOUT="1", **env)
         self.store = RedisStore.from_url(redis.url)
         self.workers: list[WorkerProcess] = []
 
@@ -107,3 +115,33 @@ def test_worker_warm_shutdown_mid_job(remote: Remote, n: int) -> None:
     report = run.poll_all(timeout=60 + n * 0.5)
     assert report.completed == n + 1, report.summary()
     assert_nothing_lost(report)
+
+
+@pytest.fixture(params=["celery", "rq"])
+def short_sla(
+    request: pytest.FixtureRequest, deploy: Deployment, tmp_path: Path
+) -> Iterator[Remote]:
+    """Celery or RQ on a private Redis with the default redispatch_after (60 s) and
+    routes of sla=30: a job left in a dead worker must not wait for redispatch_after."""
+    redis = OwnRedis(tmp_path, persistent=False).start()
+    setup = Remote(deploy, redis, request.param, None, ASYNC_ACCEPT_FAULT_SLA="30")
+    try:
+        yield setup
+    finally:
+        setup.close()
+        redis.stop()
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_jobs_prefetched_by_a_killed_worker_are_sent_again_within_the_sla(
+    short_sla: Remote, n: int
+) -> None:
+    """kill -9 of a worker holding a running and a prefetched job, another worker idle,
+    sla=30, redispatch_after at its default of 60 s: every job completes, none ends
+    deadline-exceeded, none runs twice."""
+    run = stop_mid_job(short_sla, "/work-retry", n, signal.SIGKILL)
+    report = run.poll_all(timeout=120 + n * 0.5)
+    assert report.completed == n + 1, report.summary()
+    assert not report.failed, report.summary()
+    assert not report.executed_more_than_once, report.summary()
+    assert_nothing_lost(report, retries_allowed=True)
