@@ -13,6 +13,8 @@ from ...errors import ConfigurationError, MissingDependencyError
 try:
     import redis
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import ExponentialBackoff
 except ImportError as exc:  # pragma: no cover - exercised only without redis installed
     raise MissingDependencyError("The Redis store", "redis", "redis") from exc
 
@@ -25,6 +27,20 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: instead of failing with ``MaxConnectionsError``: a burst of accepts must
 #: queue, not turn into 503s. Pass ``max_connections=`` to change it.
 DEFAULT_ASYNC_MAX_CONNECTIONS = 64
+
+
+def async_retry() -> AsyncRetry:
+    """The asyncio client's retry policy: a command whose connection died (Redis
+    restarted, or dropped an idle connection) is sent once more on a new one after a
+    short backoff, as redis-py's sync client does by default; the asyncio client
+    built on a pool of our own would otherwise fail it (a 503 on the first accept
+    after a Redis restart). While Redis stays down, the retry fails too and the
+    caller gets its StoreError (503) at once. On ConnectionError and TimeoutError,
+    so a command may reach Redis twice: a create sent again finds its own job, a
+    claim sent again by the same worker at the same time gets the job again, and a
+    second finish or heartbeat finds the job already ended (the first one wrote)."""
+    return AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=1)
+
 
 #: The start of every script, the store's and the outbox's: ARGV[1] is always
 #: the key prefix, and ``put`` writes one field (``=value``) or deletes it
@@ -100,6 +116,7 @@ def _async_twin_factory(client: redis.Redis) -> Callable[[], aioredis.Redis]:
             connection_class=cls,
             max_connections=max_connections,
             timeout=_pool_timeout(kwargs),
+            retry=async_retry(),
             **kwargs,
         )
         return aioredis.Redis.from_pool(apool)
@@ -114,7 +131,11 @@ def _pool_timeout(kwargs: dict[str, Any]) -> float:
 
 
 def _blocking_pool_from_url(url: str, kwargs: dict[str, Any]) -> aioredis.BlockingConnectionPool:
-    """An asyncio pool on ``url`` that waits for a free connection when full."""
+    """An asyncio pool on ``url`` that waits for a free connection when full, and sends a
+    command once more when its connection died (:func:`async_retry`, unless ``kwargs``
+    bring a ``retry`` of their own)."""
+    if "retry" not in kwargs:
+        kwargs = {**kwargs, "retry": async_retry()}
     return aioredis.BlockingConnectionPool.from_url(url, timeout=_pool_timeout(kwargs), **kwargs)
 
 
