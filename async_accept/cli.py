@@ -207,21 +207,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.shutdown(runtime.options.shutdown_timeout)
 
 
+#: The longest wait between two attempts of a worker to reach its Redis again.
+RECONNECT_CAP = 30.0
+
+
 def _rq_worker(executor: Any, queue: str, args: argparse.Namespace) -> int:
     from redis.exceptions import RedisError
     from rq import Queue, SimpleWorker
 
+    from .supervision import FailureStreak
+
     log = logging.getLogger("async_accept")
     stop: list[int] = []
+    outage = FailureStreak("the RQ worker's Redis")
 
     def on_signal(signum: int, frame: Any) -> None:
         stop.append(signum)
 
-    backoff = 1.0
+    def wait(seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not stop and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    delay = 0.5
+    restarts = 0
     while True:
         # SimpleWorker: jobs run in this process, so the application, its event loop
         # and its lifespan resources are loaded once, not once per job in a fork.
         rq_worker: Any = None
+        began = time.monotonic()
         try:
             # Built inside the try: building it talks to Redis, which may be down.
             q = Queue(queue, connection=executor.connection, serializer=executor.serializer)
@@ -231,21 +245,34 @@ def _rq_worker(executor: Any, queue: str, args: argparse.Namespace) -> int:
             worked = rq_worker.work(
                 burst=args.burst, logging_level=args.loglevel.upper(), with_scheduler=False
             )
-        except RedisError as exc:  # Redis went away where RQ doesn't retry by itself
-            log.warning("async_accept: RQ worker: %s", exc)
+        except (RedisError, OSError) as exc:  # Redis went away where RQ doesn't retry
+            outage.failed(f"{type(exc).__name__}: {exc}")
             worked = False
         # Asked to stop (SIGTERM/SIGINT: RQ notes when, whether it was busy or not).
-        if args.burst or getattr(rq_worker, "_shutdown_requested_date", None) is not None:
+        if args.burst or stop or getattr(rq_worker, "_shutdown_requested_date", None) is not None:
             return 0
-        # RQ's loop ended on its own (it quits on some Redis errors): start it again,
-        # so that a Redis restart doesn't need a worker restart.
-        backoff = 1.0 if worked else min(backoff * 2, 30.0)
-        log.warning("async_accept: the RQ worker stopped; starting it again in %.0f s", backoff)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
-        deadline = time.monotonic() + backoff
-        while not stop and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # RQ's loop ended on its own (it quits on a Redis timeout or an error it does
+        # not handle): start it again once Redis answers, however long that takes, with
+        # a capped backoff. One line per streak, not one per attempt.
+        if worked or time.monotonic() - began > 60:
+            delay, restarts = 0.5, 0
+        restarts += 1
+        if restarts == 1:
+            log.warning("async_accept: the RQ worker's loop ended; starting it again")
+        while not stop:
+            wait(delay)
+            delay = min(delay * 2, RECONNECT_CAP)
+            if stop:
+                break
+            try:
+                executor.connection.ping()
+            except (RedisError, OSError) as exc:
+                outage.failed(f"{type(exc).__name__}: {exc}")
+                continue
+            outage.succeeded()
+            break
         if stop:
             return 0
 
@@ -255,6 +282,10 @@ def _celery_worker(executor: Any, queue: str, args: argparse.Namespace) -> int:
 
     app = executor.celery
     register_task(app)
+    if "broker_connection_max_retries" not in app.conf.changes:
+        # Celery gives up on its broker after 100 attempts by default: keep trying
+        # (its backoff is capped), so an outage of any length needs no restart.
+        app.conf.broker_connection_max_retries = None
     argv = [
         "worker",
         "--queues",

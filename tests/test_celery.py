@@ -108,3 +108,13 @@ class TestCeleryExecutorOnRabbitMQ(TestCeleryExecutor):
 
         with Connection(setup.broker_url, connect_timeout=5) as conn:
             return int(conn.default_channel.queue_declare(queue, passive=True).message_count)
+
+
+def test_the_default_celery_app_never_gives_up_on_its_broker() -> None:
+    """async_accept's own Celery app retries its broker forever (no 100-attempt limit)."""
+    pytest.importorskip("celery")
+    from async_accept.executors.celery import default_celery_app
+
+    app = default_celery_app("redis://127.0.0.1:1/0", "q")
+    assert app.conf.broker_connection_retry_on_startup is True
+    assert app.conf.broker_connection_max_retries is None

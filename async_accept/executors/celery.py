@@ -98,6 +98,9 @@ def default_celery_app(broker_url: str, queue: str) -> Any:
         # Handlers run for a while: don't let one worker hoard messages others could run.
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,
+        # A broker outage of any length: keep reconnecting (with Celery's capped
+        # backoff) instead of giving up after 100 attempts.
+        broker_connection_max_retries=None,
         broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
         worker_hijack_root_logger=False,
     )

@@ -145,3 +145,102 @@ def test_jobs_prefetched_by_a_killed_worker_are_sent_again_within_the_sla(
     assert not report.failed, report.summary()
     assert not report.executed_more_than_once, report.summary()
     assert_nothing_lost(report, retries_allowed=True)
+
+
+@pytest.fixture(params=["celery", "rq"])
+def remote_aof(
+    request: pytest.FixtureRequest, deploy: Deployment, tmp_path: Path
+) -> Iterator[tuple[Remote, OwnRedis]]:
+    """Celery or RQ on a private Redis with an append-only file (store and broker)."""
+    redis = OwnRedis(tmp_path, persistent=True).start()
+    setup = Remote(deploy, redis, request.param)
+    try:
+        yield setup, redis
+    finally:
+        setup.close()
+        redis.stop()
+
+
+def test_workers_survive_a_redis_outage(remote_aof: tuple[Remote, OwnRedis]) -> None:
+    """Redis down for 5 s under a working worker: the same worker process is still
+    running afterwards and runs the jobs accepted once Redis is back, each once."""
+    remote, redis = remote_aof
+    worker = remote.worker()
+    web = remote.deploy.uvicorn(**{k: v for k, v in remote.env.items() if k.startswith("ASYNC")})
+    run = remote.deploy.run(web)
+    before = run.submit("/work", 2, query="sleep=0.05", prefix="before")
+    run.wait_for(before, ("completed",), at_least=2, timeout=30)
+    redis.stop()
+    time.sleep(5)  # the outage (what is asserted is outcomes, not how long anything took)
+    redis.start()
+    assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
+    after = run.submit("/work", 6, query="sleep=0.05", prefix="after")
+    assert [s.code for s in after] == [202] * 6
+    report = run.poll_all(timeout=120)
+    assert report.completed == report.accepted == 8, report.summary() + worker.tail()
+    assert_nothing_lost(report)
+    assert worker.proc.poll() is None, worker.tail()  # never restarted: the same process
+    ran_by = {line.split()[1] for line in remote.deploy.ledger.read_text().splitlines()}
+    assert ran_by == {str(worker.pid)}, ran_by
+
+
+RQ_LOOP = """
+import argparse, logging, sys
+from types import SimpleNamespace
+import redis
+from rq.serializers import JSONSerializer
+from async_accept.cli import _rq_worker
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+conn = redis.Redis(port=int(sys.argv[1]), socket_timeout=2, socket_connect_timeout=1)
+ex = SimpleNamespace(connection=conn, serializer=JSONSerializer)
+sys.exit(_rq_worker(ex, "faults", argparse.Namespace(burst=False, loglevel="info")))
+"""
+
+
+def test_rq_worker_loop_waits_out_an_outage_of_any_length(tmp_path: Path) -> None:
+    """The RQ worker loop of async-accept worker, its Redis down from the start: it keeps
+    trying (capped backoff), logs the outage once, and runs jobs in the same process as
+    soon as Redis answers; SIGTERM then ends it with status 0."""
+    import subprocess
+    import sys
+
+    import redis as redis_py
+    from rq import Queue
+    from rq.serializers import JSONSerializer
+
+    from tests.faults.harness import wait_until
+    from tests.servers import ROOT, base_env
+
+    server = OwnRedis(tmp_path, persistent=True)  # not started yet: Redis is down
+    log = tmp_path / "rq-loop.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RQ_LOOP, str(server.port)],
+            cwd=ROOT,
+            env=base_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    client = None
+    try:
+        wait_until(lambda: "Redis failed" in log.read_text(), 30, "the first failed attempt")
+        time.sleep(4)  # several more attempts (0.5, 1, 2 s apart)
+        assert proc.poll() is None, log.read_text()
+        server.start()
+        client = redis_py.Redis(port=server.port)
+        job = Queue("faults", connection=client, serializer=JSONSerializer).enqueue("os.getpid")
+        wait_until(lambda: job.get_status(refresh=True) == "finished", 60, "the job, run")
+        assert job.return_value() == proc.pid  # run by the process that waited
+        text = log.read_text()
+        assert text.count("Redis failed (") == 1, text  # one line per streak ...
+        assert text.count("works again after") == 1, text  # ... and one at its end
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        if client is not None:
+            client.close()
+        server.stop()
