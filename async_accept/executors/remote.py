@@ -158,7 +158,7 @@ class RemoteExecutor(BaseExecutor):
             self._runtime = runtime
             self._closed = False
             self._stop.clear()
-            opts = getattr(runtime.engine, "options", None)
+            opts = getattr(getattr(runtime, "engine", None), "options", None)
             if self._watch is None and opts is not None and hasattr(runtime.store, "list_workers"):
                 self._watch = WorkerWatch(
                     self.name,
