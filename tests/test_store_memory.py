@@ -112,3 +112,14 @@ def test_stored_jobs_add_nothing_for_the_garbage_collector_to_walk() -> None:
     grown = len(gc.get_objects()) - before
     # Dataclass records cost ~10 tracked objects per job (20,000 here).
     assert grown < 200, grown
+
+
+def test_a_requeued_job_can_be_dispatched_again_at_once() -> None:
+    """A requeue clears the dispatch mark (the claim used it up): the job's re-send goes out."""
+    store = MemoryStore()
+    job = make_job()
+    store.create(job, CapturedRequest("POST", "/r"))
+    assert store.mark_dispatched([job.id], NOW, NOW - 60) == [job.id]
+    assert store.claim(job.id, "w", NOW + 1) is not None
+    assert store.requeue(job.id, "w", NOW + 2) is not None
+    assert store.mark_dispatched([job.id], NOW + 2, NOW + 2 - 60) == [job.id]

@@ -119,16 +119,14 @@ def test_every_job_field_and_binary_bodies_round_trip(store: RedisStore) -> None
     assert store.get_result(job.id) == RESPONSE
 
 
-def test_a_claim_sent_twice_by_its_worker_gets_the_job_again(store: RedisStore) -> None:
-    """A claim retried after a lost reply (same worker, same time) gets the job; any
-    other claim of the job is still refused, and attempts count the claim once."""
+def test_a_requeued_job_can_be_dispatched_again_at_once(store: RedisStore) -> None:
+    """A requeue clears the dispatch mark (the claim used it up): the job's re-send goes out."""
     job = make_job()
     store.create(job, REQUEST)
-    first = store.claim(job.id, "w", NOW + 1)
-    again = store.claim(job.id, "w", NOW + 1)
-    assert first is not None and again == first and again.attempts == 1
-    assert store.claim(job.id, "w", NOW + 2) is None  # a new claim, not a retry
-    assert store.claim(job.id, "other", NOW + 1) is None
+    assert store.mark_dispatched([job.id], NOW, NOW - 60) == [job.id]
+    assert store.claim(job.id, "w", NOW + 1) is not None
+    assert store.requeue(job.id, "w", NOW + 2) is not None
+    assert store.mark_dispatched([job.id], NOW + 2, NOW + 2 - 60) == [job.id]
 
 
 def test_keys_get_a_redis_ttl_at_expires_at(store: RedisStore, raw: Any) -> None:

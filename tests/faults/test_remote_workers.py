@@ -244,3 +244,14 @@ def test_rq_worker_loop_waits_out_an_outage_of_any_length(tmp_path: Path) -> Non
         if client is not None:
             client.close()
         server.stop()
+
+
+def test_a_job_requeued_by_a_warm_shutdown_is_sent_again_within_the_sla(
+    short_sla: Remote,
+) -> None:
+    """SIGTERM to a worker mid-job on a sla=30 route, redispatch_after at its default of
+    60 s: the job it hands back and those it prefetched run on the next worker, once each."""
+    run = stop_mid_job(short_sla, "/work", 8, signal.SIGTERM)
+    report = run.poll_all(timeout=120)
+    assert report.completed == 9, report.summary()
+    assert_nothing_lost(report)

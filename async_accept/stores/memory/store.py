@@ -211,6 +211,8 @@ class MemoryStore(StoreBase):
             job.worker_id = None
             job.heartbeat_at = None
             job.updated_at = now
+            # The claim used its dispatch up: the next hand-over goes out at once.
+            job.meta.pop("dispatched_at", None)
             return self._ended(self._put(job), now)
 
     def _ended(self, job: Job, now: float) -> Job:

@@ -31,15 +31,19 @@ DEFAULT_ASYNC_MAX_CONNECTIONS = 64
 
 def async_retry() -> AsyncRetry:
     """The asyncio client's retry policy: a command whose connection died (Redis
-    restarted, or dropped an idle connection) is sent once more on a new one after a
-    short backoff, as redis-py's sync client does by default; the asyncio client
-    built on a pool of our own would otherwise fail it (a 503 on the first accept
-    after a Redis restart). While Redis stays down, the retry fails too and the
-    caller gets its StoreError (503) at once. On ConnectionError and TimeoutError,
-    so a command may reach Redis twice: a create sent again finds its own job, a
-    claim sent again by the same worker at the same time gets the job again, and a
-    second finish or heartbeat finds the job already ended (the first one wrote)."""
-    return AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries=1)
+    restarted, or dropped an idle connection: a ``ConnectionError``) is sent once
+    more on a new connection after a short backoff; the asyncio client built on a
+    pool of our own would otherwise fail it (a 503 on the first accepts after a Redis
+    restart). While Redis stays down the retry fails too, and the caller gets its
+    StoreError (503) at once. Not on a ``TimeoutError``: a command that timed out
+    has most likely run, and sent again it could be refused (a second claim) where
+    the runtime would have handled the error itself (redis-py's sync client, whose
+    default policy retries both three times, is left as it is)."""
+    return AsyncRetry(
+        ExponentialBackoff(cap=0.5, base=0.05),
+        retries=1,
+        supported_errors=(redis.exceptions.ConnectionError,),
+    )
 
 
 #: The start of every script, the store's and the outbox's: ARGV[1] is always

@@ -137,13 +137,10 @@ return {1}
 return meta(KEYS[1])
 """,
     # KEYS: job. ARGV: ns, worker, now.
-    # The same claim sent twice (the client retried it after its connection died,
-    # the first having run) gets the job again rather than leaving it to nobody.
     "claim": """
 local k = KEYS[1]
 if not live(k, tonumber(ARGV[3])) then return false end
-local r = redis.call('HMGET', k, 'status', 'cancel_requested', 'worker_id', 'started_at')
-if r[1] == 'processing' and r[3] == ARGV[2] and r[4] == ARGV[3] then return meta(k) end
+local r = redis.call('HMGET', k, 'status', 'cancel_requested')
 if r[1] ~= 'queued' or r[2] == '1' then return false end
 setstatus(k, 'processing')
 redis.call('HSET', k, 'worker_id', ARGV[2], 'started_at', ARGV[3],
@@ -242,7 +239,8 @@ if redis.call('HGET', k, 'cancel_requested') == '1' then
 else
   setstatus(k, 'queued')
 end
-redis.call('HDEL', k, 'worker_id', 'heartbeat_at')
+-- The claim used its dispatch up: the next hand-over of the job goes out at once.
+redis.call('HDEL', k, 'worker_id', 'heartbeat_at', 'dispatched_at')
 redis.call('HSET', k, 'updated_at', ARGV[3])
 changed(k)
 return meta(k)
