@@ -2,6 +2,11 @@
 mid-job: every job ends once (completed, or worker-lost where the route allows no
 retry), none is lost silently, none runs twice unless the route allows retries.
 
+Also: a worker killed while holding a prefetched job on a sla=30 route with the default
+redispatch_after (60 s) -- its jobs go to the other worker within the sla; Redis stopped
+for 5 s under a working worker -- the same process runs the jobs accepted afterwards;
+the RQ loop of ``async-accept worker`` started while Redis is down.
+
 Each scenario runs its own redis-server (store and broker) on a free port.
 """
 
