@@ -903,6 +903,16 @@ def test_retry_clears_the_dispatch_mark(store: Store, now: float) -> None:
     assert store.mark_dispatched([job.id], now + 1, now) == [job.id]
 
 
+def test_requeue_clears_the_dispatch_mark(store: Store, now: float) -> None:
+    """A requeued job (a retry after worker-lost, a drain) can be dispatched at once:
+    its claim used the earlier mark up."""
+    job = created(store, now)
+    assert store.mark_dispatched([job.id], now, now - 60) == [job.id]
+    assert store.claim(job.id, "w", now + 1) is not None
+    assert store.requeue(job.id, "w", now + 2) is not None
+    assert store.mark_dispatched([job.id], now + 2, now + 2 - 60) == [job.id]
+
+
 def test_retry_only_of_a_failed_job_not_canceled(store: Store, now: float) -> None:
     """retry() refuses any job but a failed one that its client did not cancel."""
     queued = created(store, now)

@@ -118,7 +118,8 @@ class Statements:
             f"WITH j AS (UPDATE {jobs} SET "
             "status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END, "
             "finished_at = CASE WHEN cancel_requested THEN %s ELSE finished_at END, "
-            f"worker_id = NULL, heartbeat_at = NULL, updated_at = %s WHERE {_OWNED}{_LEASE} "
+            "worker_id = NULL, heartbeat_at = NULL, meta = meta - 'dispatched_at', "
+            f"updated_at = %s WHERE {_OWNED}{_LEASE} "
             f"RETURNING {_COLS}), {drop_request} SELECT * FROM j"
         )
         # Rows another marker holds are skipped: that one marks them.

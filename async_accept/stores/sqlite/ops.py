@@ -293,7 +293,8 @@ class SQLiteOps(GroupCommit):
             "UPDATE jobs SET "
             "status = CASE cancel_requested WHEN 0 THEN 'queued' ELSE 'canceled' END, "
             "finished_at = CASE cancel_requested WHEN 0 THEN finished_at ELSE ? END, "
-            "worker_id = NULL, heartbeat_at = NULL, updated_at = ? "
+            "worker_id = NULL, heartbeat_at = NULL, updated_at = ?, "
+            "meta = json_remove(meta, '$.dispatched_at') "
             "WHERE id = ? AND namespace = ? AND status = 'processing' AND worker_id = ? "
             f"AND expires_at > ?{_LEASE}",
             (now, now, job_id, self.namespace, worker_id, now, lease, lease),
