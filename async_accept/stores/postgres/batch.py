@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any, Generic, TypeVar, cast
 
 import psycopg
@@ -88,52 +88,93 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError)
 
 
-def create_one(conn: Conn, sql: Statements, job: Job, request: CapturedRequest) -> tuple[Job, bool]:
+# -- what a batch says to the database, once for both kinds of connection --------------------
+
+#: One statement to run: its text, its arguments, and whether they go in binary.
+Query = tuple[str, Sequence[Any], bool]
+#: A conversation with the database: yields statements, is sent each one's rows
+#: (an empty list for a statement that returns none), has a statement's error
+#: thrown in, and returns its value. :func:`_drive` runs it on a blocking
+#: connection, :func:`_adrive` on an asyncio one: the logic is written once.
+Talk = Generator[Query, list[Any], ItemT]
+
+
+class _Steps(Generic[OutT]):
+    """A :data:`Talk` advanced one statement at a time: :meth:`next` hands out the
+    next statement (None once the talk returned its :attr:`value`), :meth:`reply`
+    gives it the statement's rows or error. The drivers only run statements."""
+
+    __slots__ = ("_reply", "_talk", "value")
+
+    def __init__(self, talk: Talk[OutT]) -> None:
+        self._talk = talk
+        self._reply: list[Any] | Exception | None = None
+        self.value: OutT | None = None
+
+    def reply(self, rows_or_error: list[Any] | Exception) -> None:
+        self._reply = rows_or_error
+
+    def next(self) -> Query | None:
+        reply, self._reply = self._reply, None
+        try:
+            if isinstance(reply, Exception):
+                return self._talk.throw(reply)
+            if reply is None:  # the first statement
+                return next(self._talk)
+            return self._talk.send(reply)
+        except StopIteration as stop:
+            self.value = stop.value
+            return None
+
+
+def _drive(conn: Conn, talk: Talk[OutT]) -> OutT:
+    """Run ``talk`` on a blocking connection."""
+    steps = _Steps(talk)
+    while (query := steps.next()) is not None:
+        try:
+            cur = conn.execute(query[0], query[1], binary=query[2])
+            steps.reply(cur.fetchall() if cur.description is not None else [])
+        except Exception as exc:
+            steps.reply(exc)
+    return cast(OutT, steps.value)
+
+
+async def _adrive(conn: AConn, talk: Talk[OutT]) -> OutT:
+    """Run ``talk`` on an asyncio connection."""
+    steps = _Steps(talk)
+    while (query := steps.next()) is not None:
+        try:
+            cur = await conn.execute(query[0], query[1], binary=query[2])
+            steps.reply(await cur.fetchall() if cur.description is not None else [])
+        except Exception as exc:
+            steps.reply(exc)
+    return cast(OutT, steps.value)
+
+
+def _one(sql: Statements, job: Job, request: CapturedRequest) -> Talk[tuple[Job, bool]]:
     """One create: insert, or settle the conflict (a repeat, a live or an expired key)."""
     values = (*job_values(job), request.meta_json(), request.body)
     for _ in range(CREATE_ROUNDS):
-        if conn.execute(sql.create, values).fetchall():
+        if (yield sql.create, values, False):
             return job, True
-        same = one(conn.execute(sql.by_id, (job.id,)).fetchall())
+        same = one((yield sql.by_id, (job.id,), False))
         holder = None
         if same is None and job.idempotency_key is not None:
-            holder = one(conn.execute(sql.by_key, (job.idempotency_key,)).fetchall())
+            holder = one((yield sql.by_key, (job.idempotency_key,), False))
         step = after_conflict(job, same, holder)
         if step.result is not None:
             return step.result
         if step.drop is not None:
-            conn.execute(sql.drop_expired_holder, (step.drop, job.created_at))
+            yield sql.drop_expired_holder, (step.drop, job.created_at), False
     raise StoreError(f"PostgreSQL store: create of job {job.id} kept conflicting")
 
 
-async def create_one_async(
-    conn: AConn, sql: Statements, job: Job, request: CapturedRequest
-) -> tuple[Job, bool]:
-    """:func:`create_one` on an asyncio connection."""
-    values = (*job_values(job), request.meta_json(), request.body)
-    for _ in range(CREATE_ROUNDS):
-        if await (await conn.execute(sql.create, values)).fetchall():
-            return job, True
-        same = one(await (await conn.execute(sql.by_id, (job.id,))).fetchall())
-        holder = None
-        if same is None and job.idempotency_key is not None:
-            cur = await conn.execute(sql.by_key, (job.idempotency_key,))
-            holder = one(await cur.fetchall())
-        step = after_conflict(job, same, holder)
-        if step.result is not None:
-            return step.result
-        if step.drop is not None:
-            await conn.execute(sql.drop_expired_holder, (step.drop, job.created_at))
-    raise StoreError(f"PostgreSQL store: create of job {job.id} kept conflicting")
-
-
-def create_many(conn: Conn, sql: Statements, creates: Sequence[Create]) -> list[Outcome]:
+def _many(sql: Statements, creates: Sequence[Create]) -> Talk[list[Outcome]]:
     """Every create of the batch: one statement, then the conflicts one by one."""
     if len(creates) == 1:
-        return [create_one(conn, sql, *creates[0])]
-    args = _arrays(creates)
+        return [(yield from _one(sql, *creates[0]))]
     try:
-        rows = conn.execute(insert_many(sql.schema_sql), args, binary=True).fetchall()
+        rows = yield insert_many(sql.schema_sql), _arrays(creates), True
         inserted = {r[0] for r in rows}
     except psycopg.Error as exc:
         if _is_connection_error(exc):
@@ -146,7 +187,7 @@ def create_many(conn: Conn, sql: Statements, creates: Sequence[Create]) -> list[
             out.append((job, True))
             continue
         try:
-            out.append(create_one(conn, sql, job, request))
+            out.append((yield from _one(sql, job, request)))
         except psycopg.Error as exc:
             if _is_connection_error(exc):
                 raise
@@ -154,37 +195,30 @@ def create_many(conn: Conn, sql: Statements, creates: Sequence[Create]) -> list[
         except StoreError as exc:
             out.append(exc)
     return out
+
+
+def create_one(conn: Conn, sql: Statements, job: Job, request: CapturedRequest) -> tuple[Job, bool]:
+    """One create on a blocking connection (see :func:`_one`)."""
+    return _drive(conn, _one(sql, job, request))
+
+
+async def create_one_async(
+    conn: AConn, sql: Statements, job: Job, request: CapturedRequest
+) -> tuple[Job, bool]:
+    """:func:`create_one` on an asyncio connection."""
+    return await _adrive(conn, _one(sql, job, request))
+
+
+def create_many(conn: Conn, sql: Statements, creates: Sequence[Create]) -> list[Outcome]:
+    """Every create of the batch on a blocking connection (see :func:`_many`)."""
+    return _drive(conn, _many(sql, creates))
 
 
 async def create_many_async(
     conn: AConn, sql: Statements, creates: Sequence[Create]
 ) -> list[Outcome]:
     """:func:`create_many` on an asyncio connection."""
-    if len(creates) == 1:
-        return [await create_one_async(conn, sql, *creates[0])]
-    args = _arrays(creates)
-    try:
-        cur = await conn.execute(insert_many(sql.schema_sql), args, binary=True)
-        inserted = {r[0] for r in await cur.fetchall()}
-    except psycopg.Error as exc:
-        if _is_connection_error(exc):
-            raise
-        inserted = set()
-    out: list[Outcome] = []
-    for job, request in creates:
-        if job.id in inserted:
-            inserted.discard(job.id)
-            out.append((job, True))
-            continue
-        try:
-            out.append(await create_one_async(conn, sql, job, request))
-        except psycopg.Error as exc:
-            if _is_connection_error(exc):
-                raise
-            out.append(exc)
-        except StoreError as exc:
-            out.append(exc)
-    return out
+    return await _adrive(conn, _many(sql, creates))
 
 
 # -- who sends the batch ------------------------------------------------------------------------
