@@ -3,7 +3,8 @@
 Starts real servers on 127.0.0.1 (uvicorn / gunicorn, one worker, pinned to
 core 0), drives them from core 1 (wrk, else a bounded Python load generator),
 prints ratios measured side by side (median of A-B-B-A rounds) with p50/p99,
-and writes the tables to ``benchmarks/results.md``. Every process it starts is
+and writes the tables to ``benchmarks/results.md`` (a run with ``--only`` to
+``benchmarks/results.<names>.md`` unless ``--output`` says otherwise). Every process it starts is
 stopped when it ends. Benchmarks are not tests: nothing is asserted.
 """
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--stores",
         type=lambda v: [s.strip() for s in v.split(",") if s.strip()],
-        help="stores of the owned case, e.g. redis,postgres (default: every one reachable)",
+        help="stores of the owned and scale cases, e.g. redis,postgres (default: every one "
+        "reachable)",
     )
     p.add_argument(
         "--only",
@@ -82,8 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="A-B rounds per ratio (default 10; quick 6)")
     p.add_argument("--duration", type=float, help="seconds per load run (default 3; quick 1)")
     p.add_argument("--loadgen", choices=["wrk", "python"], help="default: wrk when installed")
-    p.add_argument("--output", type=Path, default=RESULTS, help="Markdown results file")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="Markdown results file (default: benchmarks/results.md for a run of every "
+        "scenario; with --only, benchmarks/results.<names>.md, git-ignored, so that a "
+        "partial run never replaces the full results)",
+    )
     args = p.parse_args(argv)
+    if args.output is None:
+        args.output = RESULTS if not args.only else only_output(args.only)
 
     settings = Settings()
     if args.quick:
@@ -157,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     if not failed:
         shutil.rmtree(tmp, ignore_errors=True)
     return 1 if failed else 0
+
+
+def only_output(names: list[str]) -> Path:
+    """Where a run of only ``names`` writes its tables by default."""
+    return RESULTS.with_name(f"results.{'-'.join(dict.fromkeys(names))}.md")
 
 
 def _loadavg() -> str:

@@ -47,7 +47,7 @@ class Ctx:
     tmp: Path
     #: ``--sizes``: the store sizes of the scale cases (default: scale_sizes)
     sizes: list[int] | None = None
-    #: ``--stores``: the stores of the owned case (default: every one reachable)
+    #: ``--stores``: the stores of the owned and scale cases (default: every one reachable)
     stores: list[str] | None = None
     _n: int = 0
     _procs: list[Proc] = field(default_factory=list)
@@ -1060,33 +1060,46 @@ class BulkLoader:
         )
         self.owner = self.engine.signer.owner_hash(self.engine.identity_material(self.request))
         self.response = CapturedResponse(200, [(b"content-type", b"application/json")], b"{}")
+        #: ids of the jobs whose status URLs the last create returned
+        self.kept: list[str] = []
 
     def create(self, n: int, keep: int) -> list[str]:
         """``n`` completed jobs; the status URLs of ``keep`` of them, spread evenly."""
+        every = max(1, n // keep)
+        urls = []
+        self.kept = []
+        for i in range(n):
+            job = self.one()
+            if i % every == 0:
+                urls.append(self.url(job))
+                self.kept.append(job.id)
+        return urls
+
+    def one(self) -> Any:
+        """One job created, claimed and finished (completed, with a result) by the store."""
         from async_accept.job import Job, JobStatus, new_job_id
 
         ttl, sla = self.options.ttl, self.options.sla
-        every = max(1, n // keep)
-        urls = []
-        for i in range(n):
-            now = time.time()
-            job = Job(
-                id=new_job_id(),
-                status=JobStatus.QUEUED,
-                owner=self.owner,
-                created_at=now,
-                updated_at=now,
-                expires_at=now + ttl,
-                deadline_at=now + 2 * sla,
-                sla=sla,
-                route="POST /work",
-            )
-            self.store.create(job, self.request)
-            self.store.claim(job.id, "bench-loader", now)
-            self.store.finish(job.id, "bench-loader", now, JobStatus.COMPLETED, self.response)
-            if i % every == 0:
-                urls.append(self.engine.status_url("", self.engine.token_for(job)))
-        return urls
+        now = time.time()
+        job = Job(
+            id=new_job_id(),
+            status=JobStatus.QUEUED,
+            owner=self.owner,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + ttl,
+            deadline_at=now + 2 * sla,
+            sla=sla,
+            route="POST /work",
+        )
+        self.store.create(job, self.request)
+        self.store.claim(job.id, "bench-loader", now)
+        self.store.finish(job.id, "bench-loader", now, JobStatus.COMPLETED, self.response)
+        return job
+
+    def url(self, job: Any) -> str:
+        """The job's status URL (path), as its 202 gave it."""
+        return self.engine.status_url("", self.engine.token_for(job))
 
 
 def _store_size(url: str) -> int:
@@ -1115,8 +1128,25 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def _one_by_one(port: int, urls: list[str], n: int = 2000) -> tuple[float, float, int]:
+    """GET of status URLs one at a time (one client, no other load): p50 and p99 in
+    ms, and how many did not answer 303."""
+    c = Conn(port)
+    lat: list[float] = []
+    wrong = 0
+    for i in range(n):
+        t0 = time.perf_counter()
+        reply = c.request("GET", urls[i % len(urls)], headers=HEADERS)
+        lat.append(time.perf_counter() - t0)
+        wrong += reply.status != 303
+    c.close()
+    return pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3, wrong
+
+
 def scale(ctx: Ctx) -> None:
     """Status-read latency and store size at 10k/100k (1M with --full) jobs; purge cost."""
+    from ._pgseed import seed_completed, time_gets
+
     why = middleware_missing()
     if why:
         ctx.report.skip("scale", why)
@@ -1134,7 +1164,7 @@ def scale(ctx: Ctx) -> None:
         stores.append("postgres")
     s = Settings(**{**ctx.settings.__dict__, "rounds": 6})
     section = "Scale: status reads of completed jobs (303) with N jobs in the store"
-    for label in stores:
+    for label in [x for x in stores if ctx.stores is None or x in ctx.stores]:
         for n in scale_sizes(ctx):
             url = {"sqlite": ctx.sqlite_url(f"scale-{n}"), "redis": REDIS_URL}.get(label, PG_URL)
             if label == "redis":
@@ -1144,13 +1174,18 @@ def scale(ctx: Ctx) -> None:
             size0 = _store_size(url) if label == "redis" else 0
             loader = BulkLoader(url)
             t0 = time.perf_counter()
-            urls = loader.create(n, keep=1000)
+            if label == "postgres":  # one job by the store, the rest cloned by SQL
+                urls = seed_completed(loader, PG_SCHEMA, n, keep=1000)
+            else:
+                urls = loader.create(n, keep=1000)
             create_s = time.perf_counter() - t0
             size = _store_size(url) - size0
+            get_p50, get_p99 = time_gets(loader.store, loader.kept)
             with (
                 asgi_server(ctx, f"scale-{label}", mw=True, store=url) as mw,
                 asgi_server(ctx, "bare", mw=False) as bare,
             ):
+                one_p50, one_p99, wrong = _one_by_one(mw.port, urls)
                 st = Target("status", mw, urls[0], paths_file=paths_file(ctx, "scale", urls))
                 c = compare(st, Target("bare", bare), s)
             t0 = time.perf_counter()
@@ -1165,11 +1200,14 @@ def scale(ctx: Ctx) -> None:
                     "status req/s": f"{c.med('a', 'rps'):,.0f}",
                     "p50 ms": fmt_ms(c.med("a", "p50_ms")),
                     "p99 ms": fmt_ms(c.med("a", "p99_ms")),
+                    "one client p50/p99 ms": f"{fmt_ms(one_p50)} / {fmt_ms(one_p99)}",
+                    "store.get p50/p99 ms": f"{fmt_ms(get_p50)} / {fmt_ms(get_p99)}",
                     "store size": _mb(size),
                     "bytes/job": f"{size / n:,.0f}",
-                    "create us/job": f"{create_s / n * 1e6:.0f}",
+                    "create us/job": f"{create_s / n * 1e6:.0f}"
+                    + (" (SQL clones)" if label == "postgres" else ""),
                     "purge all": f"{purge_s:.2f} s ({purged:,} jobs)",
-                    "errors": str(c.errors),
+                    "errors": str(c.errors + wrong),
                 },
             )
 
