@@ -54,8 +54,11 @@ class StoreExecutor(BaseExecutor):
     """Jobs wait in the store until an ``async-accept worker`` claims them.
 
     Needs a store that every process shares (PostgreSQL on any number of
-    machines; SQLite on one; Redis). ``notify=False`` leaves waking the workers
-    to their polls.
+    machines; SQLite on one; Redis). A store whose database announces queued
+    jobs itself (``announces_queued``: PostgreSQL, a trigger in the transaction
+    that queues the job) needs nothing more; with a store that can only be told
+    (``notify_queued``) a thread of this executor tells it after submits, and
+    ``notify=False`` leaves waking the workers to their polls instead.
     """
 
     name = "store"
@@ -82,6 +85,8 @@ class StoreExecutor(BaseExecutor):
         runtime = self._runtime
         if runtime is None or not self.notify:
             return None
+        if getattr(runtime.store, "announces_queued", False):
+            return None  # the database wakes the workers in the job's own transaction
         signal: Callable[[], None] | None = getattr(runtime.store, "notify_queued", None)
         return signal
 
@@ -107,7 +112,8 @@ class StoreExecutor(BaseExecutor):
         self._init_state()
 
     def submit(self, job_id: str) -> None:
-        """The job is in the store already: wake the workers (never touches the network)."""
+        """The job is in the store already: wake the workers, unless the store did
+        (never touches the network)."""
         if self._closed or self._runtime is None:
             raise ExecutorError("the store executor is not running")
         if self._thread is not None:

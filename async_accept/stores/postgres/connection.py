@@ -130,7 +130,7 @@ def parse_url(spec: str) -> PostgresSettings:
 # -- the schema ------------------------------------------------------------------------------
 
 #: Version :func:`upgrade` brings a schema to; a schema from a newer release is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Migration ``n`` takes a schema from version ``n - 1`` to ``n``. Never edit a
 #: released one: add the next. ``{s}`` is the quoted schema name.
@@ -256,6 +256,36 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TABLE {s}.instance (id text NOT NULL "
         "DEFAULT md5(random()::text || clock_timestamp()::text || txid_current()::text))",
         "INSERT INTO {s}.instance DEFAULT VALUES",
+    ),
+    4: (
+        # The workers' wake-up, sent by the database in the transaction that queues
+        # a job (a create, a retry, a requeue), from whichever process made it: no
+        # round trip of its own, and it can't be lost between the write and the signal.
+        """
+        CREATE FUNCTION {s}.notify_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                IF NOT EXISTS (SELECT 1 FROM added WHERE status = 'queued') THEN
+                    RETURN NULL;
+                END IF;
+            END IF;
+            PERFORM pg_notify(TG_TABLE_SCHEMA || '.queued', '');
+            RETURN NULL;
+        END
+        $$
+        """,
+        # One signal a statement, however many rows a batch of creates inserts ("added",
+        # the inserted rows, exists for this trigger only: the function reads it only then).
+        """
+        CREATE TRIGGER jobs_queued AFTER INSERT ON {s}.jobs
+        REFERENCING NEW TABLE AS added FOR EACH STATEMENT
+        EXECUTE FUNCTION {s}.notify_queued()
+        """,
+        """
+        CREATE TRIGGER jobs_requeued AFTER UPDATE ON {s}.jobs FOR EACH ROW
+        WHEN (NEW.status = 'queued' AND OLD.status IS DISTINCT FROM NEW.status)
+        EXECUTE FUNCTION {s}.notify_queued()
+        """,
     ),
 }
 

@@ -342,8 +342,14 @@ class PostgresStore(StoreBase):
         """Ids of queued jobs (not cancel-requested, live), oldest first."""
         return [r[0] for r in self._rows(self._sql.queued, (now, limit), repeatable=True)]
 
+    #: The database wakes the workers itself: a trigger (schema 4) sends the ``NOTIFY``
+    #: in the very transaction that queues a job (create, retry, requeue), so the store
+    #: executor sends no signal of its own (a round trip and a thread less per batch).
+    announces_queued = True
+
     def notify_queued(self) -> None:
-        """Wake the workers listening for queued jobs (``NOTIFY``)."""
+        """Wake the workers listening for queued jobs (``NOTIFY``) now; queueing a job
+        does it by itself (:attr:`announces_queued`)."""
         self._rows(self._sql.notify, (self.channel,))
 
     def listener(self) -> QueueListener:
