@@ -1140,7 +1140,7 @@ def _one_by_one(port: int, urls: list[str], n: int = 2000) -> tuple[float, float
         lat.append(time.perf_counter() - t0)
         wrong += reply.status != 303
     c.close()
-    return pct(lat, 0.5) * 1e3, pct(lat, 0.99) * 1e3, wrong
+    return pct(lat, 50) * 1e3, pct(lat, 99) * 1e3, wrong
 
 
 def scale(ctx: Ctx) -> None:
