@@ -222,3 +222,15 @@ def make_dep(tmp_path: Path) -> Iterator[Callable[..., Deployment]]:
 
     with stack:
         yield make
+
+
+@pytest.fixture
+def pg_url() -> Iterator[tuple[str, str]]:
+    """A PostgreSQL store URL on a fresh schema, and the schema; dropped after the test."""
+    from tests.services import drop_postgres_schema, postgres_schema_url, require_postgres
+
+    url, schema = postgres_schema_url(require_postgres())
+    try:
+        yield url, schema
+    finally:
+        drop_postgres_schema(schema)

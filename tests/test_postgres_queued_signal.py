@@ -14,23 +14,12 @@ import pytest
 
 from async_accept.executors.store import StoreExecutor
 from async_accept.job import CapturedRequest, Job, JobStatus, new_job_id
-from tests.services import drop_postgres_schema, postgres_schema_url, require_postgres
 
 REQUEST = CapturedRequest("POST", "/render", b"", [], b"body")
 #: Generous bound on a wake-up that should come at once.
 WAKE = 10.0
 #: How long "no wake-up" is watched.
 QUIET = 0.5
-
-
-@pytest.fixture
-def pg_url() -> Iterator[tuple[str, str]]:
-    """A store URL on a fresh schema, dropped after the test."""
-    url, schema = postgres_schema_url(require_postgres())
-    try:
-        yield url, schema
-    finally:
-        drop_postgres_schema(schema)
 
 
 @pytest.fixture

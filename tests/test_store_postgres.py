@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,19 +16,8 @@ import pytest
 from async_accept.errors import ConfigurationError, MissingDependencyError
 from async_accept.job import CapturedRequest, Job, JobStatus, new_job_id
 from async_accept.stores import resolve_store
-from tests.services import drop_postgres_schema, postgres_schema_url, require_postgres
 
 REQUEST = CapturedRequest("POST", "/render", b"", [], b"body")
-
-
-@pytest.fixture
-def pg_url() -> Iterator[tuple[str, str]]:
-    """A store URL on a fresh schema, dropped after the test."""
-    url, schema = postgres_schema_url(require_postgres())
-    try:
-        yield url, schema
-    finally:
-        drop_postgres_schema(schema)
 
 
 def _job(now: float, **kw: Any) -> Job:
