@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from async_accept.executors.store import StoreExecutor
-from async_accept.job import CapturedRequest, Job, JobStatus, new_job_id
+from async_accept.job import Job, JobStatus
+from tests.test_store_contract import REQUEST, make_job
 
-REQUEST = CapturedRequest("POST", "/render", b"", [], b"body")
 #: Generous bound on a wake-up that should come at once.
 WAKE = 10.0
 #: How long "no wake-up" is watched.
@@ -33,19 +33,6 @@ def store(pg_url: tuple[str, str]) -> Iterator[Any]:
         s.close()
 
 
-def _job(now: float) -> Job:
-    return Job(
-        id=new_job_id(),
-        status=JobStatus.QUEUED,
-        owner="o",
-        created_at=now,
-        updated_at=now,
-        expires_at=now + 3600,
-        deadline_at=now + 60,
-        sla=30.0,
-    )
-
-
 def _drain(listener: Any) -> None:
     while listener.wait(0.05):
         pass
@@ -57,7 +44,7 @@ def test_a_create_wakes_a_listener_without_any_signal_sent(store: Any) -> None:
     try:
         assert listener.wait(QUIET) is False  # listening, nothing queued yet
         now = time.time()
-        store.create(_job(now), REQUEST)
+        store.create(make_job(now), REQUEST)
         assert listener.wait(WAKE) is True
     finally:
         listener.close()
@@ -69,7 +56,7 @@ def test_a_batch_of_concurrent_creates_wakes_the_listener(store: Any) -> None:
     try:
         assert listener.wait(QUIET) is False
         now = time.time()
-        jobs = [_job(now) for _ in range(16)]
+        jobs = [make_job(now) for _ in range(16)]
         barrier = threading.Barrier(16)
 
         def create(job: Job) -> None:
@@ -94,7 +81,7 @@ def test_retry_and_requeue_wake_the_listener_and_a_claim_does_not(store: Any) ->
     try:
         assert listener.wait(QUIET) is False  # listening from here on
         now = time.time()
-        job = _job(now)
+        job = make_job(now)
         store.create(job, REQUEST)
         assert listener.wait(WAKE) is True
         _drain(listener)
@@ -118,7 +105,7 @@ def test_the_store_executor_sends_no_signal_of_its_own_on_postgres(store: Any) -
     thread, whatever notify says; submits and flush still work."""
     for notify in (True, False):
         executor = StoreExecutor(notify=notify)
-        executor.start(SimpleNamespace(store=store), None)  # type: ignore[arg-type]
+        executor.start(SimpleNamespace(store=store), None)
         try:
             assert executor._thread is None
             executor.submit("some-job")
@@ -151,7 +138,7 @@ def test_a_version_3_schema_is_upgraded_to_wake_workers_from_the_database(
     try:
         assert store.queued_ids(now, 10) == ["old"]
         assert listener.wait(QUIET) is False
-        store.create(_job(now + 1), REQUEST)
+        store.create(make_job(now + 1), REQUEST)
         assert listener.wait(WAKE) is True
     finally:
         listener.close()
