@@ -160,6 +160,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         handler.addFilter(PrintedOnce())
     app_paths = list(dict.fromkeys(args.app))
     runtime = worker.load_runtime(app_paths[0])
+    if args.max_zombies is not None:
+        from .zombies import check_max_zombies
+
+        for path in app_paths:
+            worker.load_runtime(path).zombies.limit = check_max_zombies(
+                "--max-zombies", args.max_zombies
+            )
     executor: Any = runtime.executor  # celery or rq (checked by name below): has .queue
     name = str(getattr(executor, "name", type(executor).__name__))
     if not getattr(executor, "out_of_process", False):
@@ -175,12 +182,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if name == "store":  # the store is the queue: executors/store.py runs the loop
         from .executors.store import serve
 
-        return serve(
+        return _recycled_exit(
             app_paths,
-            concurrency=args.concurrency,
-            store_url=args.store,
-            poll_interval=args.poll_interval,
-            shutdown_timeout=runtime.options.shutdown_timeout,
+            serve(
+                app_paths,
+                concurrency=args.concurrency,
+                store_url=args.store,
+                poll_interval=args.poll_interval,
+                shutdown_timeout=runtime.options.shutdown_timeout,
+            ),
         )
     if name not in ("celery", "rq"):
         raise ConfigurationError(
@@ -201,10 +211,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for path in app_paths:
             worker.start_worker(path)
         if name == "rq":
-            return _rq_worker(executor, queue, args)
-        return _celery_worker(executor, queue, args)
+            code = _rq_worker(executor, queue, args)
+        else:
+            code = _celery_worker(executor, queue, args)
     finally:
         worker.shutdown(runtime.options.shutdown_timeout)
+    return _recycled_exit(app_paths, code)
+
+
+def _recycled_exit(app_paths: list[str], code: int) -> int:
+    """A worker that recycled itself (``max_zombies`` handlers past their deadline)
+    exits with EXIT_RECYCLE for its supervisor to start a fresh one, and at once: a
+    zombie in a thread would hold up the interpreter's exit (joined threads) for good.
+    The drain and requeue ran already."""
+    from . import worker
+    from .zombies import EXIT_RECYCLE
+
+    if code != EXIT_RECYCLE and not any(worker.load_runtime(path).recycling for path in app_paths):
+        return code
+    logging.getLogger("async_accept").warning(
+        "async_accept: worker %d exits with status %d to be replaced: handlers past their "
+        "deadline held its slots (max_zombies); its supervisor starts a fresh one",
+        os.getpid(),
+        EXIT_RECYCLE,
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_RECYCLE)
 
 
 #: The longest wait between two attempts of a worker to reach its Redis again.
@@ -498,6 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--store", help="store workers: the queue (default: the app's store)")
     w.add_argument("--poll-interval", type=float, help="store workers: s between looks")
     w.add_argument("--burst", action="store_true", help="RQ: quit once the queue is empty")
+    w.add_argument(
+        "--max-zombies",
+        type=int,
+        help="exit (status 75, for the supervisor to start a fresh worker) once this many "
+        "handlers run past their deadline here (default: the app's max_zombies option)",
+    )
     w.set_defaults(func=cmd_worker)
 
     jobs = sub.add_parser("jobs", help="inspect, retry and purge jobs")

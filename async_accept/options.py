@@ -17,6 +17,7 @@ from .routes import RouteOptions, RoutePattern, RouteSpecs, check_deadlines, par
 from .tokens import normalize_secrets
 from .webhook_settings import check_route_webhook as check_route_webhook
 from .webhook_settings import webhook_settings
+from .zombies import check_max_zombies
 
 #: identity(headers) -> credentials material (None or "" = anonymous)
 IdentityFunc = Callable[[Mapping[str, str]], "str | bytes | None"]
@@ -295,6 +296,14 @@ class Options:
     shutdown_timeout: float = field(
         metadata=option(10.0, "seconds shutdown waits for running jobs", _non_negative)
     )
+    max_zombies: int | None = field(
+        metadata=option(
+            None,
+            "recycle the process (drain, requeue, exit) once this many handlers run past "
+            "their deadline in it (None: never)",
+            check_max_zombies,
+        )
+    )
     routes: list[RoutePattern] = field(
         metadata=option(
             None,
@@ -390,6 +399,7 @@ class OptionsKwargs(TypedDict, total=False):
     debug: bool
     discover: DiscoverFunc | None
     shutdown_timeout: float
+    max_zombies: int | None
     routes: RouteSpecs | None
     webhook_secret: Any
     webhook_url: str | None

@@ -43,6 +43,7 @@ from .supervision import (
     watch_stop_signals,
 )
 from .timings import RunTimes
+from .zombies import ZombieWatch
 
 log = logging.getLogger("async_accept")
 
@@ -76,7 +77,11 @@ class Runtime(RegistryBeat, Draining):
         self._running: set[str] = set()
         #: retries waiting for their backoff before they are handed to the executor
         self._delayed = DelayedSubmits(self._submit_retry, self._retry_busy)
-        self.heartbeats = Heartbeats(self, self._local, self.options.heartbeat_interval)
+        #: the running jobs' deadlines, and the handlers that outlive them (zombies.py)
+        self.zombies = ZombieWatch(self, self.options.max_zombies)
+        self.heartbeats = Heartbeats(
+            self, self._local, self.options.heartbeat_interval, self.zombies.watch
+        )
         #: set at the first stop signal: from then on no queued job starts here
         self._draining = threading.Event()
         #: every waiter of this process (long-polls, event streams, hybrid accepts)
@@ -231,6 +236,7 @@ class Runtime(RegistryBeat, Draining):
         finally:
             self._running.discard(job_id)
             self._local.pop(job_id, None)
+            self.zombies.ended(job_id, recorded=job is not None)
             if job is None:  # a returned job reached its waiters with its write
                 self.feed.poke(job_id)
             self._learn(job)
@@ -248,6 +254,7 @@ class Runtime(RegistryBeat, Draining):
         finally:
             self._running.discard(job_id)
             self._local.pop(job_id, None)
+            self.zombies.ended(job_id, recorded=job is not None)
             if job is None:  # a returned job reached its waiters with its write
                 self.feed.poke(job_id)
             if job is not None and job.started_at is not None:
@@ -285,8 +292,10 @@ class Runtime(RegistryBeat, Draining):
         ctx.attempt = max(1, job.attempts)
         ctx.last_beat = time.monotonic()  # the claim just wrote the lease
         self._local[ctx.id] = ctx
+        self.zombies.started(job)
         ctx.set_waker(self.heartbeats.wake.set)  # a progress report may be due at once
         self.heartbeats.ensure_running()
+        self.heartbeats.wake.set()  # its deadline may come before the next round
         return ctx
 
     def _replay_sync(self, op: Replay) -> CapturedResponse:
@@ -450,7 +459,10 @@ class Runtime(RegistryBeat, Draining):
             self._local.clear()
             self._running = set()
             self._delayed = DelayedSubmits(self._submit_retry, self._retry_busy)
-            self.heartbeats = Heartbeats(self, self._local, self.options.heartbeat_interval)
+            self.zombies = ZombieWatch(self, self.options.max_zombies)
+            self.heartbeats = Heartbeats(
+                self, self._local, self.options.heartbeat_interval, self.zombies.watch
+            )
             self._draining = threading.Event()
             self.observer.after_fork()
             self.engine.liveness.after_fork()
@@ -497,6 +509,10 @@ class Runtime(RegistryBeat, Draining):
         except StoreError:
             log.warning("async_accept: learned run times not loaded", exc_info=True)
 
+    def is_zombie(self, job_id: str) -> bool:
+        """Whether ``job_id``'s handler runs here past its deadline (its job ended)."""
+        return self.zombies.is_zombie(job_id)
+
     def is_pending(self, job_id: str) -> bool:
         if job_id in self._local or job_id in self._delayed:
             return True
@@ -517,6 +533,7 @@ class Runtime(RegistryBeat, Draining):
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "running": len(self._local),
+            "zombies": self.zombies.snapshot(),  # handlers past their deadline (zombies.py)
         }
 
     def _next_wake(self, next_sweep: float | None) -> float:
@@ -579,7 +596,7 @@ class Runtime(RegistryBeat, Draining):
             sweeper.join(self.options.shutdown_timeout)
         if self._started:
             deadline = time.monotonic() + self.drain_timeout
-            while self._running and time.monotonic() < deadline:
+            while self.busy and time.monotonic() < deadline:  # zombies are not waited for
                 time.sleep(0.02)
             self.requeue_running()
             # Threads still in a handler can't be stopped; their jobs are requeued.
@@ -603,9 +620,9 @@ class Runtime(RegistryBeat, Draining):
         if self._started:
             timeout = self.drain_timeout
             deadline = time.monotonic() + timeout
-            while self._running and time.monotonic() < deadline:
+            while self.busy and time.monotonic() < deadline:  # zombies are not waited for
                 await asyncio.sleep(0.02)
-            if self._running:
+            if self.busy:
                 await asyncio.to_thread(self.requeue_running)
             left = max(0.1, deadline - time.monotonic())
             ashutdown = getattr(self.executor, "ashutdown", None)

@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 from .context import JobContext
 from .errors import StoreError
 from .job import Job
+from .zombies import ZombieWatch
 
 log = logging.getLogger("async_accept")
 
@@ -238,10 +239,18 @@ class Heartbeats:
     often the handler reports (the first report at once; the runtime flushes the
     last one when the handler returns)."""
 
-    def __init__(self, host: BeatHost, board: dict[str, JobContext], interval: float) -> None:
+    def __init__(
+        self,
+        host: BeatHost,
+        board: dict[str, JobContext],
+        interval: float,
+        deadlines: Callable[[], float] | None = None,
+    ) -> None:
         self._host = host
         self._board = board
         self._interval = interval
+        #: each round: handle the jobs past their deadline; seconds until the next is due
+        self._deadlines = deadlines
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.wake = threading.Event()
@@ -266,6 +275,11 @@ class Heartbeats:
                     return
             wait = interval
             failed = False
+            if self._deadlines is not None:
+                try:
+                    wait = min(wait, self._deadlines())
+                except Exception:  # pragma: no cover - the watch logs its own trouble
+                    log.warning("async_accept: deadline watch failed", exc_info=True)
             for ctx in list(self._board.values()):
                 try:
                     wait = min(wait, self.beat_one(ctx))
@@ -280,6 +294,8 @@ class Heartbeats:
     def beat_one(self, ctx: JobContext) -> float:
         """Write for ``ctx`` if due; the seconds until it may need the next write."""
         interval = self._interval
+        if ctx.lost:
+            return interval  # the job was taken away (ended, past its deadline): no lease
         now_mono = time.monotonic()
         progress_due = ctx.dirty and now_mono >= ctx.last_progress + interval
         if not progress_due and now_mono < ctx.last_beat + interval:
@@ -318,6 +334,7 @@ class _DrainHost(Protocol):
     options: Any
     worker_id: str
     _running: set[str]
+    zombies: ZombieWatch
 
 
 class Draining:
@@ -331,6 +348,7 @@ class Draining:
     _draining: threading.Event
     #: True once an ASGI lifespan startup went through: its shutdown drains
     lifespan_drain: bool = False
+    zombies: ZombieWatch
 
     @property
     def draining(self) -> bool:
@@ -343,8 +361,14 @@ class Draining:
 
     @property
     def busy(self) -> bool:
-        """Whether jobs run here now."""
-        return bool(self._running)
+        """Whether jobs run here now that a drain waits for: a zombie (a handler past its
+        deadline, its job ended) is not waited for, it may never return."""
+        return any(not self.zombies.is_zombie(job_id) for job_id in list(self._running))
+
+    @property
+    def recycling(self) -> bool:
+        """True once this process is recycling itself (``max_zombies`` reached)."""
+        return self.zombies.recycling
 
     @property
     def drain_timeout(self: _DrainHost) -> float:
@@ -363,6 +387,8 @@ class Draining:
         """Hand the jobs still running here back to the queue; how many were."""
         requeued = 0
         for job_id in list(self._running):
+            if self.zombies.is_zombie(job_id):
+                continue  # its job ended at its deadline: nothing to hand back
             try:
                 job = self.store.requeue(job_id, self.worker_id, self.engine.clock())
             except StoreError:

@@ -9,7 +9,10 @@ The answer, ``application/json``, never cached::
      "stall_after": 30.0,
      "workers": [{"id": "host:pid:ab12", "role": "web", "consumes": true, "alive": true,
                   "last_heartbeat": "2026-...Z", "age": 0.8, "pid": 4242, "host": "host",
-                  "executor": "thread", "running": 1}],
+                  "executor": "thread", "running": 1, "zombies": 0}],
+     "zombies": {"count": 1,               # handlers still running past their deadline
+                 "jobs": [{"id": "...", "route": "POST /reports", "worker": "host:pid:ab12",
+                           "past_deadline": 12.5}]},
      "checked_at": "2026-...Z"}
 
 Every process that accepts or runs jobs records a heartbeat in the store's
@@ -20,6 +23,14 @@ job waits longer than ``stall_after`` (option ``health_stall_after``, default
 beaten within ``worker_lost_after``. A queue that is long while its consumers
 are alive is busy, not broken: that stays ``200`` (alert on
 ``oldest_queued_age`` for capacity).
+
+``zombies`` lists, over the live processes, the jobs whose handler still runs
+past its deadline (the job ended ``deadline-exceeded``; the handler, which
+Python can't interrupt, keeps its executor slot until it returns): each with
+its route, the process and how many seconds past the deadline it is. It does
+not change ``status``: alert on ``zombies.count`` (slots lost), and see the
+``max_zombies`` option, which recycles a process at that many. ``null`` when
+the store keeps no worker registry.
 
 Exposure (option ``health``): ``"off"`` answers the same ``404`` as an unknown
 job; ``"on"`` answers anyone; ``"auth"`` (the default) wants
@@ -113,14 +124,20 @@ def health_report(
     opts = engine.options
     limit = stall_after(engine)
     listed: list[dict[str, Any]] = []
+    zombies: list[dict[str, Any]] = []
     consuming = False
     for w in workers or []:
         last = float(w.get("last_heartbeat", 0.0))
         age = max(0.0, now - last)
         alive = age <= opts.worker_lost_after and w.get("state") != "stopped"
         entry = {k: v for k, v in w.items() if k != "last_heartbeat"}
-        entry.update(last_heartbeat=rfc3339(last), age=round(age, 3), alive=alive)
+        undead = w.get("zombies") or []
+        entry.update(
+            last_heartbeat=rfc3339(last), age=round(age, 3), alive=alive, zombies=len(undead)
+        )
         listed.append(entry)
+        if alive:  # a dead process's handlers died with it
+            zombies.extend(_zombie(z, w.get("id"), now) for z in undead)
         if alive and w.get("consumes", True):
             consuming = True
     oldest_age = None if oldest_created_at is None else max(0.0, now - oldest_created_at)
@@ -132,7 +149,19 @@ def health_report(
         "oldest_queued_age": None if oldest_age is None else round(oldest_age, 3),
         "stall_after": limit,
         "workers": listed if workers is not None else None,
+        "zombies": {"count": len(zombies), "jobs": zombies} if workers is not None else None,
         "checked_at": rfc3339(now),
+    }
+
+
+def _zombie(z: dict[str, Any], worker: Any, now: float) -> dict[str, Any]:
+    """One zombie as a process recorded it, with how late it is now."""
+    deadline_at = float(z.get("deadline_at", now))
+    return {
+        "id": z.get("id"),
+        "route": z.get("route"),
+        "worker": worker,
+        "past_deadline": round(max(0.0, now - deadline_at), 3),
     }
 
 

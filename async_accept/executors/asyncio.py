@@ -18,6 +18,11 @@ class AsyncioExecutor(BaseExecutor):
     Cancel really cancels: a running job's task gets ``CancelledError`` at
     its next ``await``. Sync endpoints still run in the framework's thread
     pool, as they would in a request.
+
+    A job holds its slot until its handler returned, whatever its deadline
+    says: a handler that swallows the cancel at its deadline, or waits on a
+    thread (which can't be interrupted), is a zombie (zombies.py) and keeps its
+    slot, so never more than ``max_concurrency`` handlers run at once.
     """
 
     name = "asyncio"
@@ -103,7 +108,16 @@ class AsyncioExecutor(BaseExecutor):
         tasks = list(self._tasks.values())
         if not tasks:
             return
-        _done, pending = await asyncio.wait(tasks, timeout=timeout)
+        runtime = self._runtime
+        # Zombies (past their deadline, their jobs ended) are not waited for: they may never end.
+        waited = [
+            task
+            for job_id, task in list(self._tasks.items())
+            if runtime is None or not runtime.is_zombie(job_id)
+        ]
+        if waited:
+            await asyncio.wait(waited, timeout=timeout)
+        pending = {t for t in tasks if not t.done()}
         for t in pending:
             t.cancel()
         if pending:

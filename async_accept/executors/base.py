@@ -27,6 +27,11 @@ class JobHost(Protocol):
         """Run one job in the calling thread."""
         ...
 
+    def is_zombie(self, job_id: str) -> bool:
+        """Whether the job's handler runs past its deadline (its job ended; it keeps
+        its slot until it returns, and a drain doesn't wait for it)."""
+        ...
+
     async def arun_job(self, job_id: str) -> Job | None:
         """Run one job on the running event loop."""
         ...

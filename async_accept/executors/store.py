@@ -225,6 +225,7 @@ class StoreWorker:
         concurrency: int = 4,
         poll_interval: float | None = None,
         owns: Callable[[Job], bool] | None = None,
+        abandon: Callable[[str], bool] | None = None,
     ) -> None:
         self.owns = owns
         self._skipped = [0]
@@ -233,6 +234,8 @@ class StoreWorker:
         self.run_job = run_job
         self.store = store
         self.concurrency = concurrency
+        #: jobs not waited for at stop (handlers past their deadline: they may never return)
+        self.abandon = abandon
         self.listens = callable(getattr(store, "listener", None))
         default = FALLBACK_POLL if self.listens else POLL_INTERVAL
         self.poll_interval = float(default if poll_interval is None else poll_interval)
@@ -313,7 +316,11 @@ class StoreWorker:
             pool.shutdown(wait=False)
             deadline = time.monotonic() + timeout
             with self._lock:
-                running = list(self._running.values())
+                running = [
+                    future
+                    for job_id, future in self._running.items()
+                    if self.abandon is None or not self.abandon(job_id)
+                ]
             for future in running:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -374,8 +381,13 @@ def serve(
 ) -> int:
     """``async-accept worker`` for applications configured with ``executor="store"``:
     one :class:`StoreWorker` per application (its own store, or ``store_url``) until
-    SIGTERM/SIGINT, then the running jobs get ``shutdown_timeout`` seconds."""
+    SIGTERM/SIGINT, then the running jobs get ``shutdown_timeout`` seconds.
+
+    A runtime that recycles itself (``max_zombies`` handlers past their deadline)
+    stops every worker here the same way; then the answer is ``EXIT_RECYCLE``
+    instead of 0, for the caller to exit so that its supervisor starts a fresh one."""
     from .. import worker
+    from ..zombies import EXIT_RECYCLE
 
     stores: list[Any] = []
     if store_url:
@@ -383,14 +395,20 @@ def serve(
 
         stores.append(resolve_store(store_url))
     workers: list[StoreWorker] = []
+    runtimes: list[Any] = []
 
-    def on_signal(signum: int, frame: Any) -> None:
+    def stop_all() -> None:
         for w in workers:
             w.stop()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop_all()
 
     try:
         for path in app_paths:
             runtime = worker.start_worker(path)  # lifespan, sweeper, heartbeat
+            runtime.zombies.on_recycle = stop_all  # max_zombies reached: stop, drain, exit
+            runtimes.append(runtime)
             app_store = runtime.store
             store = stores[0] if stores else app_store
             if store_url:
@@ -406,6 +424,7 @@ def serve(
                     concurrency=concurrency,
                     poll_interval=poll_interval,
                     owns=runtime.engine.owns_job,  # never another app's jobs
+                    abandon=runtime.is_zombie,
                 )
             )
         worker.allow_only(app_paths)
@@ -429,7 +448,7 @@ def serve(
             workers[0].run(shutdown_timeout)
         for t in threads:
             t.join()
-        return 0
+        return EXIT_RECYCLE if any(rt.recycling for rt in runtimes) else 0
     finally:
         for s in stores:
             s.close()

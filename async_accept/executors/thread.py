@@ -6,6 +6,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError, ExecutorError
@@ -22,6 +23,9 @@ _STOP = ""
 class ThreadExecutor(BaseExecutor):
     """Jobs run in ``max_workers`` daemon threads of this process.
 
+    A thread can't be interrupted: a handler past its job's deadline (a zombie,
+    see zombies.py) keeps its thread until it returns, and no other job runs
+    there meanwhile, so never more than ``max_workers`` handlers run at once.
     Daemon threads, not ``concurrent.futures``: at interpreter exit a pool
     would wait for every queued job, hanging a server's shutdown. Jobs still
     queued when the process stops stay ``queued`` in the store and are picked
@@ -93,5 +97,7 @@ class ThreadExecutor(BaseExecutor):
         self._closed = True
         for _ in self._threads:
             self._queue.put(_STOP)
+        # One deadline for all: a thread held by a zombie would make each join wait in turn.
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout)
+            t.join(max(0.0, deadline - time.monotonic()))
