@@ -312,6 +312,52 @@ def test_gunicorn_worker_recycles_at_max_zombies_and_the_arbiter_replaces_it(
     assert "recycling this process" in log and "max_zombies=2" in log, log[-3000:]
 
 
+@pytest.mark.timeout(300)
+def test_uvicorn_worker_recycles_at_max_zombies_and_its_supervisor_replaces_it(
+    deploy: Deployment,
+) -> None:
+    """uvicorn --workers 2, max_zombies=1: a handler swallowing every cancel makes its
+    worker stop (SIGTERM to itself: uvicorn's graceful shutdown, after which uvicorn
+    raises the signal again, so the swallowed cancels can't hold the exit up); uvicorn's
+    supervisor starts a fresh worker, and the jobs accepted since all run once, none in
+    the recycled worker."""
+    server = uvicorn(
+        "tests.zombie_app:asgi_app",
+        deploy.env(ZOMBIE_EXECUTOR="asyncio?max_concurrency=2", ZOMBIE_MAX_ZOMBIES="1"),
+        deploy.tmp / "server.log",
+        workers=2,
+    )
+    deploy.servers.append(server)
+    server.start()
+    url = deploy.submit(server.base, "/hang-ignore", "a", hang=600)
+    poll(lambda: deploy.ledger.started("a"), what="the hung handler")
+    old = deploy.ledger.pids("a")[0]
+    poll(lambda: "recycling this process" in deploy.log(), what="the worker to recycle")
+    quick = {f"q{i}": deploy.submit(server.base, "/quick", f"q{i}") for i in range(4)}
+    for done in quick.values():
+        assert deploy.ended(done)["status"] == "completed"
+    assert all(len(deploy.ledger.pids(q)) == 1 for q in quick)
+    assert not any(deploy.ledger.pids(q) == [old] for q in quick)
+
+    def gone() -> bool:
+        try:
+            os.kill(old, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    poll(gone, timeout=120, what="the recycled worker to exit")
+    assert_deadline_exceeded(deploy, url)
+    assert not deploy.ledger.ended("a")
+    log = deploy.log()
+    assert "recycling this process" in log and "max_zombies=1" in log, log[-3000:]
+    # The supervisor started a fresh worker: new jobs still run, in two live processes.
+    more = {f"m{i}": deploy.submit(server.base, "/quick", f"m{i}") for i in range(4)}
+    for done in more.values():
+        assert deploy.ended(done)["status"] == "completed"
+    assert old not in {p for m in more for p in deploy.ledger.pids(m)}
+
+
 # -- the parts, in process ---------------------------------------------------------------------
 
 
