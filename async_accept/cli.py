@@ -4,6 +4,8 @@
 
     async-accept worker --app mysite.asgi:application [--executor rq|celery|store]
     async-accept worker --app mysite.asgi:application --concurrency 8   (executor="store")
+    async-accept worker --app ... --max-zombies 2   (exit 75 once 2 handlers hang past
+                                                     their deadline: restart me)
     async-accept jobs list [--status failed] --store redis://localhost:6379/0
     async-accept jobs show --store ... -- ID
     async-accept jobs watch --store ... -- ID     (live progress; exit 0 if completed)

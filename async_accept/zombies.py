@@ -221,15 +221,19 @@ class ZombieWatch:
         """The deadline passed: the job ends deadline-exceeded (unless a read or a sweep
         ended it already), and its handler is asked to stop."""
         host = self._host
+        ended = False
         try:
             now = host.engine.clock()
             job = host.store.get(job_id, now)
             if job is not None and not job.terminal:
-                host.drive(host.engine.apply_deadman(job, now))
+                job = host.drive(host.engine.apply_deadman(job, now))
+            ended = job is None or job.terminal
         except Exception:  # the next status read or sweep applies the deadline too
             log.warning("async_accept: job %s past its deadline not ended", job_id, exc_info=True)
         ctx = host._local.get(job_id)
-        if ctx is not None and not ctx.handler_done:
+        if ended and ctx is not None and not ctx.handler_done:
+            # Only once it ended: a cancel of a job still running would end it canceled.
+            # (Not ended now: the heartbeat that finds it ended later asks the same.)
             ctx.lost = True  # taken away: report_progress raises, beats stop
             ctx.request_cancel()
 

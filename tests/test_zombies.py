@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from async_accept.engine.health import health_report
-from async_accept.errors import ConfigurationError
+from async_accept.errors import ConfigurationError, StoreError
 from async_accept.job import JobStatus
 from async_accept.options import build_options
 from async_accept.zombies import EXIT_RECYCLE, ZombieWatch, check_max_zombies
@@ -232,18 +232,14 @@ def hung_then_quick(d: Deployment, base: str, hung: list[tuple[str, str]]) -> No
 def test_asgi_zombies_keep_their_slots_and_show_in_health(
     deploy: Deployment, hung: list[tuple[str, str]]
 ) -> None:
-    """uvicorn, asyncio executor with max_concurrency=2: a sync handler in a thread, an
-    async one swallowing its cancel or waiting on asyncio.to_thread or run_in_executor
-    outlive their deadline; never more than 2 run at once, health shows them, their
-    results are dropped."""
+    """ASGI, max_concurrency=2: hung handlers past their deadline keep their slots, in health."""
     server = deploy.uvicorn(ZOMBIE_EXECUTOR="asyncio?max_concurrency=2")
     hung_then_quick(deploy, server.base, hung)
 
 
 @pytest.mark.timeout(180)
 def test_wsgi_zombies_keep_their_threads_and_show_in_health(deploy: Deployment) -> None:
-    """gunicorn, thread executor with max_workers=2: two sync handlers outlive their
-    deadline; never more than 2 run at once, health shows them, their results are dropped."""
+    """WSGI, max_workers=2: hung sync handlers keep their threads and show in health."""
     server = deploy.gunicorn(ZOMBIE_EXECUTOR="thread?max_workers=2")
     hung_then_quick(deploy, server.base, [("/hang-sync", "a"), ("/hang-sync", "b")])
 
@@ -252,9 +248,7 @@ def test_wsgi_zombies_keep_their_threads_and_show_in_health(deploy: Deployment) 
 def test_store_worker_recycles_at_max_zombies_and_a_fresh_one_runs_the_queue(
     deploy: Deployment,
 ) -> None:
-    """async-accept worker (executor="store", SQLite, --concurrency 2) with max_zombies=2:
-    two hung handlers make it drain and exit with EXIT_RECYCLE; the jobs queued behind
-    them wait in the store and a fresh worker runs each of them once."""
+    """async-accept worker at max_zombies exits 75; a fresh worker runs the queued jobs once."""
     server = deploy.uvicorn(ZOMBIE_EXECUTOR="store")
     first = deploy.worker("worker1.log", ZOMBIE_MAX_ZOMBIES="2")
     hung = {job: deploy.submit(server.base, "/hang-sync", job, hang=300) for job in ("a", "b")}
@@ -283,9 +277,7 @@ def test_store_worker_recycles_at_max_zombies_and_a_fresh_one_runs_the_queue(
 def test_gunicorn_worker_recycles_at_max_zombies_and_the_arbiter_replaces_it(
     deploy: Deployment,
 ) -> None:
-    """gunicorn, thread executor with max_workers=2, max_zombies=2: two hung handlers make
-    the worker stop gracefully (SIGTERM to itself); the arbiter starts a fresh worker,
-    which runs the jobs queued meanwhile, each once."""
+    """A gunicorn worker at max_zombies stops; the arbiter's fresh worker runs the queued jobs."""
     server = deploy.gunicorn(ZOMBIE_EXECUTOR="thread?max_workers=2", ZOMBIE_MAX_ZOMBIES="2")
     hung = {job: deploy.submit(server.base, "/hang-sync", job, hang=300) for job in ("a", "b")}
     poll(lambda: all(deploy.ledger.started(job) for job in hung), what="both hung handlers")
@@ -316,11 +308,7 @@ def test_gunicorn_worker_recycles_at_max_zombies_and_the_arbiter_replaces_it(
 def test_uvicorn_worker_recycles_at_max_zombies_and_its_supervisor_replaces_it(
     deploy: Deployment,
 ) -> None:
-    """uvicorn --workers 2, max_zombies=1: a handler swallowing every cancel makes its
-    worker stop (SIGTERM to itself: uvicorn's graceful shutdown, after which uvicorn
-    raises the signal again, so the swallowed cancels can't hold the exit up); uvicorn's
-    supervisor starts a fresh worker, and the jobs accepted since all run once, none in
-    the recycled worker."""
+    """A uvicorn --workers worker at max_zombies exits; a fresh one runs the jobs accepted since."""
     server = uvicorn(
         "tests.zombie_app:asgi_app",
         deploy.env(ZOMBIE_EXECUTOR="asyncio?max_concurrency=2", ZOMBIE_MAX_ZOMBIES="1"),
@@ -418,8 +406,11 @@ class FakeHost:
         self.drained = False
         self.beats = 0
         self.drain_timeout = 1.0
+        self.store_down = False
 
     def get(self, job_id: str, now: float) -> FakeJob | None:
+        if self.store_down:
+            raise StoreError("injected: the store is unavailable")
         return self.jobs.get(job_id)
 
     def drive(self, gen: Any) -> Any:
@@ -436,9 +427,7 @@ class FakeHost:
 def test_zombie_watch_ends_late_jobs_counts_zombies_and_recycles_at_the_limit(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """At its deadline a job is ended and its handler asked to stop; still running after
-    the grace it is a zombie (logged, in the snapshot); at max_zombies the process
-    recycles (here: its on_recycle hook); a zombie that returns is logged and forgotten."""
+    """Past its deadline a job ends; after the grace it is a zombie; at the limit: recycle."""
     from async_accept.context import JobContext
 
     host = FakeHost()
@@ -469,9 +458,24 @@ def test_zombie_watch_ends_late_jobs_counts_zombies_and_recycles_at_the_limit(
     assert caplog.text.count("gave its executor slot back") == 1
 
 
+def test_a_deadline_that_could_not_be_written_does_not_cancel_the_job() -> None:
+    """A job the store couldn't end at its deadline is not cancelled (it would end canceled)."""
+    from async_accept.context import JobContext
+
+    host = FakeHost()
+    host.store_down = True
+    watch = ZombieWatch(host, grace=0.0)
+    job = FakeJob("a", 1001.0)
+    host._local["a"] = JobContext("a")
+    watch.started(job)  # type: ignore[arg-type]
+    host.engine.now = 1001.5
+    watch.watch()
+    assert not host._local["a"].cancel_requested and not host._local["a"].lost
+    assert watch.is_zombie("a")  # its handler still runs past the deadline all the same
+
+
 def test_health_lists_the_zombies_of_live_processes_only() -> None:
-    """Health's zombies: each live process's handlers past their deadline, with how far
-    past; a dead process's are not counted; each worker shows its own count."""
+    """Health lists live processes' zombies with how late each is; a dead process's don't count."""
 
     class Engine:
         options = build_options(secret_key=SECRET)
