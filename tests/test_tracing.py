@@ -315,6 +315,10 @@ def test_events_for_each_way_a_job_ends(counted: tuple[Deployment, Recorder]) ->
     assert apps.GATES.entered_event("metrics-cancel").wait(10)
     d.client.delete(r.headers["location"], headers=ALICE)
     gone = r.json()["id"]
+    # Ended before the clock jumps past their deadlines (the process running a job
+    # applies its deadline itself: a job still running then would end deadline-exceeded).
+    for job_id in (ok, bad, gone):
+        rec.wait(job_id)
     zombie = d.post("/gate/metrics-zombie")
     assert apps.GATES.entered_event("metrics-zombie").wait(10)
     d.clock.advance(61)
