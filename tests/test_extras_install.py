@@ -178,32 +178,33 @@ def run_one_job(
 Setup = Callable[[Path], tuple[str, dict[str, str], tuple[str, ...], Callable[[], None]]]
 
 
-def _celery(tmp: Path) -> tuple[str, dict[str, str], tuple[str, ...], Callable[[], None]]:
-    url = require_redis()
-    ns = f"extras-{uuid.uuid4().hex[:8]}"
-    queue = f"aa-extras-{uuid.uuid4().hex[:8]}"
-    executor = f"celery?app=extras_app:app&broker_url={url}&queue={queue}"
-    env = {"EXTRAS_STORE": f"{url}?namespace={ns}", "EXTRAS_EXECUTOR": executor}
+def _broker(kind: str) -> Setup:
+    """A Celery or RQ worker on the test Redis (store and broker), under keys of its own."""
 
-    def cleanup() -> None:
-        wipe_redis_namespace(url, ns)
-        wipe_redis_namespace(url, queue)
+    def setup(tmp: Path) -> tuple[str, dict[str, str], tuple[str, ...], Callable[[], None]]:
+        url = require_redis()
+        ns = f"extras-{uuid.uuid4().hex[:8]}"
+        queue = f"aa-extras-{uuid.uuid4().hex[:8]}"
+        broker = "broker_url" if kind == "celery" else "redis_url"
+        executor = f"{kind}?app=extras_app:app&{broker}={url}&queue={queue}"
+        env = {"EXTRAS_STORE": f"{url}?namespace={ns}", "EXTRAS_EXECUTOR": executor}
+        args = ("--pool", "threads", "--concurrency", "1") if kind == "celery" else ()
 
-    return "async-accept[redis,celery]", env, ("--pool", "threads", "--concurrency", "1"), cleanup
+        def cleanup() -> None:
+            import redis
 
+            wipe_redis_namespace(url, ns)
+            client = redis.Redis.from_url(url)
+            try:  # the queue's own keys: Celery's list and bindings, RQ's queue and registries
+                keys = list(client.scan_iter(match=f"*{queue}*", count=500))
+                if keys:
+                    client.delete(*keys)
+            finally:
+                client.close()
 
-def _rq(tmp: Path) -> tuple[str, dict[str, str], tuple[str, ...], Callable[[], None]]:
-    url = require_redis()
-    ns = f"extras-{uuid.uuid4().hex[:8]}"
-    queue = f"aa-extras-{uuid.uuid4().hex[:8]}"
-    executor = f"rq?app=extras_app:app&redis_url={url}&queue={queue}"
-    env = {"EXTRAS_STORE": f"{url}?namespace={ns}", "EXTRAS_EXECUTOR": executor}
+        return f"async-accept[redis,{kind}]", env, args, cleanup
 
-    def cleanup() -> None:
-        wipe_redis_namespace(url, ns)
-        wipe_redis_namespace(url, f"rq:queue:{queue}")
-
-    return "async-accept[redis,rq]", env, (), cleanup
+    return setup
 
 
 def _postgres(tmp: Path) -> tuple[str, dict[str, str], tuple[str, ...], Callable[[], None]]:
@@ -226,8 +227,8 @@ def _sqlite(tmp: Path) -> tuple[str, dict[str, str], tuple[str, ...], Callable[[
 @pytest.mark.parametrize(
     "setup",
     [
-        pytest.param(_celery, id="redis,celery"),
-        pytest.param(_rq, id="redis,rq"),
+        pytest.param(_broker("celery"), id="redis,celery"),
+        pytest.param(_broker("rq"), id="redis,rq"),
         pytest.param(_postgres, id="postgres"),
         pytest.param(_sqlite, id="no-extra-sqlite"),
     ],

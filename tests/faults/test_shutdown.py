@@ -8,7 +8,7 @@ import pytest
 
 from tests.faults.conftest import SIZES, Deployment
 from tests.faults.harness import assert_nothing_lost, restart
-from tests.servers import uvicorn
+from tests.servers import Server, uvicorn
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +24,12 @@ def test_sigterm_under_load_loses_no_running_job(deploy: Deployment, door: str, 
     else:
         server = deploy.gunicorn(ASYNC_ACCEPT_EXECUTOR="thread?max_workers=4", **env)
         path = "/work-sync"
+    sigterm_mid_jobs_then_restart(deploy, server, path, n)
+
+
+def sigterm_mid_jobs_then_restart(deploy: Deployment, server: Server, path: str, n: int) -> None:
+    """Submit ``n`` jobs longer than the drain, SIGTERM the server once up to 4 run,
+    restart it: every job completes once, none worker-lost."""
     run = deploy.run(server)
     # Jobs longer than the drain: the first ones can't finish before the process stops.
     subs = run.submit(path, n, query="sleep=3")
@@ -83,14 +89,7 @@ def test_sigterm_under_django_asgi_loses_no_running_job(
         uvicorn("tests.faults.django_app:application", env, deploy.tmp_path / "server.log")
     )
     server.start()
-    run = deploy.run(server)
-    subs = run.submit(path, n, query="sleep=3")
-    run.wait_for(subs, ("processing",), at_least=min(n, 4), timeout=20)
-    server.stop(signal.SIGTERM, timeout=30)
-    deploy.started(restart(server))
-    report = run.poll_all(timeout=120 + n * 1.0)
-    assert report.completed == n, report.summary()
-    assert_nothing_lost(report)
+    sigterm_mid_jobs_then_restart(deploy, server, path, n)
 
 
 def test_uvicorn_reload_loses_no_running_job(deploy: Deployment) -> None:
