@@ -33,14 +33,19 @@ class NullExecutor:
     out_of_process = False
     supports = frozenset({"asgi", "wsgi"})
 
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+
     def start(self, runtime: Any, loop: Any) -> None:
         pass
 
     def submit(self, job_id: str) -> None:
-        pass
+        self._held.add(job_id)
 
     def is_pending(self, job_id: str) -> bool:
-        return True
+        # Only what it was handed: a fresh job must not look like a retry of a
+        # held one (the runtime would park it behind a timer thread).
+        return job_id in self._held
 
     def cancel(self, job_id: str) -> None:
         pass
