@@ -3,12 +3,12 @@ and its webhook outbox."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ...errors import ConfigurationError, MissingDependencyError
+from ..namespaces import pick_namespace
 
 try:
     import redis
@@ -145,7 +145,6 @@ def _blocking_pool_from_url(url: str, kwargs: dict[str, Any]) -> aioredis.Blocki
 
 #: The key prefix of a store or outbox given none (``?namespace=`` or ``namespace=``).
 DEFAULT_NAMESPACE = "async_accept"
-_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 def split_namespace(url: str, namespace: str | None) -> tuple[str, str]:
@@ -156,25 +155,13 @@ def split_namespace(url: str, namespace: str | None) -> tuple[str, str]:
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
     from_url = [v for k, v in query if k == "namespace"]
-    if len(from_url) > 1:
-        raise ConfigurationError(f"{_redacted(url)}: give ?namespace= once")
+    chosen = pick_namespace("Redis", _redacted(url), from_url, namespace, DEFAULT_NAMESPACE)
+    if not from_url:
+        return url, chosen
     rest = urlunsplit(
         parts._replace(query=urlencode([(k, v) for k, v in query if k != "namespace"]))
     )
-    if namespace is not None and from_url and from_url[0] != namespace:
-        raise ConfigurationError(
-            f"{_redacted(url)} says namespace={from_url[0]!r} but namespace={namespace!r} "
-            "was given too: keep one of them"
-        )
-    chosen = (
-        namespace if namespace is not None else (from_url[0] if from_url else DEFAULT_NAMESPACE)
-    )
-    if not _NAMESPACE.fullmatch(chosen):
-        raise ConfigurationError(
-            f"Redis namespace {chosen!r}: use 1-64 letters, digits, '_', '.' or '-' "
-            "(e.g. ?namespace=billing)"
-        )
-    return (rest if from_url else url), chosen
+    return rest, chosen
 
 
 def _redacted(url: str) -> str:
