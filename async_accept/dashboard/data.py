@@ -132,6 +132,8 @@ class Snapshot:
     dead: list[DeadLetter] | None
     worker_lost_after: float
     eta: dict[str, float | None] = field(default_factory=dict)
+    #: worker id -> alive, as this process's watch over the registry judged it
+    alive: dict[str, bool] = field(default_factory=dict)
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:

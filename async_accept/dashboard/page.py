@@ -468,7 +468,7 @@ def _workers(snap: Snapshot) -> str:
         rows = []
         for w in snap.workers:
             age = max(0.0, snap.now - float(w.get("last_heartbeat", 0.0)))
-            alive = age <= snap.worker_lost_after and w.get("state") != "stopped"
+            alive = snap.alive.get(str(w.get("id")), age <= snap.worker_lost_after)
             rows.append(
                 f"<tr><td><code>{esc(w.get('id'))}</code></td><td>{esc(w.get('role'))}</td>"
                 f'<td class="num">{esc(w.get("pid"))}</td><td>{esc(w.get("host"))}</td>'

@@ -26,6 +26,7 @@ from typing import Protocol
 from urllib.parse import parse_qs
 
 from ..engine import ops
+from ..engine.beats import BeatWatch
 from ..engine.ops import Gen
 from ..engine.responses import (
     NO_STORE,
@@ -57,10 +58,12 @@ __all__ = ["serve_dashboard"]
 
 
 class Engine(Protocol):
-    """What the dashboard needs of the engine: options, clock, the ETA rule."""
+    """What the dashboard needs of the engine: options, clock, the ETA rule, the
+    watch over the worker registry."""
 
     options: Options
     clock: Callable[[], float]
+    beats: BeatWatch
     #: seconds an event stream may stay open (WSGI caps it; None: no cap)
     stream_limit: float | None
 
@@ -334,6 +337,8 @@ def _page(
         )
     except StoreError:
         return unavailable("store-unavailable", "The job store is unavailable.", 5)
+    if snap.workers is not None:
+        snap.alive = engine.beats.alive(snap.workers, now)
     cookie: bytes | None = None
     if sid is None:  # the session the CSRF token is bound to
         sid, value = sessions.new()

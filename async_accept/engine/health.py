@@ -19,10 +19,12 @@ Every process that accepts or runs jobs records a heartbeat in the store's
 worker registry (``Store.worker_heartbeat``) every ``heartbeat_interval``. The
 answer is ``503`` when queued work is not being consumed: the oldest queued
 job waits longer than ``stall_after`` (option ``health_stall_after``, default
-``max(3 x requeue_after, 30 s)``) and no process that consumes the queue has
-beaten within ``worker_lost_after``. A queue that is long while its consumers
-are alive is busy, not broken: that stays ``200`` (alert on
-``oldest_queued_age`` for capacity).
+``max(3 x requeue_after, 30 s)``) and no process that consumes the queue is
+alive: its heartbeat changed within ``worker_lost_after`` by the answering
+process's own monotonic clock, once it has watched that long (``beats.py``; a
+worker's ``age`` is the registry's wall-clock age, shown as a figure). A queue
+that is long while its consumers are alive is busy, not broken: that stays
+``200`` (alert on ``oldest_queued_age`` for capacity).
 
 ``zombies`` lists, over the live processes, the jobs whose handler still runs
 past its deadline (the job ended ``deadline-exceeded``; the handler, which
@@ -50,6 +52,7 @@ from ..errors import StoreError
 from ..job import CapturedRequest, JobStatus
 from ..options import Options
 from . import ops
+from .beats import BeatWatch
 from .ops import Gen
 from .responses import (
     Response,
@@ -66,10 +69,12 @@ __all__ = ["health_report", "serve_health", "stall_after"]
 
 
 class Engine(Protocol):
-    """What the health answer needs of the engine (its options and its clock)."""
+    """What the health answer needs of the engine (its options, its clock and its
+    watch over the worker registry)."""
 
     options: Options
     clock: Callable[[], float]
+    beats: BeatWatch
 
 
 def stall_after(engine: Engine) -> float:
@@ -121,15 +126,15 @@ def health_report(
     now: float,
 ) -> dict[str, Any]:
     """The health JSON from what the store said."""
-    opts = engine.options
     limit = stall_after(engine)
     listed: list[dict[str, Any]] = []
     zombies: list[dict[str, Any]] = []
     consuming = False
+    verdicts = engine.beats.alive(workers or [], now)
     for w in workers or []:
         last = float(w.get("last_heartbeat", 0.0))
         age = max(0.0, now - last)
-        alive = age <= opts.worker_lost_after and w.get("state") != "stopped"
+        alive = verdicts[str(w.get("id"))]
         entry = {k: v for k, v in w.items() if k != "last_heartbeat"}
         undead = w.get("zombies") or []
         entry.update(

@@ -32,6 +32,7 @@ from ..timings import RunTime, RunTimes
 from ..tokens import TokenError, TokenExpired, TokenSigner
 from ..tracing import Tracing
 from . import ops, waiting
+from .beats import BeatWatch
 from .health import serve_health
 from .listing import serve_list
 from .liveness import Liveness
@@ -178,6 +179,8 @@ class Status:
         #: this process's watch over running jobs' leases (worker-lost, liveness.py);
         #: the sweeper's own beats tell it when the store is writable
         self.liveness = Liveness(options.worker_lost_after, options.heartbeat_interval)
+        #: this process's watch over the worker registry's beats (health, dashboard)
+        self.beats = BeatWatch(options.worker_lost_after)
 
     # -- identity ---------------------------------------------------------------
 
