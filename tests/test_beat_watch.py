@@ -16,19 +16,10 @@ from async_accept.engine.beats import BeatWatch
 from async_accept.engine.health import health_report
 from async_accept.job import JobStatus
 from async_accept.options import build_options
+from tests.fakeclock import FakeMonotonic
 
 NOW = 1_700_000_000.0
 LOST = 15.0
-
-
-class Mono:
-    """A monotonic clock the test moves."""
-
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _worker(wid: str, beat: float, **extra: Any) -> dict[str, Any]:
@@ -38,7 +29,7 @@ def _worker(wid: str, beat: float, **extra: Any) -> dict[str, Any]:
 def test_fresh_reader_goes_by_the_registry_age() -> None:
     """Before a full window of watching, a worker is alive when its heartbeat is younger
     than lost_after by the reader's clock (the rule before the watch)."""
-    watch = BeatWatch(LOST, Mono())
+    watch = BeatWatch(LOST, FakeMonotonic())
     got = watch.alive([_worker("a", NOW - 3), _worker("b", NOW - 40)], NOW)
     assert got == {"a": True, "b": False}
 
@@ -46,12 +37,12 @@ def test_fresh_reader_goes_by_the_registry_age() -> None:
 def test_reader_ahead_of_the_workers_keeps_a_beating_worker_alive() -> None:
     """A reader whose wall clock runs 60 s ahead calls a worker that keeps beating alive
     once it has watched it change for a window (the wall-clock rule said silent)."""
-    mono = Mono()
+    mono = FakeMonotonic()
     watch = BeatWatch(LOST, mono)
     beat = NOW - 60  # the worker's clock, 60 s behind the reader's
     assert watch.alive([_worker("a", beat)], NOW) == {"a": False}  # wall clock: stale
     for step in range(1, 6):
-        mono.t += 5
+        mono.now += 5
         beat += 5
         got = watch.alive([_worker("a", beat)], NOW + 5 * step)
     assert got == {"a": True}
@@ -61,24 +52,24 @@ def test_reader_behind_the_workers_sees_a_dead_worker_silent() -> None:
     """A reader whose wall clock runs 60 s behind calls a worker whose heartbeat stopped
     changing silent after lost_after of its own monotonic time (the wall-clock rule kept
     it alive for 60 s more)."""
-    mono = Mono()
+    mono = FakeMonotonic()
     watch = BeatWatch(LOST, mono)
     beat = NOW + 60
     assert watch.alive([_worker("a", beat)], NOW) == {"a": True}
-    mono.t += LOST - 1
+    mono.now += LOST - 1
     assert watch.alive([_worker("a", beat)], NOW + LOST - 1) == {"a": True}
-    mono.t += 2
+    mono.now += 2
     assert watch.alive([_worker("a", beat)], NOW + LOST + 1) == {"a": False}
 
 
 def test_stopped_is_never_alive_and_forgotten_workers_start_afresh() -> None:
     """A worker that said goodbye is not alive; one the registry forgot is watched anew
     when it comes back (its first window goes by the registry's age)."""
-    mono = Mono()
+    mono = FakeMonotonic()
     watch = BeatWatch(LOST, mono)
     assert watch.alive([_worker("a", NOW, state="stopped")], NOW) == {"a": False}
     watch.alive([_worker("b", NOW)], NOW)
-    mono.t += 100
+    mono.now += 100
     assert watch.alive([], NOW + 100) == {}
     assert watch.alive([_worker("b", NOW + 99)], NOW + 100) == {"b": True}
 
@@ -97,13 +88,13 @@ def test_verdicts_follow_the_workers_life_whatever_the_clocks(
     first window, a worker beating every beat_every (< lost_after / 2) is alive at every
     reading while it lives, and silent at every reading more than lost_after + one
     reading interval after it died."""
-    mono = Mono()
+    mono = FakeMonotonic()
     watch = BeatWatch(LOST, mono)
-    start = mono.t
+    start = mono.now
     died_at = start + beats_before_death * beat_every
     t = start
     while t < died_at + LOST + 3 * read_every + 1:
-        mono.t = t
+        mono.now = t
         last_beat_at = min(t, died_at) - (min(t, died_at) - start) % beat_every
         got = watch.alive([_worker("a", last_beat_at + offset)], t)["a"]
         if t - start >= LOST and t < died_at:
@@ -116,7 +107,7 @@ def test_verdicts_follow_the_workers_life_whatever_the_clocks(
 def test_health_stays_ok_when_the_reader_clock_runs_ahead() -> None:
     """The health answer of a reader 60 s ahead of a live consumer stays "ok" once it
     has watched the consumer beat for a window (before: "stalled", a 503)."""
-    mono = Mono()
+    mono = FakeMonotonic()
     engine = Engine(build_options(secret_key="k" * 32))
     engine.beats = BeatWatch(engine.options.worker_lost_after, mono)
     counts = dict.fromkeys(JobStatus, 0)
@@ -126,7 +117,7 @@ def test_health_stays_ok_when_the_reader_clock_runs_ahead() -> None:
     first = health_report(engine, counts, oldest, [_worker("w", beat)], NOW)
     assert first["status"] == "stalled"  # a fresh reader has only the wall clocks
     for step in range(1, 8):
-        mono.t += 5
+        mono.now += 5
         beat += 5
         report = health_report(engine, counts, oldest, [_worker("w", beat)], NOW + 5 * step)
     assert report["status"] == "ok"

@@ -12,20 +12,11 @@ from async_accept.engine.ops import ExecutorCall, Gen, StoreCall
 from async_accept.job import CapturedRequest, Job, JobStatus
 from async_accept.options import build_options
 from async_accept.stores.memory import MemoryStore
+from tests.fakeclock import FakeMonotonic
 
 SECRET = "liveness-secret-0123456789abcdef-0123456789"
 LOST_AFTER = 2.0
 BEAT = 0.25
-
-
-class FakeMonotonic:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def watch() -> tuple[Liveness, FakeMonotonic]:
