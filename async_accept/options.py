@@ -5,6 +5,7 @@ keyword arguments and :class:`OptionsKwargs` types them (a test pins it to the f
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -13,7 +14,14 @@ from typing import Any, Literal, TypedDict
 
 from .errors import ConfigurationError
 from .problem_types import PROBLEM_BASE, check_problem_base
-from .routes import RouteOptions, RoutePattern, RouteSpecs, check_deadlines, parse_routes
+from .routes import (
+    RouteOptions,
+    RoutePattern,
+    RouteSpecs,
+    check_deadlines,
+    parse_routes,
+    retry_window_warning,
+)
 from .tokens import normalize_secrets
 from .webhook_settings import check_route_webhook as check_route_webhook
 from .webhook_settings import webhook_settings
@@ -494,7 +502,24 @@ def build_options(**kwargs: Any) -> Options:
     values["default_route"] = RouteOptions(
         sla=values["sla"], wait=values["wait"], max_wait=values["max_wait"]
     )
-    return Options(**values)
+    options = Options(**values)
+    for pattern in options.routes:
+        warning = route_retry_warning(options, f"routes[{pattern.spec!r}]", pattern.options)
+        if warning is not None:
+            logging.getLogger("async_accept").warning("%s", warning)
+    return options
+
+
+def route_retry_warning(options: Options, label: str, route: RouteOptions) -> str | None:
+    """Why ``route``'s retries can't run after a lost worker under ``options``, or None."""
+    return retry_window_warning(
+        label,
+        route,
+        options.sla,
+        options.worker_lost_after,
+        options.heartbeat_interval,
+        options.sweep_interval,
+    )
 
 
 setattr(  # noqa: B010 - the keyword arguments, for inspect.signature() callers

@@ -550,3 +550,30 @@ def check_deadlines(ttl: float, sla: float, patterns: Iterable[RoutePattern]) ->
                 f"{name}={value:g} is too long for ttl={ttl:g}: a job may run until 2 x sla, "
                 f"so 2 x sla must be below ttl (raise ttl above {2 * value:g} or lower the sla)"
             )
+
+
+def retry_window_warning(
+    label: str,
+    route: RouteOptions,
+    default_sla: float,
+    lost_after: float,
+    beat_every: float,
+    sweep_every: float | None,
+) -> str | None:
+    """Why a route's ``retries`` can't help when its worker dies, or None: a lost
+    worker is noticed about ``worker_lost_after + heartbeat_interval +
+    sweep_interval`` after it died, and a job past its deadline (2 x sla) ends
+    ``deadline-exceeded`` instead of running again."""
+    if not route.retries:
+        return None
+    sla = route.sla if route.sla is not None else default_sla
+    notice = lost_after + beat_every + (sweep_every or 0.0)
+    if notice < 2 * sla:
+        return None
+    return (
+        f"async_accept: {label} has retries={route.retries}, but a job whose process dies "
+        f"is noticed about {notice:g} s later (worker_lost_after + heartbeat_interval + "
+        f"sweep_interval), after its deadline (2 x sla = {2 * sla:g} s): it ends "
+        f"deadline-exceeded and never runs again. Raise the route's sla above {notice / 2:g} "
+        "or lower worker_lost_after."
+    )

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from ..errors import ExecutorError, StoreError
 from ..identity import new_owner_cookie, owner_cookie_header, owner_cookie_material
 from ..job import CapturedRequest, Headers, Job, JobStatus, new_job_id
+from ..options import route_retry_warning
 from ..prefer import parse_prefer, parse_wait
 from ..routes import PREFER_META, RouteOptions
 from ..tracing import TRACE_META, AcceptSpan
@@ -105,6 +106,8 @@ class Accepting(Status):
                     headers=extra,
                 )
             self._warn_anonymous(request, route)
+        if route.retries:
+            self._warn_retry_window(request, route)
         owner = self.signer.owner_hash(who.material)
         scope = idempotency_scope(request, route, owner, extra)
         if isinstance(scope, Response):
@@ -219,6 +222,21 @@ class Accepting(Status):
             int(self.options.ttl),
             request.scheme == "https",
         )
+
+    def _warn_retry_window(self, request: CapturedRequest, route: RouteOptions) -> None:
+        """Once per route marked in the app (``routes=[...]`` were checked at start-up):
+        retries that a lost worker is noticed too late for."""
+        key = id(route)
+        warned = self._retry_window_checked
+        if key in warned or len(warned) > 1000:
+            return
+        warned.add(key)
+        if any(route is p.options for p in self.options.routes):
+            return
+        label = f"{request.method} {request.path}"
+        warning = route_retry_warning(self.options, label, route)
+        if warning is not None:
+            log.warning("%s", warning)
 
     def _warn_anonymous(self, request: CapturedRequest, route: RouteOptions) -> None:
         """Once per route: a job with no caller identity is a bearer capability."""

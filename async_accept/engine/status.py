@@ -170,6 +170,8 @@ class Status:
         self._decoy = _TEMPLATE_DECOY
         #: (method, route) pairs already warned about anonymous jobs
         self._anonymous_warned: set[tuple[str, int]] = set()
+        #: routes whose retries were checked against the lost-worker window
+        self._retry_window_checked: set[int] = set()
         #: each route's learned run time (the runtime puts the store-backed one here)
         self.run_times = RunTimes(None)
         #: the longest a status read may be held (``Prefer: wait``); WSGI lowers it
