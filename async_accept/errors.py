@@ -27,6 +27,11 @@ class StoreError(AsyncAcceptError):
     """The job store could not perform an operation (down, locked, full, ...)."""
 
 
+class ClaimFailed(StoreError):
+    """The store failed while a worker claimed a job: the job did not run there and
+    is still queued (a claim that landed with its answer lost was given back)."""
+
+
 class ExecutorError(AsyncAcceptError):
     """The executor could not take a job."""
 

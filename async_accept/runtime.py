@@ -23,10 +23,10 @@ from ._observer import Observer
 from .context import JobContext, reset_current, set_current
 from .engine import Engine, WorkerShutdown
 from .engine.ops import ExecutorCall, Gen, Op, Replay, StoreCall, WaitChange, WaitFor
-from .errors import JobCanceled, StoreError
+from .errors import ClaimFailed, JobCanceled, StoreError
 from .executors.base import Executor
 from .feed import ChangeFeed, signal_for
-from .job import CapturedResponse, Job, JobStatus
+from .job import CapturedResponse, Job
 from .registry import RegistryBeat
 from .replay import replay_asgi, replay_asgi_blocking, replay_wsgi
 from .stores import AsyncStore, Store, as_async
@@ -223,55 +223,49 @@ class Runtime(RegistryBeat, Draining):
     # whatever the handler raises becomes handler-error, the process and pool go on.
     # The job stays on the heartbeat board until its outcome is durable.
 
-    def run_job(self, job_id: str) -> Job | None:
-        """Run one job in this thread (thread executors, remote workers)."""
+    def run_job(self, job_id: str, claim_errors: bool = False) -> Job | None:
+        """Run one job in this thread (thread executors, remote workers); with
+        ``claim_errors`` a failed claim raises ClaimFailed instead of being logged."""
         job = None
         self._running.add(job_id)
         try:
             job = self.drive(self.engine.run(job_id, self.worker_id))
             return job
-        except StoreError:
-            log.exception("async_accept: store error while running job %s", job_id)
-            return None
+        except StoreError as exc:
+            return self._store_failed(job_id, exc, claim_errors)
         finally:
-            self._running.discard(job_id)
-            self._local.pop(job_id, None)
-            self.zombies.ended(job_id, recorded=job is not None)
-            if job is None:  # a returned job reached its waiters with its write
-                self.feed.poke(job_id)
-            self._learn(job)
+            self._ran(job_id, job)
+            self.run_times.learn(job)
 
-    async def arun_job(self, job_id: str) -> Job | None:
+    async def arun_job(self, job_id: str, claim_errors: bool = False) -> Job | None:
         """Run one job as a task on the running loop (asyncio executor)."""
         job = None
         self._running.add(job_id)
         try:
             job = await self.adrive(self.engine.run(job_id, self.worker_id))
             return job
-        except StoreError:
-            log.exception("async_accept: store error while running job %s", job_id)
-            return None
+        except StoreError as exc:
+            return self._store_failed(job_id, exc, claim_errors)
         finally:
-            self._running.discard(job_id)
-            self._local.pop(job_id, None)
-            self.zombies.ended(job_id, recorded=job is not None)
-            if job is None:  # a returned job reached its waiters with its write
-                self.feed.poke(job_id)
+            self._ran(job_id, job)
             if job is not None and job.started_at is not None:
                 if self.store.blocking:
-                    await asyncio.to_thread(self._learn, job)
+                    await asyncio.to_thread(self.run_times.learn, job)
                 else:
-                    self._learn(job)
+                    self.run_times.learn(job)
 
-    def _learn(self, job: Job | None) -> None:
-        """A job that ran to completion teaches its route's run time."""
-        if job is None or job.started_at is None or job.finished_at is None:
-            return
-        if job.status is JobStatus.COMPLETED:
-            try:
-                self.run_times.record(job.route, job.finished_at - job.started_at)
-            except StoreError:
-                log.warning("async_accept: run time of job %s not saved", job.id, exc_info=True)
+    def _store_failed(self, job_id: str, exc: StoreError, claim_errors: bool) -> Job | None:
+        if claim_errors and isinstance(exc, ClaimFailed):
+            raise exc
+        log.exception("async_accept: store error while running job %s", job_id)
+        return None
+
+    def _ran(self, job_id: str, job: Job | None) -> None:
+        self._running.discard(job_id)
+        self._local.pop(job_id, None)
+        self.zombies.ended(job_id, recorded=job is not None)
+        if job is None:  # a returned job reached its waiters with its write
+            self.feed.poke(job_id)
 
     def cancel_local(self, job_id: str) -> None:
         ctx = self._local.get(job_id)

@@ -14,11 +14,17 @@ beside each job's own end); the runs in between are in the next write.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from .errors import StoreError
+from .job import Job, JobStatus
+
+log = logging.getLogger("async_accept")
 
 #: weight of the newest run in the mean
 ALPHA = 0.3
@@ -100,6 +106,17 @@ class RunTimes:
                 self._saved[key] = now
         if self._store is not None and due:
             self._store.save_run_time(key, new.to_json())
+
+    def learn(self, job: Job | None) -> None:
+        """A job that ran to completion teaches its route's run time (blocking: may
+        write the store; a failed write is logged, not raised)."""
+        if job is None or job.started_at is None or job.finished_at is None:
+            return
+        if job.status is JobStatus.COMPLETED:
+            try:
+                self.record(job.route, job.finished_at - job.started_at)
+            except StoreError:
+                log.warning("async_accept: run time of job %s not saved", job.id, exc_info=True)
 
     def load(self) -> None:
         """Take what the store learned (other processes, earlier runs)."""

@@ -40,11 +40,12 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._imports import import_from_string
-from .errors import ConfigurationError
+from .errors import ClaimFailed, ConfigurationError
 from .executors.remote import RemoteExecutor, check_app_path
 
 if TYPE_CHECKING:
@@ -66,6 +67,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("async_accept")
+
+#: How long a worker keeps trying to claim a job whose claim the store failed.
+CLAIM_PATIENCE = 60.0
 
 #: How long a worker waits for an ASGI application's lifespan startup.
 STARTUP_TIMEOUT = 60.0
@@ -186,10 +190,26 @@ class _Loaded:
             self.started = True
 
     def run(self, job_id: str) -> Job | None:
+        """Run ``job_id`` here. A claim the store fails (down, restarting) is tried again
+        with a capped backoff for up to ``CLAIM_PATIENCE`` seconds, or until this process
+        drains: the broker already handed this message over and won't again, so giving
+        up at once would leave the job queued until a sweeper re-sends it
+        (``redispatch_after``)."""
         self.start()
-        if self.host is not None:
-            return self.host.run(job_id)
-        return self.runtime.run_job(job_id)
+        give_up = time.monotonic() + CLAIM_PATIENCE
+        delay = 0.25
+        while True:
+            try:
+                if self.host is not None:
+                    return self.host.run(job_id)
+                return self.runtime.run_job(job_id, claim_errors=True)
+            except ClaimFailed as exc:
+                if time.monotonic() + delay > give_up or self.runtime.draining:
+                    log.warning("async_accept: job %s not claimed, left queued: %s", job_id, exc)
+                    return None
+                log.info("async_accept: claim of job %s failed (%s); trying again", job_id, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def stop(self, timeout: float) -> None:
         with self._lock:
@@ -291,7 +311,8 @@ class _LoopHost:
         await started
 
     def run(self, job_id: str) -> Job | None:
-        fut = asyncio.run_coroutine_threadsafe(self.runtime.arun_job(job_id), self.loop)
+        job = self.runtime.arun_job(job_id, claim_errors=True)
+        fut = asyncio.run_coroutine_threadsafe(job, self.loop)
         try:
             return fut.result()
         except BaseException:

@@ -159,8 +159,8 @@ class WorkerProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, store: Any, timeout: float = 30.0) -> WorkerProcess:
-        """Start it; wait until the worker registry lists it and its queue consumer is ready."""
+    def launch(self) -> WorkerProcess:
+        """Start it without waiting for anything (its store may be down)."""
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.argv,
@@ -170,6 +170,16 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        return self
+
+    def consuming(self) -> bool:
+        """Celery or RQ said its queue consumer is ready."""
+        return any(s in self.tail() for s in ("ready.", "Listening on"))
+
+    def start(self, store: Any, timeout: float = 30.0) -> WorkerProcess:
+        """Start it; wait until the worker registry lists it and its queue consumer is ready."""
+        self.launch()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -179,7 +189,7 @@ class WorkerProcess:
                 w.get("pid") == self.pid and w.get("role") == "worker" for w in workers
             )
             # ... and Celery or RQ consume (and handle signals) by now.
-            if registered and any(s in self.tail() for s in ("ready.", "Listening on")):
+            if registered and self.consuming():
                 return self
             time.sleep(0.1)
         self.kill()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin
 
-from ..errors import ExecutorError, JobCanceled, ResultTooLarge, StoreError
+from ..errors import ClaimFailed, ExecutorError, JobCanceled, ResultTooLarge, StoreError
 from ..job import CapturedResponse, Job, JobStatus
 from ..routes import retry_matches
 from ..tracing import ExecuteSpan
@@ -31,13 +31,13 @@ class Running(Status):
         now = self.clock()
         try:
             claimed = yield from ops.claim_with_request(job_id, worker_id, now)
-        except StoreError:
+        except StoreError as exc:
             # The claim may have landed with only its answer lost: this worker would
             # hold a lease nobody beats for (worker-lost later). Give it back (a
             # compare-and-set on our lease); the sweeper hands the queued job over again.
             with contextlib.suppress(StoreError):
                 yield from ops.requeue(job_id, worker_id, self.clock(), durable=False)
-            raise
+            raise ClaimFailed(f"claim of job {job_id}: {exc}") from exc
         if claimed is None:
             return None  # canceled, taken by another worker, or gone
         job, stored = claimed

@@ -7,7 +7,8 @@ redispatch_after (60 s) -- its jobs go to the other worker within the sla; Redis
 for 5 s under a working worker -- the same process runs the jobs accepted afterwards;
 the RQ loop of ``async-accept worker`` started while Redis is down.
 
-Each scenario runs its own redis-server (store and broker) on a free port.
+Each scenario runs its own redis-server (store and broker) on a free port; one runs
+two (the store down while the broker is up).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import SIZES, Deployment
-from tests.faults.harness import FaultRun, assert_nothing_lost
+from tests.faults.harness import FaultRun, assert_nothing_lost, wait_until
 from tests.faults.redis_server import OwnRedis
 from tests.test_distributed import WorkerProcess, worker_args
 
@@ -39,14 +40,15 @@ class Remote:
         redis: OwnRedis,
         kind: str,
         redispatch_after: float | None = 2.0,
+        broker: OwnRedis | None = None,
         **env: str,
     ) -> None:
         from async_accept.stores.redis import RedisStore
 
         self.deploy = deploy
         self.kind = kind
-        broker = "redis_url" if kind == "rq" else "broker_url"
-        spec = f"{kind}?app={APP}&{broker}={redis.url}&queue=faults"
+        via = "redis_url" if kind == "rq" else "broker_url"
+        spec = f"{kind}?app={APP}&{via}={(broker or redis).url}&queue=faults"
         if redispatch_after is not None:
             spec += f"&redispatch_after={redispatch_after:g}"
         deploy.store = redis.url
@@ -260,3 +262,49 @@ def test_a_job_requeued_by_a_warm_shutdown_is_sent_again_within_the_sla(
     report = run.poll_all(timeout=120)
     assert report.completed == 9, report.summary()
     assert_nothing_lost(report)
+
+
+@pytest.fixture(params=["celery", "rq"])
+def split_store(
+    request: pytest.FixtureRequest, deploy: Deployment, tmp_path: Path
+) -> Iterator[tuple[Remote, OwnRedis]]:
+    """Celery or RQ whose store (a private Redis with an append-only file) and broker
+    (another private Redis) are two servers; re-sends by the sweepers are off
+    (redispatch_after: an hour)."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "broker").mkdir()
+    store = OwnRedis(tmp_path / "store", persistent=True).start()
+    broker = OwnRedis(tmp_path / "broker", persistent=False).start()
+    setup = Remote(deploy, store, request.param, redispatch_after=3600, broker=broker)
+    try:
+        yield setup, store
+    finally:
+        setup.close()
+        broker.stop()
+        store.stop()
+
+
+def test_a_worker_keeps_the_messages_it_takes_while_the_store_is_down(
+    split_store: tuple[Remote, OwnRedis],
+) -> None:
+    """The store down, the broker up: a worker taking messages meanwhile tries each
+    claim again until the store is back and runs every job once, in the same process,
+    instead of acknowledging the messages and leaving the jobs queued for a sweeper's
+    re-send (redispatch_after: an hour here)."""
+    remote, store = split_store
+    web = remote.deploy.uvicorn(**{k: v for k, v in remote.env.items() if k.startswith("ASYNC")})
+    run = remote.deploy.run(web)
+    jobs = run.submit("/work", 4, query="sleep=0.05")  # no worker yet: the messages wait
+    assert [s.code for s in jobs] == [202] * 4
+    store.stop()
+    log = remote.deploy.tmp_path / "split-worker.log"
+    worker = WorkerProcess(APP, remote.env, log, *worker_args(remote.kind)).launch()
+    remote.workers.append(worker)
+    wait_until(lambda: "claim of job" in worker.tail(), 60, "a claim the store failed")
+    store.start()
+    report = run.poll_all(timeout=90)
+    assert report.completed == report.accepted == 4, report.summary() + worker.tail()
+    assert_nothing_lost(report)
+    assert worker.proc is not None and worker.proc.poll() is None, worker.tail()
+    ran_by = {line.split()[1] for line in remote.deploy.ledger.read_text().splitlines()}
+    assert ran_by == {str(worker.pid)}, ran_by
