@@ -11,6 +11,7 @@ stopped when it ends. Benchmarks are not tests: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shlex
 import shutil
@@ -22,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from . import scenarios, scenarios_pg
+from . import _proc, scenarios, scenarios_pg
 from ._load import Settings
 from ._proc import LOAD_CPU, stop_all
 from ._report import Report
@@ -85,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, help="seconds per load run (default 3; quick 1)")
     p.add_argument("--loadgen", choices=["wrk", "python"], help="default: wrk when installed")
     p.add_argument(
+        "--uvicorn",
+        choices=sorted(_proc.UVICORN_STACKS),
+        default="h11",
+        help="uvicorn's HTTP parser and loop for every server: h11 + asyncio (default, a "
+        "plain uvicorn install) or httptools + uvloop (uvicorn[standard])",
+    )
+    p.add_argument(
         "--output",
         type=Path,
         help="Markdown results file (default: benchmarks/results.md for a run of every "
@@ -104,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         settings.duration = args.duration
     if args.loadgen:
         settings.loadgen = args.loadgen
+    if args.uvicorn == "httptools":
+        missing = [m for m in ("httptools", "uvloop") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise SystemExit(
+                f"--uvicorn httptools needs {', '.join(missing)}: pip install 'uvicorn[standard]'"
+            )
+    _proc.UVICORN_FLAGS[:] = _proc.UVICORN_STACKS[args.uvicorn]
     if settings.loadgen == "wrk" and not shutil.which("wrk"):
         print("wrk not found: using the Python load generator (apt-get install wrk for wrk)")
         settings.loadgen = "python"
@@ -118,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         settings=(
             f"{settings.rounds} rounds x {settings.duration:g} s per side, "
             f"{settings.connections} connections, load generator {settings.loadgen}, "
-            "server on core 0 and load on core 1 (taskset), one server process"
+            "server on core 0 and load on core 1 (taskset), one server process, uvicorn "
+            + ("h11 + asyncio" if args.uvicorn == "h11" else "httptools + uvloop")
         ),
     )
     tmp = Path(tempfile.mkdtemp(prefix="aa-bench-"))

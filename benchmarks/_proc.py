@@ -201,11 +201,21 @@ def app_env(
     return env
 
 
+#: uvicorn's HTTP parser and event loop, the same for every server of a run
+#: (``--uvicorn``): h11 + asyncio (what a plain ``pip install uvicorn`` gives), or
+#: httptools + uvloop (``pip install 'uvicorn[standard]'``)
+UVICORN_STACKS = {
+    "h11": ["--http", "h11", "--loop", "asyncio"],
+    "httptools": ["--http", "httptools", "--loop", "uvloop"],
+}
+UVICORN_FLAGS = list(UVICORN_STACKS["h11"])
+
+
 def uvicorn(name: str, target: str, env: dict[str, str], log_dir: Path) -> Proc:
     """One uvicorn process (no reload, no access log), pinned to the server core."""
     port = free_port()
     argv = [PY, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--no-access-log", "--log-level", "warning", "--lifespan", "on"]
+    argv += ["--no-access-log", "--log-level", "warning", "--lifespan", "on", *UVICORN_FLAGS]
     p = Proc(name, argv, env=env, log_dir=log_dir, port=port)
     p.wait_http()
     return p
