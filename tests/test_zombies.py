@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from async_accept.engine.beats import BeatWatch
 from async_accept.engine.health import health_report
 from async_accept.errors import ConfigurationError, StoreError
 from async_accept.job import JobStatus
@@ -479,6 +480,7 @@ def test_health_lists_the_zombies_of_live_processes_only() -> None:
 
     class Engine:
         options = build_options(secret_key=SECRET)
+        beats = BeatWatch(options.worker_lost_after)
 
         def clock(self) -> float:  # pragma: no cover - health_report takes now
             return 0.0
