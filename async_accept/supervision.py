@@ -230,6 +230,10 @@ class BeatHost(Protocol):
         ...
 
 
+#: Seconds the heartbeat thread waits for the next job once none is left, before it ends.
+IDLE_LINGER = 1.0
+
+
 class Heartbeats:
     """ONE thread per process beats for every local job, whatever runs it (threads,
     the event loop, a remote worker), so a handler blocking its loop or thread never
@@ -266,13 +270,24 @@ class Heartbeats:
 
     def _forever(self) -> None:
         interval = self._interval
+        idle_since: float | None = None
         while True:
             with self._lock:
                 if not self._board:
-                    # Idle: end (checked under the lock ensure_running takes, so a job
-                    # registered meanwhile starts a new thread); the next job starts one.
-                    self._thread = None
-                    return
+                    # Idle for a while: end (checked under the lock ensure_running takes,
+                    # so a job registered meanwhile starts a new thread). Not at once: jobs
+                    # one after another would each start a thread, on their way to run.
+                    now = time.monotonic()
+                    idle_since = now if idle_since is None else idle_since
+                    if now - idle_since >= min(interval, IDLE_LINGER):
+                        self._thread = None
+                        return
+                else:
+                    idle_since = None
+            if idle_since is not None:
+                self.wake.wait(min(interval, IDLE_LINGER))
+                self.wake.clear()
+                continue
             wait = interval
             failed = False
             if self._deadlines is not None:

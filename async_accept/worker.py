@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ._imports import import_from_string
@@ -63,6 +64,7 @@ __all__ = [
     "run_job",
     "run_jobs",
     "shutdown",
+    "start_job",
     "start_worker",
 ]
 
@@ -211,6 +213,11 @@ class _Loaded:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
+    def submit(self, job_id: str) -> Future[Job | None] | None:
+        """An ASGI application's job started on its loop, not waited for; None for WSGI."""
+        self.start()
+        return None if self.host is None else self.host.submit(job_id)
+
     def stop(self, timeout: float) -> None:
         with self._lock:
             if not self.started:
@@ -310,9 +317,12 @@ class _LoopHost:
         await events.put({"type": "lifespan.startup"})
         await started
 
+    def submit(self, job_id: str, claim_errors: bool = False) -> Future[Job | None]:
+        job = self.runtime.arun_job(job_id, claim_errors=claim_errors)
+        return asyncio.run_coroutine_threadsafe(job, self.loop)
+
     def run(self, job_id: str) -> Job | None:
-        job = self.runtime.arun_job(job_id, claim_errors=True)
-        fut = asyncio.run_coroutine_threadsafe(job, self.loop)
+        fut = self.submit(job_id, claim_errors=True)
         try:
             return fut.result()
         except BaseException:
@@ -430,6 +440,15 @@ def run_job(app_path: str, job_id: str) -> str | None:
     _check_allowed(app_path)
     job = _entry(app_path).run(job_id)
     return None if job is None else job.status.value
+
+
+def start_job(app_path: str, job_id: str) -> Future[Job | None] | None:
+    """Start one job of the ASGI application at ``app_path`` on its event loop thread
+    without waiting for it (``async-accept worker``: no thread blocks per running job):
+    its future (the final job, or None as :func:`run_job`). None for a WSGI
+    application, whose jobs run in the calling thread (:func:`run_job`)."""
+    _check_allowed(app_path)
+    return _entry(app_path).submit(job_id)
 
 
 def run_jobs(app_path: str, job_ids: list[str]) -> list[str | None]:

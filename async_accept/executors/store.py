@@ -215,6 +215,9 @@ class StoreWorker:
     when the store signals new jobs, else :data:`POLL_INTERVAL`) bounds how long
     a job can wait unseen. ``owns(job)``, when given, says which queued jobs are
     this application's (see ownership.py): the others are never claimed here.
+    ``start_job(job_id)``, when given, starts a job without a thread of this worker
+    waiting for it (an ASGI application's event loop runs it) and returns its future,
+    or None to have it run by ``run_job`` on a thread of the pool.
     """
 
     def __init__(
@@ -226,8 +229,10 @@ class StoreWorker:
         poll_interval: float | None = None,
         owns: Callable[[Job], bool] | None = None,
         abandon: Callable[[str], bool] | None = None,
+        start_job: Callable[[str], Future[Any] | None] | None = None,
     ) -> None:
         self.owns = owns
+        self.start_job = start_job
         self._skipped = [0]
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"concurrency={concurrency!r} must be a whole number >= 1")
@@ -243,8 +248,13 @@ class StoreWorker:
             raise ConfigurationError(f"poll_interval={poll_interval!r} must be > 0")
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._running: dict[str, Future[Any]] = {}
+        #: job id -> its future (None: being started)
+        self._running: dict[str, Future[Any] | None] = {}
         self._lock = threading.Lock()
+        #: Whether a job's end should start a look for queued jobs: always for a store
+        #: that can't signal them; for one that does, only while jobs may be waiting that
+        #: found no free slot (a look came back full, or a signal came while all were busy).
+        self._more = not self.listens
 
     def stop(self) -> None:
         """Take no more jobs; :meth:`run` returns once the running ones ended."""
@@ -274,9 +284,25 @@ class StoreWorker:
         except Exception:
             log.exception("async_accept: job %s failed to run", job_id)
         finally:
-            with self._lock:
-                self._running.pop(job_id, None)
+            self._ended(job_id)
+
+    def _ended(self, job_id: str, future: Future[Any] | None = None) -> None:
+        if future is not None and not future.cancelled():
+            exc = future.exception()
+            if isinstance(exc, Exception):
+                log.error("async_accept: job %s failed to run", job_id, exc_info=exc)
+        with self._lock:
+            self._running.pop(job_id, None)
+            look = self._more or not self.listens
+        if look:
             self._wake.set()
+
+    def _start(self, pool: ThreadPoolExecutor, job_id: str) -> Future[Any]:
+        future = None if self.start_job is None else self.start_job(job_id)
+        if future is None:
+            return pool.submit(self._run_one, job_id)
+        future.add_done_callback(lambda f: self._ended(job_id, f))
+        return future
 
     def run(self, timeout: float = 30.0) -> None:
         """Claim and run jobs until :meth:`stop`; then wait up to ``timeout`` seconds
@@ -294,6 +320,8 @@ class StoreWorker:
                 self._wake.clear()
                 with self._lock:
                     free = self.concurrency - len(self._running)
+                    if free <= 0:
+                        self._more = True  # woken while busy: look once a slot frees
                 found = 0
                 if free > 0:
                     try:
@@ -305,10 +333,20 @@ class StoreWorker:
                         self._stop.wait(backoff)
                         continue
                     with self._lock:
-                        for job_id in ids:
-                            if job_id not in self._running:
-                                self._running[job_id] = pool.submit(self._run_one, job_id)
-                                found += 1
+                        fresh = [j for j in ids if j not in self._running]
+                        self._running.update(dict.fromkeys(fresh))
+                        self._more = not self.listens or len(ids) >= free
+                    found = len(fresh)
+                    for job_id in fresh:
+                        try:
+                            future = self._start(pool, job_id)
+                        except Exception:
+                            log.exception("async_accept: job %s failed to start", job_id)
+                            self._ended(job_id)
+                            continue
+                        with self._lock:
+                            if job_id in self._running:  # not ended already
+                                self._running[job_id] = future
                 if found and found == free:
                     continue  # maybe more: look again as soon as a slot frees up
                 self._wake.wait(self.poll_interval)
@@ -319,7 +357,7 @@ class StoreWorker:
                 running = [
                     future
                     for job_id, future in self._running.items()
-                    if self.abandon is None or not self.abandon(job_id)
+                    if future is not None and (self.abandon is None or not self.abandon(job_id))
                 ]
             for future in running:
                 left = deadline - time.monotonic()
@@ -417,6 +455,9 @@ def serve(
             def run(job_id: str, path: str = path) -> Any:
                 return worker.run_job(path, job_id)
 
+            def start(job_id: str, path: str = path) -> Future[Any] | None:
+                return worker.start_job(path, job_id)
+
             workers.append(
                 StoreWorker(
                     run,
@@ -425,6 +466,7 @@ def serve(
                     poll_interval=poll_interval,
                     owns=runtime.engine.owns_job,  # never another app's jobs
                     abandon=runtime.is_zombie,
+                    start_job=start,
                 )
             )
         worker.allow_only(app_paths)

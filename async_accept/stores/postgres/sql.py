@@ -10,7 +10,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from ...job import Job, JobStatus
+from ...job import CapturedRequest, Job, JobStatus
 from ..base import Outcome, OwnedQuery, Progress
 from .connection import OWNER1, OWNER2, quoted
 
@@ -168,6 +168,12 @@ class Statements:
             f"INSERT INTO {s}.run_times (route, data) VALUES (%s, %s) "
             "ON CONFLICT (route) DO UPDATE SET data = EXCLUDED.data"
         )
+        # The worker's claim: the claim above and the captured request it needs, in one
+        # round trip (a job never claimed returns no row, so no body is read).
+        self.claim_with_request = (
+            f"WITH c AS ({self.claim}) SELECT c.*, b.meta, b.body FROM c "
+            f"LEFT JOIN {bodies} b ON b.job_id = c.id AND b.kind = 'request'"
+        )
 
 
 # -- the arguments of each call, shared by both twins -----------------------------------------
@@ -300,3 +306,14 @@ def after_conflict(job: Job, same_id: Job | None, holder: Job | None) -> CreateS
     if holder.expires_at > job.created_at:
         return CreateStep(result=(holder, False))
     return CreateStep(drop=holder.id)  # expired, not purged yet: the key is free again
+
+
+def claimed(rows: Sequence[Sequence[Any]]) -> tuple[Job, CapturedRequest | None] | None:
+    """A :attr:`Statements.claim_with_request` answer: the claimed job and its request."""
+    if not rows:
+        return None
+    row = rows[0]
+    n = len(_COLUMNS)
+    meta, body = row[n], row[n + 1]
+    request = None if meta is None else CapturedRequest.from_meta_json(meta, bytes(body))
+    return row_to_job(row[:n]), request

@@ -56,6 +56,7 @@ from .outbox import PostgresOutbox, aend_with_notices, end_with_notices, insert_
 from .signals import PostgresChangeSignal, QueueListener
 from .sql import (
     Statements,
+    claimed,
     counts,
     dumps,
     finish_query,
@@ -244,6 +245,12 @@ class PostgresStore(StoreBase):
 
     def claim(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return one(self._rows(self._sql.claim, (worker_id, now, now, now, job_id, now)))
+
+    def claim_with_request(
+        self, job_id: str, worker_id: str, now: float
+    ) -> tuple[Job, CapturedRequest | None] | None:
+        args = (worker_id, now, now, now, job_id, now)
+        return claimed(self._rows(self._sql.claim_with_request, args))
 
     def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return one(self._rows(self._sql.heartbeat, (now, job_id, worker_id, now)))
@@ -508,6 +515,12 @@ class AsyncPostgresStore(AsyncStoreBase):
 
     async def claim(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return one(await self._rows(self._sql.claim, (worker_id, now, now, now, job_id, now)))
+
+    async def claim_with_request(
+        self, job_id: str, worker_id: str, now: float
+    ) -> tuple[Job, CapturedRequest | None] | None:
+        args = (worker_id, now, now, now, job_id, now)
+        return claimed(await self._rows(self._sql.claim_with_request, args))
 
     async def heartbeat(self, job_id: str, worker_id: str, now: float) -> Job | None:
         return one(await self._rows(self._sql.heartbeat, (now, job_id, worker_id, now)))
