@@ -249,10 +249,10 @@ class Runtime(RegistryBeat, Draining):
         finally:
             self._ran(job_id, job)
             if job is not None and job.started_at is not None:
-                if self.store.blocking:
+                if self.store.blocking and self.run_times.save_due(job.route):
                     await asyncio.to_thread(self.run_times.learn, job)
-                else:
-                    self.run_times.learn(job)
+                else:  # in memory only (no store I/O on the loop): no thread needed
+                    self.run_times.learn(job, save=not self.store.blocking)
 
     def _store_failed(self, job_id: str, exc: StoreError, claim_errors: bool) -> Job | None:
         if claim_errors and isinstance(exc, ClaimFailed):
@@ -289,7 +289,8 @@ class Runtime(RegistryBeat, Draining):
         self.zombies.started(job)
         ctx.set_waker(self.heartbeats.wake.set)  # a progress report may be due at once
         self.heartbeats.ensure_running()
-        self.heartbeats.wake.set()  # its deadline may come before the next round
+        # Its deadline may come before the next round.
+        self.heartbeats.wake_within(job.deadline_at - self.engine.clock())
         return ctx
 
     def _replay_sync(self, op: Replay) -> CapturedResponse:

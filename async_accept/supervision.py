@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import functools
 import logging
+import math
 import os
 import signal
 import threading
@@ -258,6 +259,9 @@ class Heartbeats:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.wake = threading.Event()
+        #: when the thread's current wait ends (monotonic; infinite while a round runs,
+        #: which may have read the board already): see wake_within
+        self._round_at = math.inf
         self._failing = FailureStreak("heartbeat")
 
     def ensure_running(self) -> None:
@@ -285,8 +289,7 @@ class Heartbeats:
                 else:
                     idle_since = None
             if idle_since is not None:
-                self.wake.wait(min(interval, IDLE_LINGER))
-                self.wake.clear()
+                self._wait(min(interval, IDLE_LINGER))
                 continue
             wait = interval
             failed = False
@@ -303,8 +306,19 @@ class Heartbeats:
                     self._failing.failed(f"job {ctx.id}: {exc}")
             if not failed:
                 self._failing.succeeded()
-            self.wake.wait(max(wait, 0.005))
-            self.wake.clear()
+            self._wait(max(wait, 0.005))
+
+    def _wait(self, seconds: float) -> None:
+        self._round_at = time.monotonic() + seconds
+        self.wake.wait(seconds)
+        self._round_at = math.inf  # a round is on its way
+        self.wake.clear()
+
+    def wake_within(self, seconds: float) -> None:
+        """A new job that must be looked at within ``seconds`` (its deadline): wake the
+        thread unless its next round comes soon enough anyway (no thread switch per job)."""
+        if time.monotonic() + seconds < self._round_at:
+            self.wake.set()
 
     def beat_one(self, ctx: JobContext) -> float:
         """Write for ``ctx`` if due; the seconds until it may need the next write."""

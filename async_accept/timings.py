@@ -91,8 +91,14 @@ class RunTimes:
     def get(self, route: str | None) -> RunTime | None:
         return self._by_route.get(route or "")
 
-    def record(self, route: str | None, seconds: float) -> None:
-        """Learn one run (blocking: writes the store when it keeps run times)."""
+    def save_due(self, route: str | None) -> bool:
+        """Whether :meth:`record` of a run of ``route`` now would write the store."""
+        last = self._saved.get(route or "", -math.inf)
+        return self._store is not None and time.monotonic() - last >= SAVE_EVERY
+
+    def record(self, route: str | None, seconds: float, *, save: bool = True) -> None:
+        """Learn one run (blocking: writes the store when it keeps run times and its
+        last write of the route is :data:`SAVE_EVERY` old; never with ``save=False``)."""
         if not (math.isfinite(seconds) and seconds >= 0):
             return
         key = route or ""
@@ -101,20 +107,20 @@ class RunTimes:
             new = RunTime(seconds, [seconds]) if old is None else old.add(seconds)
             self._by_route[key] = new
             now = time.monotonic()
-            due = now - self._saved.get(key, -math.inf) >= SAVE_EVERY
+            due = save and now - self._saved.get(key, -math.inf) >= SAVE_EVERY
             if due:
                 self._saved[key] = now
         if self._store is not None and due:
             self._store.save_run_time(key, new.to_json())
 
-    def learn(self, job: Job | None) -> None:
+    def learn(self, job: Job | None, save: bool = True) -> None:
         """A job that ran to completion teaches its route's run time (blocking: may
-        write the store; a failed write is logged, not raised)."""
+        write the store, never with ``save=False``; a failed write is logged, not raised)."""
         if job is None or job.started_at is None or job.finished_at is None:
             return
         if job.status is JobStatus.COMPLETED:
             try:
-                self.record(job.route, job.finished_at - job.started_at)
+                self.record(job.route, job.finished_at - job.started_at, save=save)
             except StoreError:
                 log.warning("async_accept: run time of job %s not saved", job.id, exc_info=True)
 

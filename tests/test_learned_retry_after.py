@@ -117,3 +117,24 @@ def test_run_times_are_written_at_most_once_per_interval(monkeypatch: pytest.Mon
     assert keeper.writes == 2
     kept = timings.RunTime.from_json(keeper.saved[ROUTE])
     assert kept is not None and len(kept.recent) == 11
+
+
+def test_save_due_says_when_a_record_would_write_and_save_false_never_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """save_due is True exactly when record would write the store; record(save=False)
+    learns in memory only and leaves the next write due."""
+    clock = [100.0]
+    monkeypatch.setattr(timings.time, "monotonic", lambda: clock[0])
+    keeper = Keeper()
+    times = RunTimes(keeper)
+    assert times.save_due(ROUTE)
+    times.record(ROUTE, 0.05, save=False)
+    assert keeper.writes == 0 and times.save_due(ROUTE)
+    learned = times.get(ROUTE)
+    assert learned is not None and learned.recent == [0.05]
+    times.record(ROUTE, 0.07)
+    assert keeper.writes == 1 and not times.save_due(ROUTE)
+    clock[0] += timings.SAVE_EVERY
+    assert times.save_due(ROUTE)
+    assert not RunTimes(object()).save_due(ROUTE)  # a store that keeps none

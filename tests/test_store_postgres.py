@@ -343,3 +343,46 @@ def test_a_version_2_schema_is_upgraded_to_indexed_owner_lookups(pg_url: tuple[s
         query, args = owned_query(Statements(schema), "cred", now, OwnedQuery(limit=20))
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, args).fetchall())
         assert "jobs_owner1_created" in plan and "jobs_owner2_created" in plan
+
+
+def test_claim_with_request_is_one_statement_in_both_twins(
+    pg_url: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's claim and the captured request it needs come back from one statement
+    (one round trip), blocking and awaited; a claimed job whose request is gone comes
+    back with None for it; a job not claimable, as None."""
+    import asyncio
+
+    from async_accept.stores.postgres import PostgresStore
+
+    url, schema = pg_url
+    store = PostgresStore.from_url(url)
+    statements: list[str] = []
+    rows, arows = store._rows, store.aio._rows
+
+    def counted(query: str, args: Any, **kw: Any) -> Any:
+        statements.append(query)
+        return rows(query, args, **kw)
+
+    async def acounted(query: str, args: Any, **kw: Any) -> Any:
+        statements.append(query)
+        return await arows(query, args, **kw)
+
+    monkeypatch.setattr(store, "_rows", counted)
+    monkeypatch.setattr(store.aio, "_rows", acounted)
+    try:
+        now = time.time()
+        blocking, awaited, bare = (store.create(_job(now), REQUEST)[0] for _ in range(3))
+        statements.clear()
+        claimed = store.claim_with_request(blocking.id, "w", now)
+        assert claimed is not None and claimed[0].status is JobStatus.PROCESSING
+        assert claimed[0].worker_id == "w" and claimed[1] == REQUEST
+        got = asyncio.run(store.aio.claim_with_request(awaited.id, "w", now))
+        assert got is not None and got[0].attempts == 1 and got[1] == REQUEST
+        assert len(statements) == 2
+        assert store.claim_with_request(blocking.id, "w2", now) is None
+        store._count(f'DELETE FROM "{schema}".job_bodies WHERE job_id = %s', (bare.id,))
+        alone = store.claim_with_request(bare.id, "w", now)
+        assert alone is not None and alone[0].id == bare.id and alone[1] is None
+    finally:
+        store.close()

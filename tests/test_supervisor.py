@@ -671,3 +671,68 @@ def test_a_runtime_drained_by_its_lifespan_lets_the_signal_through_at_once(
 
     asyncio.run(scenario())
     assert heard == [signal.SIGTERM]
+
+
+class _QuietHost:
+    """A heartbeat host whose jobs are alive (every beat answers a job)."""
+
+    class _Alive:
+        cancel_requested = False
+
+    def beat_write(self, job_id: str, progress: Any) -> Any:
+        return self._Alive()
+
+
+def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition never came true"
+        time.sleep(0.005)
+
+
+def test_the_heartbeat_thread_waits_a_moment_for_the_next_job_then_ends() -> None:
+    """Jobs one after another share one heartbeat thread (none started per job); once
+    the board stays empty for IDLE_LINGER, the thread ends."""
+    from async_accept.context import JobContext
+    from async_accept.supervision import IDLE_LINGER, Heartbeats
+
+    board = {"job-1": JobContext("job-1")}
+    beats = Heartbeats(_QuietHost(), board, interval=30.0)
+    beats.ensure_running()
+    first = beats._thread
+    assert first is not None
+    board.clear()
+    beats.wake.set()
+    _until(lambda: beats._round_at < float("inf"))  # waiting, idle
+    board["job-2"] = JobContext("job-2")
+    beats.ensure_running()
+    assert beats._thread is first and first.is_alive()
+    board.clear()
+    first.join(IDLE_LINGER + 10)
+    assert not first.is_alive() and beats._thread is None
+
+
+def test_a_new_job_wakes_the_heartbeat_thread_only_when_its_deadline_comes_first() -> None:
+    """wake_within: a job due after the thread's next round leaves it asleep; one due
+    before it wakes it (a new round)."""
+    from async_accept.context import JobContext
+    from async_accept.supervision import Heartbeats
+
+    ctx = JobContext("job-1")
+    ctx.last_beat = time.monotonic()  # just claimed: no beat due for an interval
+    board = {"job-1": ctx}
+    beats = Heartbeats(_QuietHost(), board, interval=30.0)
+    beats.wake_within(3600.0)  # no thread waiting: a round may be on its way
+    assert beats.wake.is_set()
+    beats.wake.clear()
+    beats.ensure_running()
+    try:
+        _until(lambda: beats._round_at < float("inf"))
+        planned = beats._round_at
+        beats.wake_within(3600.0)
+        assert not beats.wake.is_set() and beats._round_at == planned
+        beats.wake_within(0.0)
+        _until(lambda: beats._round_at != planned)
+    finally:
+        board.clear()
+        beats.wake.set()

@@ -255,6 +255,8 @@ class StoreWorker:
         #: that can't signal them; for one that does, only while jobs may be waiting that
         #: found no free slot (a look came back full, or a signal came while all were busy).
         self._more = not self.listens
+        self._looking = threading.Lock()  # one look at a time (the loop's, the listener's)
+        self._pool: ThreadPoolExecutor | None = None
 
     def stop(self) -> None:
         """Take no more jobs; :meth:`run` returns once the running ones ended."""
@@ -268,7 +270,7 @@ class StoreWorker:
             while not self._stop.is_set():
                 try:
                     if listener.wait(min(self.poll_interval, 1.0)):
-                        self._wake.set()
+                        self._signalled()
                     backoff = 0.0
                 except StoreError:
                     # Reconnects on the next wait; meanwhile the fallback poll runs.
@@ -277,6 +279,47 @@ class StoreWorker:
                     self._stop.wait(backoff)
         finally:
             listener.close()
+
+    def _signalled(self) -> None:
+        """Jobs were queued: look for them in this thread, the listener's (a hop less
+        on the way to the job than waking the loop of :meth:`run` for it)."""
+        pool = self._pool
+        if pool is None or self._stop.is_set():
+            return
+        try:
+            again = self._round(pool)
+        except Exception as exc:
+            if not isinstance(exc, StoreError):
+                log.exception("async_accept: looking for queued jobs failed")
+            again = True  # the loop of run() tries again, with its backoff
+        if again:
+            self._wake.set()
+
+    def _round(self, pool: ThreadPoolExecutor) -> bool:
+        """Look for queued jobs and start those found, up to the free slots. True when
+        it filled them all (more may be waiting: look again once a slot frees)."""
+        with self._looking:
+            with self._lock:
+                free = self.concurrency - len(self._running)
+                if free <= 0:
+                    self._more = True  # woken while busy: look once a slot frees
+                    return False
+            ids = _candidates(self.store, free, self.owns, self._skipped)
+            with self._lock:
+                fresh = [j for j in ids if j not in self._running]
+                self._running.update(dict.fromkeys(fresh))
+                self._more = not self.listens or len(ids) >= free
+            for job_id in fresh:
+                try:
+                    future = self._start(pool, job_id)
+                except Exception:
+                    log.exception("async_accept: job %s failed to start", job_id)
+                    self._ended(job_id)
+                    continue
+                with self._lock:
+                    if job_id in self._running:  # not ended already
+                        self._running[job_id] = future
+            return bool(fresh) and len(fresh) == free
 
     def _run_one(self, job_id: str) -> None:
         try:
@@ -307,50 +350,32 @@ class StoreWorker:
     def run(self, timeout: float = 30.0) -> None:
         """Claim and run jobs until :meth:`stop`; then wait up to ``timeout`` seconds
         for the running ones."""
+        pool = self._pool = ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="async-accept-job"
+        )
         listener: threading.Thread | None = None
         if self.listens:
             listener = threading.Thread(
                 target=self._listen_forever, name="async-accept-listen", daemon=True
             )
             listener.start()
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="async-accept-job")
         backoff = 0.0
         try:
             while not self._stop.is_set():
                 self._wake.clear()
-                with self._lock:
-                    free = self.concurrency - len(self._running)
-                    if free <= 0:
-                        self._more = True  # woken while busy: look once a slot frees
-                found = 0
-                if free > 0:
-                    try:
-                        ids = _candidates(self.store, free, self.owns, self._skipped)
-                        backoff = 0.0
-                    except StoreError:
-                        backoff = min(max(backoff * 2, 0.2), 5.0)
-                        log.warning("async_accept: the store is unreachable; retrying")
-                        self._stop.wait(backoff)
-                        continue
-                    with self._lock:
-                        fresh = [j for j in ids if j not in self._running]
-                        self._running.update(dict.fromkeys(fresh))
-                        self._more = not self.listens or len(ids) >= free
-                    found = len(fresh)
-                    for job_id in fresh:
-                        try:
-                            future = self._start(pool, job_id)
-                        except Exception:
-                            log.exception("async_accept: job %s failed to start", job_id)
-                            self._ended(job_id)
-                            continue
-                        with self._lock:
-                            if job_id in self._running:  # not ended already
-                                self._running[job_id] = future
-                if found and found == free:
+                try:
+                    again = self._round(pool)
+                    backoff = 0.0
+                except StoreError:
+                    backoff = min(max(backoff * 2, 0.2), 5.0)
+                    log.warning("async_accept: the store is unreachable; retrying")
+                    self._stop.wait(backoff)
+                    continue
+                if again:
                     continue  # maybe more: look again as soon as a slot frees up
                 self._wake.wait(self.poll_interval)
         finally:
+            self._pool = None
             pool.shutdown(wait=False)
             deadline = time.monotonic() + timeout
             with self._lock:
