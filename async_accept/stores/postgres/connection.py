@@ -433,7 +433,10 @@ class AsyncConnections:
         if self.closed:
             raise psycopg.OperationalError("the connection pool is closed")
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.settings.pool_timeout)
+            if self._slots.locked():
+                await asyncio.wait_for(self._slots.acquire(), self.settings.pool_timeout)
+            else:  # a slot is free: taken at once (no timer, no task, on every statement)
+                await self._slots.acquire()
         except asyncio.TimeoutError:
             raise PoolTimeout(
                 f"no connection free within {self.settings.pool_timeout:g} s "
