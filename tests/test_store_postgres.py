@@ -386,3 +386,32 @@ def test_claim_with_request_is_one_statement_in_both_twins(
         assert alone is not None and alone[0].id == bare.id and alone[1] is None
     finally:
         store.close()
+
+
+def test_async_connections_wait_for_a_slot_only_up_to_pool_timeout(
+    pg_url: tuple[str, str],
+) -> None:
+    """With every connection of a loop's pool in use, the next call waits pool_timeout
+    and fails with PoolTimeout; once one is back, a call takes it at once."""
+    import asyncio
+
+    from async_accept.stores.postgres import parse_url
+    from async_accept.stores.postgres.connection import AsyncConnections, PoolTimeout
+
+    url, _ = pg_url
+    settings = parse_url(url + "&pool_max=1&pool_timeout=0.2")
+
+    async def main() -> None:
+        pool = AsyncConnections(settings)
+        try:
+            async with pool.connection() as held:
+                with pytest.raises(PoolTimeout, match="pool_max=1"):
+                    async with pool.connection():
+                        pass
+                await held.execute("SELECT 1")
+            async with pool.connection() as again:
+                assert again is held  # the idle one, reused
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
