@@ -256,7 +256,9 @@ def pct(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, max(0, round(q / 100 * len(v)) - 1))]
 
 
-def e2e_row(ctx: Ctx, name: str, lat: list[float], polls: int, goal_ms: float | None) -> None:
+def e2e_row(
+    ctx: Ctx, name: str, lat: list[float], polls: int, goal_ms: float | None, **extra: str
+) -> None:
     p50, p99 = pct(lat, 50) * 1000, pct(lat, 99) * 1000
     cols = {"jobs": str(len(lat)), "p50 ms": fmt_ms(p50), "p99 ms": fmt_ms(p99)}
     cols["mean ms"] = fmt_ms(statistics.mean(lat) * 1000)
@@ -264,7 +266,29 @@ def e2e_row(ctx: Ctx, name: str, lat: list[float], polls: int, goal_ms: float | 
     if goal_ms is not None:
         cols["goal"] = f"p50 <= {goal_ms:g} ms"
         cols["met"] = "yes" if p50 <= goal_ms else "**no**"
-    ctx.report.add("End to end: accept -> result available", name, **cols)
+    ctx.report.add("End to end: accept -> result available", name, **cols, **extra)
+
+
+def pg_e2e_stages(since: float, n: int, cpu: dict[str, tuple[float, float]]) -> dict[str, str]:
+    """The PostgreSQL row's stages, medians from the jobs' own timestamps (accept ->
+    claimed, claimed -> finished: ``started_at`` is taken before the claim's round trip,
+    ``finished_at`` before the finish's), and each process's CPU per job (server and
+    worker share the server core, so their CPU bounds the latency)."""
+    import psycopg
+
+    with psycopg.connect(PG_URL.split("?")[0], autocommit=True) as conn:
+        rows = conn.execute(
+            f'SELECT started_at - created_at, finished_at - started_at FROM "{PG_SCHEMA}".jobs '
+            "WHERE created_at >= %s AND finished_at IS NOT NULL",
+            (since,),
+        ).fetchall()
+    out = {}
+    if rows:
+        out["accept->claimed ms"] = fmt_ms(statistics.median(r[0] for r in rows) * 1000)
+        out["claimed->finished ms"] = fmt_ms(statistics.median(r[1] for r in rows) * 1000)
+    for who, (before, after) in cpu.items():
+        out[f"{who} CPU ms/job"] = f"{(after - before) * 1000 / n:.2f}"
+    return out
 
 
 def _inproc(ctx: Ctx, *args: str) -> dict[str, Any]:
@@ -508,11 +532,17 @@ def end_to_end(ctx: Ctx) -> None:
         reset_postgres()
         with (
             asgi_server(ctx, "aa-store", mw=True, store=PG_URL, executor="store") as p,
-            store_worker(ctx, PG_URL),
+            store_worker(ctx, PG_URL) as w,
         ):
             e2e(p.port, "/work", 5)
+            since, server0, worker0 = time.time(), p.cpu_seconds(), w.cpu_seconds()
             lat, polls = e2e(p.port, "/work", n)
-            e2e_row(ctx, "ASGI, store executor + 1 worker, PostgreSQL", lat, polls, 5.0)
+            cpu = {
+                "server": (server0 or 0.0, p.cpu_seconds() or 0.0),
+                "worker": (worker0 or 0.0, w.cpu_seconds() or 0.0),
+            }
+            stages = pg_e2e_stages(since, n, cpu)
+            e2e_row(ctx, "ASGI, store executor + 1 worker, PostgreSQL", lat, polls, 5.0, **stages)
     for kind in ("celery", "rq"):
         why = remote_executor_missing(kind)
         if why:
