@@ -375,7 +375,8 @@ class StoreWorker:
                     continue  # maybe more: look again as soon as a slot frees up
                 self._wake.wait(self.poll_interval)
         finally:
-            self._pool = None
+            with self._looking:  # a round of the listener's is over before the pool is
+                self._pool = None
             pool.shutdown(wait=False)
             deadline = time.monotonic() + timeout
             with self._lock:
