@@ -6,6 +6,7 @@ looks; its listener returns when the test sends a notification.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -82,8 +83,10 @@ def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-@pytest.fixture
-def running() -> Iterator[tuple[StoreWorker, SignallingStore, Jobs]]:
+@contextlib.contextmanager
+def _worker(
+    owns: Callable[[Job], bool] | None = None,
+) -> Iterator[tuple[StoreWorker, SignallingStore, Jobs]]:
     store = SignallingStore()
     jobs = Jobs(store)
     worker = StoreWorker(
@@ -91,6 +94,7 @@ def running() -> Iterator[tuple[StoreWorker, SignallingStore, Jobs]]:
         store,  # type: ignore[arg-type]
         concurrency=2,
         poll_interval=3600.0,  # no fallback poll during a test: every look is a signal's
+        owns=owns,
         start_job=jobs.start,
     )
     thread = threading.Thread(target=worker.run, args=(5.0,), name="store-worker-loop")
@@ -105,6 +109,12 @@ def running() -> Iterator[tuple[StoreWorker, SignallingStore, Jobs]]:
         worker.stop()
         thread.join(10)
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def running() -> Iterator[tuple[StoreWorker, SignallingStore, Jobs]]:
+    with _worker() as started:
+        yield started
 
 
 def test_a_notification_is_served_by_the_listener_thread(
@@ -150,3 +160,15 @@ def test_a_job_end_looks_again_only_when_jobs_may_be_waiting(
     jobs.started[first].set_result(None)
     _until(lambda: len(jobs.started) == 4)
     assert len(store.looks) == looks + 1 and not store.queued
+
+
+def test_a_job_end_looks_again_while_other_apps_jobs_are_queued() -> None:
+    """Another app's jobs met by a look (never started here): a job's end looks again,
+    since this app's own may be queued past them."""
+    with _worker(owns=lambda job: not job.id.startswith("theirs")) as (worker, store, jobs):
+        store.queue("theirs-1", "mine-1")
+        _until(lambda: "mine-1" in jobs.started)
+        looks = len(store.looks)
+        jobs.started["mine-1"].set_result(None)
+        _until(lambda: len(store.looks) == looks + 1)
+        assert list(jobs.started) == ["mine-1"] and not worker._running

@@ -11,8 +11,10 @@ mysite.asgi:application`` runs for such an application. It keeps up to
 ``concurrency`` jobs running: it asks the store for queued jobs, and each one
 goes through the same claim (compare-and-set) as in a web process, so a job
 runs once however many workers race for it. Between rounds it waits for a
-``LISTEN`` notification (PostgreSQL; a slow fallback poll covers a lost one)
-or polls (SQLite: several worker processes on one file; Redis). Heartbeats,
+``LISTEN`` notification (PostgreSQL: the listening thread looks for the queued
+jobs itself; a slow fallback poll covers a lost one) or polls (SQLite: several
+worker processes on one file; Redis). An ASGI application's jobs are started on
+its event loop, with no thread of the worker waiting for each. Heartbeats,
 progress and cancel go through the store as always: a worker killed mid-job
 leaves a job that turns ``failed`` (``worker-lost``) within ``worker_lost_after``.
 """
@@ -308,7 +310,9 @@ class StoreWorker:
             with self._lock:
                 fresh = [j for j in ids if j not in self._running]
                 self._running.update(dict.fromkeys(fresh))
-                self._more = not self.listens or len(ids) >= free
+                # Jobs of other apps met: this app's may be queued past them (the next
+                # look reaches further), so an end looks again, as without a signal.
+                self._more = not self.listens or len(ids) >= free or self._skipped[0] > 0
             for job_id in fresh:
                 try:
                     future = self._start(pool, job_id)
