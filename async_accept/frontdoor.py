@@ -84,6 +84,10 @@ class FrontDoor:
                 "such as 'redis://localhost:6379/0'"
             )
         self.engine = Engine(self.options)
+        # Noted in each job: a PostgreSQL store wakes its store workers only for theirs.
+        self.engine.executor_name = str(
+            getattr(self.executor, "name", type(self.executor).__name__)
+        )
         if kind == "wsgi":
             # A held status read or event stream holds a server thread: its own cap.
             self.engine.status_wait_cap = min(self.options.max_wait, self.options.wsgi_max_wait)

@@ -43,6 +43,10 @@ ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.PROCESSING
 #: request (and the credentials in it) there. A failed job keeps it until its
 #: TTL, for a route's retries and ``async-accept jobs retry``.
 DROP_REQUEST_ON: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.CANCELED})
+#: The key of a job's ``meta`` naming the executor it was handed to (``"store"``,
+#: ``"asyncio"``, ...): a PostgreSQL store wakes its store workers (``NOTIFY``) only
+#: for a job that one of them will claim (schema 5).
+EXECUTOR_META = "executor"
 
 
 class _RandomPool:

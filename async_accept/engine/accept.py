@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from ..errors import ExecutorError, StoreError
 from ..identity import new_owner_cookie, owner_cookie_header, owner_cookie_material
-from ..job import CapturedRequest, Headers, Job, JobStatus, new_job_id
+from ..job import EXECUTOR_META, CapturedRequest, Headers, Job, JobStatus, new_job_id
 from ..options import route_retry_warning
 from ..prefer import parse_prefer, parse_wait
 from ..routes import PREFER_META, RouteOptions
@@ -47,6 +47,10 @@ def origin_of(request: CapturedRequest) -> str:
 
 class Accepting(Status):
     """The accept side of the engine."""
+
+    #: The name of the executor accepted jobs are handed to, noted in their meta
+    #: (:data:`~async_accept.job.EXECUTOR_META`); None: not noted. The front door sets it.
+    executor_name: str | None = None
 
     # -- accept -----------------------------------------------------------------------
 
@@ -139,6 +143,8 @@ class Accepting(Status):
             meta={"accepting_until": now + wait} if wait > 0 else {},
         )
         job.meta.update(route.retry_meta())
+        if self.executor_name is not None:
+            job.meta[EXECUTOR_META] = self.executor_name
         if route is opts.default_route:  # no marked route: Prefer: respond-async took it
             job.meta[PREFER_META] = True
         carrier = span.carrier()

@@ -130,7 +130,7 @@ def parse_url(spec: str) -> PostgresSettings:
 # -- the schema ------------------------------------------------------------------------------
 
 #: Version :func:`upgrade` brings a schema to; a schema from a newer release is refused.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Migration ``n`` takes a schema from version ``n - 1`` to ``n``. Never edit a
 #: released one: add the next. ``{s}`` is the quoted schema name.
@@ -284,6 +284,35 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """
         CREATE TRIGGER jobs_requeued AFTER UPDATE ON {s}.jobs FOR EACH ROW
         WHEN (NEW.status = 'queued' AND OLD.status IS DISTINCT FROM NEW.status)
+        EXECUTE FUNCTION {s}.notify_queued()
+        """,
+    ),
+    # -- schema 5 (issue 15): wake the store workers only for jobs they claim -------------
+    5: (
+        # A job handed to an in-process executor (asyncio, thread) or a broker (Celery,
+        # RQ) is never claimed by a store worker: its create, retry or requeue sends no
+        # NOTIFY, a commit that takes PostgreSQL's global notify-queue lock. The engine
+        # notes the executor in meta (EXECUTOR_META); a row without it (written before
+        # schema 5, or straight through the store) still wakes the workers.
+        """
+        CREATE OR REPLACE FUNCTION {s}.notify_queued() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                IF NOT EXISTS (SELECT 1 FROM added WHERE status = 'queued'
+                        AND COALESCE(meta->>'executor', 'store') = 'store') THEN
+                    RETURN NULL;
+                END IF;
+            END IF;
+            PERFORM pg_notify(TG_TABLE_SCHEMA || '.queued', '');
+            RETURN NULL;
+        END
+        $$
+        """,
+        "DROP TRIGGER jobs_requeued ON {s}.jobs",
+        """
+        CREATE TRIGGER jobs_requeued AFTER UPDATE ON {s}.jobs FOR EACH ROW
+        WHEN (NEW.status = 'queued' AND OLD.status IS DISTINCT FROM NEW.status
+            AND COALESCE(NEW.meta->>'executor', 'store') = 'store')
         EXECUTE FUNCTION {s}.notify_queued()
         """,
     ),
