@@ -39,6 +39,7 @@ SCENARIOS: dict[str, Callable[[scenarios.Ctx], None]] = {
     "waiters": scenarios.waiters,
     "peers": scenarios.peers,
     "pg_peers": scenarios_pg.pg_peers,
+    "pg_notify": scenarios_pg.pg_notify,
     "loop": scenarios.loop_health,
     "scale": scenarios.scale,
     "owned": scenarios.owned,

@@ -228,3 +228,146 @@ def _profile_accept(ctx: Ctx) -> None:
             frame,
             **{"self %": f"{pc:.1f}", "async_accept frame": iframe, "incl. %": f"{ipc:.1f}"},
         )
+
+
+NOTIFY_SECTION = (
+    "Queued-job NOTIFY on create: the trigger as installed (A) / the same schema with "
+    "its jobs_queued trigger disabled (B); uvicorn --workers N, not pinned"
+)
+
+
+NOTIFY_DB_SECTION = (
+    "Queued-job NOTIFY, the database alone: N processes x T tasks calling "
+    "store.aio.create for 2 s (1 task: a commit per create; 64: group commit), "
+    "the trigger as installed (A) / disabled (B)"
+)
+
+
+def _notify_schema(name: str, trigger: bool) -> str:
+    """A fresh schema at the current version; ``trigger=False`` disables the NOTIFY
+    of queued jobs on insert (retry/requeue keep theirs)."""
+    import psycopg
+
+    from async_accept.stores.postgres import upgrade
+
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        upgrade(conn, name)
+        if not trigger:
+            conn.execute(f'ALTER TABLE "{name}".jobs DISABLE TRIGGER jobs_queued')
+    return f"{DSN}?schema={name}"
+
+
+@contextlib.contextmanager
+def _web(ctx: Ctx, name: str, store: str, executor: str, workers: int) -> Iterator[Proc]:
+    """``workers`` uvicorn processes on one port (``--workers``), on any core."""
+    from ._proc import app_env, free_port
+
+    port = free_port()
+    argv = [PY, "-m", "uvicorn", "benchmarks.apps.app:asgi", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--workers", str(workers), "--no-access-log"]
+    argv += ["--log-level", "warning", "--lifespan", "on"]
+    env = app_env(mw=True, store=store, executor=executor)
+    p = Proc(name, argv, env=env, cpu=None, log_dir=ctx.tmp, port=port)
+    try:
+        p.wait_http()
+        yield p
+    finally:
+        p.stop()
+
+
+def _create_for(url: str, seconds: float, executor: str, tasks: int) -> int:
+    """Creates done in ``seconds`` by ``tasks`` tasks of one process (one event loop),
+    each job noting ``executor`` (run in a child process)."""
+    from async_accept.job import CapturedRequest
+    from async_accept.stores import resolve_store
+
+    store = resolve_store(url)
+    request = CapturedRequest("POST", "/work", body=b"{}")
+
+    async def main() -> int:
+        done = 0
+        end = time.monotonic() + seconds
+
+        async def runner() -> None:
+            nonlocal done
+            while time.monotonic() < end:
+                job = _jobs(1)[0]
+                job.meta["executor"] = executor
+                await store.aio.create(job, request)
+                done += 1
+
+        await asyncio.gather(*(runner() for _ in range(tasks)))
+        return done
+
+    try:
+        return asyncio.run(main())
+    finally:
+        store.close()
+
+
+def _notify_creates(ctx: Ctx, counts: tuple[int, ...]) -> None:
+    """The database part alone: N processes creating at once (group commit in each),
+    the trigger as installed against disabled, alternating rounds."""
+    import itertools
+    import statistics
+    from concurrent.futures import ProcessPoolExecutor
+
+    seconds = 2.0
+    rounds = max(2, ctx.settings.rounds // 2)
+    for executor, tasks, n in itertools.product(("asyncio", "store"), (1, 64), counts):
+        urls = {
+            True: _notify_schema("aa_bench_notify_on", True),
+            False: _notify_schema("aa_bench_notify_off", False),
+        }
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        with ProcessPoolExecutor(n) as pool:
+            for i in range(rounds):
+                for trig in (True, False) if i % 2 == 0 else (False, True):
+                    args = ([urls[trig]] * n, [seconds] * n, [executor] * n, [tasks] * n)
+                    rates[trig].append(sum(pool.map(_create_for, *args)) / seconds)
+        a, b = statistics.median(rates[True]), statistics.median(rates[False])
+        ctx.report.add(
+            NOTIFY_DB_SECTION,
+            f'jobs for executor="{executor}", {n} process{"es" if n > 1 else ""} x {tasks} '
+            f"task{'s' if tasks > 1 else ''}",
+            **{
+                "ratio": f"{a / b:.2f}",
+                "A creates/s": f"{a:,.0f}",
+                "B creates/s": f"{b:,.0f}",
+                "round ratios": " ".join(
+                    f"{x / y:.2f}" for x, y in zip(rates[True], rates[False], strict=True)
+                ),
+            },
+        )
+
+
+def pg_notify(ctx: Ctx) -> None:
+    """What the queued-job NOTIFY costs an accept: 1, 2 and 4 web processes on one
+    database, executor="asyncio" (no store worker listens) and "store" (none running)."""
+    why = middleware_missing() or postgres_store_missing()
+    if why:
+        ctx.report.skip("pg_notify", why)
+        return
+    counts = (1, 2) if ctx.quick else (1, 2, 4)
+    try:
+        _notify_creates(ctx, counts)
+        for executor in ("asyncio", "store"):
+            for n in counts:
+                on = _notify_schema("aa_bench_notify_on", True)
+                off = _notify_schema("aa_bench_notify_off", False)
+                with (
+                    _web(ctx, f"notify-on-{executor}-{n}", on, executor, n) as a,
+                    _web(ctx, f"notify-off-{executor}-{n}", off, executor, n) as b,
+                ):
+                    ta = Target("trigger", a, "/work", "POST", "{}")
+                    tb = Target("no trigger", b, "/work", "POST", "{}")
+                    c = compare(ta, tb, ctx.settings)
+                label = f'executor="{executor}", {n} web process{"es" if n > 1 else ""}'
+                ctx.report.add(NOTIFY_SECTION, label, **ratio_cols(c))
+    finally:
+        import psycopg
+
+        with psycopg.connect(DSN, autocommit=True) as conn:
+            for name in ("aa_bench_notify_on", "aa_bench_notify_off"):
+                conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
