@@ -42,9 +42,9 @@ class _Listening:
 
 
 class QueueListener(_Listening):
-    """Wakes a store worker when jobs are queued (a trigger of schema 4 sends the
-    ``NOTIFY`` in the transaction that queues them; ``PostgresStore.notify_queued``
-    sends one on demand).
+    """Wakes a store worker when jobs are queued for it (a trigger of schema 4 sends
+    the ``NOTIFY`` in the transaction that queues them, since schema 5 only for jobs
+    of the store executor; ``PostgresStore.notify_queued`` sends one on demand).
 
     :meth:`wait` returns True when a notification came within ``timeout``. A lost
     connection is reopened on the next :meth:`wait` (notifications sent meanwhile

@@ -352,6 +352,8 @@ class PostgresStore(StoreBase):
     #: The database wakes the workers itself: a trigger (schema 4) sends the ``NOTIFY``
     #: in the very transaction that queues a job (create, retry, requeue), so the store
     #: executor sends no signal of its own (a round trip and a thread less per batch).
+    #: Only for jobs a store worker claims (schema 5: ``meta["executor"]`` is "store"
+    #: or absent): an in-process or broker executor's jobs queue without one.
     announces_queued = True
 
     def notify_queued(self) -> None:
