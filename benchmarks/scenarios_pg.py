@@ -237,9 +237,8 @@ NOTIFY_SECTION = (
 
 
 NOTIFY_DB_SECTION = (
-    "Queued-job NOTIFY, the database alone: N processes x T tasks calling "
-    "store.aio.create for 2 s (1 task: a commit per create; 64: group commit), "
-    "the trigger as installed (A) / disabled (B)"
+    "Queued-job NOTIFY, the database alone: N processes x 64 tasks calling "
+    "store.aio.create for 2 s (group commit), the trigger as installed (A) / disabled (B)"
 )
 
 
@@ -315,7 +314,7 @@ def _notify_creates(ctx: Ctx, counts: tuple[int, ...]) -> None:
 
     seconds = 2.0
     rounds = max(2, ctx.settings.rounds // 2)
-    for executor, tasks, n in itertools.product(("asyncio", "store"), (1, 64), counts):
+    for executor, n in itertools.product(("asyncio", "store"), counts):
         urls = {
             True: _notify_schema("aa_bench_notify_on", True),
             False: _notify_schema("aa_bench_notify_off", False),
@@ -324,13 +323,12 @@ def _notify_creates(ctx: Ctx, counts: tuple[int, ...]) -> None:
         with ProcessPoolExecutor(n) as pool:
             for i in range(rounds):
                 for trig in (True, False) if i % 2 == 0 else (False, True):
-                    args = ([urls[trig]] * n, [seconds] * n, [executor] * n, [tasks] * n)
+                    args = ([urls[trig]] * n, [seconds] * n, [executor] * n, [64] * n)
                     rates[trig].append(sum(pool.map(_create_for, *args)) / seconds)
         a, b = statistics.median(rates[True]), statistics.median(rates[False])
         ctx.report.add(
             NOTIFY_DB_SECTION,
-            f'jobs for executor="{executor}", {n} process{"es" if n > 1 else ""} x {tasks} '
-            f"task{'s' if tasks > 1 else ''}",
+            f'jobs for executor="{executor}", {n} process{"es" if n > 1 else ""}',
             **{
                 "ratio": f"{a / b:.2f}",
                 "A creates/s": f"{a:,.0f}",
@@ -339,6 +337,52 @@ def _notify_creates(ctx: Ctx, counts: tuple[int, ...]) -> None:
                     f"{x / y:.2f}" for x, y in zip(rates[True], rates[False], strict=True)
                 ),
             },
+        )
+
+
+PGBENCH_SECTION = (
+    "Queued-job NOTIFY, pgbench: one job inserted per commit (no group commit) by C "
+    "connections, a store job (A: the trigger NOTIFYs) / an in-process job (B: the "
+    "trigger runs, sends nothing)"
+)
+_PGBENCH_INSERT = (
+    'INSERT INTO "{s}".jobs (id, status, owner, created_at, updated_at, expires_at, '
+    "deadline_at, sla, meta) VALUES (md5(random()::text || clock_timestamp()::text), "
+    "'queued', 'o', 0, 0, 1e12, 1e12, 1, '{{\"executor\": \"{e}\"}}');\n"
+)
+
+
+def _pgbench(ctx: Ctx) -> None:
+    """Commits per second of single-job inserts, notifying or not, alternating rounds."""
+    import re
+    import statistics
+
+    pgbench = shutil.which("pgbench")
+    if pgbench is None:
+        ctx.report.skip("pg_notify pgbench", "pgbench is not installed (postgresql-client)")
+        return
+    url = _notify_schema("aa_bench_notify_on", True)
+    scripts = {}
+    for executor in ("store", "asyncio"):
+        scripts[executor] = ctx.path(f"pgbench-{executor}.sql")
+        scripts[executor].write_text(_PGBENCH_INSERT.format(s="aa_bench_notify_on", e=executor))
+    seconds = str(max(1, round(ctx.settings.duration)))
+    for n in (1, 2, 4, 8):
+        tps: dict[str, list[float]] = {"store": [], "asyncio": []}
+        for i in range(max(2, ctx.settings.rounds // 2)):
+            for executor in ("store", "asyncio") if i % 2 == 0 else ("asyncio", "store"):
+                argv = [*pin(LOAD_CPU), pgbench, "-n", "-c", str(n), "-j", str(n), "-T", seconds]
+                argv += ["-f", str(scripts[executor]), url.split("?")[0]]
+                out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+                found = re.search(r"tps = ([\d.]+)", out)
+                tps[executor].append(float(found.group(1)) if found else 0.0)
+        a, b = statistics.median(tps["store"]), statistics.median(tps["asyncio"])
+        rounds = " ".join(f"{x / y:.2f}" for x, y in zip(tps["store"], tps["asyncio"], strict=True))
+        ctx.report.add(
+            PGBENCH_SECTION,
+            f"{n} connection{'s' if n > 1 else ''}",
+            **{"ratio": f"{a / b:.2f}", "A commits/s": f"{a:,.0f}", "B commits/s": f"{b:,.0f}"},
+            **{"round ratios": rounds},
         )
 
 
@@ -351,6 +395,7 @@ def pg_notify(ctx: Ctx) -> None:
         return
     counts = (1, 2) if ctx.quick else (1, 2, 4)
     try:
+        _pgbench(ctx)
         _notify_creates(ctx, counts)
         for executor in ("asyncio", "store"):
             for n in counts:
