@@ -232,7 +232,8 @@ def _profile_accept(ctx: Ctx) -> None:
 
 NOTIFY_SECTION = (
     "Queued-job NOTIFY on create: the trigger as installed (A) / the same schema with "
-    "its jobs_queued trigger disabled (B); uvicorn --workers N, not pinned"
+    "its jobs_queued trigger disabled (B); N uvicorn processes, not pinned, one wrk "
+    "each (connections split; p50: the processes' median, p99: the worst)"
 )
 
 
@@ -258,21 +259,61 @@ def _notify_schema(name: str, trigger: bool) -> str:
 
 
 @contextlib.contextmanager
-def _web(ctx: Ctx, name: str, store: str, executor: str, workers: int) -> Iterator[Proc]:
-    """``workers`` uvicorn processes on one port (``--workers``), on any core."""
+def _webs(ctx: Ctx, name: str, store: str, executor: str, n: int) -> Iterator[list[Proc]]:
+    """``n`` single-process uvicorns, each on its own port and any core. Not ``uvicorn
+    --workers``: its workers' sockets lose TCP_NODELAY (asyncio sets it only on a
+    socket whose proto is TCP), which stalls each answer ~40 ms (Nagle + delayed ACK)."""
     from ._proc import app_env, free_port
 
-    port = free_port()
-    argv = [PY, "-m", "uvicorn", "benchmarks.apps.app:asgi", "--host", "127.0.0.1"]
-    argv += ["--port", str(port), "--workers", str(workers), "--no-access-log"]
-    argv += ["--log-level", "warning", "--lifespan", "on"]
     env = app_env(mw=True, store=store, executor=executor)
-    p = Proc(name, argv, env=env, cpu=None, log_dir=ctx.tmp, port=port)
+    procs: list[Proc] = []
     try:
-        p.wait_http()
-        yield p
+        for i in range(n):
+            port = free_port()
+            argv = [PY, "-m", "uvicorn", "benchmarks.apps.app:asgi", "--host", "127.0.0.1"]
+            argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+            procs.append(Proc(f"{name}-{i}", argv, env=env, cpu=None, log_dir=ctx.tmp, port=port))
+            procs[-1].wait_http()
+        yield procs
     finally:
-        p.stop()
+        for p in procs:
+            p.stop()
+
+
+def _load_all(procs: list[Proc], duration: float, s: Any) -> Any:
+    """One wrk per process at once (the connections split between them): the sum of
+    their requests, the worst p99, the median p50."""
+    import dataclasses
+    import statistics
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ._load import Load
+
+    each = dataclasses.replace(s, connections=max(1, s.connections // len(procs)))
+    targets = [Target(p.name, p, "/work", "POST", "{}") for p in procs]
+    with ThreadPoolExecutor(len(procs)) as pool:
+        loads = list(pool.map(lambda t: run_load(t, duration, each), targets))
+    return Load(
+        requests=sum(x.requests for x in loads),
+        seconds=max(x.seconds for x in loads),
+        errors=sum(x.errors for x in loads),
+        p50_ms=statistics.median(x.p50_ms for x in loads),
+        p99_ms=max(x.p99_ms for x in loads),
+    )
+
+
+def _compare_all(a: list[Proc], b: list[Proc], s: Any) -> Any:
+    """:func:`compare` over groups of processes: A-B-B-A rounds after a warmup."""
+    from ._load import Comparison
+
+    _load_all(a, s.warmup, s)
+    _load_all(b, s.warmup, s)
+    runs: dict[str, list[Any]] = {"a": [], "b": []}
+    for i in range(s.rounds):
+        for side, procs in [("a", a), ("b", b)][:: 1 if i % 2 == 0 else -1]:
+            runs[side].append(_load_all(procs, s.duration, s))
+    ta, tb = Target("trigger", a[0]), Target("no trigger", b[0])
+    return Comparison(ta, tb, runs["a"], runs["b"])
 
 
 def _create_for(url: str, seconds: float, executor: str, tasks: int) -> int:
@@ -402,14 +443,14 @@ def pg_notify(ctx: Ctx) -> None:
                 on = _notify_schema("aa_bench_notify_on", True)
                 off = _notify_schema("aa_bench_notify_off", False)
                 with (
-                    _web(ctx, f"notify-on-{executor}-{n}", on, executor, n) as a,
-                    _web(ctx, f"notify-off-{executor}-{n}", off, executor, n) as b,
+                    _webs(ctx, f"notify-on-{executor}-{n}", on, executor, n) as a,
+                    _webs(ctx, f"notify-off-{executor}-{n}", off, executor, n) as b,
                 ):
-                    ta = Target("trigger", a, "/work", "POST", "{}")
-                    tb = Target("no trigger", b, "/work", "POST", "{}")
-                    c = compare(ta, tb, ctx.settings)
+                    c = _compare_all(a, b, ctx.settings)
                 label = f'executor="{executor}", {n} web process{"es" if n > 1 else ""}'
-                ctx.report.add(NOTIFY_SECTION, label, **ratio_cols(c))
+                cols = ratio_cols(c)
+                cols.pop("A/B server CPU")
+                ctx.report.add(NOTIFY_SECTION, label, **cols)
     finally:
         import psycopg
 
