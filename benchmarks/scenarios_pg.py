@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import _proc
 from ._load import Target, compare, run_load
 from ._proc import LOAD_CPU, PY, Proc, pin, uvicorn
 from ._report import ratio_cols
@@ -272,6 +273,7 @@ def _webs(ctx: Ctx, name: str, store: str, executor: str, n: int) -> Iterator[li
             port = free_port()
             argv = [PY, "-m", "uvicorn", "benchmarks.apps.app:asgi", "--host", "127.0.0.1"]
             argv += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+            argv += _proc.UVICORN_FLAGS
             procs.append(Proc(f"{name}-{i}", argv, env=env, cpu=None, log_dir=ctx.tmp, port=port))
             procs[-1].wait_http()
         yield procs
