@@ -234,3 +234,15 @@ def pg_url() -> Iterator[tuple[str, str]]:
         yield url, schema
     finally:
         drop_postgres_schema(schema)
+
+
+@pytest.fixture
+def pg_store(pg_url: tuple[str, str]) -> Iterator[Any]:
+    """A PostgreSQL store on ``pg_url``'s fresh schema; closed after the test."""
+    from async_accept.stores.postgres import PostgresStore
+
+    store = PostgresStore.from_url(pg_url[0])
+    try:
+        yield store
+    finally:
+        store.close()

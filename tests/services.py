@@ -91,3 +91,30 @@ def drop_postgres_schema(schema: str, url: str = POSTGRES_URL) -> None:
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')  # type: ignore[arg-type]
+
+
+def postgres_schema_at(schema: str, version: int, now: float, url: str = POSTGRES_URL) -> None:
+    """Build ``schema`` as a release at schema ``version`` left it, holding one queued
+    job, ``old`` (an upgrade test's starting point)."""
+    import psycopg
+
+    from async_accept.stores.postgres import ddl
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(ddl(schema, 0, version))
+        conn.execute(
+            f'INSERT INTO "{schema}".jobs (id, status, owner, created_at, updated_at, '
+            "expires_at, deadline_at, sla) VALUES ('old', 'queued', 'o', %s, %s, %s, %s, 1)",
+            (now, now, now + 3600, now + 60),
+        )
+
+
+def postgres_schema_versions(schema: str, url: str = POSTGRES_URL) -> list[int]:
+    """The migrations recorded in ``schema``, in order."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            f'SELECT version FROM "{schema}".schema_version ORDER BY version'
+        ).fetchall()
+    return [v for (v,) in rows]

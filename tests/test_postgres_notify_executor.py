@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from async_accept.job import EXECUTOR_META, JobStatus
+from tests.services import postgres_schema_at, postgres_schema_versions
 from tests.test_postgres_queued_signal import QUIET, WAKE
 from tests.test_store_contract import REQUEST, make_job
 
@@ -25,14 +26,9 @@ def _work(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 
 @pytest.fixture
-def store(pg_url: tuple[str, str]) -> Iterator[Any]:
-    from async_accept.stores.postgres import PostgresStore
-
-    s = PostgresStore.from_url(pg_url[0])
-    try:
-        yield s
-    finally:
-        s.close()
+def store(pg_store: Any) -> Any:
+    """The PostgreSQL store on a fresh schema (conftest's pg_store)."""
+    return pg_store
 
 
 @pytest.fixture
@@ -146,20 +142,12 @@ def test_a_version_4_schema_is_upgraded_to_wake_workers_only_for_store_jobs(
     """A database at schema 4 is upgraded in place on first use: its queued job stays
     and still wakes the workers when requeued; a new in-process job queues silently,
     a new store job wakes them."""
-    import psycopg
-
-    from async_accept.stores.postgres import SCHEMA_VERSION, PostgresStore, ddl
+    from async_accept.stores.postgres import SCHEMA_VERSION, PostgresStore
 
     url, schema = pg_url
     base = url.split("?")[0]
     now = time.time()
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(ddl(schema, 0, 4))
-        conn.execute(
-            f'INSERT INTO "{schema}".jobs (id, status, owner, created_at, updated_at, '
-            "expires_at, deadline_at, sla) VALUES ('old', 'queued', 'o', %s, %s, %s, %s, 1)",
-            (now, now, now + 3600, now + 60),
-        )
+    postgres_schema_at(schema, 4, now, base)
     store = PostgresStore.from_url(url)
     listener = store.listener()
     try:
@@ -175,10 +163,8 @@ def test_a_version_4_schema_is_upgraded_to_wake_workers_only_for_store_jobs(
     finally:
         listener.close()
         store.close()
-    with psycopg.connect(base, autocommit=True) as conn:
-        versions = conn.execute(f'SELECT version FROM "{schema}".schema_version').fetchall()
-        assert SCHEMA_VERSION == 5
-        assert [v for (v,) in versions] == list(range(1, SCHEMA_VERSION + 1))
+    assert SCHEMA_VERSION == 5
+    assert postgres_schema_versions(schema, base) == list(range(1, SCHEMA_VERSION + 1))
 
 
 def test_cli_db_sql_since_4_prints_the_store_job_wake_up(capsys: Any) -> None:

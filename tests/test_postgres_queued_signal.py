@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from async_accept.executors.store import StoreExecutor
 from async_accept.job import Job, JobStatus
+from tests.services import postgres_schema_at, postgres_schema_versions
 from tests.test_store_contract import REQUEST, make_job
 
 #: Generous bound on a wake-up that should come at once.
@@ -23,14 +23,9 @@ QUIET = 0.5
 
 
 @pytest.fixture
-def store(pg_url: tuple[str, str]) -> Iterator[Any]:
-    from async_accept.stores.postgres import PostgresStore
-
-    s = PostgresStore.from_url(pg_url[0])
-    try:
-        yield s
-    finally:
-        s.close()
+def store(pg_store: Any) -> Any:
+    """The PostgreSQL store on a fresh schema (conftest's pg_store)."""
+    return pg_store
 
 
 def _drain(listener: Any) -> None:
@@ -121,18 +116,12 @@ def test_a_version_3_schema_is_upgraded_to_wake_workers_from_the_database(
     stays, and the next create wakes a listener."""
     import psycopg
 
-    from async_accept.stores.postgres import SCHEMA_VERSION, PostgresStore, ddl
+    from async_accept.stores.postgres import SCHEMA_VERSION, PostgresStore
 
     url, schema = pg_url
     base = url.split("?")[0]
     now = time.time()
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(ddl(schema, 0, 3))
-        conn.execute(
-            f'INSERT INTO "{schema}".jobs (id, status, owner, created_at, updated_at, '
-            "expires_at, deadline_at, sla) VALUES ('old', 'queued', 'o', %s, %s, %s, %s, 1)",
-            (now, now, now + 3600, now + 60),
-        )
+    postgres_schema_at(schema, 3, now, base)
     store = PostgresStore.from_url(url)
     listener = store.listener()
     try:
@@ -143,9 +132,8 @@ def test_a_version_3_schema_is_upgraded_to_wake_workers_from_the_database(
     finally:
         listener.close()
         store.close()
+    assert postgres_schema_versions(schema, base) == list(range(1, SCHEMA_VERSION + 1))
     with psycopg.connect(base, autocommit=True) as conn:
-        versions = conn.execute(f'SELECT version FROM "{schema}".schema_version').fetchall()
-        assert [v for (v,) in versions] == list(range(1, SCHEMA_VERSION + 1))
         triggers = conn.execute(
             "SELECT tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
