@@ -220,6 +220,15 @@ def hung_then_quick(d: Deployment, base: str, hung: list[tuple[str, str]]) -> No
 # -- real servers ------------------------------------------------------------------------------
 
 
+def exited(pid: int) -> bool:
+    """The process ``pid`` is gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize(
     "hung",
@@ -290,14 +299,7 @@ def test_gunicorn_worker_recycles_at_max_zombies_and_the_arbiter_replaces_it(
         assert len(deploy.ledger.pids(q)) == 1
         assert deploy.ledger.pids(q) != [old], "a job ran in the recycled worker"
 
-    def gone() -> bool:
-        try:
-            os.kill(old, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    poll(gone, what="the recycled worker to exit")
+    poll(lambda: exited(old), what="the recycled worker to exit")
     for url in hung.values():
         assert_deadline_exceeded(deploy, url)
     assert not any(deploy.ledger.ended(job) for job in hung)
@@ -328,14 +330,7 @@ def test_uvicorn_worker_recycles_at_max_zombies_and_its_supervisor_replaces_it(
     assert all(len(deploy.ledger.pids(q)) == 1 for q in quick)
     assert not any(deploy.ledger.pids(q) == [old] for q in quick)
 
-    def gone() -> bool:
-        try:
-            os.kill(old, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    poll(gone, timeout=120, what="the recycled worker to exit")
+    poll(lambda: exited(old), timeout=120, what="the recycled worker to exit")
     assert_deadline_exceeded(deploy, url)
     assert not deploy.ledger.ended("a")
     log = deploy.log()
